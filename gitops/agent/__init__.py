@@ -1,0 +1,1 @@
+"""The host agent: fetch → verify → build → activate → check health → report."""

@@ -1,0 +1,174 @@
+"""The agent's configuration file (YAML; JSON as the NixOS module writes it is YAML too).
+
+Every field is documented in docs/reference/agent.md. Trust comes from this machine's
+configuration only: the publisher keys are a file pinned here, never read from the branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from gitops.allowed_signers import AllowedSigners
+from gitops.errors import GitopsError
+from gitops.schema import Problems, Reader, is_host_name, load_yaml
+
+DEFAULT_CONFIG = Path("/etc/gitops/agent.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/gitops-agent")
+DEFAULT_PROFILE = Path("/nix/var/nix/profiles/system")
+DEFAULT_HOST_KEY = Path("/etc/ssh/ssh_host_ed25519_key")
+
+
+class Action(StrEnum):
+    """What to do with a built system, as ``nixos-rebuild`` spells it."""
+
+    SWITCH = "switch"  # new profile generation, activate now
+    BOOT = "boot"  # new profile generation, activate at next boot
+    TEST = "test"  # activate now, no new generation (gone after reboot)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    failed_units: bool = True  # systemctl --failed must be empty after a switch
+    remote: bool = True  # the git remote must still be reachable after a switch
+    commands: tuple[tuple[str, ...], ...] = ()  # each must exit 0
+    grace: int = 10  # seconds to let units settle before checking
+    timeout: int = 60  # seconds for each check command
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str
+    remote: str
+    trusted_publishers: Path
+    signing_key: Path = DEFAULT_HOST_KEY
+    state_dir: Path = DEFAULT_STATE_DIR
+    system_profile: Path = DEFAULT_PROFILE
+    action: Action = Action.SWITCH
+    poll_interval: int = 300
+    poll_jitter: int = 60
+    report_interval: int = 3600
+    ssh_key: Path | None = None  # key to log in to the git server over ssh
+    known_hosts: Path | None = None  # the git server's host keys; required for ssh remotes
+    http_token_file: Path | None = None  # for https remotes with a token
+    http_username: str = "gitops"
+    health: HealthConfig = field(default_factory=HealthConfig)
+    root: Path = Path("/")  # where facts are read from (tests point it at a fixture tree)
+    build_args: tuple[str, ...] = ()
+    trust_on_first_use: bool = True
+    min_commit: str | None = None  # pinned floor: the first applied commit must descend from it
+    max_age: int | None = None  # refuse deploy heads committed longer ago than this
+    watch: tuple[Path, ...] = ()  # paths whose change triggers a cycle (a local mirror)
+    keep_generations: int = 0  # 0 keeps all profile generations
+
+    def publisher_trust(self) -> AllowedSigners:
+        return AllowedSigners.load(self.trusted_publishers)
+
+    @property
+    def trigger_file(self) -> Path:
+        """Touched by ``gitops agent trigger`` (and the local socket) to ask for a cycle now."""
+        return self.state_dir / "trigger"
+
+
+def _path(reader: Reader, key: str, default: Path | None = None) -> Path | None:
+    text = reader.string(key)
+    if not text:
+        return default
+    path = Path(text)
+    if not path.is_absolute():
+        reader.problem(key, f"{text!r} must be an absolute path")
+        return default
+    return path
+
+
+def parse_config(text: bytes | str, where: str, overrides: dict[str, object] | None = None) -> AgentConfig:
+    problems = Problems()
+    data = load_yaml(text, where, problems) or {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    top = Reader(data, where, problems)
+    host = top.string("host", required=True)
+    if host and not is_host_name(host):
+        top.problem("host", f"{host!r} is not a valid host name", "use an RFC 1123 label")
+    remote = top.string("remote", required=True)
+    trusted = _path(top, "trusted_publishers")
+    if trusted is None:
+        top.problem(
+            "trusted_publishers",
+            "is missing",
+            "point it at an allowed-signers file with the publisher keys",
+        )
+    action_text = top.string("action", "switch")
+    try:
+        action = Action(action_text)
+    except ValueError:
+        top.problem("action", f"{action_text!r} is not switch, boot or test")
+        action = Action.SWITCH
+    health = top.mapping("health")
+    commands = []
+    for index, command in enumerate(health.get("commands") or []):
+        if isinstance(command, str):
+            command = ["/bin/sh", "-c", command]
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            health.problem(f"commands[{index}]", "must be a command line or a list of arguments")
+            continue
+        commands.append(tuple(command))
+    health_config = HealthConfig(
+        failed_units=health.boolean("failed_units", True),
+        remote=health.boolean("remote", True),
+        commands=tuple(commands),
+        grace=health.duration("grace", 10),
+        timeout=health.duration("timeout", 60),
+    )
+    health.finish()
+    watch = []
+    for item in top.strings("watch"):
+        if not item.startswith("/"):
+            top.problem("watch", f"{item!r} must be an absolute path")
+        else:
+            watch.append(Path(item))
+    max_age = top.optional_duration("max_age")
+    config = AgentConfig(
+        host=host,
+        remote=remote,
+        trusted_publishers=trusted or Path("/nonexistent"),
+        signing_key=_path(top, "signing_key", DEFAULT_HOST_KEY) or DEFAULT_HOST_KEY,
+        state_dir=_path(top, "state_dir", DEFAULT_STATE_DIR) or DEFAULT_STATE_DIR,
+        system_profile=_path(top, "system_profile", DEFAULT_PROFILE) or DEFAULT_PROFILE,
+        action=action,
+        poll_interval=top.duration("poll_interval", 300),
+        poll_jitter=top.duration("poll_jitter", 60),
+        report_interval=top.duration("report_interval", 3600),
+        ssh_key=_path(top, "ssh_key"),
+        known_hosts=_path(top, "known_hosts"),
+        http_token_file=_path(top, "http_token_file"),
+        http_username=top.string("http_username", "gitops"),
+        health=health_config,
+        root=_path(top, "root", Path("/")) or Path("/"),
+        build_args=top.strings("build_args"),
+        trust_on_first_use=top.boolean("trust_on_first_use", True),
+        min_commit=top.string("min_commit") or None,
+        max_age=max_age,
+        watch=tuple(watch),
+        keep_generations=int(top.duration("keep_generations", 0)),
+    )
+    top.finish()
+    if remote.startswith(("ssh://", "git@")) or ("@" in remote and ":" in remote and "://" not in remote):
+        if config.known_hosts is None:
+            top.problem(
+                "known_hosts",
+                "is required for an ssh remote",
+                "point it at a file with the git server's host key (ssh-keyscan output)",
+            )
+    problems.raise_if_any(f"{where}: invalid agent configuration")
+    return config
+
+
+def load_config(path: Path, overrides: dict[str, object] | None = None) -> AgentConfig:
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise GitopsError(
+            f"{path}: cannot read the agent configuration ({err.strerror}); pass --config"
+        ) from err
+    return parse_config(text, str(path), overrides)

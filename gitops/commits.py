@@ -1,0 +1,187 @@
+"""Signed commits through pygit2, read and written the way git itself does.
+
+Signatures are taken from the raw commit object's *headers only*, stopping at the first
+blank line (git's ``parse_buffer_signed_by_header``); pygit2's ``Commit.gpg_signature``
+also scans the message, so a signature block pasted into a message would look signed
+to it and unsigned to git. We never use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pygit2
+
+from gitops import sshsig
+from gitops.allowed_signers import AllowedSigners, Verified
+from gitops.errors import GitopsError
+from gitops.sshsig import PrivateKeyTypes, SignatureError
+
+SIGNATURE_HEADER = b"gpgsig"
+OTHER_SIGNATURE_HEADER = b"gpgsig-sha256"  # the SHA-256 repos' header; never ours
+_TRAILER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*): (.*)$")
+_COMMITTER = re.compile(rb"^committer .* (\d+) ([+-])(\d\d)(\d\d)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SplitCommit:
+    payload: bytes  # what was signed: the object without its signature header
+    signature: bytes | None
+
+
+def split_signature(raw: bytes) -> SplitCommit:
+    end = raw.find(b"\n\n")
+    headers, body = (raw[: end + 1], raw[end + 1 :]) if end >= 0 else (raw, b"")
+    payload: list[bytes] = []
+    signature: list[bytes] = []
+    inside: bytes | None = None
+    for line in headers.splitlines(keepends=True):
+        if inside is not None and line.startswith(b" "):
+            if inside == SIGNATURE_HEADER:
+                signature.append(line[1:])
+            continue
+        inside = None
+        name, _, value = line.partition(b" ")
+        if name == SIGNATURE_HEADER:
+            inside = name
+            signature.append(value)
+        elif name == OTHER_SIGNATURE_HEADER:
+            inside = name
+        else:
+            payload.append(line)
+    return SplitCommit(b"".join(payload) + body, b"".join(signature) or None)
+
+
+def committer_time(raw: bytes) -> datetime:
+    end = raw.find(b"\n\n")
+    match = _COMMITTER.search(raw[: end if end >= 0 else len(raw)])
+    if match is None:
+        raise SignatureError("commit has no committer line")
+    seconds, sign, hours, minutes = match.groups()
+    offset = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == b"-" else 1)
+    return datetime.fromtimestamp(int(seconds), timezone(offset))
+
+
+def read_raw(repo: pygit2.Repository, oid: pygit2.Oid | str) -> bytes:
+    obj = repo.odb.read(oid if isinstance(oid, pygit2.Oid) else pygit2.Oid(hex=oid))
+    if obj[0] != pygit2.enums.ObjectType.COMMIT:
+        raise GitopsError(f"{oid}: not a commit")
+    return bytes(obj[1])
+
+
+def verify_commit(
+    repo: pygit2.Repository,
+    oid: pygit2.Oid | str,
+    trust: AllowedSigners,
+    *,
+    now: datetime | None = None,
+) -> Verified:
+    """Accept commit ``oid`` only if a key in ``trust`` signed it (namespace ``git``),
+    valid at its committer date and, when given, at ``now``. Raises SignatureError."""
+    raw = read_raw(repo, oid)
+    split = split_signature(raw)
+    if split.signature is None:
+        raise SignatureError("not signed")
+    moments = [committer_time(raw)] + ([now] if now is not None else [])
+    return trust.verify(split.payload, split.signature, at=moments)
+
+
+def signature_of(name: str, email: str, when: datetime | None = None) -> pygit2.Signature:
+    moment = when or datetime.now(UTC)
+    offset = moment.utcoffset() or timedelta(0)
+    return pygit2.Signature(name, email, int(moment.timestamp()), int(offset.total_seconds() // 60))
+
+
+def create_signed_commit(
+    repo: pygit2.Repository,
+    *,
+    tree: pygit2.Oid,
+    parents: Sequence[pygit2.Oid],
+    message: str,
+    author: pygit2.Signature,
+    committer: pygit2.Signature | None = None,
+    key: PrivateKeyTypes,
+) -> pygit2.Oid:
+    """Write a commit signed exactly as ``git commit -S`` with ``gpg.format=ssh`` would;
+    no ref moves."""
+    content = repo.create_commit_string(author, committer or author, message, tree, list(parents))
+    armored = sshsig.sign(content.encode("utf-8"), key)
+    # libgit2 would add a header line holding one space for the armor's final newline.
+    return repo.create_commit_with_signature(content, armored.rstrip("\n"))
+
+
+def format_message(subject: str, body: str = "", trailers: Mapping[str, str] | None = None) -> str:
+    parts = [subject.strip()]
+    if body.strip():
+        parts.append(body.strip())
+    if trailers:
+        parts.append("\n".join(f"{k}: {v}" for k, v in trailers.items()))
+    return "\n\n".join(parts) + "\n"
+
+
+def trailers(message: str) -> dict[str, str]:
+    """The ``Key: value`` lines of the message's last paragraph (git's trailer block)."""
+    paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
+    if len(paragraphs) < 2:
+        return {}
+    found: dict[str, str] = {}
+    for line in paragraphs[-1].splitlines():
+        match = _TRAILER.match(line.strip())
+        if match is None:
+            return {}
+        found.setdefault(match.group(1), match.group(2).strip())
+    return found
+
+
+def open_repository(path: Path) -> pygit2.Repository:
+    try:
+        return pygit2.Repository(str(path))
+    except pygit2.GitError as err:
+        raise GitopsError(f"{path}: not a git repository ({err}); run 'git init' or pass --repo") from err
+
+
+def resolve_commit(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
+    try:
+        obj = repo.revparse_single(rev)
+    except (KeyError, ValueError, pygit2.GitError) as err:
+        raise GitopsError(f"{rev}: no such revision in {repo.path}") from err
+    commit = obj.peel(pygit2.Commit)
+    assert isinstance(commit, pygit2.Commit)
+    return commit
+
+
+def ref_target(repo: pygit2.Repository, name: str) -> pygit2.Oid | None:
+    ref = repo.references.get(name)
+    if ref is None:
+        return None
+    target = ref.resolve().target
+    return target if isinstance(target, pygit2.Oid) else None
+
+
+def update_refs(
+    repo: pygit2.Repository,
+    updates: Mapping[str, tuple[pygit2.Oid | None, pygit2.Oid]],
+    *,
+    message: str,
+) -> None:
+    """Move every ref in ``updates`` from its expected old value to the new one, or none.
+
+    Each ref is locked first; if any lock fails or any ref moved meanwhile, nothing changes.
+    """
+    if not updates:
+        return
+    try:
+        with repo.transaction() as txn:
+            for name in updates:
+                txn.lock_ref(name)
+            for name, (old, _) in updates.items():
+                if ref_target(repo, name) != old:
+                    raise GitopsError(f"{name} changed while publishing; run the command again")
+            for name, (_, new) in updates.items():
+                txn.set_target(name, new, message=message)
+    except pygit2.GitError as err:
+        raise GitopsError(f"cannot update refs in {repo.path}: {err}") from err
