@@ -50,7 +50,7 @@ def parse_time(text: str) -> datetime:
     fmt = _TIME_FORMATS.get(len(digits))
     if fmt is None or not digits.isdigit():
         raise ValueError(f"bad time {text!r}: use YYYYMMDD[HHMM[SS]]Z")
-    parsed = datetime.strptime(digits, fmt)  # noqa: DTZ007 - zone applied below
+    parsed = datetime.strptime(digits, fmt)
     return parsed.replace(tzinfo=UTC) if utc else parsed.astimezone()
 
 
@@ -201,7 +201,9 @@ class AllowedSigners:
         return cls.parse(text, source=str(path))
 
     @classmethod
-    def of(cls, signers: Iterable[tuple[str, PublicKey]], *, namespace: str = "git") -> AllowedSigners:
+    def of(
+        cls, signers: Iterable[tuple[str, PublicKey]], *, namespace: str = "git"
+    ) -> AllowedSigners:
         return cls(
             tuple(AllowedSigner(principal, key, namespaces=namespace) for principal, key in signers)
         )
@@ -247,9 +249,7 @@ class AllowedSigners:
         for entry in self.entries:
             if self._matches_key(entry, key, at[0]) is not None:
                 continue
-            if entry.namespaces is not None and not match_pattern_list(
-                namespace, entry.namespaces
-            ):
+            if entry.namespaces is not None and not match_pattern_list(namespace, entry.namespaces):
                 reasons.append(f"key {key.fingerprint} is not allowed for namespace {namespace!r}")
                 continue
             problems = [p for moment in at if (p := entry.validity_problem(moment))]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import cast
 
 import pygit2
 
@@ -108,7 +109,10 @@ def create_signed_commit(
 ) -> pygit2.Oid:
     """Write a commit signed exactly as ``git commit -S`` with ``gpg.format=ssh`` would;
     no ref moves."""
-    content = repo.create_commit_string(author, committer or author, message, tree, list(parents))
+    # pygit2's stubs say Oid; it returns the commit object's text.
+    content = cast(
+        str, repo.create_commit_string(author, committer or author, message, tree, list(parents))
+    )
     armored = sshsig.sign(content.encode("utf-8"), key)
     # libgit2 would add a header line holding one space for the armor's final newline.
     return repo.create_commit_with_signature(content, armored.rstrip("\n"))
@@ -141,7 +145,9 @@ def open_repository(path: Path) -> pygit2.Repository:
     try:
         return pygit2.Repository(str(path))
     except pygit2.GitError as err:
-        raise GitopsError(f"{path}: not a git repository ({err}); run 'git init' or pass --repo") from err
+        raise GitopsError(
+            f"{path}: not a git repository ({err}); run 'git init' or pass --repo"
+        ) from err
 
 
 def resolve_commit(repo: pygit2.Repository, rev: str) -> pygit2.Commit:

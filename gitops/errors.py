@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 
 class GitopsError(Exception):
     """An expected failure. ``str(error)`` is the one-line message for the user."""
@@ -11,6 +13,7 @@ class GitopsError(Exception):
         self.message = message
         self.exit_code = exit_code
 
+    @override
     def __str__(self) -> str:
         return self.message
 

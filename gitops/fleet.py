@@ -113,9 +113,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     publishers = []
     for item in top.items("publishers"):
         principal = item.string("principal", required=True)
-        key = item.convert(
-            "key", _public_key, required=True, fix="paste the publisher's .pub line"
-        )
+        key = item.convert("key", _public_key, required=True, fix="paste the publisher's .pub line")
         item.finish()
         if principal and key is not None:
             publishers.append(Publisher(principal, key))

@@ -45,7 +45,7 @@ def run(
     *,
     check: bool,
     env: Mapping[str, str] | None = None,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: str | None = None,
     cwd: Path | None = None,
     timeout: float | None = None,
     capture: bool = True,
@@ -72,9 +72,7 @@ def run(
             stderr=subprocess.PIPE if capture else None,
         )
     except FileNotFoundError as err:
-        raise GitopsError(
-            f"{argv[0]}: command not found; install it or put it on PATH"
-        ) from err
+        raise GitopsError(f"{argv[0]}: command not found; install it or put it on PATH") from err
     except subprocess.TimeoutExpired as err:
         raise GitopsError(f"{argv[0]}: timed out after {timeout:g}s: {shlex.join(argv)}") from err
     if check and result.returncode != 0:

@@ -81,7 +81,9 @@ def load_yaml(text: bytes | str, where: str, problems: Problems) -> dict[str, An
 class Reader:
     """Typed access to one mapping; bad fields become problems, never exceptions."""
 
-    def __init__(self, data: dict[str, Any], where: str, problems: Problems, prefix: str = "") -> None:
+    def __init__(
+        self, data: dict[str, Any], where: str, problems: Problems, prefix: str = ""
+    ) -> None:
         self.data = data
         self.where = where
         self.problems = problems
@@ -138,7 +140,9 @@ class Reader:
             self.problem(key, str(err))
             return None
 
-    def strings(self, key: str, *, check: Callable[[str], str | None] | None = None) -> tuple[str, ...]:
+    def strings(
+        self, key: str, *, check: Callable[[str], str | None] | None = None
+    ) -> tuple[str, ...]:
         value = self.get(key)
         if value is None:
             return ()

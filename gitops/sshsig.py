@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_identity,
 )
 from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
+from typing_extensions import override
 
 MAGIC: Final = b"SSHSIG"
 VERSION: Final = 1
@@ -195,6 +196,7 @@ class PublicKey:
     def openssh(self) -> str:
         return f"{self.key_type} {base64.b64encode(self.blob).decode('ascii')}"
 
+    @override
     def __str__(self) -> str:
         return f"{self.key_type} {self.fingerprint}"
 
@@ -217,8 +219,12 @@ def load_private_key(data: bytes, *, where: str) -> PrivateKeyTypes:
 
 def _signed_data(namespace: str, hash_alg: str, message: bytes) -> bytes:
     digest = _HASHES[hash_alg](message).digest()
-    return MAGIC + _string(namespace.encode()) + _string(b"") + _string(hash_alg.encode()) + (
-        _string(digest)
+    return (
+        MAGIC
+        + _string(namespace.encode())
+        + _string(b"")
+        + _string(hash_alg.encode())
+        + (_string(digest))
     )
 
 
@@ -336,7 +342,9 @@ def _check(key: PublicKeyTypes, parsed: ParsedSignature, data: bytes) -> None:
         key.verify(encode_dss_signature(r, s), data, ec.ECDSA(curve[1]))
 
 
-def verify(message: bytes, armored: str | bytes, *, namespace: str = GIT_NAMESPACE) -> ParsedSignature:
+def verify(
+    message: bytes, armored: str | bytes, *, namespace: str = GIT_NAMESPACE
+) -> ParsedSignature:
     """Check that ``armored`` is a valid signature of ``message`` by the key it names.
 
     Whether that key is *trusted* is the caller's question (see allowed_signers).

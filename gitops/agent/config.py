@@ -82,7 +82,9 @@ def _path(reader: Reader, key: str, default: Path | None = None) -> Path | None:
     return path
 
 
-def parse_config(text: bytes | str, where: str, overrides: dict[str, object] | None = None) -> AgentConfig:
+def parse_config(
+    text: bytes | str, where: str, overrides: dict[str, object] | None = None
+) -> AgentConfig:
     problems = Problems()
     data = load_yaml(text, where, problems) or {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -109,7 +111,11 @@ def parse_config(text: bytes | str, where: str, overrides: dict[str, object] | N
     for index, command in enumerate(health.get("commands") or []):
         if isinstance(command, str):
             command = ["/bin/sh", "-c", command]
-        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) for a in command)
+        ):
             health.problem(f"commands[{index}]", "must be a command line or a list of arguments")
             continue
         commands.append(tuple(command))
@@ -153,15 +159,19 @@ def parse_config(text: bytes | str, where: str, overrides: dict[str, object] | N
         keep_generations=int(top.duration("keep_generations", 0)),
     )
     top.finish()
-    if remote.startswith(("ssh://", "git@")) or ("@" in remote and ":" in remote and "://" not in remote):
-        if config.known_hosts is None:
-            top.problem(
-                "known_hosts",
-                "is required for an ssh remote",
-                "point it at a file with the git server's host key (ssh-keyscan output)",
-            )
+    if is_ssh_remote(remote) and config.known_hosts is None:
+        top.problem(
+            "known_hosts",
+            "is required for an ssh remote",
+            "point it at a file with the git server's host key (ssh-keyscan output)",
+        )
     problems.raise_if_any(f"{where}: invalid agent configuration")
     return config
+
+
+def is_ssh_remote(remote: str) -> bool:
+    """``ssh://...`` or scp-like ``user@host:path``."""
+    return remote.startswith("ssh://") or ("@" in remote and ":" in remote and "://" not in remote)
 
 
 def load_config(path: Path, overrides: dict[str, object] | None = None) -> AgentConfig:

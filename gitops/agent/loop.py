@@ -1,0 +1,73 @@
+"""``gitops agent run``: a cycle on a timer (with jitter), on request, or on a change.
+
+Between cycles it waits on watchfiles for the trigger file (``gitops agent trigger``,
+the local socket) and any configured ``watch`` paths (a local mirror a central server
+pushes to), so a request is served within a second instead of at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import watchfiles
+
+from gitops.agent.config import AgentConfig
+from gitops.agent.cycle import Cycle
+from gitops.errors import GitopsError
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -> str:
+    """Block until a watched path changes, ``stop`` is set, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    existing = [str(p) for p in paths if p.exists()]
+    if not existing:
+        stop.wait(timeout)
+        return "timer"
+    for changes in watchfiles.watch(
+        *existing,
+        stop_event=stop,
+        rust_timeout=int(max(0.05, min(timeout, 1.0)) * 1000),
+        yield_on_timeout=True,
+        debounce=200,
+        raise_interrupt=False,
+    ):
+        if changes:
+            return "trigger: " + ", ".join(sorted({Path(p).name for _, p in changes}))
+        if stop.is_set() or time.monotonic() >= deadline:
+            return "timer"
+    return "stopped"
+
+
+def run_forever(config: AgentConfig, *, max_cycles: int | None = None) -> int:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received signal %d: stopping after this cycle", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.trigger_file.touch()
+    cycles = 0
+    reason = "start"
+    while not stop.is_set():
+        log.info("cycle (%s)", reason)
+        try:
+            Cycle(config, force_report=reason.startswith("trigger")).run()
+        except GitopsError as err:
+            log.error("cycle failed: %s", err)
+        cycles += 1
+        if max_cycles is not None and cycles >= max_cycles:
+            break
+        delay = config.poll_interval + random.uniform(0, config.poll_jitter)
+        reason = wait_for_trigger([config.trigger_file, *config.watch], delay, stop)
+    return 0

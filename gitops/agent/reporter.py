@@ -1,0 +1,133 @@
+"""Commit reports locally, then push them; never lose or duplicate one.
+
+A report is first a signed commit on the local ``reports/<host>`` (durable before any
+network). Pushing sends the whole local branch. When the server refuses (someone else
+moved the branch, or a previous push landed but we crashed before noting it), we fetch
+the remote branch, re-create only the reports whose ``Report-Id`` it lacks on top of it,
+re-sign them, and push again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pygit2
+
+from gitops import transport
+from gitops.agent.mirror import REMOTE_REPORTS_REF, Mirror
+from gitops.errors import GitopsError
+from gitops.report import Report
+from gitops.reports import create_report_commit, read_report_commit
+from gitops.sshsig import PrivateKeyTypes
+
+log = logging.getLogger(__name__)
+
+MAX_PUSH_ATTEMPTS = 5
+REMOTE_HISTORY_SCAN = 1000  # how far back to look for Report-Ids already pushed
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    pushed: bool
+    pending: int  # local reports not known to be on the remote
+    message: str = ""
+
+
+def pending_reports(mirror: Mirror) -> list[pygit2.Oid]:
+    """Local reports not on the remote as far as we know, oldest first."""
+    local = mirror.target(mirror.local_reports_ref)
+    if local is None:
+        return []
+    walker = mirror.repo.walk(
+        local, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE
+    )
+    remote = mirror.target(REMOTE_REPORTS_REF)
+    if remote is not None and mirror.repo.get(remote) is not None:
+        walker.hide(remote)
+    return [commit.id for commit in walker]
+
+
+class Reporter:
+    def __init__(
+        self, mirror: Mirror, key: PrivateKeyTypes, remote: str, env: dict[str, str]
+    ) -> None:
+        self.mirror = mirror
+        self.repo = mirror.repo
+        self.key = key
+        self.remote = remote
+        self.env = env
+
+    @property
+    def ref(self) -> str:
+        return self.mirror.local_reports_ref
+
+    def add(self, report: Report) -> pygit2.Oid:
+        """Commit ``report`` on the local branch (no network)."""
+        parent = self.mirror.target(self.ref)
+        oid = create_report_commit(self.repo, report, parent=parent, key=self.key)
+        self.mirror.set_ref(self.ref, oid, f"report {report.result}")
+        return oid
+
+    def pending(self) -> list[pygit2.Oid]:
+        return pending_reports(self.mirror)
+
+    def push(self) -> PushOutcome:
+        last_message = ""
+        for attempt in range(1, MAX_PUSH_ATTEMPTS + 1):
+            local = self.mirror.target(self.ref)
+            if local is None or not self.pending():
+                return PushOutcome(True, 0)
+            try:
+                result = transport.push(
+                    self.mirror.path, self.remote, [f"{self.ref}:{self.ref}"], env=self.env
+                )
+            except GitopsError as err:
+                log.warning("could not push reports: %s", err)
+                return PushOutcome(False, len(self.pending()), str(err))
+            if result.ok:
+                self.mirror.set_ref(REMOTE_REPORTS_REF, local, "pushed")
+                return PushOutcome(True, 0)
+            refused = result.refused()
+            last_message = refused[0].summary if refused else result.message
+            log.info("report push refused (%s), attempt %d: rebasing", last_message, attempt)
+            try:
+                remote_head = self.mirror.fetch_remote_reports(self.remote, self.env)
+            except GitopsError as err:
+                return PushOutcome(False, len(self.pending()), str(err))
+            self.rebase_onto(remote_head)
+        return PushOutcome(
+            False,
+            len(self.pending()),
+            f"the server kept refusing reports/{self.mirror.host}: {last_message}",
+        )
+
+    def rebase_onto(self, remote_head: pygit2.Oid | None) -> None:
+        """Re-create unpushed reports on top of ``remote_head``, skipping any already there."""
+        pending = self.pending()
+        already = self._remote_report_ids(remote_head)
+        parent = remote_head
+        for oid in pending:
+            commit = read_report_commit(self.repo, oid)
+            if commit.report_id is not None and commit.report_id in already:
+                continue
+            if commit.status is None:
+                continue
+            report = Report.from_json(commit.status)
+            parent = create_report_commit(self.repo, report, parent=parent, key=self.key)
+        if parent is None:
+            self.mirror.delete_ref(self.ref)
+        else:
+            self.mirror.set_ref(self.ref, parent, "rebased reports onto the remote")
+
+    def _remote_report_ids(self, head: pygit2.Oid | None) -> set[str]:
+        if head is None:
+            return set()
+        found = set()
+        for count, commit in enumerate(self.repo.walk(head, pygit2.enums.SortMode.TOPOLOGICAL)):
+            if count >= REMOTE_HISTORY_SCAN:
+                break
+            report_id = read_report_commit(self.repo, commit.id).report_id
+            if report_id:
+                found.add(report_id)
+        return found

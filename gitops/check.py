@@ -1,0 +1,94 @@
+"""``gitops check``: validate a fleet repository and list every problem at once.
+
+Schema and names (fleet.py), that each host's ``.nix`` files import exactly the profiles
+its ``host.yaml`` lists (otherwise the deploy tree would lack a file, or the inventory
+would lie), policies, and that every ``.nix`` file parses (``nix-instantiate --parse``,
+when nix is installed).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitops import nix, policies
+from gitops.fleet import HOSTS_DIR, PROFILES_DIR, Fleet, load_fleet
+from gitops.schema import Problems
+from gitops.source import DirSource
+
+_PROFILE_REF = re.compile(
+    r"(?:^|[\s(\[/])(?:\.\./)+profiles/([A-Za-z0-9._+-]+?)(?:\.nix)?(?=[\s)\];/]|$)"
+)
+_NIX_COMMENT = re.compile(r"#[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    fleet: Fleet
+    problems: tuple[str, ...]
+    nix_files: int
+    parsed_with_nix: bool
+
+
+def nix_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*.nix")
+        if ".git" not in p.parts and ".venv" not in p.parts and "node_modules" not in p.parts
+    )
+
+
+def parse_nix_files(files: list[Path], root: Path, problems: Problems) -> None:
+    for path, error in nix.parse_files(files):
+        problems.add(str(path.relative_to(root)), f"does not parse: {error}", "fix the Nix syntax")
+
+
+def imported_profiles(root: Path, host: str) -> set[str]:
+    """Profiles referenced by path (``../../profiles/<name>.nix``) from a host's .nix files."""
+    found: set[str] = set()
+    for path in sorted((root / HOSTS_DIR / host).rglob("*.nix")):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for match in _PROFILE_REF.finditer(_NIX_COMMENT.sub(" ", text)):
+            found.add(match.group(1))
+    return found
+
+
+def check_profile_imports(root: Path, fleet: Fleet, problems: Problems) -> None:
+    for name, host in sorted(fleet.hosts.items()):
+        if not any((root / HOSTS_DIR / name).rglob("*.nix")):
+            continue
+        imported = imported_profiles(root, name)
+        listed = set(host.profiles)
+        where = f"{HOSTS_DIR}/{name}"
+        for profile in sorted(imported - listed):
+            problems.add(
+                f"{where}/host.yaml: profiles",
+                f"{profile!r} is imported by the host's .nix files but not listed, so the "
+                "deploy tree would not contain it",
+                f"add {profile} to profiles in host.yaml",
+            )
+        for profile in sorted(listed - imported):
+            problems.add(
+                f"{where}/host.yaml: profiles",
+                f"{profile!r} is listed but no .nix file of the host imports "
+                f"../../{PROFILES_DIR}/{profile}.nix",
+                "import it in configuration.nix or remove it from host.yaml",
+            )
+
+
+def check_repository(root: Path, *, parse_nix: bool | None = None) -> CheckResult:
+    problems = Problems()
+    source = DirSource(root)
+    fleet = load_fleet(source, problems)
+    check_profile_imports(root, fleet, problems)
+    policies.load_policies(source, problems)
+    files = nix_files(root)
+    use_nix = shutil.which("nix-instantiate") is not None if parse_nix is None else parse_nix
+    if use_nix:
+        parse_nix_files(files, root, problems)
+    return CheckResult(fleet, tuple(problems.items), len(files), use_nix)

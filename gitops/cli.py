@@ -1,0 +1,222 @@
+"""``gitops``: the command line. Arguments are parsed here into typed values, each command
+gets explicit arguments, and only ``main`` turns errors into exit codes:
+0 success, 1 an expected failure (its message says what to do), 2 usage,
+3 an unexpected error (a bug: rerun with --debug for a traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gitops import __version__, output
+from gitops.errors import GitopsError
+
+log = logging.getLogger("gitops")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
+
+
+def _add_repo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path(),
+        help="the fleet repository (default: current directory)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gitops",
+        description="Git-native GitOps for fleets of NixOS machines.",
+    )
+    parser.add_argument("--version", action="version", version=f"gitops {__version__}")
+    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more about what happens")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = commands.add_parser("keys", help="create keys and trust files")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_new = keys_commands.add_parser("new", help="write an OpenSSH Ed25519 key pair")
+    keys_new.add_argument(
+        "path", type=Path, help="private key path; the public key goes to PATH.pub"
+    )
+    keys_new.add_argument("--comment", default="", help="comment on the public key")
+    keys_signers = keys_commands.add_parser(
+        "allowed-signers", help="print fleet.yaml's publishers as an allowed-signers file"
+    )
+    _add_repo(keys_signers)
+    keys_signers.add_argument(
+        "--rev", help="read fleet.yaml from this commit instead of the work tree"
+    )
+
+    check = commands.add_parser("check", help="validate a fleet repository, listing every problem")
+    _add_repo(check)
+    check.add_argument("--json", action="store_true", help="machine-readable result")
+    check.add_argument("--no-nix", action="store_true", help="do not parse .nix files with nix")
+
+    for name, helptext in (
+        ("plan", "show which hosts' deploy trees would change, and why; writes nothing"),
+        ("publish", "write a signed commit on deploy/<host> for every host whose tree changed"),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        _add_repo(sub)
+        sub.add_argument(
+            "--from", dest="source", default="main", help="the main commit (default: main)"
+        )
+        sub.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+        if name == "publish":
+            sub.add_argument("--key", type=Path, required=True, help="the publisher's private key")
+            sub.add_argument(
+                "--push", action="store_true", help="push the changed branches, atomically"
+            )
+            sub.add_argument(
+                "--remote", default="origin", help="remote to push to (default: origin)"
+            )
+
+    verify = commands.add_parser(
+        "verify", help="verify a commit's signature like git verify-commit"
+    )
+    _add_repo(verify)
+    verify.add_argument("rev", help="commit, branch or ref to verify")
+    verify.add_argument(
+        "--allowed-signers", type=Path, required=True, help="OpenSSH allowed-signers file"
+    )
+
+    agent = commands.add_parser("agent", help="the host agent")
+    agent.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="agent configuration (default /etc/gitops/agent.yaml)",
+    )
+    agent_commands = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    once = agent_commands.add_parser("once", help="run one cycle")
+    once.add_argument(
+        "--report", action="store_true", help="write a report even if nothing changed"
+    )
+    once.add_argument("--retry", action="store_true", help="retry a commit that failed before")
+    once.add_argument("--json", action="store_true", help="machine-readable result")
+    agent_commands.add_parser(
+        "run", help="run cycles forever: on a timer, on a trigger, on a watched change"
+    )
+    trigger = agent_commands.add_parser("trigger", help="ask the agent for a cycle now")
+    trigger.add_argument(
+        "--http", action="store_true", help="answer an HTTP request on stdin (socket activation)"
+    )
+    trigger.add_argument(
+        "--start-unit", help="start this systemd unit instead of touching the trigger file"
+    )
+    status = agent_commands.add_parser("status", help="what the agent applied and last reported")
+    status.add_argument("--json", action="store_true", help="machine-readable result")
+
+    site = commands.add_parser("site", help="the fleet dashboard")
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    build = site_commands.add_parser(
+        "build", help="render the static site from the repository alone"
+    )
+    _add_repo(build)
+    build.add_argument("--out", type=Path, required=True, help="output directory")
+    build.add_argument("--serve", action="store_true", help="then serve it on localhost")
+    build.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+
+    demo = commands.add_parser(
+        "demo", help="a whole fleet on this machine: publish, agents, reports, site"
+    )
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="where to build it (default: a new temp dir)"
+    )
+    demo.add_argument("--fleet", type=Path, default=None, help="repository whose hosts/ to use")
+    demo.add_argument("--serve", action="store_true", help="serve the site at the end")
+    demo.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    return parser
+
+
+def execute(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    output.configure_logging(debug=args.debug, verbose=args.verbose)
+    match args.command:
+        case "keys":
+            from gitops.commands import keys_cmd
+
+            if args.keys_command == "new":
+                return keys_cmd.new(args.path, args.comment)
+            return keys_cmd.allowed_signers(args.repo, args.rev)
+        case "check":
+            from gitops.commands import check_cmd
+
+            return check_cmd.check(
+                args.repo, as_json=args.json, parse_nix=False if args.no_nix else None
+            )
+        case "plan":
+            from gitops.commands import publish_cmd
+
+            return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
+        case "publish":
+            from gitops.commands import publish_cmd
+
+            return publish_cmd.publish(
+                args.repo,
+                args.source,
+                args.host,
+                key_path=args.key,
+                push=args.push,
+                remote=args.remote,
+                as_json=args.json,
+            )
+        case "verify":
+            from gitops.commands import verify_cmd
+
+            return verify_cmd.verify(args.repo, args.rev, args.allowed_signers)
+        case "agent":
+            from gitops.commands import agent_cmd
+
+            return agent_cmd.dispatch(args)
+        case "site":
+            from gitops.commands import site_cmd
+
+            return site_cmd.build(args.repo, args.out, serve=args.serve, port=args.port)
+        case "demo":
+            from gitops import demo
+
+            return demo.run(args.dir, fleet=args.fleet, serve=args.serve, port=args.port)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE  # pragma: no cover - parser.error exits
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    try:
+        code = execute(arguments)
+    except GitopsError as err:
+        if debug:
+            raise
+        print(f"gitops: error: {err}", file=sys.stderr)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        print("gitops: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except Exception as err:
+        if debug:
+            raise
+        print(
+            f"gitops: unexpected error: {type(err).__name__}: {err} (a bug; rerun with --debug "
+            "for a traceback and report it)",
+            file=sys.stderr,
+        )
+        code = EXIT_BUG
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""``gitops agent once|run|trigger|status``."""
+
+from __future__ import annotations
+
+import argparse
+import select
+import sys
+from pathlib import Path
+
+from gitops import output, process
+from gitops.agent import config as agent_config
+from gitops.agent.config import AgentConfig, load_config
+from gitops.agent.cycle import Cycle
+from gitops.agent.loop import run_forever
+from gitops.agent.mirror import Mirror
+from gitops.agent.reporter import pending_reports
+from gitops.agent.state import StateStore
+from gitops.report import Result
+
+# Results after which `agent once` exits non-zero, so systemd shows the unit as failed.
+FAILING_RESULTS = {
+    Result.REJECTED,
+    Result.BUILD_FAILED,
+    Result.SWITCH_FAILED,
+    Result.ROLLED_BACK,
+    Result.FETCH_FAILED,
+}
+
+
+def _config(path: Path | None) -> AgentConfig:
+    return load_config(path or agent_config.DEFAULT_CONFIG)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    match args.agent_command:
+        case "once":
+            return once(
+                _config(args.config), report=args.report, retry=args.retry, as_json=args.json
+            )
+        case "run":
+            return run_forever(_config(args.config))
+        case "trigger":
+            return trigger(args.config, http=args.http, start_unit=args.start_unit)
+        case "status":
+            return status(_config(args.config), as_json=args.json)
+    raise AssertionError(args.agent_command)
+
+
+def once(config: AgentConfig, *, report: bool, retry: bool, as_json: bool) -> int:
+    result = Cycle(config, force_report=report, retry=retry).run()
+    if as_json:
+        output.emit_json(
+            {
+                "host": config.host,
+                "result": str(result.result),
+                "reason": result.reason,
+                "deploy_seen": result.deploy_seen,
+                "reported": result.report is not None,
+                "pushed": None if result.push is None else result.push.pushed,
+                "pending_reports": 0 if result.push is None else result.push.pending,
+            }
+        )
+    else:
+        output.say(f"{config.host}: {result.result}: {result.reason}")
+        if result.push is not None and not result.push.pushed:
+            output.say(f"  {result.push.pending} report(s) not pushed yet: {result.push.message}")
+    return 1 if result.result in FAILING_RESULTS else 0
+
+
+def _read_http_request() -> str:
+    """The request line of an HTTP request on stdin (socket activation); '' if none."""
+    ready, _, _ = select.select([sys.stdin], [], [], 5.0)
+    if not ready:
+        return ""
+    line = sys.stdin.readline(8192)
+    while True:  # drain the headers, up to the blank line
+        ready, _, _ = select.select([sys.stdin], [], [], 1.0)
+        header = sys.stdin.readline(8192) if ready else ""
+        if not header.strip():
+            break
+    return line.strip()
+
+
+def trigger(config_path: Path | None, *, http: bool, start_unit: str | None) -> int:
+    if http:
+        request = _read_http_request()
+        method = request.split(" ", 1)[0] if request else ""
+        if method not in ("GET", "POST", "HEAD"):
+            sys.stdout.write("HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            sys.stdout.flush()
+            return 1
+    if start_unit:
+        process.run(["systemctl", "start", "--no-block", start_unit], check=True)
+    else:
+        config = _config(config_path)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        config.trigger_file.touch()
+    message = "update requested: the agent will fetch, verify and apply now\n"
+    if http:
+        body = message.encode()
+        sys.stdout.write(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n\r\n{message}"
+        )
+        sys.stdout.flush()
+    else:
+        output.say(message.strip())
+    return 0
+
+
+def status(config: AgentConfig, *, as_json: bool) -> int:
+    state = StateStore(config.state_dir).load(config.host)
+    pending = 0
+    if (config.state_dir / "repo.git").exists():
+        mirror = Mirror(config.state_dir, config.host)
+        pending = len(pending_reports(mirror))
+    data = {
+        "host": config.host,
+        "applied": state.applied if state else None,
+        "applied_source": state.applied_source if state else None,
+        "applied_store_path": state.applied_store_path if state else None,
+        "last_report_time": state.last_report_time if state else None,
+        "last_result": state.last_report_key.split("|")[0]
+        if state and state.last_report_key
+        else None,
+        "bad_commits": list(state.bad_commits) if state else [],
+        "pending_reports": pending,
+    }
+    if as_json:
+        output.emit_json(data)
+        return 0
+    if state is None:
+        output.say(f"{config.host}: no cycle has run yet (state dir {config.state_dir})")
+        return 0
+    for key, value in data.items():
+        output.say(f"{key.replace('_', ' ')}: {value if value not in (None, []) else '-'}")
+    return 0

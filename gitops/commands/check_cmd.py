@@ -1,0 +1,40 @@
+"""``gitops check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gitops import output
+from gitops.check import check_repository
+from gitops.errors import ProblemsError
+
+
+def check(repo: Path, *, as_json: bool, parse_nix: bool | None) -> int:
+    result = check_repository(repo, parse_nix=parse_nix)
+    if as_json:
+        output.emit_json(
+            {
+                "ok": not result.problems,
+                "hosts": sorted(result.fleet.hosts),
+                "profiles": sorted(result.fleet.profiles),
+                "nix_files": result.nix_files,
+                "nix_parsed": result.parsed_with_nix,
+                "problems": list(result.problems),
+            }
+        )
+        return 1 if result.problems else 0
+    if result.problems:
+        count = len(result.problems)
+        raise ProblemsError(
+            f"{repo}: {count} problem{'s' if count != 1 else ''}", list(result.problems)
+        )
+    nix_note = (
+        f"{result.nix_files} .nix files parse"
+        if result.parsed_with_nix
+        else f"{result.nix_files} .nix files not parsed (nix-instantiate not found)"
+    )
+    output.say(
+        f"ok: {len(result.fleet.hosts)} hosts, {len(result.fleet.profiles)} profiles, "
+        f"{len(result.fleet.settings.publishers)} publisher keys; {nix_note}"
+    )
+    return 0

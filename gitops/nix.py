@@ -1,0 +1,162 @@
+"""One thin typed function per Nix operation; all of them run through gitops.process.
+
+Activation follows ``nixos-rebuild``: ``switch`` and ``boot`` set a new generation of the
+system profile and run its ``bin/switch-to-configuration <action>``; ``test`` only runs
+it. Nix 2.8 (Debian's nix-bin) is the oldest Nix we support: ``nix build --json``, no
+``--print-out-paths``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitops import process
+from gitops.errors import GitopsError
+
+NIX = "nix"
+NIX_ENV = "nix-env"
+LOG_TAIL_LINES = 40
+_GENERATION_LINK = re.compile(r"^(?P<profile>.+)-(?P<number>\d+)-link$")
+
+
+class BuildError(GitopsError):
+    def __init__(self, message: str, log_tail: str) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class ActivationError(GitopsError):
+    def __init__(self, message: str, log_tail: str) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    path: Path  # the store path it points to
+    link: Path  # <profile>-<number>-link
+
+
+def build_flake(flake_ref: str, attr: str, *, extra_args: tuple[str, ...] = ()) -> Path:
+    """``nix build --no-link --json <flake>#<attr>``; the output path."""
+    result = process.run(
+        [
+            NIX,
+            "build",
+            "--no-link",
+            "--json",
+            "--print-build-logs",
+            *extra_args,
+            f"{flake_ref}#{attr}",
+        ],
+        check=False,
+    )
+    if result.returncode != 0:
+        log_tail = process.tail(result.stderr, LOG_TAIL_LINES)
+        last = next(
+            (
+                line.strip()
+                for line in reversed(result.stderr.splitlines())
+                if line.startswith("error")
+            ),
+            f"exit {result.returncode}",
+        )
+        raise BuildError(f"nix build failed: {last}", log_tail)
+    try:
+        outputs = json.loads(result.stdout)[0]["outputs"]
+        return Path(outputs.get("out") or next(iter(outputs.values())))
+    except (ValueError, KeyError, IndexError, StopIteration) as err:
+        raise GitopsError(f"nix build printed unexpected output: {result.stdout[:200]!r}") from err
+
+
+def toplevel_attr(host: str) -> str:
+    return f"nixosConfigurations.{host}.config.system.build.toplevel"
+
+
+def generations(profile: Path) -> list[Generation]:
+    """The profile's generations, oldest first, read from its ``<name>-N-link`` symlinks."""
+    found = []
+    if not profile.parent.is_dir():
+        return []
+    for link in profile.parent.iterdir():
+        match = _GENERATION_LINK.match(link.name)
+        if match is None or match.group("profile") != profile.name or not link.is_symlink():
+            continue
+        found.append(Generation(int(match.group("number")), link.resolve(), link))
+    return sorted(found, key=lambda g: g.number)
+
+
+def current_generation(profile: Path) -> Generation | None:
+    if not profile.is_symlink():
+        return None
+    target = profile.parent / profile.readlink()
+    match = _GENERATION_LINK.match(target.name)
+    if match is None:
+        return None
+    return Generation(int(match.group("number")), target.resolve(), target)
+
+
+def set_profile(profile: Path, path: Path) -> Generation:
+    """A new generation of ``profile`` pointing at ``path`` (``nix-env -p P --set``)."""
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    process.run([NIX_ENV, "-p", profile, "--set", path], check=True)
+    generation = current_generation(profile)
+    if generation is None:
+        raise GitopsError(f"{profile}: no generation after nix-env --set")
+    return generation
+
+
+def switch_generation(profile: Path, number: int) -> None:
+    process.run([NIX_ENV, "-p", profile, "--switch-generation", str(number)], check=True)
+
+
+def delete_generations(profile: Path, numbers: list[int]) -> None:
+    if numbers:
+        process.run(
+            [NIX_ENV, "-p", profile, "--delete-generations", *map(str, numbers)], check=True
+        )
+
+
+def switch_to_configuration(path: Path, action: str) -> None:
+    """Run the system's own activation; failures carry the output's tail."""
+    script = path / "bin" / "switch-to-configuration"
+    if not script.exists():
+        raise ActivationError(f"{path} has no bin/switch-to-configuration: not a NixOS system", "")
+    result = process.run([script, action], check=False, env={"NIXOS_INSTALL_BOOTLOADER": "0"})
+    if result.returncode != 0:
+        output = (result.stdout or "") + (result.stderr or "")
+        raise ActivationError(
+            f"switch-to-configuration {action} failed (exit {result.returncode})",
+            process.tail(output, LOG_TAIL_LINES),
+        )
+
+
+def parse_files(files: list[Path]) -> list[tuple[Path, str]]:
+    """``nix-instantiate --parse`` every file; (file, error) for each that does not parse.
+
+    One run for all files; only when it fails are files parsed one by one, to name each.
+    """
+    if not files:
+        return []
+    if process.run(["nix-instantiate", "--parse", *files], check=False).returncode == 0:
+        return []
+    errors = []
+    for path in files:
+        result = process.run(["nix-instantiate", "--parse", path], check=False)
+        if result.returncode != 0:
+            errors.append((path, _nix_error(result.stderr)))
+    return errors
+
+
+def _nix_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    error = next((line.removeprefix("error: ") for line in lines if line.startswith("error:")), "")
+    where = next(
+        (line.removeprefix("at ").rstrip(":") for line in lines if line.startswith("at ")), ""
+    )
+    location = where.rsplit("/", 1)[-1]
+    return f"{error} (at {location})" if where else error or "syntax error"

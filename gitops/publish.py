@@ -1,0 +1,245 @@
+"""Render each host's deploy tree from a main commit, and publish the ones that changed.
+
+Rendering works on git objects only (no checkout, no copying): a host's tree reuses the
+blob and tree ids of ``hosts/<host>``, its profiles and the shared paths, so planning a
+thousand hosts writes a few small tree objects each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pygit2
+
+from gitops import commits
+from gitops.errors import GitopsError
+from gitops.fleet import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
+from gitops.report import DEPLOY_PREFIX, deploy_ref
+from gitops.schema import Problems
+from gitops.source import TreeSource
+from gitops.sshsig import PrivateKeyTypes, PublicKey
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_PATHS = 20
+TRAILER_SOURCE = "Source-Commit"
+TRAILER_HOST = "Gitops-Host"
+TRAILER_EXPIRES = "Expires"
+
+_Entry = tuple[pygit2.Oid, int]  # object id and file mode
+_Nested = dict[str, "_Nested | _Entry"]
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    old_head: pygit2.Oid | None
+    new_tree: pygit2.Oid
+    changed_paths: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changed_paths)
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: pygit2.Commit
+    fleet: Fleet
+    hosts: tuple[HostPlan, ...]
+
+    @property
+    def changed(self) -> list[HostPlan]:
+        return [h for h in self.hosts if h.changed]
+
+
+def load_fleet_at(repo: pygit2.Repository, commit: pygit2.Commit) -> Fleet:
+    problems = Problems()
+    fleet = load_fleet(TreeSource(repo, commit.tree, commit.short_id), problems)
+    problems.raise_if_any(f"the fleet at {commit.short_id} is invalid (run 'gitops check' on it)")
+    return fleet
+
+
+def _lookup(tree: pygit2.Tree, path: str) -> _Entry | None:
+    try:
+        entry = tree[path]
+    except KeyError:
+        return None
+    return entry.id, int(entry.filemode)
+
+
+def _insert(root: _Nested, path: str, entry: _Entry) -> None:
+    *dirs, name = path.strip("/").split("/")
+    node = root
+    for part in dirs:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise GitopsError(f"deploy tree: {path} collides with a file named {part}")
+        node = child
+    node[name] = entry
+
+
+def _write(repo: pygit2.Repository, node: _Nested) -> pygit2.Oid:
+    builder = repo.TreeBuilder()
+    for name, child in sorted(node.items()):
+        if isinstance(child, dict):
+            builder.insert(name, _write(repo, child), pygit2.enums.FileMode.TREE)
+        else:
+            builder.insert(name, child[0], child[1])
+    return builder.write()
+
+
+def deploy_paths(fleet: Fleet, host: Host, source: TreeSource) -> list[str]:
+    """What ``host`` receives: the shared paths, its own directory, its profiles."""
+    paths = [p for p in fleet.settings.shared if source.read(p) is not None or source.is_dir(p)]
+    paths.append(f"{HOSTS_DIR}/{host.name}")
+    for profile in host.profiles:
+        path = profile_path(source, profile)
+        if path is None:  # load_fleet reported it already
+            raise GitopsError(f"{host.name}: unknown profile {profile!r}")
+        paths.append(path)
+    return paths
+
+
+def render_host_tree(
+    repo: pygit2.Repository, commit: pygit2.Commit, fleet: Fleet, host: Host
+) -> pygit2.Oid:
+    source = TreeSource(repo, commit.tree)
+    root: _Nested = {}
+    for path in deploy_paths(fleet, host, source):
+        entry = _lookup(commit.tree, path)
+        if entry is not None:
+            _insert(root, path, entry)
+    return _write(repo, root)
+
+
+def changed_paths(
+    repo: pygit2.Repository, old_tree: pygit2.Oid | None, new_tree: pygit2.Oid
+) -> tuple[str, ...]:
+    if old_tree == new_tree:
+        return ()
+    new = repo.get(new_tree)
+    assert isinstance(new, pygit2.Tree)
+    if old_tree is None:
+        return tuple(sorted(_all_paths(new)))
+    old = repo.get(old_tree)
+    assert isinstance(old, pygit2.Tree)
+    diff = old.diff_to_tree(new)
+    return tuple(sorted({d.new_file.path or d.old_file.path for d in diff.deltas}))
+
+
+def _all_paths(tree: pygit2.Tree, prefix: str = "") -> Iterable[str]:
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if isinstance(entry, pygit2.Tree):
+            yield from _all_paths(entry, path + "/")
+        else:
+            yield path
+
+
+def make_plan(repo: pygit2.Repository, source_rev: str, *, only: Iterable[str] = ()) -> Plan:
+    source = commits.resolve_commit(repo, source_rev)
+    fleet = load_fleet_at(repo, source)
+    wanted = set(only)
+    unknown = wanted - fleet.hosts.keys()
+    if unknown:
+        raise GitopsError(
+            f"unknown host(s): {', '.join(sorted(unknown))}; hosts are the directories in hosts/"
+        )
+    plans = []
+    for name in sorted(fleet.hosts):
+        if wanted and name not in wanted:
+            continue
+        host = fleet.hosts[name]
+        head = commits.ref_target(repo, deploy_ref(name))
+        old_tree = None
+        if head is not None:
+            head_commit = repo.get(head)
+            assert isinstance(head_commit, pygit2.Commit)
+            old_tree = head_commit.tree_id
+        new_tree = render_host_tree(repo, source, fleet, host)
+        plans.append(HostPlan(name, head, new_tree, changed_paths(repo, old_tree, new_tree)))
+    return Plan(source, fleet, tuple(plans))
+
+
+def deploy_message(plan: HostPlan, source: pygit2.Commit, expires: datetime | None) -> str:
+    subject = source.message.strip().splitlines()[0] if source.message.strip() else "update"
+    listed = list(plan.changed_paths[:MAX_LISTED_PATHS])
+    more = len(plan.changed_paths) - len(listed)
+    body = "Changed: " + ", ".join(listed) + (f", and {more} more" if more > 0 else "")
+    trailers = {TRAILER_SOURCE: str(source.id), TRAILER_HOST: plan.host}
+    if expires is not None:
+        trailers[TRAILER_EXPIRES] = expires.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return commits.format_message(f"deploy {plan.host}: {subject}", body, trailers)
+
+
+def publisher_principal(fleet: Fleet, key: PrivateKeyTypes) -> str:
+    public = PublicKey.from_crypto(key.public_key())
+    for publisher in fleet.settings.publishers:
+        if publisher.key.blob == public.blob:
+            return publisher.principal
+    raise GitopsError(
+        f"the signing key {public.fingerprint} is not a publisher in fleet.yaml, so hosts would "
+        "refuse what it signs; add it to 'publishers' by pull request, or use a listed key"
+    )
+
+
+@dataclass(frozen=True)
+class Published:
+    plan: Plan
+    commits: dict[str, pygit2.Oid]  # host -> new deploy commit
+
+
+def write_commits(
+    repo: pygit2.Repository,
+    plan: Plan,
+    key: PrivateKeyTypes,
+    *,
+    now: datetime | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Published:
+    """Write a signed commit for every changed host and move all their refs at once."""
+    principal = publisher_principal(plan.fleet, key)
+    moment = now or datetime.now(UTC)
+    expires = None
+    if plan.fleet.settings.expires_after is not None:
+        expires = moment + timedelta(seconds=plan.fleet.settings.expires_after)
+    identity = commits.signature_of(principal.split("@")[0] or principal, principal, moment)
+    written: dict[str, pygit2.Oid] = {}
+    updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
+    changed = plan.changed
+    for index, host_plan in enumerate(changed, start=1):
+        oid = commits.create_signed_commit(
+            repo,
+            tree=host_plan.new_tree,
+            parents=[host_plan.old_head] if host_plan.old_head is not None else [],
+            message=deploy_message(host_plan, plan.source, expires),
+            author=identity,
+            key=key,
+        )
+        written[host_plan.host] = oid
+        updates[deploy_ref(host_plan.host)] = (host_plan.old_head, oid)
+        if progress is not None and (index % 100 == 0 or index == len(changed)):
+            progress(f"signed {index}/{len(changed)} deploy commits")
+    commits.update_refs(repo, updates, message=f"gitops publish {plan.source.short_id}")
+    return Published(plan, written)
+
+
+def rollback_refs(repo: pygit2.Repository, published: Published) -> None:
+    """Put the local deploy refs back where they were (after a refused push)."""
+    updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
+    deletes = []
+    for plan in published.plan.changed:
+        new = published.commits[plan.host]
+        if plan.old_head is None:
+            deletes.append(deploy_ref(plan.host))
+        else:
+            updates[deploy_ref(plan.host)] = (new, plan.old_head)
+    commits.update_refs(repo, updates, message="gitops publish: push refused, rolled back")
+    for name in deletes:
+        ref = repo.references.get(name)
+        if ref is not None and ref.target == published.commits[name.removeprefix(DEPLOY_PREFIX)]:
+            ref.delete()

@@ -1,0 +1,94 @@
+"""Report commits on ``reports/<host>``: write one (the agent), read them back (the site).
+
+A report commit's tree holds exactly one file, ``status.json``; the commit is signed
+with the host's key. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pygit2
+
+from gitops import commits
+from gitops.report import STATUS_FILE, Report
+from gitops.sshsig import PrivateKeyTypes
+
+AGENT_EMAIL_DOMAIN = "gitops-agent.invalid"
+
+
+def report_message(report: Report) -> str:
+    short = (report.deploy_seen or "none")[:8]
+    trailers = {"Report-Id": report.report_id, "Result": str(report.result)}
+    if report.deploy_seen:
+        trailers["Deploy-Commit"] = report.deploy_seen
+    return commits.format_message(
+        f"report {report.host}: {report.result} {short}", report.reason, trailers
+    )
+
+
+def report_tree(repo: pygit2.Repository, report: Report) -> pygit2.Oid:
+    blob = repo.create_blob(report.to_json().encode("utf-8"))
+    builder = repo.TreeBuilder()
+    builder.insert(STATUS_FILE, blob, pygit2.enums.FileMode.BLOB)
+    return builder.write()
+
+
+def create_report_commit(
+    repo: pygit2.Repository,
+    report: Report,
+    *,
+    parent: pygit2.Oid | None,
+    key: PrivateKeyTypes,
+) -> pygit2.Oid:
+    """Write (not yet on any ref) the signed commit holding ``report``."""
+    identity = commits.signature_of(
+        f"gitops-agent {report.host}", f"{report.host}@{AGENT_EMAIL_DOMAIN}", report.time
+    )
+    return commits.create_signed_commit(
+        repo,
+        tree=report_tree(repo, report),
+        parents=[parent] if parent is not None else [],
+        message=report_message(report),
+        author=identity,
+        key=key,
+    )
+
+
+@dataclass(frozen=True)
+class ReportCommit:
+    oid: pygit2.Oid
+    raw: bytes  # the raw commit object, for signature checks
+    status: bytes | None  # status.json, None when the commit has no such file
+    report_id: str | None
+
+
+def read_report_commit(repo: pygit2.Repository, oid: pygit2.Oid) -> ReportCommit:
+    commit = repo.get(oid)
+    assert isinstance(commit, pygit2.Commit)
+    status: bytes | None = None
+    try:
+        entry = commit.tree[STATUS_FILE]
+    except KeyError:
+        entry = None
+    if isinstance(entry, pygit2.Blob):
+        status = bytes(entry.data)
+    return ReportCommit(
+        oid=oid,
+        raw=commits.read_raw(repo, oid),
+        status=status,
+        report_id=commits.trailers(commit.message).get("Report-Id"),
+    )
+
+
+def walk_reports(
+    repo: pygit2.Repository, head: pygit2.Oid, *, stop: pygit2.Oid | None = None
+) -> Iterator[pygit2.Oid]:
+    """Report commits from ``head`` back along first parents, newest first, until ``stop``."""
+    oid: pygit2.Oid | None = head
+    while oid is not None and oid != stop:
+        yield oid
+        commit = repo.get(oid)
+        assert isinstance(commit, pygit2.Commit)
+        oid = commit.parent_ids[0] if commit.parent_ids else None

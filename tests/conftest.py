@@ -1,0 +1,73 @@
+"""Shared test set-up: a hermetic git and nix environment, keys, and guards against
+writing to the real system (the system profile, /var/lib, /etc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pygit2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gitops.agent import config as agent_config
+
+NIX_CONFIG = "\n".join(
+    [
+        "build-users-group =",
+        "sandbox = false",
+        "substituters =",
+        "experimental-features = nix-command flakes",
+    ]
+)
+
+HERMETIC_GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.org",
+    "GIT_COMMITTER_NAME": "Test Committer",
+    "GIT_COMMITTER_EMAIL": "committer@example.org",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ALLOW_PROTOCOL": "file:ssh:http:https:git",
+}
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    for name, value in HERMETIC_GIT_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    # pygit2 reads the global config from its own search path, not from $HOME at call time.
+    for level in (
+        pygit2.enums.ConfigLevel.GLOBAL,
+        pygit2.enums.ConfigLevel.XDG,
+        pygit2.enums.ConfigLevel.SYSTEM,
+    ):
+        pygit2.settings.search_path[level] = str(home)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_system_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that forgets to choose a temporary state dir or profile fails loudly."""
+    forbidden = Path("/nonexistent/test-forgot-to-choose-a-path")
+    monkeypatch.setattr(agent_config, "DEFAULT_STATE_DIR", forbidden)
+    monkeypatch.setattr(agent_config, "DEFAULT_PROFILE", forbidden / "profile")
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None
+
+
+needs_nix = pytest.mark.skipif(
+    not have("nix") and not os.environ.get("CI"), reason="nix is not installed (CI installs it)"
+)
+
+
+@pytest.fixture
+def ed25519_key() -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.generate()
