@@ -1,0 +1,426 @@
+# services.gitops-agent: pull this host's signed deploy branch, build it, switch to it,
+# check health, and push a signed status report.
+#
+# The option defaults live in ./agent-defaults.json, which tests compare with the
+# agent's own defaults; ./agent-config.nix renders the options into the agent's
+# configuration file. Nothing secret enters the Nix store: secrets are paths (strings).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.gitops-agent;
+  defaults = lib.importJSON ./agent-defaults.json;
+  inherit (lib) mkOption types;
+
+  # An absolute path as a string. For secrets this matters: a Nix path would copy the
+  # file into the world-readable store, a string is only read by the agent at run time.
+  pathString = types.strMatching "/.*";
+
+  trustedPublishersFile =
+    if cfg.trustedPublishersFile != null then
+      cfg.trustedPublishersFile
+    else
+      pkgs.writeText "gitops-trusted-publishers" cfg.trustedPublishers;
+
+  knownHostsFile =
+    if cfg.knownHostsFile != null then
+      cfg.knownHostsFile
+    else if cfg.knownHosts != null then
+      pkgs.writeText "gitops-known-hosts" cfg.knownHosts
+    else
+      null;
+
+  configText = import ./agent-config.nix {
+    cfg = cfg // {
+      inherit trustedPublishersFile knownHostsFile;
+    };
+  };
+  configFile = pkgs.writeText "gitops-agent.yaml" configText;
+
+  gitops = "${cfg.package}/bin/gitops --config ${configFile}";
+
+  isSshRemote =
+    lib.hasPrefix "ssh://" cfg.remote
+    || (builtins.match "[^/]*@[^/]*:.*" cfg.remote != null && !(lib.hasInfix "://" cfg.remote));
+in
+{
+  options.services.gitops-agent = {
+    enable = lib.mkEnableOption "the nixos-gitops agent, which applies this host's signed deploy branch";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { nix = config.nix.package; };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { nix = config.nix.package; }";
+      description = "The nixos-gitops package (it provides the `gitops` command).";
+    };
+
+    remote = mkOption {
+      type = types.str;
+      example = "ssh://git@git.example.org/infra/fleet.git";
+      description = ''
+        URL of the fleet repository. The agent fetches only `deploy/<hostName>` and
+        pushes its reports to `reports/<hostName>`. An ssh remote needs `knownHosts`.
+      '';
+    };
+
+    hostName = mkOption {
+      type = types.strMatching "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+      default = config.networking.hostName;
+      defaultText = lib.literalExpression "config.networking.hostName";
+      description = "This host's name in the fleet: the directory hosts/<hostName> and the branch deploy/<hostName>.";
+    };
+
+    trustedPublishers = mkOption {
+      type = types.nullOr types.lines;
+      default = null;
+      example = ''publisher@example.org namespaces="git" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...'';
+      description = ''
+        The publisher keys this host trusts, in OpenSSH allowed-signers format
+        (ssh-keygen(1), ALLOWED SIGNERS). Public keys only: it is written to the store.
+        Set this or `trustedPublishersFile`.
+      '';
+    };
+
+    trustedPublishersFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = lib.literalExpression "./publishers.allowed_signers";
+      description = "An allowed-signers file with the publisher keys (instead of `trustedPublishers`).";
+    };
+
+    signingKey = mkOption {
+      type = pathString;
+      default = defaults.signing_key;
+      description = ''
+        Private key that signs this host's reports; its public half is `key` in
+        hosts/<hostName>/host.yaml. A string path, never read at evaluation time.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = pathString;
+      default = defaults.state_dir;
+      description = "Where the agent keeps its mirror, its last applied commit and unpushed reports.";
+    };
+
+    systemProfile = mkOption {
+      type = pathString;
+      default = defaults.system_profile;
+      description = "The system profile the agent adds generations to.";
+    };
+
+    action = mkOption {
+      type = types.enum [
+        "switch"
+        "boot"
+        "test"
+      ];
+      default = defaults.action;
+      description = ''
+        What to do with a new system, as nixos-rebuild names it: `switch` (activate now
+        and at boot), `boot` (at the next boot) or `test` (now, not at boot).
+      '';
+    };
+
+    interval = mkOption {
+      type = types.ints.positive;
+      default = defaults.poll_interval;
+      description = "Seconds between two checks of the deploy branch (the timer's OnUnitInactiveSec).";
+    };
+
+    randomizedDelaySec = mkOption {
+      type = types.ints.unsigned;
+      default = defaults.poll_jitter;
+      description = "Up to this many seconds of random delay per check, so a fleet does not fetch at once.";
+    };
+
+    bootDelaySec = mkOption {
+      type = types.ints.unsigned;
+      default = 120;
+      description = "Seconds after boot before the first check (the timer's OnBootSec).";
+    };
+
+    reportInterval = mkOption {
+      type = types.ints.positive;
+      default = defaults.report_interval;
+      description = "A report (heartbeat) is pushed at least this often, in seconds, even when nothing changed.";
+    };
+
+    sshKey = mkOption {
+      type = types.nullOr pathString;
+      default = defaults.ssh_key;
+      example = "/etc/ssh/ssh_host_ed25519_key";
+      description = "Private key to log in to an ssh remote (for example the host key, registered as a deploy key).";
+    };
+
+    knownHosts = mkOption {
+      type = types.nullOr types.lines;
+      default = null;
+      example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
+      description = "The git server's host keys (ssh-keyscan output). Required for an ssh remote, unless `knownHostsFile` is set.";
+    };
+
+    knownHostsFile = mkOption {
+      type = types.nullOr types.path;
+      default = defaults.known_hosts;
+      description = "A known_hosts file with the git server's host keys (instead of `knownHosts`).";
+    };
+
+    httpTokenFile = mkOption {
+      type = types.nullOr pathString;
+      default = defaults.http_token_file;
+      example = "/run/secrets/gitops-token";
+      description = "File holding an access token for an https remote.";
+    };
+
+    httpUsername = mkOption {
+      type = types.str;
+      default = defaults.http_username;
+      description = "User name sent with `httpTokenFile`.";
+    };
+
+    health = {
+      failedUnits = mkOption {
+        type = types.bool;
+        default = defaults.health.failed_units;
+        description = "After a switch, roll back if any systemd unit is failed.";
+      };
+      remote = mkOption {
+        type = types.bool;
+        default = defaults.health.remote;
+        description = "After a switch, roll back if the git remote is no longer reachable.";
+      };
+      commands = mkOption {
+        type = types.listOf (types.either types.str (types.nonEmptyListOf types.str));
+        default = defaults.health.commands;
+        example = lib.literalExpression ''[ "curl -fsS http://127.0.0.1:8080/health" [ "systemctl" "is-active" "nginx.service" ] ]'';
+        description = "Extra checks after a switch; each must exit 0. A string runs with /bin/sh -c.";
+      };
+      grace = mkOption {
+        type = types.ints.unsigned;
+        default = defaults.health.grace;
+        description = "Seconds to let units settle after a switch before checking.";
+      };
+      timeout = mkOption {
+        type = types.ints.positive;
+        default = defaults.health.timeout;
+        description = "Seconds each health command may take.";
+      };
+    };
+
+    buildArgs = mkOption {
+      type = types.listOf types.str;
+      default = defaults.build_args;
+      example = [
+        "--max-jobs"
+        "2"
+      ];
+      description = "Extra arguments for `nix build`.";
+    };
+
+    trustOnFirstUse = mkOption {
+      type = types.bool;
+      default = defaults.trust_on_first_use;
+      description = "On the very first run, accept the first correctly signed head (unless `minCommit` pins a floor).";
+    };
+
+    minCommit = mkOption {
+      type = types.nullOr (types.strMatching "[0-9a-f]{40}");
+      default = defaults.min_commit;
+      description = "The first applied deploy commit must be this commit or descend from it.";
+    };
+
+    maxAge = mkOption {
+      type = types.nullOr (types.either types.ints.positive types.str);
+      default = defaults.max_age;
+      example = "30d";
+      description = "Refuse a deploy head committed longer ago than this (seconds, or 5m/1h/2d/1w): freeze protection.";
+    };
+
+    watch = mkOption {
+      type = types.listOf pathString;
+      default = defaults.watch;
+      description = "Paths whose change starts a cycle at once (a local mirror updated by a central server).";
+    };
+
+    keepGenerations = mkOption {
+      type = types.ints.unsigned;
+      default = defaults.keep_generations;
+      description = "System profile generations to keep (0 keeps all; nix.gc still removes old ones).";
+    };
+
+    trigger = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Listen on `trigger.address`:`trigger.port` so a local user or script can ask for a
+          check now (`curl -X POST http://127.0.0.1:51337/`). The request only starts
+          gitops-agent.service; what gets applied is still only what was signed.
+        '';
+      };
+      address = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address of the trigger socket. Keep it on loopback.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 51337;
+        description = "TCP port of the trigger socket (Bento uses the same one).";
+      };
+    };
+
+    settings = mkOption {
+      type = (pkgs.formats.json { }).type;
+      default = { };
+      example = {
+        health.grace = 30;
+      };
+      description = ''
+        Raw keys of the agent's configuration file, merged over the options above
+        (see docs/reference/agent.md). Unknown keys are an error when the agent starts.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = (cfg.trustedPublishers == null) != (cfg.trustedPublishersFile == null);
+        message = "services.gitops-agent: set exactly one of trustedPublishers or trustedPublishersFile.";
+      }
+      {
+        assertion = !(cfg.knownHosts != null && cfg.knownHostsFile != null);
+        message = "services.gitops-agent: set knownHosts or knownHostsFile, not both.";
+      }
+      {
+        assertion = !isSshRemote || knownHostsFile != null;
+        message = "services.gitops-agent: the ssh remote ${cfg.remote} needs knownHosts (the git server's host key, from ssh-keyscan).";
+      }
+      {
+        # Two controllers switching the same machine would undo each other's work.
+        assertion = !config.system.autoUpgrade.enable;
+        message = "services.gitops-agent and system.autoUpgrade both switch this system; disable system.autoUpgrade.";
+      }
+    ];
+
+    environment.etc."gitops/agent.yaml".source = configFile;
+    environment.systemPackages = [ cfg.package ];
+
+    systemd.services.gitops-agent = {
+      description = "nixos-gitops agent: apply this host's signed deploy branch";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # The service switches the system it belongs to: switch-to-configuration must not
+      # stop or restart it half-way (nixpkgs' nixos-upgrade.service does the same).
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      path = [
+        config.programs.ssh.package # git over ssh
+        pkgs.gitMinimal
+        config.nix.package.out
+      ];
+      environment =
+        config.nix.envVars
+        // {
+          HOME = cfg.stateDir;
+        }
+        // config.networking.proxy.envVars;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${gitops} agent once";
+        StateDirectory = lib.mkIf (cfg.stateDir == defaults.state_dir) "gitops-agent";
+        StateDirectoryMode = "0700";
+        # Builds and activation scripts run as children of this service: leave the
+        # umask nixos-rebuild would have, or activation creates 0700 directories.
+        UMask = "0022";
+        # Run below interactive work on desktops; services it (re)starts are not affected.
+        Nice = 10;
+        IOSchedulingClass = "best-effort";
+        IOSchedulingPriority = 7;
+
+        # Hardening, as far as switching a whole system allows:
+        NoNewPrivileges = true; # already root; nothing it runs needs setuid to gain more
+        LockPersonality = true;
+        RestrictRealtime = true;
+        # Deliberately NOT set, because the service must be able to do what
+        # `nixos-rebuild switch` does:
+        # - ProtectSystem/ProtectHome/ReadOnlyPaths/PrivateTmp/PrivateDevices/PrivateMounts:
+        #   each puts the service in its own mount namespace. switch-to-configuration
+        #   writes /etc, /boot, /nix/var and users' homes, and activation scripts mount
+        #   things (/run/wrappers, /run/keys, /dev/shm) that must be visible system-wide.
+        # - ProtectHostname: activation sets the host name.
+        # - ProtectKernelModules/ProtectKernelTunables: activation loads modules and
+        #   applies boot.kernel.sysctl.
+        # - CapabilityBoundingSet, RestrictNamespaces, SystemCallFilter,
+        #   SystemCallArchitectures, MemoryDenyWriteExecute: nix builds run as children
+        #   and need namespaces for the sandbox, 32-bit syscalls for i686 derivations
+        #   and JIT compilers; bootloader installation needs raw device access.
+        # - PrivateNetwork/IPAddressDeny: it fetches, substitutes and pushes.
+      };
+    };
+
+    systemd.timers.gitops-agent = {
+      description = "Check this host's deploy branch periodically";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnBootSec = cfg.bootDelaySec;
+        OnUnitInactiveSec = cfg.interval;
+        RandomizedDelaySec = cfg.randomizedDelaySec;
+      };
+    };
+
+    systemd.sockets.gitops-agent-trigger = lib.mkIf cfg.trigger.enable {
+      description = "Local trigger for the nixos-gitops agent";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ "${cfg.trigger.address}:${toString cfg.trigger.port}" ];
+      socketConfig = {
+        Accept = true;
+        MaxConnections = 4;
+        # A burst of requests cannot turn into a burst of services.
+        TriggerLimitIntervalSec = "10s";
+        TriggerLimitBurst = 20;
+      };
+    };
+
+    systemd.services."gitops-agent-trigger@" = lib.mkIf cfg.trigger.enable {
+      description = "Answer a local request to run the nixos-gitops agent now";
+      serviceConfig = {
+        ExecStart = "${gitops} agent trigger --http --start-unit gitops-agent.service";
+        StandardInput = "socket";
+        StandardOutput = "socket";
+        StandardError = "journal";
+        # Root only to ask systemd (over /run/systemd/private) to start one unit; it
+        # needs no capability, no network of its own (the connection is passed in)
+        # and no writable file system apart from the agent's trigger file.
+        RuntimeMaxSec = 30;
+        CapabilityBoundingSet = "";
+        NoNewPrivileges = true;
+        PrivateNetwork = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        ReadWritePaths = [ "-${cfg.stateDir}" ];
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" ];
+        UMask = "0077";
+      };
+    };
+  };
+}
