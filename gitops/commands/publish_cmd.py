@@ -10,6 +10,7 @@ from gitops import commits, keys, output, transport
 from gitops import publish as publishing
 from gitops.errors import GitopsError
 from gitops.report import DEPLOY_PREFIX
+from gitops.sshsig import SignatureError
 
 
 def _plan_json(plan: publishing.Plan) -> dict[str, object]:
@@ -51,8 +52,12 @@ def plan(repo: Path, source: str, hosts: list[str], *, as_json: bool) -> int:
     return 0
 
 
-def _sync_from_remote(repository: pygit2.Repository, remote: str) -> None:
-    """Start from the remote's deploy heads, refusing any that were rewound."""
+def _sync_from_remote(repository: pygit2.Repository, remote: str, source: str) -> None:
+    """Start from the remote's deploy heads, refusing any that were rewound or that a
+    publisher did not sign (someone pushed to a deploy branch by hand)."""
+    trust = publishing.load_fleet_at(
+        repository, commits.resolve_commit(repository, source)
+    ).settings.publisher_trust()
     tracking = f"refs/gitops/publish/{remote}/"
     output.progress(f"fetching deploy branches from {remote}")
     transport.fetch(Path(repository.path), remote, [f"+{DEPLOY_PREFIX}*:{tracking}*"])
@@ -66,6 +71,14 @@ def _sync_from_remote(repository: pygit2.Repository, remote: str) -> None:
         assert remote_head is not None
         if local_head == remote_head:
             continue
+        try:
+            commits.verify_commit(repository, remote_head, trust)
+        except SignatureError as err:
+            raise GitopsError(
+                f"{local_name} on {remote} has a head {str(remote_head)[:8]} that no publisher "
+                f"signed ({err}): someone pushed to it by hand. Investigate, then put the last "
+                f"good commit back with 'git push --force {remote} <good>:{local_name}'"
+            ) from err
         if local_head is not None and not repository.descendant_of(remote_head, local_head):
             raise GitopsError(
                 f"{local_name} on {remote} does not descend from the local one "
@@ -95,7 +108,7 @@ def publish(
     key = keys.load_signing_key(key_path)
     repository = commits.open_repository(repo)
     if push:
-        _sync_from_remote(repository, remote)
+        _sync_from_remote(repository, remote, source)
     result = publishing.make_plan(repository, source, only=hosts)
     if not as_json:
         _print_plan(result)
