@@ -78,7 +78,8 @@ class AllowedSigner:
             options.append(f'valid-after="{format_time(self.valid_after)}"')
         if self.valid_before is not None:
             options.append(f'valid-before="{format_time(self.valid_before)}"')
-        parts = [self.principals, ",".join(options), self.key.openssh()]
+        principals = f'"{self.principals}"' if any(c.isspace() for c in self.principals) else self.principals
+        parts = [principals, ",".join(options), self.key.openssh()]
         return " ".join(p for p in parts if p)
 
     def validity_problem(self, moment: datetime) -> str | None:
@@ -146,6 +147,8 @@ def parse_line(line: str, line_number: int = 0) -> AllowedSigner | None:
                 raise ValueError(f"unknown option {name!r}")
             options[name] = value.strip('"') if value else None
         rest = rest[1:]
+    valid_after = parse_time(v) if (v := options.get("valid-after")) else None
+    valid_before = parse_time(v) if (v := options.get("valid-before")) else None
     if len(rest) < 2:
         raise ValueError("missing key")
     key = PublicKey.parse(" ".join(rest[:2]))
@@ -153,8 +156,8 @@ def parse_line(line: str, line_number: int = 0) -> AllowedSigner | None:
         principals=principals,
         key=key,
         namespaces=options.get("namespaces"),
-        valid_after=parse_time(v) if (v := options.get("valid-after")) else None,
-        valid_before=parse_time(v) if (v := options.get("valid-before")) else None,
+        valid_after=valid_after,
+        valid_before=valid_before,
         cert_authority="cert-authority" in options,
         line_number=line_number,
     )

@@ -1,0 +1,100 @@
+"""Helpers shared by tests: keys on disk, git as an independent peer, small fleets."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from gitops import keys, standin
+from gitops.sshsig import PrivateKeyTypes, PublicKey
+
+KEY_TYPES = ("ed25519", "rsa", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521")
+
+
+def make_key(kind: str) -> PrivateKeyTypes:
+    match kind:
+        case "ed25519":
+            return ed25519.Ed25519PrivateKey.generate()
+        case "rsa":
+            return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+        case "ecdsa-p256":
+            return ec.generate_private_key(ec.SECP256R1())
+        case "ecdsa-p384":
+            return ec.generate_private_key(ec.SECP384R1())
+        case "ecdsa-p521":
+            return ec.generate_private_key(ec.SECP521R1())
+    raise ValueError(kind)
+
+
+def write_key(path: Path, key: PrivateKeyTypes, comment: str = "test") -> PublicKey:
+    return keys.write_keypair(path, key, comment)
+
+
+def public_line(key: PrivateKeyTypes) -> str:
+    return keys.public_line(key).strip()
+
+
+def git(
+    *args: str | Path, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        ["git", *map(str, args)],
+        cwd=cwd,
+        check=check,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def git_out(*args: str | Path, cwd: Path) -> str:
+    return git(*args, cwd=cwd).stdout.strip()
+
+
+def init_repo(path: Path) -> Path:
+    git("init", "-q", "-b", "main", path, cwd=path.parent)
+    return path
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "--allow-empty", "-m", message, cwd=repo)
+    return git_out("rev-parse", "HEAD", cwd=repo)
+
+
+def write_fleet(
+    root: Path,
+    *,
+    publisher: PrivateKeyTypes,
+    hosts: dict[str, list[str]],
+    host_keys: dict[str, PrivateKeyTypes],
+    machines: Path,
+    extra_fleet: dict[str, object] | None = None,
+) -> None:
+    """A stand-in fleet repository (see gitops/standin.py) in the work tree ``root``."""
+    (root / "modules").mkdir(parents=True, exist_ok=True)
+    (root / "profiles").mkdir(exist_ok=True)
+    (root / "flake.nix").write_text(standin.flake(machines))
+    (root / "modules" / "default.nix").write_text(standin.MODULES)
+    fleet: dict[str, object] = {
+        "name": "test fleet",
+        "publishers": [{"principal": "publisher@example.org", "key": public_line(publisher)}],
+    }
+    fleet.update(extra_fleet or {})
+    (root / "fleet.yaml").write_text(yaml.safe_dump(fleet, sort_keys=False))
+    for profile in sorted({p for ps in hosts.values() for p in ps}):
+        (root / "profiles" / f"{profile}.nix").write_text(standin.profile_file(profile))
+    for name, profiles in hosts.items():
+        directory = root / "hosts" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "host.yaml").write_text(
+            yaml.safe_dump(
+                {"profiles": profiles, "key": public_line(host_keys[name])}, sort_keys=False
+            )
+        )
+        (directory / "configuration.nix").write_text(standin.host_configuration(profiles))
