@@ -106,8 +106,6 @@ def _reblob(armored: str, **changes: bytes | int) -> str:
     out = b"SSHSIG" + struct.pack(">I", version)
     out += b"".join(struct.pack(">I", len(values[n])) + values[n] for n in names)
     out += blob[pos:]
-        changes.get("trailing", b"") if isinstance(changes.get("trailing"), bytes) else b""
-    )
     return sshsig.armor(out)
 
 
