@@ -40,7 +40,8 @@ let
   };
   configFile = pkgs.writeText "gitops-agent.yaml" configText;
 
-  gitops = "${cfg.package}/bin/gitops --config ${configFile}";
+  # `--config` belongs to the `agent` command: gitops agent --config FILE once|trigger.
+  agentCommand = "${cfg.package}/bin/gitops agent --config ${configFile}";
 
   isSshRemote =
     lib.hasPrefix "ssh://" cfg.remote
@@ -332,7 +333,7 @@ in
         // config.networking.proxy.envVars;
       serviceConfig = {
         Type = "oneshot";
-        ExecStart = "${gitops} agent once";
+        ExecStart = "${agentCommand} once";
         StateDirectory = lib.mkIf (cfg.stateDir == defaults.state_dir) "gitops-agent";
         StateDirectoryMode = "0700";
         # Builds and activation scripts run as children of this service: leave the
@@ -390,7 +391,7 @@ in
     systemd.services."gitops-agent-trigger@" = lib.mkIf cfg.trigger.enable {
       description = "Answer a local request to run the nixos-gitops agent now";
       serviceConfig = {
-        ExecStart = "${gitops} agent trigger --http --start-unit gitops-agent.service";
+        ExecStart = "${agentCommand} trigger --http --start-unit gitops-agent.service";
         StandardInput = "socket";
         StandardOutput = "socket";
         StandardError = "journal";

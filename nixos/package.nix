@@ -33,13 +33,10 @@ python3Packages.buildPythonApplication {
 
   build-system = [ python3Packages.hatchling ];
 
-  dependencies = with python3Packages; [
-    pygit2
-    cryptography
-    pyyaml
-    jinja2
-    watchfiles
-  ];
+  # pygit2, cryptography, pyyaml, jinja2, watchfiles, ...: read from pyproject.toml.
+  dependencies = map (name: python3Packages.${name}) (
+    import ./python-deps.nix (builtins.fromTOML (builtins.readFile (root + "/pyproject.toml")))
+  );
 
   makeWrapperArgs = [
     "--prefix"
