@@ -135,6 +135,7 @@ def test_only_hosts_whose_tree_changed_get_a_commit(fleet: Fleet) -> None:
     for host in HOSTS:
         if "workstation" in HOSTS[host]:
             new = fleet.head(host)
+            assert new is not None
             assert new != before[host]
             assert (
                 git_out("rev-parse", f"{new}^", cwd=fleet.root) == before[host]
