@@ -289,7 +289,9 @@ class Cycle:
     def _finish(self, outcome: _Outcome, reporter: Reporter) -> CycleResult:
         now = self.clock()
         seen = str(outcome.seen) if outcome.seen is not None else None
-        key = f"{outcome.result}|{seen}|{self.state.applied}"
+        # Applied then unchanged is one state: report changes of state once, then heartbeats.
+        condition = "ok" if outcome.result in (Result.APPLIED, Result.UNCHANGED) else outcome.result
+        key = f"{condition}|{seen}|{self.state.applied}"
         last = self.state.last_report_at()
         due = (
             self.force_report
