@@ -78,7 +78,9 @@ class AllowedSigner:
             options.append(f'valid-after="{format_time(self.valid_after)}"')
         if self.valid_before is not None:
             options.append(f'valid-before="{format_time(self.valid_before)}"')
-        principals = f'"{self.principals}"' if any(c.isspace() for c in self.principals) else self.principals
+        principals = (
+            f'"{self.principals}"' if any(c.isspace() for c in self.principals) else self.principals
+        )
         parts = [principals, ",".join(options), self.key.openssh()]
         return " ".join(p for p in parts if p)
 
