@@ -121,6 +121,12 @@ def delete_generations(profile: Path, numbers: list[int]) -> None:
         )
 
 
+def keep_last_generations(profile: Path, count: int) -> None:
+    """Delete all but the newest ``count`` generations (the current one is always kept)."""
+    if count > 0 and len(generations(profile)) > count:
+        process.run([NIX_ENV, "-p", profile, "--delete-generations", f"+{count}"], check=True)
+
+
 def switch_to_configuration(path: Path, action: str) -> None:
     """Run the system's own activation; failures carry the output's tail."""
     script = path / "bin" / "switch-to-configuration"

@@ -162,6 +162,14 @@ def test_new_commit_makes_new_generation(demo: DemoFleet) -> None:
     )
 
 
+def test_keep_generations(demo: DemoFleet) -> None:
+    config = replace(demo.agent_config("gamma"), keep_generations=2)
+    for kernel in ("6.1", "6.2", "6.3"):
+        change(demo, "gamma", kernel=f'"{kernel}"')
+        assert run(demo, "gamma", config).result == Result.APPLIED
+    assert generations(demo, "gamma") == [2, 3]
+
+
 def _assert_rejected(
     demo: DemoFleet, host: str, reason: str, config: AgentConfig | None = None
 ) -> None:

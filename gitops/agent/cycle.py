@@ -243,6 +243,11 @@ class Cycle:
         self.mirror.set_ref(APPLIED_REF, head, "applied")
         self.mirror.delete_ref(INCOMING_REF)
         self.mirror.prune_trees({str(head)})
+        if config.keep_generations and config.action != Action.TEST:
+            try:
+                nix.keep_last_generations(config.system_profile, config.keep_generations)
+            except GitopsError as err:  # retention must never fail a good switch
+                log.warning("could not prune old generations: %s", err)
         verb = {Action.SWITCH: "switched to", Action.BOOT: "will boot", Action.TEST: "testing"}[
             config.action
         ]
