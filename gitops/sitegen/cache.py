@@ -1,0 +1,197 @@
+"""The build cache: verdicts, collected hosts and rendered pages, kept between builds.
+
+A directory next to the output (``.<out>.cache`` beside ``--out``) holding one sqlite
+database (every write is one transaction: a killed build leaves the previous state) and
+``pages/``, rendered files named by their content hash that builds hard-link into the
+output. Keys are commit ids plus the key that checked them, so a changed host key or
+publisher list re-verifies exactly what it must. The cache is as trusted as the output
+directory itself; delete it at any time to force a full build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import pickle
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gitops.errors import GitopsError
+from gitops.sitegen.model import HostData, Trust
+
+SCHEMA = 3
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS verdicts (commit_id TEXT, key_id TEXT, trust TEXT, detail TEXT,"
+    " principal TEXT, PRIMARY KEY (commit_id, key_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB)",
+    "CREATE TABLE IF NOT EXISTS samples (name TEXT PRIMARY KEY, key TEXT, data BLOB)",
+    "CREATE TABLE IF NOT EXISTS pages (path TEXT PRIMARY KEY, key TEXT, digest TEXT)",
+    "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB)",
+)
+
+
+def cache_dir_for(out: Path) -> Path:
+    return out.parent / f".{out.name}.cache"
+
+
+class Cache:
+    def __init__(self, directory: Path, code_id: str) -> None:
+        self.directory = directory
+        self.pages_dir = directory / "pages"
+        try:
+            self.pages_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise GitopsError(f"{directory}: cannot create the site cache: {err.strerror}") from err
+        self.path = directory / "cache.sqlite"
+        self._lock = (directory / "lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            self._lock.close()
+            raise GitopsError(
+                f"{directory}: another site build is running with this cache; wait for it"
+            ) from err
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        for statement in _TABLES:
+            self.db.execute(statement)
+        version = f"{SCHEMA}:{code_id}"
+        row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if row is None or row[0] != version:
+            with self.db:
+                for table in ("verdicts", "hosts", "samples", "pages", "blobs"):
+                    self.db.execute(f"DELETE FROM {table}")
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
+
+    def close(self) -> None:
+        self.db.close()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    # -- verdicts (read from worker processes through their own connection) ----------
+
+    def verdict_reader(self) -> VerdictReader:
+        return VerdictReader(self.path)
+
+    def save_verdicts(self, rows: Iterable[tuple[str, str, tuple[Trust, str, str]]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
+                ((c, k, str(v[0]), v[1], v[2]) for c, k, v in rows),
+            )
+
+    # -- collected hosts ---------------------------------------------------------------
+
+    def load_hosts(self) -> dict[str, HostData]:
+        hosts: dict[str, HostData] = {}
+        for name, blob in self.db.execute("SELECT name, data FROM hosts"):
+            try:
+                value = pickle.loads(blob)
+            except Exception:  # an unreadable row is a cache miss, never an error
+                continue
+            if isinstance(value, HostData):
+                hosts[name] = value
+        return hosts
+
+    def save_hosts(self, changed: Iterable[HostData], removed: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO hosts VALUES (?, ?)",
+                ((h.name, pickle.dumps(h, protocol=pickle.HIGHEST_PROTOCOL)) for h in changed),
+            )
+            self.db.executemany("DELETE FROM hosts WHERE name = ?", ((n,) for n in removed))
+
+    # -- per-host derived values keyed by their inputs ---------------------------------
+
+    def load_keyed(self, table: str) -> dict[str, tuple[str, Any]]:
+        assert table in ("samples",)
+        found: dict[str, tuple[str, Any]] = {}
+        for name, key, blob in self.db.execute(f"SELECT name, key, data FROM {table}"):
+            with contextlib.suppress(Exception):
+                found[name] = (key, pickle.loads(blob))
+        return found
+
+    def save_keyed(self, table: str, rows: Iterable[tuple[str, str, Any]]) -> None:
+        assert table in ("samples",)
+        with self.db:
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)",
+                ((n, k, pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for n, k, v in rows),
+            )
+
+    def get_blob(self, key: str) -> Any:
+        row = self.db.execute("SELECT data FROM blobs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return pickle.loads(row[0])
+        except Exception:
+            return None
+
+    def put_blob(self, key: str, value: Any, *, prefix: str) -> None:
+        """Store ``value`` under ``key``, dropping older entries with the same ``prefix``."""
+        with self.db:
+            self.db.execute("DELETE FROM blobs WHERE key LIKE ?", (prefix + "%",))
+            self.db.execute(
+                "INSERT OR REPLACE INTO blobs VALUES (?, ?)",
+                (key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)),
+            )
+
+    # -- rendered pages ------------------------------------------------------------------
+
+    def load_pages(self) -> dict[str, tuple[str, str]]:
+        return {p: (k, d) for p, k, d in self.db.execute("SELECT path, key, digest FROM pages")}
+
+    def save_pages(self, pages: dict[str, tuple[str, str]]) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM pages")
+            self.db.executemany(
+                "INSERT INTO pages VALUES (?, ?, ?)", ((p, k, d) for p, (k, d) in pages.items())
+            )
+        keep = {d for _, d in pages.values()}
+        for entry in os.scandir(self.pages_dir):
+            if entry.name not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+    def page_file(self, digest: str) -> Path:
+        return self.pages_dir / digest
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class VerdictReader:
+    """A read-only view of the verdict table for one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def get(self, commit: str, key_id: str) -> tuple[Trust, str, str] | None:
+        row = self.db.execute(
+            "SELECT trust, detail, principal FROM verdicts WHERE commit_id = ? AND key_id = ?",
+            (commit, key_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return Trust(row[0]), str(row[1]), str(row[2])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@contextlib.contextmanager
+def opened(directory: Path, code_id: str) -> Iterator[Cache]:
+    cache = Cache(directory, code_id)
+    try:
+        yield cache
+    finally:
+        cache.close()

@@ -1,0 +1,95 @@
+"""Policies × hosts: each policy asked of each host's newest *verified* report.
+
+A host with no verified report answers ``unknown`` to everything (unverified data never
+counts as compliant). An exemption in host.yaml turns a policy into ``exempt`` for that
+host until its ``expires`` date has passed; an expired exemption is shown, but no longer
+applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from gitops.fleet import Exemption, Host
+from gitops.policies import Outcome, Policy, evaluate
+
+EXEMPT = "exempt"
+NOT_APPLICABLE = "n/a"
+
+
+@dataclass(frozen=True)
+class Answer:
+    policy: str
+    outcome: str  # pass, fail, unknown, exempt (n/a answers are not listed)
+    exemption: Exemption | None = None
+    expired_exemption: Exemption | None = None
+
+
+@dataclass
+class PolicySummary:
+    policy: Policy
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"pass": 0, "fail": 0, "unknown": 0, EXEMPT: 0}
+    )
+    failing: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    exempt: list[str] = field(default_factory=list)
+
+
+def context(status: Mapping[str, Any], report_time: datetime, now: datetime) -> dict[str, Any]:
+    """What a policy's ``fact`` paths look into: the report, plus ``report.*`` the site adds."""
+    return {
+        **status,
+        "report": {"age_seconds": int((now - report_time).total_seconds()), "verified": True},
+    }
+
+
+def applies(policy: Policy, host: Host) -> bool:
+    return policy.applies_to.matches(host.name, host.tags, host.profiles)
+
+
+def answer(
+    policies: Iterable[Policy],
+    host: Host,
+    status: Mapping[str, Any] | None,
+    report_time: datetime | None,
+    now: datetime,
+) -> tuple[Answer, ...]:
+    today: date = now.date()
+    exemptions = {e.policy: e for e in host.exemptions}
+    ctx = context(status, report_time, now) if status is not None and report_time else None
+    answers = []
+    for policy in policies:
+        if not applies(policy, host):
+            continue
+        exemption = exemptions.get(policy.name)
+        if exemption is not None and exemption.expires >= today:
+            answers.append(Answer(policy.name, EXEMPT, exemption=exemption))
+            continue
+        outcome = str(evaluate(policy.condition, ctx)) if ctx is not None else str(Outcome.UNKNOWN)
+        answers.append(Answer(policy.name, outcome, expired_exemption=exemption))
+    return tuple(answers)
+
+
+def summarize(
+    policies: Iterable[Policy], answers: Mapping[str, tuple[Answer, ...]]
+) -> list[PolicySummary]:
+    summaries = {p.name: PolicySummary(p) for p in policies}
+    for host in sorted(answers):
+        for item in answers[host]:
+            summary = summaries[item.policy]
+            summary.counts[item.outcome] += 1
+            if item.outcome == str(Outcome.FAIL):
+                summary.failing.append(host)
+            elif item.outcome == str(Outcome.UNKNOWN):
+                summary.unknown.append(host)
+            elif item.outcome == EXEMPT:
+                summary.exempt.append(host)
+    return list(summaries.values())
+
+
+def failing(answers: Iterable[Answer]) -> list[str]:
+    return [a.policy for a in answers if a.outcome == str(Outcome.FAIL)]

@@ -1,0 +1,91 @@
+"""HTML through Jinja2 templates in ``site/templates`` (autoescaped), with relative links so
+the site works from any path of any web server, and from ``file://``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+
+from gitops.fleet import SiteSettings
+from gitops.sitegen import resources
+from gitops.sitegen.charts import STATE_COLORS
+from gitops.sitegen.states import describe_age
+
+PAGES = (
+    ("index.html", "Overview"),
+    ("inventory.html", "Inventory"),
+    ("drift.html", "Drift"),
+    ("compliance.html", "Compliance"),
+    ("audit.html", "Audit trail"),
+)
+
+
+def format_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def iso(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def css_class(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in str(text).lower())
+
+
+class Renderer:
+    def __init__(self, settings: SiteSettings, now: datetime, docs_href: str) -> None:
+        self.settings = settings
+        self.now = now
+        self.docs_href = docs_href
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(
+            ts=format_time,
+            iso=iso,
+            ago=self.ago,
+            short=lambda sha: (sha or "")[:8],
+            commit_href=self.commit_href,
+            pr_href=self.pr_href,
+            css=css_class,
+        )
+        self.env.globals.update(
+            site_title=settings.title,
+            pages=PAGES,
+            state_colors=STATE_COLORS,
+            built=now,
+            docs_href=docs_href,
+        )
+
+    def ago(self, moment: datetime | None) -> str:
+        if moment is None:
+            return "never"
+        return describe_age((self.now - moment).total_seconds()) + " ago"
+
+    def commit_href(self, sha: str | None) -> str:
+        if not sha or not self.settings.commit_url:
+            return ""
+        return self.settings.commit_url.replace("{sha}", sha)
+
+    def pr_href(self, number: int | None) -> str:
+        if number is None or not self.settings.pull_request_url:
+            return ""
+        return self.settings.pull_request_url.replace("{number}", str(number))
+
+    def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
+        docs = self.docs_href
+        if docs and "://" not in docs and not docs.startswith("/"):
+            docs = root + docs
+        return self.env.get_template(template).render(
+            root=root, current=current, docs=docs, **context
+        )

@@ -1,0 +1,181 @@
+"""A host's state at build time (docs/dashboard.md, "Host states"), and at past moments
+for the 30-day chart.
+
+Only verified reports and verified deploy commits count. The newest verified report
+decides: none → never reported (or unverified, when reports exist but none verifies);
+older than ``stale_after`` → stale; ``build-failed``/``switch-failed`` → failed;
+``rolled-back`` → rolled back; ``rejected`` → rejected; ``fetch-failed`` → offline;
+``deploy_applied`` equal to the verified head of ``deploy/<host>`` → up to date;
+otherwise pending. Reboot needed and drift are flags beside the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from gitops.report import Result
+from gitops.sitegen.model import DeployEntry, HostData, HostStatus, ReportEntry, State
+
+FLAG_REBOOT = "reboot needed"
+FLAG_DRIFT = "drift"
+FLAG_DEPLOY_UNVERIFIED = "deploy head unverified"
+FLAG_REPORT_UNVERIFIED = "unverified report"
+
+_BY_RESULT: dict[str, State] = {
+    Result.BUILD_FAILED: State.FAILED,
+    Result.SWITCH_FAILED: State.FAILED,
+    Result.ROLLED_BACK: State.ROLLED_BACK,
+    Result.REJECTED: State.REJECTED,
+    Result.FETCH_FAILED: State.OFFLINE,
+}
+MAX_MISSING = 20
+
+
+def short(sha: str | None) -> str:
+    return sha[:8] if sha else "none"
+
+
+def describe_age(seconds: float) -> str:
+    if seconds < 0:
+        return "in the future"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def _state_of(
+    report: ReportEntry | None,
+    published: DeployEntry | None,
+    moment: datetime,
+    stale_after: int,
+    any_reports: bool,
+) -> State:
+    if report is None:
+        return State.UNVERIFIED if any_reports else State.NEVER
+    if (moment - report.when).total_seconds() > stale_after:
+        return State.STALE
+    by_result = _BY_RESULT.get(report.result or "")
+    if by_result is not None:
+        return by_result
+    if published is not None and report.deploy_applied == published.oid:
+        return State.UP_TO_DATE
+    return State.PENDING
+
+
+def missing_publishes(data: HostData, applied: str | None) -> tuple[DeployEntry, ...]:
+    """Verified deploy commits above the one the host applied, newest first."""
+    found = []
+    for entry in data.deploys:
+        if entry.oid == applied:
+            break
+        if entry.verified:
+            found.append(entry)
+        if len(found) >= MAX_MISSING:
+            break
+    return tuple(found)
+
+
+def _failing_since(data: HostData, state: State) -> datetime | None:
+    since = None
+    for entry in data.reports:
+        if not entry.verified:
+            continue
+        if _BY_RESULT.get(entry.result or "") is not state:
+            break
+        since = entry.when
+    return since
+
+
+def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
+    newest = data.newest_verified
+    published = data.published
+    state = _state_of(newest, published, now, stale_after, bool(data.reports))
+    flags: list[str] = []
+    drift_detail = ""
+    if newest is not None:
+        if newest.reboot_required:
+            flags.append(FLAG_REBOOT)
+        if (
+            newest.current_system
+            and newest.store_path
+            and newest.current_system != newest.store_path
+        ):
+            flags.append(FLAG_DRIFT)
+            drift_detail = (
+                f"running {newest.current_system}, but the system built from the applied deploy "
+                f"commit is {newest.store_path}"
+            )
+    if data.deploy_head is not None and published is None:
+        flags.append(FLAG_DEPLOY_UNVERIFIED)
+    if data.reports and not data.reports[0].verified and newest is not None:
+        flags.append(FLAG_REPORT_UNVERIFIED)
+    applied = newest.deploy_applied if newest is not None else None
+    missing = missing_publishes(data, applied) if state is not State.UP_TO_DATE else ()
+    since: datetime | None = None
+    reason = ""
+    if state is State.NEVER:
+        reason = "no report on reports/" + data.name
+    elif state is State.UNVERIFIED:
+        first = data.reports[0]
+        reason = (
+            f"{len(data.reports)} report(s), none verifies: {first.trust_detail or first.error}"
+        )
+        since = data.reports[-1].commit_time
+    elif newest is not None:
+        if state is State.STALE:
+            since = newest.when
+            reason = (
+                f"last verified report {describe_age((now - newest.when).total_seconds())} ago "
+                f"(stale after {describe_age(stale_after)})"
+            )
+        elif state in (State.FAILED, State.ROLLED_BACK, State.REJECTED, State.OFFLINE):
+            since = _failing_since(data, state)
+            reason = newest.reason or str(newest.result)
+        elif state is State.PENDING:
+            since = missing[-1].time if missing else None
+            if published is None:
+                reason = "no verified deploy commit to apply"
+            else:
+                reason = f"published {short(published.oid)}, applied {short(applied)}"
+        else:
+            reason = f"applied {short(applied)}"
+    return HostStatus(
+        name=data.name,
+        state=state,
+        flags=tuple(flags),
+        reason=reason,
+        last_seen=newest.when if newest is not None else None,
+        last_result=newest.result if newest is not None else None,
+        applied=applied,
+        applied_source=newest.source_commit if newest is not None else None,
+        published=published.oid if published is not None else None,
+        published_source=published.source_commit if published is not None else None,
+        since=since,
+        missing=missing,
+        nixos_version=newest.nixos_version if newest is not None else None,
+        drift_detail=drift_detail,
+    )
+
+
+def state_at(data: HostData, moment: datetime, stale_after: int) -> tuple[State, str | None]:
+    """The host's state as the site would have shown it at ``moment``, and its NixOS version."""
+    report = next((r for r in data.reports if r.verified and r.when <= moment), None)
+    published = next((d for d in data.deploys if d.verified and d.time <= moment), None)
+    any_reports = any(r.commit_time <= moment for r in data.reports)
+    state = _state_of(report, published, moment, stale_after, any_reports)
+    return state, (report.nixos_version if report is not None else None)
+
+
+def day_ends(now: datetime, days: int = 30) -> list[datetime]:
+    """The end of each of the last ``days`` UTC days, the last one being ``now``."""
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    ends = [today - timedelta(days=offset) for offset in range(days - 1, 0, -1)]
+    return [*ends, now]
+
+
+def samples(
+    data: HostData, ends: Sequence[datetime], stale_after: int
+) -> tuple[tuple[State, str | None], ...]:
+    return tuple(state_at(data, moment, stale_after) for moment in ends)
