@@ -1,0 +1,447 @@
+"""The NixOS side and the agent agree: defaults, the rendered config file, the flake.
+
+nixpkgs is not available offline, so the modules themselves cannot be evaluated here.
+What can be evaluated with real Nix is: the pure renderer nixos/agent-config.nix (its
+output goes through the agent's own parse_config), the pure helpers of the package and
+the flake, the flake.lock against flake.nix, and flake.nix itself with nixpkgs replaced
+by a one-line stand-in whose nixosSystem returns its arguments: that shows which modules
+each host gets and that configurationRevision is the deploy commit the agent builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+from conftest import NIX_CONFIG
+from helpers import commit_all, git, init_repo
+
+from gitops.agent.config import AgentConfig, HealthConfig, parse_config
+from gitops.errors import GitopsError
+from gitops.publish import load_fleet_at, render_host_tree
+
+REPO = Path(__file__).resolve().parent.parent
+NIXOS = REPO / "nixos"
+DEFAULTS: dict[str, Any] = json.loads((NIXOS / "agent-defaults.json").read_text())
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("nix-instantiate") is None and not os.environ.get("CI"),
+    reason="nix is not installed (CI installs it)",
+)
+
+# The module's option for each key of the agent's configuration file.
+OPTION_FOR_KEY = {
+    "signing_key": "signingKey",
+    "state_dir": "stateDir",
+    "system_profile": "systemProfile",
+    "action": "action",
+    "poll_interval": "interval",
+    "poll_jitter": "randomizedDelaySec",
+    "report_interval": "reportInterval",
+    "ssh_key": "sshKey",
+    "known_hosts": "knownHostsFile",
+    "http_token_file": "httpTokenFile",
+    "http_username": "httpUsername",
+    "health": "health",
+    "build_args": "buildArgs",
+    "trust_on_first_use": "trustOnFirstUse",
+    "min_commit": "minCommit",
+    "max_age": "maxAge",
+    "watch": "watch",
+    "keep_generations": "keepGenerations",
+}
+HEALTH_OPTION_FOR_KEY = {
+    "failed_units": "failedUnits",
+    "remote": "remote",
+    "commands": "commands",
+    "grace": "grace",
+    "timeout": "timeout",
+}
+REQUIRED = {
+    "hostName": "web-1",
+    "remote": "https://git.example.org/infra/fleet.git",
+    "trustedPublishersFile": "/etc/gitops/publishers.allowed_signers",
+}
+
+
+def module_config(**changes: Any) -> dict[str, Any]:
+    """``config.services.gitops-agent`` as the module sees it with its defaults."""
+    cfg: dict[str, Any] = {
+        OPTION_FOR_KEY[key]: value for key, value in DEFAULTS.items() if key != "health"
+    }
+    cfg["health"] = {HEALTH_OPTION_FOR_KEY[k]: v for k, v in DEFAULTS["health"].items()}
+    cfg["settings"] = {}
+    cfg.update(REQUIRED)
+    cfg.update(changes)
+    return cfg
+
+
+def nix_eval(expr: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NIX_CONFIG": NIX_CONFIG},
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def nix_path(path: Path) -> str:
+    """A Nix path expression for ``path``."""
+    return f"(/. + {json.dumps(str(path))})"
+
+
+def render_expr(cfg_file: Path, extra: str = "") -> str:
+    cfg = f"builtins.fromJSON (builtins.readFile {nix_path(cfg_file)})"
+    if extra:
+        cfg = f"({cfg}) // {extra}"
+    return f"import {nix_path(NIXOS / 'agent-config.nix')} {{ cfg = {cfg}; }}"
+
+
+def render(tmp_path: Path, cfg: dict[str, Any], extra: str = "") -> str:
+    """The agent configuration file the module would write, as text."""
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg))
+    text = json.loads(nix_eval(render_expr(cfg_file, extra)).stdout)
+    assert isinstance(text, str)
+    return text
+
+
+# -- defaults ------------------------------------------------------------------------------
+
+
+def test_every_default_is_a_setting_the_agent_accepts() -> None:
+    fields = {f.name for f in dataclasses.fields(AgentConfig)}
+    health_fields = {f.name for f in dataclasses.fields(HealthConfig)}
+    assert set(DEFAULTS) <= fields
+    assert set(DEFAULTS["health"]) == health_fields
+    assert set(DEFAULTS) == set(OPTION_FOR_KEY)
+    # parse_config refuses unknown keys: all of them together are accepted.
+    parse_config(
+        json.dumps({**DEFAULTS, "host": "web-1", "remote": "x", "trusted_publishers": "/x"}),
+        "defaults",
+    )
+
+
+def test_module_defaults_are_the_agent_defaults() -> None:
+    """A host with the module's defaults behaves like an agent with no settings at all."""
+    required = {"host": "web-1", "remote": "/srv/fleet.git", "trusted_publishers": "/etc/p"}
+    with_defaults = parse_config(json.dumps({**DEFAULTS, **required}), "module defaults")
+    # The dataclass's own defaults (conftest points parse_config's fallbacks elsewhere).
+    assert with_defaults == AgentConfig(
+        host="web-1", remote="/srv/fleet.git", trusted_publishers=Path("/etc/p")
+    )
+
+
+def test_module_reads_every_default_from_the_json_file() -> None:
+    module = (NIXOS / "agent.nix").read_text()
+    for key, value in DEFAULTS.items():
+        if key == "health":
+            for health_key in value:
+                assert f"defaults.health.{health_key}" in module, health_key
+        else:
+            assert f"defaults.{key}" in module, key
+
+
+def test_renderer_uses_only_declared_options() -> None:
+    module = (NIXOS / "agent.nix").read_text()
+    declared = set(re.findall(r"^\s*([A-Za-z]+) = (?:mkOption|lib\.mkEnableOption)", module, re.M))
+    renderer = (NIXOS / "agent-config.nix").read_text()
+    used = set(re.findall(r"\bcfg\.([A-Za-z]+)", renderer)) | set(
+        re.findall(r"\bcfg\.health\.([A-Za-z]+)", renderer)
+    )
+    used.discard("health")
+    # Two are computed by the module before rendering (text options become files).
+    assert used - declared <= {"trustedPublishersFile", "knownHostsFile"}
+    assert {"trustedPublishersFile", "knownHostsFile"} <= declared
+    assert used - declared == set()
+
+
+# -- the rendered file ---------------------------------------------------------------------
+
+
+def test_defaults_render_to_a_config_the_agent_parses(tmp_path: Path) -> None:
+    text = render(tmp_path, module_config())
+    data = json.loads(text)
+    assert None not in data.values()  # unset options are left out, not written as null
+    config = parse_config(text, "rendered")
+    assert config == AgentConfig(
+        host="web-1",
+        remote="https://git.example.org/infra/fleet.git",
+        trusted_publishers=Path("/etc/gitops/publishers.allowed_signers"),
+    )
+
+
+def test_every_option_round_trips(tmp_path: Path) -> None:
+    cfg = module_config(
+        remote="ssh://git@git.example.org/infra/fleet.git",
+        knownHostsFile="/etc/gitops/known_hosts",
+        sshKey="/etc/ssh/ssh_host_ed25519_key",
+        httpTokenFile="/run/secrets/token",
+        httpUsername="fleet-bot",
+        signingKey="/var/lib/gitops-agent/report_key",
+        stateDir="/var/lib/gitops",
+        systemProfile="/nix/var/nix/profiles/system",
+        action="boot",
+        interval=900,
+        randomizedDelaySec=120,
+        reportInterval=7200,
+        health={
+            "failedUnits": False,
+            "remote": True,
+            "commands": ["curl -fsS http://127.0.0.1/health", ["systemctl", "is-active", "nginx"]],
+            "grace": 30,
+            "timeout": 15,
+        },
+        buildArgs=["--max-jobs", "2"],
+        trustOnFirstUse=False,
+        minCommit="0" * 40,
+        maxAge="30d",
+        watch=["/srv/mirror.git/refs"],
+        keepGenerations=10,
+    )
+    config = parse_config(render(tmp_path, cfg), "rendered")
+    assert config == AgentConfig(
+        host="web-1",
+        remote="ssh://git@git.example.org/infra/fleet.git",
+        trusted_publishers=Path("/etc/gitops/publishers.allowed_signers"),
+        signing_key=Path("/var/lib/gitops-agent/report_key"),
+        state_dir=Path("/var/lib/gitops"),
+        system_profile=Path("/nix/var/nix/profiles/system"),
+        action=config.action.BOOT,
+        poll_interval=900,
+        poll_jitter=120,
+        report_interval=7200,
+        ssh_key=Path("/etc/ssh/ssh_host_ed25519_key"),
+        known_hosts=Path("/etc/gitops/known_hosts"),
+        http_token_file=Path("/run/secrets/token"),
+        http_username="fleet-bot",
+        health=HealthConfig(
+            failed_units=False,
+            remote=True,
+            commands=(
+                ("/bin/sh", "-c", "curl -fsS http://127.0.0.1/health"),
+                ("systemctl", "is-active", "nginx"),
+            ),
+            grace=30,
+            timeout=15,
+        ),
+        build_args=("--max-jobs", "2"),
+        trust_on_first_use=False,
+        min_commit="0" * 40,
+        max_age=30 * 86400,
+        watch=(Path("/srv/mirror.git/refs"),),
+        keep_generations=10,
+    )
+
+
+def test_settings_are_merged_over_the_options(tmp_path: Path) -> None:
+    cfg = module_config(settings={"health": {"grace": 45}, "root": "/srv/fake-root"})
+    config = parse_config(render(tmp_path, cfg), "rendered")
+    assert config.health == HealthConfig(grace=45)  # the other health values stay
+    assert config.root == Path("/srv/fake-root")
+
+
+def test_a_misspelt_setting_is_refused_by_the_agent(tmp_path: Path) -> None:
+    text = render(tmp_path, module_config(settings={"poll_intervall": 60}))
+    with pytest.raises(GitopsError, match="poll_intervall: unknown setting"):
+        parse_config(text, "rendered")
+
+
+def test_public_files_given_as_nix_paths_are_copied_to_the_store(tmp_path: Path) -> None:
+    signers = tmp_path / "publishers.allowed_signers"
+    signers.write_text('publisher@example.org namespaces="git" ssh-ed25519 AAAA\n')
+    text = render(tmp_path, module_config(), f"{{ trustedPublishersFile = {nix_path(signers)}; }}")
+    stored = parse_config(text, "rendered").trusted_publishers
+    # The store path of exactly this file (content-addressed), which the host will have.
+    added = subprocess.run(
+        ["nix-store", "--add", str(signers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NIX_CONFIG": NIX_CONFIG},
+    ).stdout.strip()
+    assert str(stored) == added
+    assert Path(added).read_text() == signers.read_text()
+
+
+@pytest.mark.parametrize("option", ["signingKey", "sshKey", "httpTokenFile"])
+def test_a_secret_given_as_a_nix_path_is_refused(tmp_path: Path, option: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(module_config()))
+    result = nix_eval(render_expr(cfg_file, f"{{ {option} = {nix_path(secret)}; }}"), check=False)
+    assert result.returncode != 0
+    assert f"services.gitops-agent.{option}: write the path as a string" in result.stderr
+
+
+def test_a_secret_in_the_store_is_refused(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(module_config()))
+    extra = '{ signingKey = builtins.storeDir + "/0000000000000000000000000000000-key"; }'
+    result = nix_eval(render_expr(cfg_file, extra), check=False)
+    assert result.returncode != 0
+    assert "is in the Nix store, which every user can read" in result.stderr
+
+
+# -- package and flake helpers -------------------------------------------------------------
+
+
+def test_package_dependencies_follow_pyproject() -> None:
+    pyproject = nix_path(REPO / "pyproject.toml")
+    expr = f"import {nix_path(NIXOS / 'python-deps.nix')} (builtins.fromTOML (builtins.readFile {pyproject}))"
+    names = json.loads(nix_eval(expr).stdout)
+    assert {"pygit2", "cryptography", "pyyaml", "jinja2", "watchfiles"} <= set(names)
+    expr = f'import {nix_path(NIXOS / "python-deps.nix")} {{ project.dependencies = [ "typing_extensions>=4.4" "Jinja2 >= 3" "ruamel.yaml" ]; }}'
+    assert json.loads(nix_eval(expr).stdout) == ["typing-extensions", "jinja2", "ruamel-yaml"]
+
+
+def test_hosts_are_the_directories_with_a_configuration(tmp_path: Path) -> None:
+    hosts = nix_path(NIXOS / "hosts.nix")
+    in_repo = json.loads(nix_eval(f"import {hosts} {nix_path(REPO / 'hosts')}").stdout)
+    assert in_repo == sorted(p.parent.name for p in (REPO / "hosts").glob("*/configuration.nix"))
+    assert len(in_repo) >= 8
+    (tmp_path / "hosts" / "web-1").mkdir(parents=True)
+    (tmp_path / "hosts" / "web-1" / "configuration.nix").write_text("{ }\n")
+    (tmp_path / "hosts" / "notes").mkdir()  # no configuration.nix
+    (tmp_path / "hosts" / "README.md").write_text("hosts\n")
+    assert json.loads(nix_eval(f"import {hosts} {nix_path(tmp_path / 'hosts')}").stdout) == [
+        "web-1"
+    ]
+    assert json.loads(nix_eval(f"import {hosts} {nix_path(tmp_path / 'none')}").stdout) == []
+
+
+# -- the flake -----------------------------------------------------------------------------
+
+STANDIN_NIXPKGS = """{
+  # Stands in for nixpkgs: nixosSystem returns what it was given.
+  outputs = { self }: {
+    lib.nixosSystem = args: { inherit args; };
+    legacyPackages = builtins.listToAttrs (map (system: {
+      name = system;
+      value.callPackage = fn: overrides: { package = toString fn; inherit overrides; };
+    }) [ "x86_64-linux" "aarch64-linux" ]);
+  };
+}
+"""
+
+
+def nix(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NIX_CONFIG": NIX_CONFIG + "\ndownload-attempts = 1\nconnect-timeout = 2"}
+    result = subprocess.run(
+        ["nix", *args], cwd=cwd, check=False, capture_output=True, text=True, env=env
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_flake_lock_pins_the_input_flake_nix_asks_for(tmp_path: Path) -> None:
+    for name in ("flake.nix", "flake.lock"):
+        shutil.copy(REPO / name, tmp_path / name)
+    # --no-update-lock-file: a lock that does not match flake.nix's inputs is an error.
+    result = nix(
+        "flake", "metadata", "--json", "--no-update-lock-file", f"path:{tmp_path}", cwd=tmp_path
+    )
+    locked = json.loads(result.stdout)["locks"]["nodes"]["nixpkgs"]
+    assert locked["original"] == {
+        "owner": "NixOS",
+        "ref": "nixos-25.05",
+        "repo": "nixpkgs",
+        "type": "github",
+    }
+    assert re.fullmatch(r"[0-9a-f]{40}", locked["locked"]["rev"])
+    assert locked["locked"]["narHash"].startswith("sha256-")
+    assert isinstance(locked["locked"]["lastModified"], int)
+
+
+@pytest.fixture
+def fleet_repo(tmp_path: Path) -> pygit2.Repository:
+    """This repository's fleet in a fresh git repository, nixpkgs locked to the stand-in."""
+    standin = tmp_path / "nixpkgs"
+    standin.mkdir()
+    (standin / "flake.nix").write_text(STANDIN_NIXPKGS)
+    repo = init_repo(tmp_path / "fleet")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("flake.nix", "fleet.yaml", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, repo / name)
+    for name in ("nixos", "modules", "hosts", "profiles", "gitops", "site"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, repo / name, ignore=ignore)
+    git("add", "-A", cwd=repo)
+    nix("flake", "lock", "--override-input", "nixpkgs", f"path:{standin}", cwd=repo)
+    commit_all(repo, "fleet with a stand-in nixpkgs")
+    return pygit2.Repository(str(repo))
+
+
+def deploy_commit(repo: pygit2.Repository, host: str) -> str:
+    """What `gitops publish` puts on deploy/<host> (unsigned here: Nix does not care)."""
+    main = repo.revparse_single("HEAD")
+    assert isinstance(main, pygit2.Commit)
+    fleet = load_fleet_at(repo, main)
+    tree = render_host_tree(repo, main, fleet, fleet.hosts[host])
+    who = pygit2.Signature("publisher", "publisher@example.org")
+    oid = repo.create_commit(f"refs/heads/deploy/{host}", who, who, f"deploy {host}", tree, [])
+    return str(oid)
+
+
+def flake_eval(flake: str, attr: str, apply: str, cwd: Path) -> Any:
+    result = nix("eval", "--json", f"{flake}#{attr}", "--apply", apply, cwd=cwd)
+    return json.loads(result.stdout)
+
+
+HOST_MODULES = """c: map (m:
+  if builtins.isAttrs m
+  then { inherit (m.networking) hostName; revision = m.system.configurationRevision; }
+  else builtins.baseNameOf (toString m)) c.args.modules"""
+
+
+def test_flake_defines_every_host_of_the_fleet(fleet_repo: pygit2.Repository) -> None:
+    workdir = Path(fleet_repo.workdir)
+    head = str(fleet_repo.head.target)
+    configurations = flake_eval(
+        f"git+file://{workdir}?rev={head}", "nixosConfigurations", "builtins.attrNames", workdir
+    )
+    assert configurations == sorted(p.name for p in (REPO / "hosts").iterdir() if p.is_dir())
+    outputs = flake_eval(
+        f"git+file://{workdir}?rev={head}",
+        "nixosModules",
+        "m: builtins.mapAttrs (n: p: builtins.baseNameOf (toString p)) m",
+        workdir,
+    )
+    assert outputs == {"agent": "agent.nix", "default": "agent.nix", "site": "site.nix"}
+    package = flake_eval(
+        f"git+file://{workdir}?rev={head}", "packages.x86_64-linux.default", "p: p.package", workdir
+    )
+    assert package.endswith("/nixos/package.nix")
+
+
+@pytest.mark.parametrize("host", ["files-1", "kiosk-lobby"])
+def test_flake_in_a_deploy_tree_defines_only_that_host(
+    fleet_repo: pygit2.Repository, host: str
+) -> None:
+    """The agent builds git+file://<mirror>?ref=...&rev=<deploy commit>."""
+    workdir = Path(fleet_repo.workdir)
+    deploy = deploy_commit(fleet_repo, host)
+    flake = f"git+file://{workdir}?ref=refs/heads/deploy/{host}&rev={deploy}"
+    assert flake_eval(flake, "nixosConfigurations", "builtins.attrNames", workdir) == [host]
+    modules = flake_eval(flake, f"nixosConfigurations.{host}", HOST_MODULES, workdir)
+    assert modules == [
+        "agent.nix",
+        "site.nix",
+        "modules",
+        "configuration.nix",
+        {"hostName": host, "revision": deploy},
+    ]
