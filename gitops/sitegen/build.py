@@ -16,7 +16,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import pickle
 import shutil
 import time
 from collections import Counter
@@ -168,7 +167,7 @@ class Pages:
         self.now = now
         self.host_keys = {
             name: hashlib.sha256(
-                pickle.dumps(
+                repr(
                     (
                         global_id,
                         hosts[name].reports_head,
@@ -179,7 +178,7 @@ class Pages:
                         statuses[name],
                         answers[name],
                     )
-                )
+                ).encode()
             ).hexdigest()
             for name in statuses
         }
@@ -542,8 +541,9 @@ def _build(
 
     docs = docs_link(settings.site.docs_url, out)
     renderer = Renderer(settings.site, now, docs)
+    # repr, not pickle: pickle's bytes depend on object identity (a cached copy differs).
     global_id = hashlib.sha256(
-        pickle.dumps((resources.code_id(), settings, policies, docs, sorted(sources)))
+        repr((resources.code_id(), settings, policies, docs, sorted(sources))).encode()
     ).hexdigest()
     pages = Pages(renderer, fleet, policies, hosts, statuses, answers, global_id, now)
     (tmp / "hosts").mkdir(parents=True)
