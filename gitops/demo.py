@@ -13,6 +13,7 @@ every step.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -304,8 +305,119 @@ def _pick_profile(inventory: list[InventoryHost]) -> str:
     return min(sorted(pool), key=lambda p: pool[p])
 
 
-def _summary(results: dict[str, CycleResult]) -> list[str]:
-    return [f"    {host:<16} {r.result:<13} {r.reason}" for host, r in results.items()]
+def _summary(results: dict[str, CycleResult]) -> str:
+    return "\n".join(f"    {host:<16} {r.result:<13} {r.reason}" for host, r in results.items())
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What each step of the scenario did (the end-to-end test checks all of it)."""
+
+    first_publish: tuple[str, ...]
+    first_run: dict[str, CycleResult]
+    changed_profile: str
+    profile_users: tuple[str, ...]
+    second_publish: tuple[str, ...]
+    second_run: dict[str, CycleResult]
+    broken: str
+    unhealthy: str
+    failures: dict[str, CycleResult]
+    unsigned_victim: str
+    rollback_victim: str
+    attacks: dict[str, CycleResult]
+    site: Path
+
+
+def play(demo: DemoFleet, say: Callable[[str], None] = output.say) -> DemoOutcome:
+    """The scenario, step by step, telling ``say`` what happens."""
+    inventory = demo.inventory
+    if len(inventory) < 4:
+        raise GitopsError("the demo needs at least 4 hosts in the inventory")
+    say(
+        f"1. Keys for a publisher and {len(inventory)} hosts; a fleet repository from hosts/; a bare git server"
+    )
+    demo.create()
+    say(f"   fleet: {demo.repo_dir}\n   server: {demo.server}\n")
+
+    say("2. Publish: one signed commit on deploy/<host> per host")
+    first = demo.publish()
+    say(f"   {len(first.commits)} deploy branches written and pushed\n")
+
+    say("3. Every agent runs once: fetch its branch, verify, nix build, switch, report")
+    first_run = demo.run_agents()
+    say(_summary(first_run) + "\n")
+
+    profile = _pick_profile(inventory)
+    users = tuple(h.name for h in inventory if profile in h.profiles)
+    say(f"4. A pull request changes profile '{profile}' (used by {', '.join(users)})")
+    demo.merge_change(
+        {f"profiles/{profile}.nix": standin.profile_file(profile, ["ripgrep"])},
+        f"Merge pull request #2 from alice/{profile}-ripgrep\n\n{profile}: add ripgrep",
+    )
+    plan = publish.make_plan(demo.repository(), "main")
+    say(
+        f"   plan: {len(plan.changed)} of {len(plan.hosts)} hosts change: {', '.join(h.host for h in plan.changed)}"
+    )
+    second = demo.publish()
+    say(f"   published {len(second.commits)} commits; the other hosts' branches did not move")
+    second_run = demo.run_agents()
+    say(_summary(second_run) + "\n")
+
+    # The rollback victim must have moved on (two deploy commits): one of the profile's users.
+    by_name = {h.name: h for h in inventory}
+    victim_rollback = users[-1]
+    others = [h.name for h in inventory if h.name not in users] + [
+        u for u in users if u != victim_rollback
+    ]
+    broken, unhealthy, victim_unsigned = by_name[others[0]], by_name[others[1]], others[2]
+    say(
+        f"5. A change that does not build for {broken.name}, and one that builds but is unhealthy on {unhealthy.name}"
+    )
+    demo.merge_change(
+        {
+            f"hosts/{broken.name}/configuration.nix": standin.host_configuration(
+                broken.profiles, {"buildFails": "true"}
+            ),
+            f"hosts/{unhealthy.name}/configuration.nix": standin.host_configuration(
+                unhealthy.profiles, {"unhealthy": "true"}
+            ),
+        },
+        f"Merge pull request #3 from bob/tuning\n\n{broken.name}, {unhealthy.name}: tuning",
+    )
+    demo.publish()
+    failures = demo.run_agents([broken.name, unhealthy.name])
+    say(_summary(failures) + "\n")
+
+    say(
+        f"6. Attacks: an unsigned commit on deploy/{victim_unsigned}, and deploy/{victim_rollback} "
+        "forced back to an older, validly signed commit"
+    )
+    demo.push_unsigned(victim_unsigned)
+    demo.push_rollback(victim_rollback)
+    attacks = demo.run_agents([victim_unsigned, victim_rollback])
+    say(_summary(attacks) + "\n")
+
+    site = demo.root / "site"
+    say("7. The site, built from the git server alone (every report's signature checked)")
+    demo.build_site(site)
+    say(
+        f"   check any report with git: git --git-dir {demo.server} log --show-signature reports/{inventory[0].name}"
+    )
+    return DemoOutcome(
+        first_publish=tuple(sorted(first.commits)),
+        first_run=first_run,
+        changed_profile=profile,
+        profile_users=users,
+        second_publish=tuple(sorted(second.commits)),
+        second_run=second_run,
+        broken=broken.name,
+        unhealthy=unhealthy.name,
+        failures=failures,
+        unsigned_victim=victim_unsigned,
+        rollback_victim=victim_rollback,
+        attacks=attacks,
+        site=site,
+    )
 
 
 def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -> int:
@@ -321,71 +433,14 @@ def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -
     say("  nixpkgs is not available offline, so each host's system is a small real derivation")
     say("  shaped like a NixOS toplevel (bin/switch-to-configuration, kernel, nixos-version).")
     say(f"  Working directory: {root}\n")
-
-    demo = DemoFleet(root, inventory)
-    say(
-        f"1. Keys for a publisher and {len(inventory)} hosts; a fleet repository from hosts/; a bare git server"
-    )
-    demo.create()
-    say(f"   fleet: {demo.repo_dir}\n   server: {demo.server}\n")
-
-    say("2. Publish: one signed commit on deploy/<host> per host")
-    published = demo.publish()
-    say(f"   {len(published.commits)} deploy branches written and pushed\n")
-
-    say("3. Every agent runs once: fetch its branch, verify, nix build, switch, report")
-    say("\n".join(_summary(demo.run_agents())) + "\n")
-
-    profile = _pick_profile(inventory)
-    users = [h.name for h in inventory if profile in h.profiles]
-    say(f"4. A pull request changes profile '{profile}' (used by {', '.join(users)})")
-    demo.merge_change(
-        {f"profiles/{profile}.nix": standin.profile_file(profile, ["ripgrep"])},
-        f"Merge pull request #2 from alice/{profile}-ripgrep\n\n{profile}: add ripgrep",
-    )
-    plan = publish.make_plan(demo.repository(), "main")
-    say(
-        f"   plan: {len(plan.changed)} of {len(plan.hosts)} hosts change: {', '.join(h.host for h in plan.changed)}"
-    )
-    published = demo.publish()
-    say(f"   published {len(published.commits)} commits; the other hosts' branches did not move")
-    say("\n".join(_summary(demo.run_agents())) + "\n")
-
-    broken, unhealthy = inventory[0].name, inventory[1].name
-    say(
-        f"5. A change that does not build for {broken}, and one that builds but is unhealthy on {unhealthy}"
-    )
-    demo.merge_change(
-        {
-            f"hosts/{broken}/configuration.nix": standin.host_configuration(
-                inventory[0].profiles, {"buildFails": "true"}
-            ),
-            f"hosts/{unhealthy}/configuration.nix": standin.host_configuration(
-                inventory[1].profiles, {"unhealthy": "true"}
-            ),
-        },
-        f"Merge pull request #3 from bob/tuning\n\n{broken}, {unhealthy}: tuning",
-    )
-    demo.publish()
-    say("\n".join(_summary(demo.run_agents([broken, unhealthy]))) + "\n")
-
-    victim_unsigned, victim_rollback = inventory[2].name, inventory[3].name
-    say(
-        f"6. Attacks: an unsigned commit on deploy/{victim_unsigned}, deploy/{victim_rollback} forced back to an old signed commit"
-    )
-    demo.push_unsigned(victim_unsigned)
-    demo.push_rollback(victim_rollback)
-    say("\n".join(_summary(demo.run_agents([victim_unsigned, victim_rollback]))) + "\n")
-
-    out = root / "site"
-    say("7. The site, built from the git server alone (every report's signature checked)")
-    demo.build_site(out)
-    say(f"   {out / 'index.html'}")
-    say(
-        f"   audit trail from git: git --git-dir {demo.server} log --show-signature reports/{inventory[0].name}"
-    )
+    root.mkdir(parents=True, exist_ok=True)
+    # The summary lines say what each agent did; its own warnings would repeat them.
+    agent_log = logging.getLogger("gitops.agent")
+    if not agent_log.isEnabledFor(logging.INFO):
+        agent_log.setLevel(logging.ERROR)
+    outcome = play(DemoFleet(root, inventory), say)
     if serve:
         from gitops.commands import site_cmd
 
-        site_cmd.serve(out, port)
+        site_cmd.serve(outcome.site, port)
     return 0

@@ -322,7 +322,14 @@ class Cycle:
     def _report(self, outcome: _Outcome, now: datetime) -> Report:
         config = self.config
         system = facts.collect_system(config.root, config.system_profile)
-        system = replace(system, store_path=self.state.applied_store_path)
+        # The profile is a path in this process's file system (nix-env wrote it), which
+        # may differ from the facts root's view; read its generation here.
+        generation = nix.current_generation(config.system_profile)
+        system = replace(
+            system,
+            store_path=self.state.applied_store_path,
+            generation=generation.number if generation is not None else None,
+        )
         return Report(
             host=config.host,
             time=now,

@@ -9,6 +9,7 @@ admin's own commands, each of which must exit 0.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,16 +78,19 @@ def check(
         except GitopsError as err:
             problems.append(f"the git remote is unreachable after the switch: {err}")
     for command in config.commands:
+        label = shlex.join(command)
+        label = label if len(label) <= 60 else label[:57] + "..."
         try:
             result = process.run(list(command), check=False, timeout=config.timeout)
         except GitopsError as err:
-            problems.append(f"health command {' '.join(command)}: {err}")
+            problems.append(f"health command {label}: {err}")
             continue
         if result.returncode != 0:
             detail = process.tail(result.stderr or result.stdout or "", 3).replace("\n", " / ")
             problems.append(
-                f"health command {' '.join(command)} exited {result.returncode}"
-                + (f": {detail}" if detail else "")
+                f"health check failed (exit {result.returncode}): {detail}"
+                if detail
+                else f"health command {label} exited {result.returncode}"
             )
     for item in skipped:
         log.info("health check skipped: %s", item)
