@@ -1,7 +1,7 @@
 # services.gitops-site: keep a mirror of the fleet repository, build the static fleet
 # site from it on a timer, and serve it with nginx.
 #
-# Each build goes to a new directory; a symlink swap makes it live, so nginx never
+# Each build replaces the served directory with one atomic rename, so nginx never
 # serves half a site. The site checks every report's signature itself; this module
 # only needs read access to the repository.
 {
@@ -12,6 +12,7 @@
 }:
 let
   cfg = config.services.gitops-site;
+  vhost = config.services.nginx.virtualHosts.${cfg.nginx.virtualHost};
   inherit (lib) mkOption types;
 
   pathString = types.strMatching "/.*";
@@ -48,51 +49,11 @@ let
   update = pkgs.writeShellApplication {
     name = "gitops-site-update";
     runtimeInputs = [
-      pkgs.coreutils
-      pkgs.findutils
       pkgs.gitMinimal
       config.programs.ssh.package
       cfg.package
     ];
-    text = ''
-      state=${lib.escapeShellArg cfg.stateDir}
-      mirror="$state/mirror.git"
-      www="$state/www"
-      remote=${lib.escapeShellArg cfg.repository}
-      git_=(git -c core.sshCommand=${lib.escapeShellArg sshCommand} ${
-        lib.optionalString (cfg.httpTokenFile != null) "-c credential.helper=${credentialHelper}"
-      })
-
-      # 1. Mirror the repository: main, every deploy/<host> and reports/<host>.
-      if [ ! -d "$mirror" ]; then
-        rm -rf "$mirror.new"
-        "''${git_[@]}" clone --quiet --mirror "$remote" "$mirror.new"
-        mv "$mirror.new" "$mirror"
-      else
-        "''${git_[@]}" -C "$mirror" remote set-url origin "$remote"
-        "''${git_[@]}" -C "$mirror" fetch --quiet --prune origin
-      fi
-
-      # 2. Build into a fresh directory. Always rebuild, even with no new commit:
-      #    "last seen" and "stale" depend on the time of the build.
-      mkdir -p "$www"
-      new=$(mktemp -d "$www/build.XXXXXXXX")
-      trap 'rm -rf "$new"' EXIT
-      gitops site build --repo "$mirror" --out "$new"
-      chmod 0755 "$new"
-
-      # 3. Swap the symlink atomically (rename over the old one).
-      ln -sfn "$(basename "$new")" "$www/current.new"
-      mv -T "$www/current.new" "$www/current"
-      trap - EXIT
-
-      # 4. Keep the live build and the one before it (a reader may still be on it).
-      find "$www" -mindepth 1 -maxdepth 1 -type d -name 'build.*' -printf '%T@ %f\n' \
-        | sort -rn | tail -n +3 | cut -d' ' -f2 \
-        | while read -r old; do
-            [ "$old" = "$(readlink "$www/current")" ] || rm -rf "''${www:?}/$old"
-          done
-    '';
+    text = builtins.readFile ./site-update.sh;
   };
 in
 {
@@ -121,7 +82,7 @@ in
     stateDir = mkOption {
       type = pathString;
       default = "/var/lib/gitops-site";
-      description = "Holds the mirror (mirror.git) and the builds (www/current is the live one).";
+      description = "Holds the mirror (mirror.git), the site (www) and the site builder's cache (.www.cache).";
     };
 
     user = mkOption {
@@ -173,7 +134,7 @@ in
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Serve the site with nginx. Turn off to serve `<stateDir>/www/current` some other way.";
+        description = "Serve the site with nginx. Turn off to serve `<stateDir>/www` some other way.";
       };
       virtualHost = mkOption {
         type = types.str;
@@ -189,17 +150,15 @@ in
         type = types.str;
         default = "0.0.0.0";
         example = "10.20.0.5";
-        description = "Address nginx listens on for the site.";
-      };
-      port = mkOption {
-        type = types.port;
-        default = 80;
-        description = "Port nginx listens on for the site.";
+        description = ''
+          Address nginx listens on for the site (port 80, and 443 when the virtual host
+          has TLS). Use "[::]" for IPv6.
+        '';
       };
       openFirewall = mkOption {
         type = types.bool;
         default = false;
-        description = "Open `port` in the firewall.";
+        description = "Open port 80 (and 443 when the virtual host has TLS) in the firewall.";
       };
       basicAuthFile = mkOption {
         type = types.nullOr pathString;
@@ -241,9 +200,19 @@ in
           description = "Fetch the fleet repository and rebuild the fleet site";
           wants = [ "network-online.target" ];
           after = [ "network-online.target" ];
-          environment = {
-            HOME = cfg.stateDir;
-          } // config.networking.proxy.envVars;
+          environment =
+            {
+              HOME = cfg.stateDir;
+              GITOPS_SITE_STATE = cfg.stateDir;
+              GITOPS_SITE_REPOSITORY = cfg.repository;
+              GIT_SSH_COMMAND = sshCommand;
+            }
+            // lib.optionalAttrs (cfg.httpTokenFile != null) {
+              GIT_CONFIG_COUNT = "1";
+              GIT_CONFIG_KEY_0 = "credential.helper";
+              GIT_CONFIG_VALUE_0 = "${credentialHelper}";
+            }
+            // config.networking.proxy.envVars;
           serviceConfig = {
             Type = "oneshot";
             ExecStart = lib.getExe update;
@@ -293,14 +262,11 @@ in
         services.nginx = {
           enable = true;
           virtualHosts.${cfg.nginx.virtualHost} = {
-            listen = [
-              {
-                addr = cfg.nginx.listenAddress;
-                inherit (cfg.nginx) port;
-              }
-            ];
-            # Resolved per request, so the symlink swap takes effect at once.
-            root = "${cfg.stateDir}/www/current";
+            # Addresses, not listen entries: enableACME/forceSSL on this virtual host
+            # then add port 443 as usual.
+            listenAddresses = [ cfg.nginx.listenAddress ];
+            # Looked up per request, so a new build is served as soon as it is swapped in.
+            root = "${cfg.stateDir}/www";
             basicAuthFile = cfg.nginx.basicAuthFile;
             extraConfig = ''
               add_header X-Content-Type-Options nosniff always;
@@ -313,7 +279,9 @@ in
           };
         };
 
-        networking.firewall.allowedTCPPorts = lib.mkIf cfg.nginx.openFirewall [ cfg.nginx.port ];
+        networking.firewall.allowedTCPPorts = lib.mkIf cfg.nginx.openFirewall (
+          [ 80 ] ++ lib.optional (vhost.forceSSL || vhost.addSSL || vhost.onlySSL) 443
+        );
       })
     ]
   );

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +446,77 @@ def test_flake_in_a_deploy_tree_defines_only_that_host(
         "configuration.nix",
         {"hostName": host, "revision": deploy},
     ]
+
+
+# -- the site service's script -------------------------------------------------------------
+
+
+def run_site_update(state: Path, remote: Path) -> subprocess.CompletedProcess[str]:
+    """nixos/site-update.sh as gitops-site.service runs it, with this checkout's gitops."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "GITOPS_SITE_STATE": str(state),
+        "GITOPS_SITE_REPOSITORY": str(remote),
+    }
+    return subprocess.run(
+        ["bash", str(NIXOS / "site-update.sh")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+def test_site_update_mirrors_the_repository_and_swaps_in_new_builds(tmp_path: Path) -> None:
+    work = init_repo(tmp_path / "fleet")
+    for name in ("fleet.yaml", "hosts", "profiles", "modules", "policies"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, work / name)
+        elif source.is_file():
+            shutil.copy(source, work / name)
+    commit_all(work, "the example fleet")
+    server = tmp_path / "server.git"
+    git("clone", "-q", "--bare", work, server, cwd=tmp_path)
+    git("push", "-q", str(server), "HEAD:refs/heads/reports/old-host", cwd=work)
+    state = tmp_path / "state"
+
+    first = run_site_update(state, server)
+    assert first.returncode == 0, first.stderr
+    mirror = pygit2.Repository(str(state / "mirror.git"))
+    assert mirror.is_bare
+    assert "refs/heads/reports/old-host" in list(mirror.references)
+    index = (state / "www" / "index.html").read_text()
+    assert "Riverbend Planning" in index  # fleet.yaml site.title
+    www_inode = (state / "www").stat().st_ino
+
+    # A change on the server: a host is described differently, a branch is deleted.
+    host_yaml = work / "hosts" / "kiosk-lobby" / "host.yaml"
+    host_yaml.write_text(
+        host_yaml.read_text().replace(
+            "description: Visitor information screen in the lobby",
+            "description: Visitor screen and room booking in the lobby",
+        )
+    )
+    head = commit_all(work, "kiosk-lobby: room booking")
+    git("push", "-q", str(server), "HEAD:refs/heads/main", cwd=work)
+    git("push", "-q", str(server), ":refs/heads/reports/old-host", cwd=work)
+
+    second = run_site_update(state, server)
+    assert second.returncode == 0, second.stderr
+    mirror = pygit2.Repository(str(state / "mirror.git"))
+    assert str(mirror.references["refs/heads/main"].target) == head
+    assert "refs/heads/reports/old-host" not in list(mirror.references)  # pruned
+    pages = "".join(p.read_text() for p in (state / "www").rglob("*.html"))
+    assert "Visitor screen and room booking in the lobby" in pages
+    assert (state / "www").stat().st_ino != www_inode  # a new directory, swapped in
+    assert not list(state.glob(".www.tmp-*"))  # nothing half-built left behind
+
+
+def test_site_update_fails_loudly_on_an_unreachable_repository(tmp_path: Path) -> None:
+    result = run_site_update(tmp_path / "state", tmp_path / "missing.git")
+    assert result.returncode != 0
+    assert not (tmp_path / "state" / "www").exists()
+    assert not (tmp_path / "state" / "mirror.git").exists()
