@@ -235,6 +235,7 @@ class HttpStats:
 
 class _GitHttpHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
     # Set on the per-server subclass made by git_http_server().
     project_root: ClassVar[Path]
     backend: ClassVar[str]
@@ -499,6 +500,9 @@ class CountingProxy:
             except OSError:
                 client.close()
                 continue
+            # No Nagle on the relay: its small writes must not wait for delayed ACKs.
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self.connections += 1
                 self._sockets += [client, upstream]

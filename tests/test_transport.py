@@ -643,3 +643,43 @@ def test_agent_cycle_applies_and_reports_over_the_network(
     # The next cycle has nothing to do and costs one small fetch.
     again = Cycle(config, health_sleep=False).run()
     assert again.result == Result.UNCHANGED, again.reason
+
+
+# -- the publisher's side over ssh -----------------------------------------------------------
+
+
+@needs_sshd
+@pytest.mark.parametrize("remote", ["named-remote", "url"])
+def test_publish_cli_pushes_deploy_branches_over_ssh(
+    remote: str,
+    ssh_server: servers.SshServer,
+    served_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``gitops publish --push`` over ssh: fetches deploy/*, checks the remote heads, pushes
+    atomically. ``--remote`` may name a remote or, as for ``git push``, be its URL."""
+    from gitops import cli
+
+    inventory = [
+        InventoryHost("web-1", ("server",), {"profiles": ["server"]}),
+        InventoryHost("web-2", ("server",), {"profiles": ["server"]}),
+    ]
+    demo = DemoFleet(served_root / f"{tmp_path.name}-demo", inventory, say=lambda _: None)
+    demo.create()
+    key = ssh_server.new_client_key(tmp_path / "id_publisher", "publisher")
+    known_hosts = ssh_server.write_known_hosts(tmp_path / "known_hosts")
+    ssh_env = transport.Credentials(ssh_key=key, known_hosts=known_hosts).env()
+    monkeypatch.setenv("GIT_SSH_COMMAND", ssh_env["GIT_SSH_COMMAND"])
+    url = ssh_server.url(demo.server)
+    git("remote", "set-url", "origin", url, cwd=demo.repo_dir)
+    argv = ["publish", "--repo", str(demo.repo_dir), "--key", str(demo.publisher_key_path)]
+    argv += ["--push", "--remote", "origin" if remote == "named-remote" else url]
+
+    assert cli.execute(argv) == 0
+
+    for host in ("web-1", "web-2"):
+        local = rev(demo.repo_dir / ".git", deploy_ref(host))
+        assert local is not None and rev(demo.server, deploy_ref(host)) == local
+    # Publishing again with nothing new fetches, verifies and pushes nothing.
+    assert cli.execute(argv) == 0
