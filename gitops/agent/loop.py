@@ -12,13 +12,14 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import watchfiles
 
 from gitops.agent.config import AgentConfig
-from gitops.agent.cycle import Cycle
+from gitops.agent.cycle import Cycle, CycleResult
 from gitops.errors import GitopsError
 
 log = logging.getLogger(__name__)
@@ -46,25 +47,36 @@ def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -
     return "stopped"
 
 
-def run_forever(config: AgentConfig, *, max_cycles: int | None = None) -> int:
-    stop = threading.Event()
+def run_forever(
+    config: AgentConfig,
+    *,
+    stop: threading.Event | None = None,
+    max_cycles: int | None = None,
+    on_cycle: Callable[[CycleResult | None, str], None] | None = None,
+) -> int:
+    """Cycle until SIGTERM/SIGINT (or ``stop``); a failed cycle is logged, not fatal."""
+    stop = stop or threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received signal %d: stopping after this cycle", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.trigger_file.touch()
     cycles = 0
     reason = "start"
     while not stop.is_set():
         log.info("cycle (%s)", reason)
+        result: CycleResult | None = None
         try:
-            Cycle(config, force_report=reason.startswith("trigger")).run()
+            result = Cycle(config, force_report=reason.startswith("trigger")).run()
         except GitopsError as err:
             log.error("cycle failed: %s", err)
+        if on_cycle is not None:
+            on_cycle(result, reason)
         cycles += 1
         if max_cycles is not None and cycles >= max_cycles:
             break

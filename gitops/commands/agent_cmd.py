@@ -81,13 +81,22 @@ def _read_http_request() -> str:
     return line.strip()
 
 
+def _http_response(status: bytes, body: bytes) -> None:
+    """A minimal HTTP/1.0 answer on the socket (stdout under socket activation)."""
+    head = (
+        b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nCache-Control: no-store\r\n\r\n"
+    )
+    sys.stdout.buffer.write(head + body)
+    sys.stdout.buffer.flush()
+
+
 def trigger(config_path: Path | None, *, http: bool, start_unit: str | None) -> int:
     if http:
         request = _read_http_request()
         method = request.split(" ", 1)[0] if request else ""
         if method not in ("GET", "POST", "HEAD"):
-            sys.stdout.write("HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-            sys.stdout.flush()
+            _http_response(b"405 Method Not Allowed", b"")
             return 1
     if start_unit:
         process.run(["systemctl", "start", "--no-block", start_unit], check=True)
@@ -97,12 +106,7 @@ def trigger(config_path: Path | None, *, http: bool, start_unit: str | None) -> 
         config.trigger_file.touch()
     message = "update requested: the agent will fetch, verify and apply now\n"
     if http:
-        body = message.encode()
-        sys.stdout.write(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n\r\n{message}"
-        )
-        sys.stdout.flush()
+        _http_response(b"200 OK", message.encode())
     else:
         output.say(message.strip())
     return 0

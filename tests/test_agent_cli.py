@@ -1,0 +1,197 @@
+"""The agent's commands: once/status/trigger through the real CLI, the run loop woken by
+a trigger, and the agent configuration file's errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gitops.agent.config import parse_config
+from gitops.agent.cycle import CycleResult
+from gitops.agent.loop import run_forever
+from gitops.demo import DemoFleet, InventoryHost
+from gitops.errors import GitopsError
+from gitops.report import Result
+
+INVENTORY = [
+    InventoryHost("alpha", ("workstation",), {"profiles": ["workstation"]}),
+    InventoryHost("beta", ("server",), {"profiles": ["server"]}),
+]
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> DemoFleet:
+    fleet = DemoFleet(tmp_path / "demo", INVENTORY, say=lambda _: None)
+    fleet.root.mkdir()
+    fleet.create()
+    fleet.publish()
+    return fleet
+
+
+def write_config(demo: DemoFleet, host: str) -> Path:
+    config = demo.agent_config(host)
+    data = {
+        "host": config.host,
+        "remote": config.remote,
+        "trusted_publishers": str(config.trusted_publishers),
+        "signing_key": str(config.signing_key),
+        "state_dir": str(config.state_dir),
+        "system_profile": str(config.system_profile),
+        "root": str(config.root),
+        "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
+    }
+    path = demo.root / f"{host}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def gitops(*args: str | Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        input=input,
+    )
+
+
+def test_once_and_status_json(demo: DemoFleet) -> None:
+    config = write_config(demo, "alpha")
+    done = gitops("agent", "--config", config, "once", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["result"] == "applied"
+    assert result["reported"] and result["pushed"]
+    status = json.loads(gitops("agent", "--config", config, "status", "--json").stdout)
+    assert status["applied"] == result["deploy_seen"]
+    assert status["pending_reports"] == 0
+    text = gitops("agent", "--config", config, "status").stdout
+    assert f"applied: {result['deploy_seen']}" in text
+
+
+def test_once_exits_non_zero_when_refused(demo: DemoFleet) -> None:
+    config = write_config(demo, "beta")
+    demo.push_unsigned("beta")
+    done = gitops("agent", "--config", config, "once")
+    assert done.returncode == 1
+    assert done.stdout.startswith("beta: rejected: deploy commit ")
+    assert "not signed" in done.stdout
+
+
+def test_trigger_over_http_touches_the_trigger_file(demo: DemoFleet) -> None:
+    config = write_config(demo, "alpha")
+    trigger = demo.agent_config("alpha").trigger_file
+    done = subprocess.run(
+        [sys.executable, "-m", "gitops", "agent", "--config", config, "trigger", "--http"],
+        input=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body.startswith(b"update requested")
+    assert trigger.exists()
+    refused = gitops(
+        "agent", "--config", config, "trigger", "--http", input="DELETE / HTTP/1.1\r\n\r\n"
+    )
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("HTTP/1.0 405")
+
+
+def test_run_loop_wakes_on_trigger(demo: DemoFleet) -> None:
+    config = replace(demo.agent_config("alpha"), poll_interval=3600, poll_jitter=0)
+    cycles: list[tuple[Result | None, str]] = []
+    stop = threading.Event()
+
+    def record(result: CycleResult | None, reason: str) -> None:
+        cycles.append((result.result if result else None, reason))
+
+    thread = threading.Thread(
+        target=run_forever,
+        args=(config,),
+        kwargs={"stop": stop, "max_cycles": 2, "on_cycle": record},
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not cycles and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cycles == [(Result.APPLIED, "start")]
+        time.sleep(0.5)  # let the watcher start
+        config.trigger_file.touch()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "a trigger must wake the loop long before the hour-long poll"
+        assert len(cycles) == 2
+        assert cycles[1][1].startswith("trigger")
+        assert cycles[1][0] == Result.UNCHANGED
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "host: Bad_Name\nremote: x\ntrusted_publishers: /p\n",
+            "host: 'Bad_Name' is not a valid host name",
+        ),
+        ("host: a\nremote: x\n", "trusted_publishers: is missing"),
+        (
+            "host: a\nremote: x\ntrusted_publishers: relative\n",
+            "'relative' must be an absolute path",
+        ),
+        (
+            "host: a\nremote: ssh://git@h/x.git\ntrusted_publishers: /p\n",
+            "known_hosts: is required for an ssh remote",
+        ),
+        (
+            "host: a\nremote: x\ntrusted_publishers: /p\naction: reboot\n",
+            "'reboot' is not switch, boot or test",
+        ),
+        (
+            "host: a\nremote: x\ntrusted_publishers: /p\npoll_intervall: 5m\n",
+            "poll_intervall: unknown setting",
+        ),
+        (
+            "host: a\nremote: x\ntrusted_publishers: /p\nhealth: {commands: [[]]}\n",
+            "health.commands[0]",
+        ),
+    ],
+)
+def test_config_errors_name_the_field(text: str, message: str) -> None:
+    with pytest.raises(GitopsError) as caught:
+        parse_config(text, "/etc/gitops/agent.yaml")
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("/etc/gitops/agent.yaml: invalid agent configuration")
+
+
+def test_missing_config_is_one_clear_line(tmp_path: Path) -> None:
+    done = gitops("agent", "--config", tmp_path / "nope.yaml", "once")
+    assert done.returncode == 1
+    assert (
+        done.stderr
+        == f"gitops: error: {tmp_path / 'nope.yaml'}: cannot read the agent configuration (No such file or directory); pass --config\n"
+    )
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    done = gitops("--debug", "agent", "--config", tmp_path / "nope.yaml", "once")
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    done = gitops("publish")
+    assert done.returncode == 2
+    assert "the following arguments are required: --key" in done.stderr
