@@ -520,3 +520,41 @@ def test_site_update_fails_loudly_on_an_unreachable_repository(tmp_path: Path) -
     assert result.returncode != 0
     assert not (tmp_path / "state" / "www").exists()
     assert not (tmp_path / "state" / "mirror.git").exists()
+
+
+# -- the docs name every option ------------------------------------------------------------
+
+
+def declared_options(module: Path, prefix: str) -> set[str]:
+    """Option names under ``prefix`` (e.g. health.grace), from the module's source."""
+    text = module.read_text()
+    body = text.split(f"options.{prefix} = {{", 1)[1].split("\n  config = ", 1)[0]
+    names: set[str] = set()
+    group = ""
+    for line in body.splitlines():
+        opened = re.match(r"^    ([A-Za-z]+) = \{$", line)
+        if opened:
+            group = opened.group(1) + "."
+            continue
+        if re.match(r"^    \};$", line):
+            group = ""
+            continue
+        option = re.match(r"^\s+([A-Za-z]+) = (?:mkOption|lib\.mkEnableOption)", line)
+        if option:
+            names.add(group + option.group(1))
+    return names
+
+
+@pytest.mark.parametrize(
+    ("module", "prefix", "doc"),
+    [
+        ("agent.nix", "services.gitops-agent", "install-agent.md"),
+        ("site.nix", "services.gitops-site", "site.md"),
+    ],
+)
+def test_docs_list_every_option(module: str, prefix: str, doc: str) -> None:
+    options = declared_options(NIXOS / module, prefix)
+    assert {"enable", "package"} <= options
+    text = (REPO / "docs" / doc).read_text()
+    documented = set(re.findall(r"`([A-Za-z]+(?:\.[A-Za-z]+)?)`", text))
+    assert options - documented == set()
