@@ -28,10 +28,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -114,11 +115,11 @@ def _blob(repo: pygit2.Repository, text: str) -> pygit2.Oid:
     return repo.create_blob(text.encode())
 
 
-def _tree(repo: pygit2.Repository, entries: dict[str, pygit2.Oid | dict[str, object]]) -> pygit2.Oid:
+def _tree(repo: pygit2.Repository, entries: Mapping[str, Any]) -> pygit2.Oid:
     builder = repo.TreeBuilder()
     for name, value in sorted(entries.items()):
         if isinstance(value, dict):
-            builder.insert(name, _tree(repo, value), pygit2.enums.FileMode.TREE)  # type: ignore[arg-type]
+            builder.insert(name, _tree(repo, value), pygit2.enums.FileMode.TREE)
         else:
             builder.insert(name, value, pygit2.enums.FileMode.BLOB)
     return builder.write()
@@ -227,9 +228,7 @@ def _generate_hosts(args: tuple[str, list[int], int, list[str], float]) -> dict[
         if scenario.kind == "never":
             continue
         # -- reports, oldest first, one a day, the last about an hour ago
-        key = (
-            _key_for(f"intruder-{name}") if scenario.kind == "unverified" else _key_for(name)
-        )
+        key = _key_for(f"intruder-{name}") if scenario.kind == "unverified" else _key_for(name)
         end = now - timedelta(hours=1 + index % 5)
         if scenario.kind == "stale":
             end = now - timedelta(days=3)
@@ -259,7 +258,11 @@ def _generate_hosts(args: tuple[str, list[int], int, list[str], float]) -> dict[
             release = applied[2] if applied else "unknown"
             store = f"/nix/store/{hashlib.sha1(f'{name}{release}'.encode()).hexdigest()[:32]}"
             store += f"-nixos-system-{name}-{release}"
-            current = store if not (scenario.drift and last) else store.replace("/nix/store/", "/nix/store/0")
+            current = (
+                store
+                if not (scenario.drift and last)
+                else store.replace("/nix/store/", "/nix/store/0")
+            )
             report = Report(
                 host=name,
                 time=when,
@@ -352,7 +355,9 @@ def add_one_report(path: Path) -> str:
     ref = repo.references[reports_ref(name)]
     head = repo.get(ref.target)
     assert isinstance(head, pygit2.Commit)
-    old = Report.from_json(bytes(head.tree["status.json"].data))  # type: ignore[attr-defined]
+    blob = head.tree["status.json"]
+    assert isinstance(blob, pygit2.Blob)
+    old = Report.from_json(bytes(blob.data))
     report = Report(
         host=name,
         time=datetime.now(UTC).replace(microsecond=0),
@@ -416,7 +421,17 @@ def timed_build(repo: Path, out: Path) -> tuple[float, int]:
     started = time.monotonic()
     with TreeMemory() as memory:
         process.run(
-            [sys.executable, "-m", "gitops", "site", "build", "--repo", str(repo), "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "gitops",
+                "site",
+                "build",
+                "--repo",
+                str(repo),
+                "--out",
+                str(out),
+            ],
             check=True,
         )
     return time.monotonic() - started, memory.peak

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import pygit2
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from typing_extensions import override
 
 from gitops import commits, publish
 from gitops.keys import public_line
@@ -104,7 +105,7 @@ class Fleet:
         hosts = {
             name: {
                 "host.yaml": yaml.safe_dump(data),
-                "configuration.nix": f"{{ ... }}: {{ networking.hostName = \"{name}\"; }}\n"
+                "configuration.nix": f'{{ ... }}: {{ networking.hostName = "{name}"; }}\n'
                 + extra.get(name, ""),
             }
             for name, data in self.hosts.items()
@@ -239,28 +240,47 @@ def standard_fleet(path: Path) -> Fleet:
     first = {name: fleet.deploy_head(name) for name in fleet.hosts}
     old = {}
     for name in fleet.hosts:
-        chain = [c for c in fleet.repo.walk(pygit2.Oid(hex=first[name]))]
+        chain = list(fleet.repo.walk(pygit2.Oid(hex=first[name])))
         old[name] = str(chain[-1].id)
     fleet.report("up", recent)
     fleet.report("pending", recent, Result.UNCHANGED, applied=old["pending"])
-    fleet.report("failed", recent - timedelta(hours=1), Result.BUILD_FAILED, applied=old["failed"],
-                 log_tail="error: builder for '/nix/store/x.drv' failed with exit code 1")
-    fleet.report("failed", recent, Result.BUILD_FAILED, applied=old["failed"],
-                 log_tail="error: builder for '/nix/store/x.drv' failed with exit code 1")
-    fleet.report("rolledback", recent, Result.ROLLED_BACK, applied=old["rolledback"],
-                 log_tail="unit foo.service failed")
+    fleet.report(
+        "failed",
+        recent - timedelta(hours=1),
+        Result.BUILD_FAILED,
+        applied=old["failed"],
+        log_tail="error: builder for '/nix/store/x.drv' failed with exit code 1",
+    )
+    fleet.report(
+        "failed",
+        recent,
+        Result.BUILD_FAILED,
+        applied=old["failed"],
+        log_tail="error: builder for '/nix/store/x.drv' failed with exit code 1",
+    )
+    fleet.report(
+        "rolledback",
+        recent,
+        Result.ROLLED_BACK,
+        applied=old["rolledback"],
+        log_tail="unit foo.service failed",
+    )
     fleet.report("rejected", recent, Result.REJECTED, applied=old["rejected"])
     fleet.report("stale", NOW - timedelta(days=3))
     fleet.report("offline", recent, Result.FETCH_FAILED, applied=old["offline"])
     fleet.report("drifting", recent, running="/nix/store/0000-hand-built-system")
     fleet.report("reboot", recent, reboot=True)
-    fleet.report("exempt", recent, facts={**GOOD_FACTS, "disk_encryption": "none",
-                                          "gc_timer": "absent"})
-    fleet.report("server", recent, facts={**GOOD_FACTS, "firewall": "inactive",
-                                          "failed_units": "unknown"})
+    fleet.report(
+        "exempt", recent, facts={**GOOD_FACTS, "disk_encryption": "none", "gc_timer": "absent"}
+    )
+    fleet.report(
+        "server", recent, facts={**GOOD_FACTS, "firewall": "inactive", "failed_units": "unknown"}
+    )
     # "forged": every report is signed by a key that is not the host's.
     intruder = ed25519.Ed25519PrivateKey.generate()
-    fleet.set_ref(reports_ref("forged"), fleet.report("forged", recent, key=intruder, move_ref=False))
+    fleet.set_ref(
+        reports_ref("forged"), fleet.report("forged", recent, key=intruder, move_ref=False)
+    )
     return fleet
 
 
@@ -274,6 +294,7 @@ class LinkParser(HTMLParser):
         self.links: list[str] = []
         self.ids: set[str] = set()
 
+    @override
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         for name, value in attrs:
             if name in ("href", "src") and value:

@@ -108,7 +108,9 @@ def test_a_bad_signature_is_unverified_and_falls_back(tmp_path: Path) -> None:
     fleet.publish(NOW - timedelta(days=1))
     # A report claiming the new head, its signature broken by editing the signed object.
     claim = fleet.report("web", NOW - timedelta(hours=1), move_ref=False)
-    raw = commits.read_raw(fleet.repo, claim).replace(b"applied for the test", b"applied for the tesT")
+    raw = commits.read_raw(fleet.repo, claim).replace(
+        b"applied for the test", b"applied for the tesT"
+    )
     tampered = fleet.repo.odb.write(pygit2.enums.ObjectType.COMMIT, raw)
     fleet.set_ref(reports_ref("web"), str(tampered))
     out = tmp_path / "out"

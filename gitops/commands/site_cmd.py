@@ -7,6 +7,8 @@ import functools
 import http.server
 from pathlib import Path
 
+from typing_extensions import override
+
 from gitops import output
 from gitops.errors import GitopsError
 from gitops.sitegen import build as site_build
@@ -25,7 +27,8 @@ def build(repo: Path, out: Path, *, serve: bool, port: int) -> int:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    @override
+    def log_message(self, format: str, *args: object) -> None:
         output.progress(f"site: {self.address_string()} {format % args}")
 
 

@@ -340,7 +340,7 @@ def _charts(
     others = [sum(n for v, n in c.items() if v not in top) for c in version_counts]
     if any(others):
         version_series.append(Series("other", PALETTE[-1], others))
-    data = {
+    chart_data = {
         "days": [e.strftime("%Y-%m-%dT%H:%M:%SZ") for e in ends],
         "states": {s.label: list(s.values) for s in state_series},
         "nixos_versions": {s.label: list(s.values) for s in version_series},
@@ -350,7 +350,7 @@ def _charts(
         stacked_bars(
             labels, version_series, title="NixOS releases in use, each day of the last 30 days"
         ),
-        data,
+        chart_data,
     )
 
 

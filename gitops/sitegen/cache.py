@@ -159,7 +159,7 @@ class Cache:
         for entry in os.scandir(self.pages_dir):
             if entry.name not in keep:
                 with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                    Path(entry.path).unlink()
 
     def page_file(self, digest: str) -> Path:
         return self.pages_dir / digest

@@ -24,7 +24,7 @@ SCHEMA = 1
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -65,6 +65,11 @@ def report_json(entry: ReportEntry) -> dict[str, Any]:
         "nixos_version": entry.nixos_version,
         "error": entry.error or None,
     }
+
+
+def _pull_request(sources: Mapping[str, MainCommit], sha: str | None) -> int | None:
+    found = sources.get(sha) if sha else None
+    return found.pull_request if found is not None else None
 
 
 def inventory_row(pages: Pages, name: str) -> dict[str, Any]:
@@ -156,11 +161,7 @@ def aggregate_files(
                         "reason": s.reason,
                         "published": s.published,
                         "published_source": s.published_source,
-                        "pull_request": (
-                            sources[s.published_source].pull_request
-                            if s.published_source in sources
-                            else None
-                        ),
+                        "pull_request": _pull_request(sources, s.published_source),
                         "applied": s.applied,
                         "missing": [d.oid for d in s.missing],
                         "drift": s.drift_detail or None,

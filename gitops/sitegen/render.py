@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 
 from gitops.fleet import SiteSettings
 from gitops.sitegen import resources
@@ -58,6 +59,13 @@ class Renderer:
             commit_href=self.commit_href,
             pr_href=self.pr_href,
             css=css_class,
+            when=when,
+            commit=self.commit_link,
+            pr=self.pr_link,
+            state_badge=state_badge,
+            flag_badge=flag_badge,
+            trust_badge=trust_badge,
+            host_link=host_link,
         )
         self.env.globals.update(
             site_title=settings.title,
@@ -82,6 +90,23 @@ class Renderer:
             return ""
         return self.settings.pull_request_url.replace("{number}", str(number))
 
+    def commit_link(self, sha: str | None, label: str | None = None) -> Markup:
+        if not sha:
+            return Markup('<span class="none">none</span>')
+        text = escape(label or sha[:8])
+        href = self.commit_href(sha)
+        if href:
+            return Markup(f'<a class="sha" href="{escape(href)}">{text}</a>')
+        return Markup(f'<code class="sha" title="{escape(sha)}">{text}</code>')
+
+    def pr_link(self, number: int | None) -> Markup:
+        if number is None:
+            return Markup("")
+        href = self.pr_href(number)
+        if href:
+            return Markup(f'<a href="{escape(href)}">#{number}</a>')
+        return Markup(f"#{number}")
+
     def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
         docs = self.docs_href
         if docs and "://" not in docs and not docs.startswith("/"):
@@ -89,3 +114,40 @@ class Renderer:
         return self.env.get_template(template).render(
             root=root, current=current, docs=docs, **context
         )
+
+
+# Filters that return HTML: plain functions, much cheaper than Jinja macros (a host page
+# has hundreds of these and a fleet has thousands of host pages).
+
+_TRUST_LABELS = {
+    "verified": "✔ verified",
+    "unverified": "✘ unverified",
+    "unknown key": "? unknown key",
+}
+
+
+def when(moment: datetime | None) -> Markup:
+    if moment is None:
+        return Markup('<span class="none">never</span>')
+    return Markup(f'<time datetime="{iso(moment)}">{format_time(moment)}</time>')
+
+
+def state_badge(value: object) -> Markup:
+    text = str(value)
+    return Markup(f'<span class="badge state-{css_class(text)}">{escape(text)}</span>')
+
+
+def flag_badge(value: object) -> Markup:
+    text = str(value)
+    return Markup(f'<span class="badge flag flag-{css_class(text)}">{escape(text)}</span>')
+
+
+def trust_badge(value: object, detail: str = "") -> Markup:
+    text = str(value)
+    title = f' title="{escape(detail)}"' if detail else ""
+    label = escape(_TRUST_LABELS.get(text, text))
+    return Markup(f'<span class="trust trust-{css_class(text)}"{title}>{label}</span>')
+
+
+def host_link(name: str, root: str) -> Markup:
+    return Markup(f'<a href="{escape(root)}hosts/{escape(name)}.html">{escape(name)}</a>')
