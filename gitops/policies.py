@@ -46,6 +46,28 @@ _COMPARISONS = (
     "exists",
 )
 UNKNOWN_VALUES = (None, "unknown")
+# Where a ``fact`` path may start: status.json's top-level keys (docs/protocol.md), plus
+# ``report``, which the site adds at build time (``report.age_seconds``, ``report.verified``).
+FACT_ROOTS = frozenset(
+    {
+        "schema",
+        "host",
+        "time",
+        "agent_version",
+        "result",
+        "reason",
+        "report_id",
+        "deploy_seen",
+        "deploy_applied",
+        "source_commit",
+        "action",
+        "system",
+        "facts",
+        "durations",
+        "log_tail",
+        "report",
+    }
+)
 
 
 class Outcome(StrEnum):
@@ -195,6 +217,14 @@ def _parse_condition(
     if not isinstance(fact, str) or not fact:
         problems.add(
             f"{where}: {field_name}.fact", "is missing", "name a report field, e.g. facts.firewall"
+        )
+        return None
+    if fact.split(".", 1)[0] not in FACT_ROOTS:
+        problems.add(
+            f"{where}: {field_name}.fact",
+            f"{fact!r} is not a report field",
+            "start with facts., system., report. or another status.json key "
+            "(docs/protocol.md lists them)",
         )
         return None
     if len(ops) != 1 or ops[0] not in _COMPARISONS:
