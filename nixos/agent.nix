@@ -315,7 +315,12 @@ in
     systemd.services.gitops-agent = {
       description = "nixos-gitops agent: apply this host's signed deploy branch";
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      # sshd creates the host key that signs the reports on its first start.
+      after = [
+        "network-online.target"
+        "sshd.service"
+        "sshd-keygen.service"
+      ];
       # The service switches the system it belongs to: switch-to-configuration must not
       # stop or restart it half-way (nixpkgs' nixos-upgrade.service does the same).
       restartIfChanged = false;

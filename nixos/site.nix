@@ -25,6 +25,10 @@ let
     else
       null;
 
+  isSshUrl =
+    lib.hasPrefix "ssh://" cfg.repository
+    || (builtins.match "[^/]*@[^/]*:.*" cfg.repository != null && !(lib.hasInfix "://" cfg.repository));
+
   sshCommand = lib.concatStringsSep " " (
     [
       "ssh"
@@ -179,6 +183,11 @@ in
           {
             assertion = !(cfg.knownHosts != null && cfg.knownHostsFile != null);
             message = "services.gitops-site: set knownHosts or knownHostsFile, not both.";
+          }
+          {
+            # ssh runs without a terminal: an unknown server key could only be refused.
+            assertion = !isSshUrl || knownHostsFile != null;
+            message = "services.gitops-site: the ssh repository ${cfg.repository} needs knownHosts (the git server's host key, from ssh-keyscan).";
           }
         ];
 
