@@ -26,8 +26,7 @@ from gitops.errors import GitopsError
 from gitops.fleet import Fleet, Host, load_fleet
 from gitops.policies import Policy, load_policies
 from gitops.publish import TRAILER_EXPIRES, TRAILER_SOURCE
-from gitops.report import DEPLOY_PREFIX, REPORTS_PREFIX, Report, Result
-from gitops.reports import read_report_commit
+from gitops.report import DEPLOY_PREFIX, REPORTS_PREFIX, STATUS_FILE, Report, Result
 from gitops.schema import Problems
 from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
 from gitops.sitegen.verify import verdict
@@ -241,7 +240,7 @@ class HostReader:
                 break
             day = when.strftime("%Y-%m-%d")
             if index < MAX_DETAILED or day not in days:
-                entry, status = self._report_entry(oid, when, trust, key_id)
+                entry, status = self._report_entry(commit, when, trust, key_id)
                 entries.append(entry)
                 if latest is None and entry.verified and status is not None:
                     latest = json.loads(status)
@@ -263,20 +262,20 @@ class HostReader:
         return tuple(entries), latest, truncated
 
     def _report_entry(
-        self, oid: pygit2.Oid, when: datetime, trust: AllowedSigners, key_id: str
+        self, commit: pygit2.Commit, when: datetime, trust: AllowedSigners, key_id: str
     ) -> tuple[ReportEntry, bytes | None]:
-        sha = str(oid)
+        sha = str(commit.id)
         state, detail, _principal = self._verdict(sha, trust, key_id)
-        read = read_report_commit(self.repo, oid)
-        if read.status is None:
+        status = _status_json(commit)
+        if status is None:
             return ReportEntry(sha, when, state, detail, error="no status.json in the commit"), None
         try:
-            report = Report.from_json(read.status)
+            report = Report.from_json(status)
         except ValueError as err:
             return ReportEntry(sha, when, state, detail, error=str(err)), None
         changes: tuple[str, ...] = ()
-        if b'"changes"' in read.status:
-            raw = json.loads(read.status).get("changes")
+        if b'"changes"' in status:
+            raw = json.loads(status).get("changes")
             if isinstance(raw, list):
                 changes = tuple(str(c) for c in raw[:200])
         result = str(report.result)
@@ -301,7 +300,7 @@ class HostReader:
             log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
             changes=changes,
         )
-        return entry, read.status
+        return entry, status
 
     # -- deploys ------------------------------------------------------------------
 
@@ -349,6 +348,16 @@ class HostReader:
         if previous is not None and reached_stop:
             return tuple(entries + list(previous.deploys))[:MAX_DEPLOYS]
         return tuple(entries)
+
+
+def _status_json(commit: pygit2.Commit) -> bytes | None:
+    """``status.json`` of a report commit (what gitops.reports.read_report_commit reads,
+    from the commit object already in hand)."""
+    try:
+        entry = commit.tree[STATUS_FILE]
+    except KeyError:
+        return None
+    return bytes(entry.data) if isinstance(entry, pygit2.Blob) else None
 
 
 def thin(entries: list[ReportEntry]) -> tuple[ReportEntry, ...]:

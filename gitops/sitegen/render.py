@@ -3,6 +3,8 @@ the site works from any path of any web server, and from ``file://``."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +14,7 @@ from markupsafe import Markup, escape
 from gitops.fleet import SiteSettings
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
+from gitops.sitegen.model import ReportEntry
 from gitops.sitegen.states import describe_age
 
 PAGES = (
@@ -35,6 +38,7 @@ def iso(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=4096)
 def css_class(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in str(text).lower())
 
@@ -66,6 +70,7 @@ class Renderer:
             flag_badge=flag_badge,
             trust_badge=trust_badge,
             host_link=host_link,
+            report_timeline=self.report_timeline,
         )
         self.env.globals.update(
             site_title=settings.title,
@@ -106,6 +111,30 @@ class Renderer:
         if href:
             return Markup(f'<a href="{escape(href)}">#{number}</a>')
         return Markup(f"#{number}")
+
+    def report_timeline(self, reports: Iterable[ReportEntry]) -> Markup:
+        """The host page's report history, one ``<li>`` per report (the page's hot loop,
+        written out in Python: a fleet renders this tens of thousands of times)."""
+        items = []
+        for r in reports:
+            trust = str(r.trust)
+            head = f"{when(r.when)} {trust_badge(trust, r.trust_detail)}"
+            if r.result:
+                what = f"<strong>{escape(r.result)}</strong>"
+            else:
+                what = f"<strong>unreadable</strong>: {escape(r.error)}"
+            applied = f" applied {self.commit_link(r.deploy_applied)}" if r.deploy_applied else ""
+            generation = f", generation {r.generation}" if r.generation is not None else ""
+            reason = f' <span class="reason">{escape(r.reason)}</span>' if r.reason else ""
+            note = ""
+            if not r.verified:
+                note = f" <em>not counted: {escape(r.trust_detail or r.error)}</em>"
+            items.append(
+                f'<li class="result-{css_class(r.result or "unreadable")} '
+                f'trust-{css_class(trust)}">{head} {what}{applied}{generation}{reason} '
+                f'<span class="commit">report {self.commit_link(r.oid)}</span>{note}</li>'
+            )
+        return Markup("\n".join(items))
 
     def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
         docs = self.docs_href
