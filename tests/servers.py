@@ -546,7 +546,8 @@ def add_fleet_refs(repo: Path, hosts: Sequence[str]) -> None:
     """Give every host in ``hosts`` a ``deploy/<host>`` and a ``reports/<host>`` branch,
     each one commit with a small tree of its own, in the bare repository ``repo``.
 
-    Dates are fixed, so a host's commits have the same ids in every repository.
+    Dates are fixed, so a host's commits have the same ids in every repository. The refs
+    end up packed (``git pack-refs --all``).
     """
     stream: list[bytes] = []
     mark = 0
@@ -584,3 +585,5 @@ def add_fleet_refs(repo: Path, hosts: Sequence[str]) -> None:
         check=True,
         input=b"".join(stream),
     )
+    # As on a real server after gc: thousands of loose ref files would slow every request.
+    subprocess.run(["git", "--git-dir", str(repo), "pack-refs", "--all"], check=True)
