@@ -256,6 +256,20 @@ def test_incremental_build_reads_and_renders_only_what_changed(tmp_path: Path) -
         assert load(out, name) == load(fresh, name), name
 
 
+def test_time_passing_is_judged_from_the_cache_like_from_scratch(tmp_path: Path) -> None:
+    """Two days later nothing new arrived: hosts go stale, pages re-render from cached data."""
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    build(fleet, out)
+    later = NOW + timedelta(days=2, hours=3)
+    stats = site_build.build(fleet.path, out, now=later, workers=1)
+    assert stats.hosts_read == 0 and stats.pages_rendered > 0
+    site_build.build(fleet.path, fresh, now=later, workers=1, use_cache=False)
+    assert states(out)["up"]["state"] == "stale"
+    for name in ("index.json", "inventory.json", "compliance.json", "audit.json", "hosts/up.json"):
+        assert load(out, name) == load(fresh, name), name
+
+
 def test_a_new_host_key_re_verifies_that_host(tmp_path: Path) -> None:
     fleet = Fleet.create(tmp_path / "fleet.git")
     fleet.add_host("web")

@@ -306,9 +306,15 @@ def _charts(
     state_counts = [Counter[str]() for _ in ends]
     version_counts = [Counter[str]() for _ in ends]
     window = past[0].isoformat() if past else ""
+    keys = {
+        name: f"{data.reports_head}:{data.deploy_head}:{data.key_id}:{data.publishers_id}"
+        f":{stale_after}:{window}"
+        for name, data in pages.hosts.items()
+    }
+    misses = [n for n in pages.hosts if old.get(n, ("", None))[0] != keys[n]]
+    _ensure_full(pages.hosts, misses, cache)
     for name, data in pages.hosts.items():
-        key = f"{data.reports_head}:{data.deploy_head}:{data.key_id}:{data.publishers_id}"
-        key += f":{stale_after}:{window}"
+        key = keys[name]
         cached = old.get(name)
         if cached is not None and cached[0] == key:
             sampled = cached[1]
@@ -355,6 +361,19 @@ def _charts(
 
 
 _SECOND = datetime(2000, 1, 1, 0, 0, 1, tzinfo=UTC) - datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _ensure_full(hosts: dict[str, HostData], names: Iterable[str], cache: Cache | None) -> None:
+    """Replace light copies by the full data (to render a host page or re-sample history)."""
+    light = [n for n in names if hosts[n].is_light]
+    if light and cache is not None:
+        hosts.update(cache.load_full(light))
+    still = [n for n in light if hosts[n].is_light]
+    if still:
+        raise GitopsError(
+            f"the site cache has no full data for {still[0]}; delete the cache directory "
+            "(.<out>.cache next to --out) and build again"
+        )
 
 
 # -- output directory ---------------------------------------------------------------
@@ -492,6 +511,8 @@ def _build(
 
     names = sorted(fleet.hosts)
     dirty = [n for n in names if not unchanged(n)]
+    # Unchanged hosts stay light; a changed one is read on top of its full cached data.
+    full_previous = cache.load_full(d for d in dirty if d in previous) if cache else {}
     _WORK.update(
         repo_path=repo_path,
         cache=cache,
@@ -500,7 +521,7 @@ def _build(
         deploys=deploys,
         publishers=publishers,
         publishers_id=publishers_id,
-        previous=previous,
+        previous=full_previous,
     )
     hosts: dict[str, HostData] = {n: previous[n] for n in names if n not in dirty}
     new_verdicts: list[Any] = []
@@ -571,6 +592,7 @@ def _build(
             stats.pages_reused += 1
         else:
             to_render.append(name)
+    _ensure_full(hosts, to_render, cache)
     _WORK.update(pages=pages, tmp=tmp, store=cache.pages_dir if cache is not None else None)
     for written in _run_parallel(_render_chunk, to_render, workers):
         for path, key, digest in written:
@@ -589,7 +611,9 @@ def _build(
     failing_counts = [(s.policy, s.counts["fail"]) for s in summaries if s.counts["fail"]]
     failing_counts.sort(key=lambda item: (-item[1], item[0].name))
     rows = pages.inventory_rows()
-    trust_counts = Counter(str(r.trust) for h in hosts.values() for r in h.reports)
+    trust_counts = Counter[str]()
+    for data in hosts.values():
+        trust_counts.update(dict(data.trust_counts))
     common = {
         "now": now,
         "settings": settings,

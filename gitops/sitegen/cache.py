@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import pickle
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gitops.errors import GitopsError
 from gitops.sitegen.model import HostData, Trust
 
-SCHEMA = 3
+SCHEMA = 4
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS verdicts (commit_id TEXT, key_id TEXT, trust TEXT, detail TEXT,"
     " principal TEXT, PRIMARY KEY (commit_id, key_id)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB)",
+    "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB, light BLOB)",
     "CREATE TABLE IF NOT EXISTS samples (name TEXT PRIMARY KEY, key TEXT, data BLOB)",
     "CREATE TABLE IF NOT EXISTS pages (path TEXT PRIMARY KEY, key TEXT, digest TEXT)",
     "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB)",
@@ -60,15 +61,16 @@ class Cache:
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _TABLES:
-            self.db.execute(statement)
+        self.db.execute(_TABLES[0])
         version = f"{SCHEMA}:{code_id}"
         row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is None or row[0] != version:
-            with self.db:
+        with self.db:
+            if row is None or row[0] != version:
                 for table in ("verdicts", "hosts", "samples", "pages", "blobs"):
-                    self.db.execute(f"DELETE FROM {table}")
+                    self.db.execute(f"DROP TABLE IF EXISTS {table}")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
+            for statement in _TABLES[1:]:
+                self.db.execute(statement)
 
     def close(self) -> None:
         self.db.close()
@@ -90,8 +92,21 @@ class Cache:
     # -- collected hosts ---------------------------------------------------------------
 
     def load_hosts(self) -> dict[str, HostData]:
+        """Every cached host, light (see HostData.light): cheap to load for a whole fleet."""
+        return self._load("SELECT name, light FROM hosts", ())
+
+    def load_full(self, names: Iterable[str]) -> dict[str, HostData]:
+        found: dict[str, HostData] = {}
+        wanted = list(names)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._load(f"SELECT name, data FROM hosts WHERE name IN ({marks})", chunk))
+        return found
+
+    def _load(self, query: str, args: Sequence[str]) -> dict[str, HostData]:
         hosts: dict[str, HostData] = {}
-        for name, blob in self.db.execute("SELECT name, data FROM hosts"):
+        for name, blob in self.db.execute(query, args):
             try:
                 value = pickle.loads(blob)
             except Exception:  # an unreadable row is a cache miss, never an error
@@ -101,10 +116,11 @@ class Cache:
         return hosts
 
     def save_hosts(self, changed: Iterable[HostData], removed: Iterable[str]) -> None:
+        dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO hosts VALUES (?, ?)",
-                ((h.name, pickle.dumps(h, protocol=pickle.HIGHEST_PROTOCOL)) for h in changed),
+                "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)",
+                ((h.name, dump(h), dump(h.light())) for h in changed),
             )
             self.db.executemany("DELETE FROM hosts WHERE name = ?", ((n,) for n in removed))
 

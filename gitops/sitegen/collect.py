@@ -192,6 +192,9 @@ class HostReader:
         deploys = self._deploys(
             deploy_head, publishers, publishers_id, previous if reuse_deploys else None
         )
+        counts: dict[str, int] = {}
+        for entry in reports:
+            counts[str(entry.trust)] = counts.get(str(entry.trust), 0) + 1
         return HostData(
             name=name,
             key_id=key_id,
@@ -202,6 +205,8 @@ class HostReader:
             deploys=deploys,
             latest_status=latest,
             truncated=truncated,
+            report_count=len(reports),
+            trust_counts=tuple(sorted(counts.items())),
         )
 
     # -- reports ------------------------------------------------------------------

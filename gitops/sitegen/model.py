@@ -7,7 +7,7 @@ host's collected data can be cached by the ids of the commits it was read from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -59,7 +59,7 @@ STATE_ORDER: tuple[State, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ReportEntry:
     """One commit on ``reports/<host>``: its verdict and, when it parsed, its report."""
 
@@ -91,7 +91,7 @@ class ReportEntry:
         return self.time or self.commit_time
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DeployEntry:
     """One commit on ``deploy/<host>``, checked against fleet.yaml's publishers."""
 
@@ -109,7 +109,7 @@ class DeployEntry:
         return self.trust is Trust.VERIFIED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HostData:
     """Everything read from one host's refs. Cached by (heads, key id, publishers id)."""
 
@@ -122,6 +122,31 @@ class HostData:
     deploys: tuple[DeployEntry, ...] = ()  # newest first
     latest_status: dict[str, Any] | None = None  # status.json of the newest verified report
     truncated: bool = False  # older reports exist beyond what was read
+    # A "light" copy keeps only the reports the aggregate pages need (see light()); host
+    # pages are always rendered from the full data.
+    is_light: bool = False
+    report_count: int = 0
+    trust_counts: tuple[tuple[str, int], ...] = ()
+
+    def light(self) -> HostData:
+        """The same host with only the reports that states, audit and counts look at."""
+        keep: dict[str, ReportEntry] = {}
+        if self.reports:
+            keep[self.reports[0].oid] = self.reports[0]
+            keep[self.reports[-1].oid] = self.reports[-1]
+        verified = [r for r in self.reports if r.verified]
+        if verified:
+            run = _category(verified[0].result)
+            for entry in verified:
+                keep[entry.oid] = entry
+                if run is None or _category(entry.result) != run:
+                    break
+        for entry in self.reports:
+            if entry.result == "applied":
+                keep[entry.oid] = entry
+        order = {r.oid: i for i, r in enumerate(self.reports)}
+        chosen = tuple(sorted(keep.values(), key=lambda r: order[r.oid]))
+        return replace(self, reports=chosen, is_light=True)
 
     @property
     def newest_verified(self) -> ReportEntry | None:
@@ -135,7 +160,18 @@ class HostData:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+def _category(result: str | None) -> str | None:
+    """Results that make a failing state; a run of them gives "since when"."""
+    return {
+        "build-failed": "failed",
+        "switch-failed": "failed",
+        "rolled-back": "rolled back",
+        "rejected": "rejected",
+        "fetch-failed": "offline",
+    }.get(result or "")
+
+
+@dataclass(frozen=True)
 class MainCommit:
     sha: str
     time: datetime

@@ -120,7 +120,7 @@ def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
     elif state is State.UNVERIFIED:
         first = data.reports[0]
         reason = (
-            f"{len(data.reports)} report(s), none verifies: {first.trust_detail or first.error}"
+            f"{data.report_count} report(s), none verifies: {first.trust_detail or first.error}"
         )
         since = data.reports[-1].commit_time
     elif newest is not None:
