@@ -13,6 +13,7 @@ every step.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -75,6 +76,63 @@ def read_inventory(fleet_root: Path) -> list[InventoryHost]:
     return hosts
 
 
+def _link(link: Path, target: str) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+
+
+def write_machine(root: Path, host: str, data: dict[str, Any]) -> None:
+    """What the stand-in machine's disk says about it, for the agent's facts: systemd
+    units, sshd_config, mounts and device-mapper entries, as a NixOS host has them.
+
+    Most machines meet the example policies; a few do not, as in any real fleet: a kiosk
+    without disk encryption (exempt in its host.yaml), a laptop whose owner turned SSH
+    password logins back on, a workstation without automatic garbage collection.
+    """
+    tags = {str(t) for t in data.get("tags") or []}
+    profiles = {str(p) for p in data.get("profiles") or []}
+    encrypted = "kiosk" not in tags | profiles
+    password_login = "laptop" in tags | profiles
+    gc = "media" not in profiles
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    wanted = {"firewall.service": "multi-user.target", "sshd.service": "multi-user.target"}
+    if gc:
+        wanted["nix-gc.timer"] = "timers.target"
+    for unit, target in wanted.items():
+        (units / unit).write_text(f"[Unit]\nDescription=stand-in {unit}\n")
+        _link(units / f"{target}.wants" / unit, f"../{unit}")
+    ssh = root / "etc" / "ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "sshd_config").write_text(
+        f"PasswordAuthentication {'yes' if password_login else 'no'}\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM yes\n"
+    )
+    (root / "etc" / "machine-id").write_text(hashlib.sha256(host.encode()).hexdigest()[:32] + "\n")
+    (root / "etc" / "os-release").write_text(
+        'NAME=NixOS\nID=nixos\nVERSION_ID="25.05"\nBUILD_ID="25.05.19700101.standin"\n'
+    )
+    proc = root / "proc"
+    proc.mkdir()
+    (proc / "uptime").write_text("86400.00 170000.00\n")
+    device = "/dev/mapper/cryptroot" if encrypted else "/dev/mmcblk0p2"
+    (proc / "mounts").write_text(
+        f"{device} / ext4 rw,relatime 0 0\n{device} /nix ext4 rw,relatime 0 0\n"
+    )
+    dm = root / "sys" / "block" / "dm-0"
+    (dm / "dm").mkdir(parents=True)
+    (dm / "slaves").mkdir()
+    if encrypted:
+        (dm / "dm" / "uuid").write_text(
+            f"CRYPT-LUKS2-{hashlib.md5(host.encode()).hexdigest()}-cryptroot\n"
+        )
+        (dm / "dm" / "name").write_text("cryptroot\n")
+    else:
+        (dm / "dm" / "uuid").write_text("LVM-standin\n")
+        (dm / "dm" / "name").write_text("vg-data\n")
+        (root / "sys" / "class" / "block" / "mmcblk0p2").mkdir(parents=True)
+
+
 def git(*args: str | Path, cwd: Path) -> str:
     return process.run(["git", *args], check=True, cwd=cwd).stdout.strip()
 
@@ -95,6 +153,9 @@ class DemoFleet:
         self.publisher_key_path = self.keys_dir / "publisher"
         self.host_keys: dict[str, PrivateKeyTypes] = {}
         self.publisher_key: PrivateKeyTypes | None = None
+
+    def inventory_host(self, name: str) -> InventoryHost:
+        return next(h for h in self.inventory if h.name == name)
 
     @property
     def hosts(self) -> list[str]:
@@ -199,6 +260,8 @@ class DemoFleet:
 
     def agent_config(self, host: str) -> AgentConfig:
         machine = self.machines / host
+        if not (machine / "etc").exists():
+            write_machine(machine, host, self.inventory_host(host).data)
         (machine / "run").mkdir(parents=True, exist_ok=True)
         return AgentConfig(
             host=host,
@@ -349,10 +412,16 @@ def play(demo: DemoFleet, say: Callable[[str], None] = output.say) -> DemoOutcom
 
     profile = _pick_profile(inventory)
     users = tuple(h.name for h in inventory if profile in h.profiles)
-    say(f"4. A pull request changes profile '{profile}' (used by {', '.join(users)})")
+    say(
+        f"4. A pull request changes profile '{profile}' (used by {', '.join(users)}): a package and a new kernel"
+    )
     demo.merge_change(
-        {f"profiles/{profile}.nix": standin.profile_file(profile, ["ripgrep"])},
-        f"Merge pull request #2 from alice/{profile}-ripgrep\n\n{profile}: add ripgrep",
+        {
+            f"profiles/{profile}.nix": standin.profile_file(
+                profile, ["ripgrep"], {"kernel": '"6.12.9"'}
+            )
+        },
+        f"Merge pull request #2 from alice/{profile}-ripgrep\n\n{profile}: add ripgrep, kernel 6.12",
     )
     plan = publish.make_plan(demo.repository(), "main")
     say(

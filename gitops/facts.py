@@ -62,6 +62,9 @@ _ACTIVE_STATES = ("active", "reloading", "activating")
 _ENABLED_STATES = ("enabled", "enabled-runtime")
 
 
+NIX_STORE = "/nix/store"
+
+
 class _Host:
     """A root file system, live (``/``) or a tree standing in for one."""
 
@@ -72,8 +75,18 @@ class _Host:
         self._version: dict[str, Any] | bool | None = False  # False: not looked up yet
 
     def under(self, path: str) -> Path:
-        """The host path ``path`` in this process's file system, symlinks not followed."""
-        return self.root.joinpath(*PurePosixPath(path).parts[1:])
+        """The host path ``path`` in this process's file system, symlinks not followed.
+
+        A tree standing in for a host may share this machine's Nix store (as NixOS
+        containers do): a store path missing under ``root`` is read from ``/nix/store``.
+        """
+        inside = self.root.joinpath(*PurePosixPath(path).parts[1:])
+        in_store = path == NIX_STORE or path.startswith(f"{NIX_STORE}/")
+        if not self.live and in_store and not inside.exists():
+            shared = Path(path)
+            if shared.exists() or shared.is_symlink():
+                return shared
+        return inside
 
     def resolve(self, path: str) -> str | None:
         """``readlink -f`` on the host: the final host path, or None if it does not exist.

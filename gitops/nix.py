@@ -46,6 +46,9 @@ def build_flake(flake_ref: str, attr: str, *, extra_args: tuple[str, ...] = ()) 
     result = process.run(
         [
             NIX,
+            # Hosts need not enable flakes globally for the agent to build one.
+            "--extra-experimental-features",
+            "nix-command flakes",
             "build",
             "--no-link",
             "--json",

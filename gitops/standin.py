@@ -64,7 +64,21 @@ FLAKE = r"""{
               ${if unhealthy then ''/usr/bin/touch "$root/run/unhealthy"'' else ""}
               /bin/ln -sfn "$self" "$root/run/current-system.new"
               /bin/mv -T "$root/run/current-system.new" "$root/run/current-system"
+              # The first activation stands for the machine's boot.
+              [ -e "$root/run/booted-system" ] || /bin/ln -s "$self" "$root/run/booted-system"
             fi
+          '';
+          # Like NixOS's nixos-version: the revision is the flake's, i.e. the deploy commit.
+          versionScript = builtins.toFile "nixos-version" ''
+            #!/bin/sh
+            case "$1" in
+              --json)
+                cat << EOF
+            ${builtins.toJSON ({ nixosVersion = version; } // (if self ? rev then { configurationRevision = self.rev; } else { }))}
+            EOF
+                ;;
+              *) echo "${version}" ;;
+            esac
           '';
         in
         derivation {
@@ -76,8 +90,10 @@ FLAKE = r"""{
               echo "error: builder for stand-in ${name} failed: a profile sets buildFails" >&2
               exit 1
             '' else ""}
-            /bin/mkdir -p $out/bin $out/sw
+            /bin/mkdir -p $out/bin $out/sw/bin
             /bin/cp ${switchScript} $out/bin/switch-to-configuration
+            /bin/cp ${versionScript} $out/sw/bin/nixos-version
+            /bin/chmod +x $out/sw/bin/nixos-version
             /bin/chmod +x $out/bin/switch-to-configuration
             echo -n "${version}" > $out/nixos-version
             /bin/ln -s ${kernelPackage}/bzImage $out/kernel
@@ -103,9 +119,13 @@ MODULES = """# Stand-in for the fleet's shared modules (security baseline, backu
 """
 
 
-def profile_file(name: str, packages: Iterable[str] = ()) -> str:
+def profile_file(
+    name: str, packages: Iterable[str] = (), settings: Mapping[str, str] | None = None
+) -> str:
     items = " ".join(f'"{p}"' for p in [f"profile-{name}", *packages])
-    return f"# Stand-in for profile {name}.\n{{\n  packages = [ {items} ];\n}}\n"
+    lines = [f"  packages = [ {items} ];"]
+    lines += [f"  {key} = {value};" for key, value in (settings or {}).items()]
+    return f"# Stand-in for profile {name}.\n{{\n" + "\n".join(lines) + "\n}\n"
 
 
 def host_configuration(profiles: Iterable[str], extra: Mapping[str, str] | None = None) -> str:
