@@ -366,3 +366,21 @@ def test_docs_link_when_the_handbook_is_next_to_the_site(tmp_path: Path) -> None
     assert 'href="../../handbook/index.html"' in (out / "hosts" / "up.html").read_text()
     assert broken_links(out) == []
     os.remove(handbook / "index.html")
+
+
+def test_fleet_parsed_in_parts_equals_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gitops.sitegen import collect
+
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    head = collect.main_head(fleet.repo)
+    whole, _ = collect.load_main(fleet.repo, head)
+    monkeypatch.setattr(collect, "PARALLEL_FLEET_MIN", 2)
+    parts, _ = collect.load_main(fleet.repo, head, workers=2)
+    assert parts == whole
+    fleet.hosts["up"]["key"] = fleet.hosts["stale"]["key"]  # hosts far apart in the list
+    fleet.commit_main("Copy a key", NOW)
+    bad = collect.main_head(fleet.repo)
+    with pytest.raises(GitopsError, match="key: same key as host"):
+        collect.load_main(fleet.repo, bad, workers=2)

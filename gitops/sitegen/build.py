@@ -484,7 +484,7 @@ def _build(
     main_sha = str(head.id)
     loaded = cache.get_blob(f"main:{main_sha}") if cache is not None else None
     if loaded is None:
-        fleet, policies = collect.load_main(repo, head)
+        fleet, policies = collect.load_main(repo, head, workers=workers)
         if cache is not None:
             cache.put_blob(f"main:{main_sha}", (fleet, policies), prefix="main:")
     else:

@@ -10,9 +10,10 @@ commits above its old heads are read and verified.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ import pygit2
 from gitops import commits
 from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.fleet import Fleet, Host, load_fleet
+from gitops.fleet import HOSTS_DIR, Fleet, Host, load_fleet
 from gitops.policies import Policy, load_policies
 from gitops.publish import TRAILER_EXPIRES, TRAILER_SOURCE
 from gitops.report import DEPLOY_PREFIX, REPORTS_PREFIX, STATUS_FILE, Report, Result
@@ -37,6 +38,7 @@ MAX_DETAILED = 50  # newest reports read in full; older ones thinned to one a da
 WINDOW = timedelta(days=32)  # how far back (from the newest report) history is kept
 MAX_DEPLOYS = 100  # newest deploy commits read per host
 MAIN_HISTORY = 300  # newest main commits in the audit trail
+PARALLEL_FLEET_MIN = 2000  # hosts from which host.yaml files are parsed in parallel
 LOG_TAIL_LIMIT = 8000  # characters of a failure's log kept
 FAILURES = {str(Result.BUILD_FAILED), str(Result.SWITCH_FAILED), str(Result.ROLLED_BACK)}
 _PULL_REQUEST = (
@@ -68,11 +70,21 @@ def main_head(repo: pygit2.Repository) -> pygit2.Commit:
     return commit
 
 
-def load_main(repo: pygit2.Repository, commit: pygit2.Commit) -> tuple[Fleet, list[Policy]]:
-    """The fleet and the policies at ``commit``; one clear error line when they are invalid."""
+def load_main(
+    repo: pygit2.Repository, commit: pygit2.Commit, *, workers: int = 1
+) -> tuple[Fleet, list[Policy]]:
+    """The fleet and the policies at ``commit``; one clear error line when they are invalid.
+
+    With ``workers`` > 1 and many hosts, the host.yaml files are parsed in that many
+    processes (each runs the ordinary ``load_fleet`` on a share of ``hosts/``)."""
     problems = Problems()
-    source = TreeSource(repo, commit.tree, f"main ({commit.short_id})")
-    fleet = load_fleet(source, problems)
+    label = f"main ({commit.short_id})"
+    source = TreeSource(repo, commit.tree, label)
+    names = source.list_dir(HOSTS_DIR) or []
+    if workers > 1 and len(names) >= PARALLEL_FLEET_MIN:
+        fleet = _load_fleet_parallel(repo, commit, names, workers, problems)
+    else:
+        fleet = load_fleet(source, problems)
     policies = load_policies(source, problems)
     if problems:
         more = len(problems.items) - 1
@@ -82,6 +94,73 @@ def load_main(repo: pygit2.Repository, commit: pygit2.Commit) -> tuple[Fleet, li
             + "; fix it on main ('gitops check' lists every problem)"
         )
     return fleet, policies
+
+
+class _SomeHosts:
+    """A Source showing only some of ``hosts/`` (to parse a fleet in parts)."""
+
+    def __init__(self, inner: TreeSource, hosts: Sequence[str]) -> None:
+        self.inner = inner
+        self.hosts = list(hosts)
+
+    def read(self, path: str) -> bytes | None:
+        return self.inner.read(path)
+
+    def list_dir(self, path: str) -> list[str] | None:
+        return list(self.hosts) if path == HOSTS_DIR else self.inner.list_dir(path)
+
+    def is_dir(self, path: str) -> bool:
+        return self.inner.is_dir(path)
+
+    def describe(self, path: str) -> str:
+        return self.inner.describe(path)
+
+
+_FLEET_JOB: dict[str, Any] = {}
+
+
+def _load_fleet_part(hosts: Sequence[str]) -> tuple[Fleet, list[str]]:
+    repo = pygit2.Repository(_FLEET_JOB["path"])
+    commit = repo.get(_FLEET_JOB["commit"])
+    assert isinstance(commit, pygit2.Commit)
+    problems = Problems()
+    source = _SomeHosts(TreeSource(repo, commit.tree, _FLEET_JOB["label"]), hosts)
+    return load_fleet(source, problems), problems.items
+
+
+def _load_fleet_parallel(
+    repo: pygit2.Repository,
+    commit: pygit2.Commit,
+    names: list[str],
+    workers: int,
+    problems: Problems,
+) -> Fleet:
+    _FLEET_JOB.update(path=repo.path, commit=str(commit.id), label=f"main ({commit.short_id})")
+    size = (len(names) + workers * 4 - 1) // (workers * 4)
+    parts = [names[i : i + size] for i in range(0, len(names), size)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        results = pool.map(_load_fleet_part, parts)
+    _FLEET_JOB.clear()
+    seen_problems: set[str] = set()
+    hosts: dict[str, Host] = {}
+    for fleet, items in results:
+        hosts.update(fleet.hosts)
+        for item in items:
+            if item not in seen_problems:  # fleet.yaml's problems come from every part
+                seen_problems.add(item)
+                problems.items.append(item)
+    owners: dict[bytes, str] = {}
+    for host in hosts.values():  # the duplicate-key check, across parts
+        if host.key is not None:
+            other = owners.setdefault(host.key.blob, host.name)
+            if other != host.name:
+                problems.add(
+                    f"main ({commit.short_id}):{HOSTS_DIR}/{host.name}/host.yaml",
+                    f"key: same key as host {other!r}",
+                    "each host signs its reports with its own key",
+                )
+    first = results[0][0]
+    return Fleet(first.settings, dict(sorted(hosts.items())), first.profiles)
 
 
 def list_heads(repo: pygit2.Repository) -> tuple[dict[str, str], dict[str, str]]:
