@@ -69,6 +69,7 @@ let
     max_age = cfg.maxAge;
     watch = cfg.watch;
     keep_generations = cfg.keepGenerations;
+    build_retry_interval = cfg.buildRetryInterval;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

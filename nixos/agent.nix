@@ -253,6 +253,12 @@ in
       description = "System profile generations to keep (0 keeps all; nix.gc still removes old ones).";
     };
 
+    buildRetryInterval = mkOption {
+      type = types.ints.unsigned;
+      default = defaults.build_retry_interval;
+      description = "Seconds after which a failed build of the same deploy commit is tried again (a download may have failed); 0 never retries until a new commit arrives.";
+    };
+
     trigger = {
       enable = mkOption {
         type = types.bool;

@@ -260,6 +260,9 @@ def test_build_failure_leaves_system_and_is_not_retried(
     retried = run(demo, "alpha", retry=True)
     assert retried.result == Result.BUILD_FAILED
     assert len(builds) == 1
+    later = run(demo, "alpha", clock=lambda: datetime.now(UTC) + timedelta(hours=2))
+    assert later.result == Result.BUILD_FAILED
+    assert len(builds) == 2, "retried by itself after build_retry_interval"
 
 
 def test_switch_failure_goes_back(demo: DemoFleet) -> None:

@@ -58,6 +58,7 @@ OPTION_FOR_KEY = {
     "max_age": "maxAge",
     "watch": "watch",
     "keep_generations": "keepGenerations",
+    "build_retry_interval": "buildRetryInterval",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -211,6 +212,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         maxAge="30d",
         watch=["/srv/mirror.git/refs"],
         keepGenerations=10,
+        buildRetryInterval=600,
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -244,6 +246,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         max_age=30 * 86400,
         watch=(Path("/srv/mirror.git/refs"),),
         keep_generations=10,
+        build_retry_interval=600,
     )
 
 

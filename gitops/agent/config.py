@@ -61,6 +61,7 @@ class AgentConfig:
     max_age: int | None = None  # refuse deploy heads committed longer ago than this
     watch: tuple[Path, ...] = ()  # paths whose change triggers a cycle (a local mirror)
     keep_generations: int = 0  # 0 keeps all profile generations
+    build_retry_interval: int = 3600  # a failed build of one commit is retried after this; 0: never
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
@@ -157,6 +158,7 @@ def parse_config(
         max_age=max_age,
         watch=tuple(watch),
         keep_generations=int(top.duration("keep_generations", 0)),
+        build_retry_interval=top.duration("build_retry_interval", 3600),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

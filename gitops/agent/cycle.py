@@ -154,10 +154,10 @@ class Cycle:
         config = self.config
         short = str(head)[:8]
         record = self.state.build(str(head))
-        if record is not None and not record.ok and not self.retry:
+        if record is not None and not record.ok and not self.retry and not self._retry_due(record):
             return _Outcome(
                 Result.BUILD_FAILED,
-                f"{record.reason} (not retried; {RETRY_HINT})",
+                f"{record.reason} (not retried yet; {RETRY_HINT})",
                 head,
                 record.log_tail,
             )
@@ -179,15 +179,30 @@ class Cycle:
                 )
             except nix.BuildError as err:
                 self.state = self.state.with_build(
-                    BuildRecord(str(head), False, reason=str(err), log_tail=err.log_tail)
+                    BuildRecord(
+                        str(head),
+                        False,
+                        reason=str(err),
+                        log_tail=err.log_tail,
+                        time=now_text(self.clock()),
+                    )
                 )
                 self.store.save(self.state)
                 return _Outcome(Result.BUILD_FAILED, f"deploy {short}: {err}", head, err.log_tail)
             finally:
                 self._timed("build", started)
-            self.state = self.state.with_build(BuildRecord(str(head), True, store_path=str(system)))
+            self.state = self.state.with_build(
+                BuildRecord(str(head), True, store_path=str(system), time=now_text(self.clock()))
+            )
             self.store.save(self.state)
         return self._activate(head, accepted, system)
+
+    def _retry_due(self, record: BuildRecord) -> bool:
+        """A failed build is tried again after build_retry_interval (0: never)."""
+        interval = self.config.build_retry_interval
+        if not interval or record.time is None:
+            return False
+        return (self.clock() - datetime.fromisoformat(record.time)).total_seconds() >= interval
 
     def _activate(self, head: pygit2.Oid, accepted: AcceptedDeploy, system: Path) -> _Outcome:
         config = self.config

@@ -34,6 +34,7 @@ class BuildRecord:
     store_path: str | None = None
     reason: str = ""
     log_tail: str = ""
+    time: str | None = None  # when it was built or failed (ISO 8601, UTC)
 
 
 @dataclass(frozen=True)
