@@ -25,11 +25,20 @@ STDERR_TAIL_LINES = 20
 _SECRET_ENV_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
 
 
+def _is_secret(name: str, value: str) -> bool:
+    upper = name.upper()
+    return (
+        any(marker in upper for marker in _SECRET_ENV_MARKERS)
+        or upper.startswith("GIT_CONFIG_VALUE_")  # git configuration passed by environment
+        or "authorization" in value.lower()
+    )
+
+
 def _describe_env(env: Mapping[str, str] | None) -> str:
     if not env:
         return ""
     shown = {
-        name: ("***" if any(m in name.upper() for m in _SECRET_ENV_MARKERS) else value)
+        name: ("***" if _is_secret(name, value) else value)
         for name, value in env.items()
         if name != "PATH"
     }

@@ -180,7 +180,40 @@ def push(
     return PushResult(tuple(statuses), message)
 
 
+# What ssh and git say when the cause is not git's own: shown instead of git's generic
+# "Could not read from remote repository", which hides why.
+_CAUSES = (
+    (
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "the server's ssh host key is not the one in known_hosts (refused)",
+    ),
+    (
+        "Host key verification failed",
+        "the server's ssh host key is not in known_hosts (refused); add it with ssh-keyscan",
+    ),
+    (
+        "Permission denied (publickey",
+        "the server refused our ssh key (Permission denied); authorize the key on the git server",
+    ),
+    ("Authentication failed", "the server refused the http credentials; check the token"),
+    (
+        "The requested URL returned error: 401",
+        "the server refused the http credentials (401); check the token",
+    ),
+    (
+        "The requested URL returned error: 403",
+        "the server forbids this (403); check the account's access to the ref",
+    ),
+    ("could not read Username", "the server asks for credentials; set http_token_file"),
+    ("Connection refused", "connection refused: is the git server running and the address right?"),
+    ("Could not resolve host", "the git server's name does not resolve"),
+)
+
+
 def _last_line(text: str) -> str:
+    for marker, cause in _CAUSES:
+        if marker in text:
+            return cause
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     useful = [line for line in lines if line.startswith(("fatal:", "error:", "remote:"))]
     return (useful or lines or ["no output"])[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pygit2
@@ -58,7 +59,8 @@ def _sync_from_remote(repository: pygit2.Repository, remote: str, source: str) -
     trust = publishing.load_fleet_at(
         repository, commits.resolve_commit(repository, source)
     ).settings.publisher_trust()
-    tracking = f"refs/gitops/publish/{remote}/"
+    # A remote may be a URL: name its tracking refs by a digest, which is always a valid ref.
+    tracking = f"refs/gitops/publish/{hashlib.sha256(remote.encode()).hexdigest()[:16]}/"
     output.progress(f"fetching deploy branches from {remote}")
     transport.fetch(Path(repository.path), remote, [f"+{DEPLOY_PREFIX}*:{tracking}*"])
     updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
