@@ -417,14 +417,16 @@ class TreeMemory:
             self.peak = max(self.peak, total)
 
 
-def timed_build(repo: Path, out: Path) -> tuple[float, int]:
+def timed_build(repo: Path, out: Path) -> tuple[float, int, str]:
+    """Seconds, peak memory of the process tree, and the build's phases line."""
     started = time.monotonic()
     with TreeMemory() as memory:
-        process.run(
+        result = process.run(
             [
                 sys.executable,
                 "-m",
                 "gitops",
+                "-v",
                 "site",
                 "build",
                 "--repo",
@@ -434,7 +436,8 @@ def timed_build(repo: Path, out: Path) -> tuple[float, int]:
             ],
             check=True,
         )
-    return time.monotonic() - started, memory.peak
+    phases = next((line for line in result.stderr.splitlines() if "phases" in line), "")
+    return time.monotonic() - started, memory.peak, phases.removeprefix("site: ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -454,13 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir()
     out = work / "out"
     mib = 1 << 20
-    full, full_mem = timed_build(repo, out)
-    print(f"full build:        {full:7.2f} s  peak {full_mem / mib:7.0f} MiB")
-    again, again_mem = timed_build(repo, out)
-    print(f"nothing new:       {again:7.2f} s  peak {again_mem / mib:7.0f} MiB")
+    full, full_mem, phases = timed_build(repo, out)
+    print(f"full build:        {full:7.2f} s  peak {full_mem / mib:7.0f} MiB  {phases}")
+    again, again_mem, phases = timed_build(repo, out)
+    print(f"nothing new:       {again:7.2f} s  peak {again_mem / mib:7.0f} MiB  {phases}")
     host = add_one_report(repo)
-    incremental, incr_mem = timed_build(repo, out)
-    print(f"one new report:    {incremental:7.2f} s  peak {incr_mem / mib:7.0f} MiB  ({host})")
+    incremental, incr_mem, phases = timed_build(repo, out)
+    print(f"one new report:    {incremental:7.2f} s  peak {incr_mem / mib:7.0f} MiB  {phases}")
+    print(f"  (the new report is on {host})")
     pages = sum(1 for _ in out.rglob("*.html"))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"site: {pages} pages, {size / mib:.0f} MiB")

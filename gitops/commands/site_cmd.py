@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
+import logging
 from pathlib import Path
 
 from typing_extensions import override
@@ -13,6 +15,8 @@ from gitops import output
 from gitops.errors import GitopsError
 from gitops.sitegen import build as site_build
 
+log = logging.getLogger(__name__)
+
 
 def build(repo: Path, out: Path, *, serve: bool, port: int) -> int:
     stats = site_build.build(repo, out, progress=output.progress)
@@ -20,6 +24,7 @@ def build(repo: Path, out: Path, *, serve: bool, port: int) -> int:
         f"site: {stats.hosts} hosts ({stats.hosts_read} read from git, "
         f"{stats.verified_now} signatures checked) in {stats.seconds:.1f} s"
     )
+    log.info("site: phases (s): %s", json.dumps(stats.phases))
     output.say(str((out / "index.html").absolute()))
     if serve:
         serve_site(out, port)
