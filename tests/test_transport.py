@@ -5,7 +5,7 @@ What is checked: an agent's fetch of ``deploy/<host>`` and push of ``reports/<ho
 over both; host-key pinning (a different or missing key is refused before anything is
 fetched or any credential offered); token auth (refused without or with a wrong token,
 the token never in argv or debug logs); protocol v2 (a fetch receives only its own ref
-out of thousands); and a whole agent cycle over ssh and https-style HTTP.
+out of thousands); and a whole agent cycle over ssh and over HTTP.
 """
 
 from __future__ import annotations
