@@ -228,6 +228,7 @@ class HttpStats:
 
     requests: list[str] = field(default_factory=list)
     unauthorized: int = 0
+    with_authorization: int = 0  # requests that carried an Authorization header
     bytes_in: int = 0  # request bodies
     bytes_out: int = 0  # response bodies
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -298,6 +299,8 @@ class _GitHttpHandler(BaseHTTPRequestHandler):
         with self.stats.lock:
             self.stats.requests.append(f"{self.command} {self.path}")
             self.stats.bytes_in += len(body)
+            if "Authorization" in self.headers:
+                self.stats.with_authorization += 1
         user = self._user()
         if user is None:
             with self.stats.lock:

@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import pygit2
 import pytest
 import servers
 from conftest import needs_nix
+from typing_extensions import override
 
 from gitops import keys, transport
 from gitops.agent.cycle import Cycle
@@ -195,6 +198,29 @@ def test_ssh_agent_fetch_of_its_deploy_branch(
     ).fingerprint
     assert f"Accepted publickey for {ssh_server.user}" in ssh_server.server_log()
     assert fingerprint in ssh_server.server_log()
+
+
+@needs_sshd
+def test_ssh_known_hosts_from_ssh_keyscan(
+    ssh_server: servers.SshServer, server_repo: Path, tmp_path: Path
+) -> None:
+    """The documented way to fill known_hosts (agent config: "ssh-keyscan output") works,
+    hashed (-H) too."""
+    key = ssh_server.new_client_key(tmp_path / "id_ed25519", "agent@test")
+    for hashed in ([], ["-H"]):
+        scan = subprocess.run(
+            ["ssh-keyscan", *hashed, "-p", str(ssh_server.port), servers.LOOPBACK],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert ssh_server.host_public_key.split()[1] in scan
+        known_hosts = tmp_path / f"known_hosts{''.join(hashed)}"
+        known_hosts.write_text(scan, encoding="utf-8")
+        credentials = transport.Credentials(ssh_key=key, known_hosts=known_hosts)
+        mirror = Mirror(tmp_path / f"agent{''.join(hashed)}", "db-1")
+        head = mirror.fetch_deploy(ssh_server.url(server_repo), credentials.env())
+        assert head is not None and str(head) == rev(server_repo, deploy_ref("db-1"))
 
 
 @needs_sshd
@@ -391,8 +417,9 @@ def test_http_auth_refusal_says_why(
     server_repo: Path,
     tmp_path: Path,
 ) -> None:
-    """The error must say the server refused (or wanted) credentials, not git's misleading
-    "could not read Username ...: terminal prompts disabled"."""
+    """The error must say what happened, not git's misleading "could not read Username ...:
+    terminal prompts disabled": without a token, that the server wants one; with a wrong
+    one, that the server refused it (not "set http_token_file": it is set)."""
     credentials = transport.Credentials()
     if token is not None:
         (tmp_path / "token").write_text(token, encoding="utf-8")
@@ -402,7 +429,11 @@ def test_http_auth_refusal_says_why(
         mirror.fetch_deploy(http_server.url(server_repo), credentials.env())
     message = str(caught.value)
     assert "terminal prompts disabled" not in message, message
-    assert re.search(r"authenticat|401|token|credential", message, re.IGNORECASE), message
+    if token is None:
+        assert re.search(r"http_token_file|credential|token", message, re.IGNORECASE), message
+    else:
+        assert re.search(r"refused|rejected|401|invalid", message, re.IGNORECASE), message
+        assert "set http_token_file" not in message, message
 
 
 @needs_http_backend
@@ -458,6 +489,43 @@ def test_http_token_is_not_in_debug_logs(
     assert basic_credential(TOKEN) not in caplog.text, (
         "the debug log holds 'Authorization: Basic <base64 of gitops:token>'"
     )
+
+
+@needs_http_backend
+def test_http_token_is_not_sent_to_another_server_on_redirect(
+    served_root: Path, server_repo: Path, token_file: Path, tmp_path: Path
+) -> None:
+    """A server that redirects elsewhere (another origin) must not receive the token: the
+    Authorization header goes only to the configured server."""
+    with servers.git_http_server(served_root, token=TOKEN) as elsewhere:
+
+        class Redirect(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", f"{elsewhere.base_url}{self.path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            @override
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        redirector = ThreadingHTTPServer((servers.LOOPBACK, 0), Redirect)
+        thread = threading.Thread(target=redirector.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://{servers.LOOPBACK}:{redirector.server_address[1]}/{server_repo.name}"
+            mirror = Mirror(tmp_path / "agent", "web-1")
+            env = transport.Credentials(http_token_file=token_file).env()
+            with pytest.raises(GitopsError):
+                mirror.fetch_deploy(url, env)
+        finally:
+            redirector.shutdown()
+            redirector.server_close()
+            thread.join(timeout=10)
+        assert elsewhere.stats.requests, "git did not follow the redirect at all"
+        assert elsewhere.stats.with_authorization == 0
+        assert_nothing_fetched(mirror, server_repo, "web-1")
 
 
 @needs_http_backend
