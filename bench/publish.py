@@ -224,8 +224,7 @@ def run_library(fleet: Fleet) -> list[Step]:
 
 def run_cli(fleet: Fleet, server: Path) -> list[tuple[str, float, int]]:
     git(server.parent, "init", "-q", "--bare", "-b", "main", server)
-    # A named remote: --remote with a path or URL trips a bug in publish_cmd (see
-    # docs/benchmarks-core.md).
+    # A named remote, as an admin's clone has.
     git(fleet.root, "remote", "add", "origin", server)
     git(fleet.root, "push", "-q", "origin", "main")
     results = []
