@@ -2,9 +2,10 @@
 replaces ``--out`` in one rename.
 
 Incremental by construction: a host whose refs, key and publishers did not change is
-taken from the cache without reading git; a page whose inputs did not change is
-hard-linked from the cache's page store instead of rendered. A full build spreads the
-per-host work (signature checks, parsing, host pages) over every core.
+taken from the cache (a "light" row) without reading git; a page whose inputs did not
+change is hard-linked from the cache's page store instead of rendered. Hosts that did
+change are handled end to end in worker processes (read, verify, judge, render their
+page, sample their 30-day history) so the main process only ever holds light rows.
 """
 
 from __future__ import annotations
@@ -13,36 +14,30 @@ import contextlib
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pygit2
+
 from gitops import __version__
 from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.fleet import Fleet
+from gitops.fleet import Fleet, SiteSettings
 from gitops.policies import Policy
 from gitops.sitegen import audit, collect, compliance, export, resources, states
-from gitops.sitegen.cache import Cache, cache_dir_for, digest_bytes
+from gitops.sitegen.cache import Cache, VerdictReader, cache_dir_for, digest_bytes, host_rows
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
 from gitops.sitegen.collect import HostReader
-from gitops.sitegen.model import (
-    STATE_ORDER,
-    HostData,
-    HostStatus,
-    MainCommit,
-    Problem,
-    State,
-    Trust,
-)
+from gitops.sitegen.model import STATE_ORDER, HostData, HostStatus, MainCommit, Problem, State
+from gitops.sitegen.pages import Pages, judge
 from gitops.sitegen.render import Renderer
 from gitops.sitegen.verify import trust_id
 
@@ -51,6 +46,9 @@ PARALLEL_MIN = 64  # below this many hosts to read or pages to render, stay in o
 CHART_DAYS = 30
 MAX_PROBLEMS = 200
 MAX_VERSIONS = 5
+
+Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
+Written = tuple[str, str, str]  # page path, its key, its content digest
 
 
 @dataclass
@@ -64,64 +62,175 @@ class BuildStats:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-# State shared with forked worker processes (set before each pool starts).
-_WORK: dict[str, Any] = {}
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs; set before a pool forks, so it is inherited, not sent."""
+
+    repo_path: Path
+    cache_path: Path | None
+    fleet: Fleet
+    policies: list[Policy]
+    site: SiteSettings
+    docs: str
+    now: datetime
+    stale_after: int
+    publishers: AllowedSigners
+    publishers_id: str
+    reports: dict[str, str]
+    deploys: dict[str, str]
+    global_id: str
+    tmp: Path
+    store: Path | None
+    window: tuple[datetime, ...]  # the past day ends the chart samples
 
 
-def _reader() -> HostReader:
-    reader = _WORK.get("reader")
+_JOB: list[Job] = []
+_LOCAL: dict[str, Any] = {}  # per-process: repository, cache reader, renderer
+
+
+def _job() -> Job:
+    return _JOB[0]
+
+
+def _cache_reader() -> VerdictReader | None:
+    job = _job()
+    if job.cache_path is None:
+        return None
+    reader = _LOCAL.get("cache")
     if reader is None:
-        repo = collect.open_repo(_WORK["repo_path"])
-        verdicts = _WORK["cache"].verdict_reader() if _WORK.get("cache") is not None else None
-        reader = HostReader(repo) if verdicts is None else HostReader(repo, verdicts.get)
-        _WORK["reader"] = reader
+        reader = _LOCAL["cache"] = VerdictReader(job.cache_path)
+    assert isinstance(reader, VerdictReader)
+    return reader
+
+
+def _host_reader() -> HostReader:
+    reader = _LOCAL.get("reader")
+    if reader is None:
+        repo = collect.open_repo(_job().repo_path)
+        cached = _cache_reader()
+        reader = HostReader(repo) if cached is None else HostReader(repo, cached.get)
+        _LOCAL["reader"] = reader
     assert isinstance(reader, HostReader)
     return reader
 
 
-def _collect_chunk(names: Sequence[str]) -> tuple[list[HostData], list[Any]]:
-    reader = _reader()
-    reader.new = []
-    fleet: Fleet = _WORK["fleet"]
-    result = []
-    for name in names:
-        result.append(
-            reader.collect(
-                name,
-                fleet.hosts.get(name),
-                reports_head=_WORK["reports"].get(name),
-                deploy_head=_WORK["deploys"].get(name),
-                publishers=_WORK["publishers"],
-                publishers_id=_WORK["publishers_id"],
-                previous=_WORK["previous"].get(name),
-            )
+def _renderer() -> Renderer:
+    renderer = _LOCAL.get("renderer")
+    if renderer is None:
+        job = _job()
+        renderer = _LOCAL["renderer"] = Renderer(job.site, job.now, job.docs)
+    assert isinstance(renderer, Renderer)
+    return renderer
+
+
+def sample_key(data: HostData, stale_after: int, window: Sequence[datetime]) -> str:
+    start = window[0].isoformat() if window else ""
+    return (
+        f"{data.reports_head}:{data.deploy_head}:{data.key_id}:{data.publishers_id}"
+        f":{stale_after}:{start}"
+    )
+
+
+def _samples(data: HostData) -> Samples:
+    job = _job()
+    return tuple(
+        (str(state), version)
+        for state, version in states.samples(data, job.window, job.stale_after)
+    )
+
+
+@dataclass(frozen=True)
+class Processed:
+    """A worker's result for one changed host."""
+
+    light: HostData
+    rows: tuple[str, bytes, bytes]
+    written: tuple[Written, ...]
+    samples: Samples
+
+
+def _render(pages: Pages, name: str) -> tuple[Written, ...]:
+    key = pages.key(name)
+    written = []
+    for suffix, text in ((".html", pages.host_html(name)), (".json", pages.host_json(name))):
+        path = f"hosts/{name}{suffix}"
+        written.append((path, key, _write_page(path, text.encode())))
+    return tuple(written)
+
+
+def _pages_for(full: dict[str, HostData]) -> Pages:
+    job = _job()
+    statuses, answers = {}, {}
+    for name, data in full.items():
+        statuses[name], answers[name] = judge(
+            data, job.fleet.hosts[name], job.policies, job.now, job.stale_after
         )
+    return Pages(
+        _renderer(), job.fleet, job.policies, full, statuses, answers, job.global_id, job.now
+    )
+
+
+def _process_changed(names: Sequence[str]) -> tuple[list[Processed], list[Any]]:
+    """Worker: read, verify, judge and render hosts whose refs changed."""
+    job = _job()
+    reader = _host_reader()
+    reader.new = []
+    cached = _cache_reader()
+    previous = cached.load_full(names) if cached is not None else {}
+    full = {
+        name: reader.collect(
+            name,
+            job.fleet.hosts.get(name),
+            reports_head=job.reports.get(name),
+            deploy_head=job.deploys.get(name),
+            publishers=job.publishers,
+            publishers_id=job.publishers_id,
+            previous=previous.get(name),
+        )
+        for name in names
+    }
+    pages = _pages_for(full)
+    result = []
+    for name, data in full.items():
+        rows = host_rows(data)
+        result.append(Processed(data.light(), rows, _render(pages, name), _samples(data)))
     return result, reader.new
 
 
-def _render_chunk(names: Sequence[str]) -> list[tuple[str, str, str]]:
-    """Render host pages (HTML and JSON) into the temporary output; (path, key, digest)."""
-    pages = _WORK["pages"]
-    out: Path = _WORK["tmp"]
-    written = []
-    for name in names:
-        key = pages.host_keys[name]
-        html = pages.host_html(name)
-        data = pages.host_json(name)
-        for suffix, text in ((".html", html), (".json", data)):
-            path = f"hosts/{name}{suffix}"
-            written.append((path, key, _write_page(out, path, text.encode())))
-    return written
+def _render_cached(names: Sequence[str]) -> list[Written]:
+    """Worker: re-render host pages of unchanged hosts (their state or a policy changed)."""
+    full = _load_full(names)
+    pages = _pages_for(full)
+    return [w for name in names for w in _render(pages, name)]
 
 
-def _write_page(out: Path, path: str, data: bytes) -> str:
+def _sample_cached(names: Sequence[str]) -> list[tuple[str, Samples]]:
+    """Worker: re-sample the 30-day history of unchanged hosts (a new day began)."""
+    full = _load_full(names)
+    return [(name, _samples(full[name])) for name in names]
+
+
+def _load_full(names: Sequence[str]) -> dict[str, HostData]:
+    cached = _cache_reader()
+    full = cached.load_full(names) if cached is not None else {}
+    missing = [n for n in names if n not in full]
+    if missing:
+        raise GitopsError(
+            f"the site cache has no data for {missing[0]}; delete the cache directory "
+            "(.<out>.cache next to --out) and build again"
+        )
+    return full
+
+
+def _write_page(path: str, data: bytes) -> str:
+    job = _job()
     digest = digest_bytes(data)
-    target = out / path
+    target = job.tmp / path
+    target.unlink(missing_ok=True)  # never write through a hard link into the page store
     target.write_bytes(data)
-    store: Path | None = _WORK.get("store")
-    if store is not None:
+    if job.store is not None:
         with contextlib.suppress(FileExistsError, OSError):
-            os.link(target, store / digest)
+            os.link(target, job.store / digest)
     return digest
 
 
@@ -129,125 +238,48 @@ def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _run_parallel(
+def _run(
     function: Callable[[Sequence[str]], Any], items: Sequence[str], workers: int
-) -> list[Any]:
+) -> Iterator[Any]:
+    """``function`` over chunks of ``items``, in ``workers`` processes when there are many."""
+    if not items:
+        return
     if len(items) < PARALLEL_MIN or workers <= 1:
-        return [function(items)] if items else []
-    size = max(16, min(200, len(items) // (workers * 8) or 1))
+        yield function(items)
+        _LOCAL.clear()
+        return
+    size = max(16, min(100, len(items) // (workers * 8) or 1))
     context = multiprocessing.get_context("fork")
     with context.Pool(workers) as pool:
-        return list(pool.imap_unordered(function, _chunks(items, size)))
+        yield from pool.imap_unordered(function, _chunks(items, size))
+
+
+def _reuse_pages(
+    cache: Cache,
+    old_pages: dict[str, tuple[str, str]],
+    key: str,
+    name: str,
+    manifest: dict[str, tuple[str, str]],
+) -> bool:
+    """Hard-link a host's pages from the page store when their key is unchanged."""
+    job = _job()
+    found = []
+    for suffix in (".html", ".json"):
+        path = f"hosts/{name}{suffix}"
+        old = old_pages.get(path)
+        if old is None or old[0] != key:
+            return False
+        found.append((path, old))
+    for path, old in found:
+        try:
+            os.link(cache.page_file(old[1]), job.tmp / path)
+        except OSError:
+            return False
+        manifest[path] = old
+    return True
 
 
 # -- the pages -----------------------------------------------------------------------
-
-
-class Pages:
-    """Everything the templates need, computed once per build."""
-
-    def __init__(
-        self,
-        renderer: Renderer,
-        fleet: Fleet,
-        policies: list[Policy],
-        hosts: dict[str, HostData],
-        statuses: dict[str, HostStatus],
-        answers: dict[str, tuple[compliance.Answer, ...]],
-        global_id: str,
-        now: datetime,
-    ) -> None:
-        self.renderer = renderer
-        self.fleet = fleet
-        self.policies = policies
-        self.policy_by_name = {p.name: p for p in policies}
-        self.hosts = hosts
-        self.statuses = statuses
-        self.answers = answers
-        self.now = now
-        self.host_keys = {
-            name: hashlib.sha256(
-                repr(
-                    (
-                        global_id,
-                        hosts[name].reports_head,
-                        hosts[name].deploy_head,
-                        hosts[name].key_id,
-                        hosts[name].publishers_id,
-                        fleet.hosts[name],
-                        statuses[name],
-                        answers[name],
-                    )
-                ).encode()
-            ).hexdigest()
-            for name in statuses
-        }
-
-    def generations(self, data: HostData) -> list[dict[str, Any]]:
-        seen: dict[int, dict[str, Any]] = {}
-        for entry in reversed(data.reports):
-            if not entry.verified or entry.generation is None:
-                continue
-            if entry.generation not in seen:
-                seen[entry.generation] = {
-                    "generation": entry.generation,
-                    "store_path": entry.store_path,
-                    "nixos_version": entry.nixos_version,
-                    "deploy": entry.deploy_applied,
-                    "first_seen": entry.when,
-                    "last_seen": entry.when,
-                }
-            else:
-                seen[entry.generation]["last_seen"] = entry.when
-        return sorted(seen.values(), key=lambda g: int(g["generation"]), reverse=True)
-
-    def host_context(self, name: str) -> dict[str, Any]:
-        data = self.hosts[name]
-        status = self.statuses[name]
-        newest = data.newest_verified
-        facts = (data.latest_status or {}).get("facts") or {}
-        changes = next((r.changes for r in data.reports if r.verified and r.changes), ())
-        failures = [r for r in data.reports if r.log_tail][:5]
-        return {
-            "host": self.fleet.hosts[name],
-            "data": data,
-            "status": status,
-            "newest": newest,
-            "facts": sorted(facts.items()),
-            "system": (data.latest_status or {}).get("system") or {},
-            "answers": self.answers[name],
-            "policies": self.policy_by_name,
-            "generations": self.generations(data),
-            "changes": changes,
-            "failures": failures,
-            "published": data.published,
-        }
-
-    def host_html(self, name: str) -> str:
-        return self.renderer.render(
-            "host.html", root="../", current="", title=name, **self.host_context(name)
-        )
-
-    def host_json(self, name: str) -> str:
-        return export.dumps(export.host_detail(self, name))
-
-    def inventory_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for name in sorted(self.statuses):
-            host = self.fleet.hosts[name]
-            status = self.statuses[name]
-            rows.append(
-                {
-                    "name": name,
-                    "host": host,
-                    "status": status,
-                    "failing": compliance.failing(self.answers[name]),
-                    "trust": (
-                        str(self.hosts[name].reports[0].trust) if self.hosts[name].reports else ""
-                    ),
-                }
-            )
-        return rows
 
 
 def _problems(pages: Pages) -> list[Problem]:
@@ -295,39 +327,22 @@ def _version_label(version: str | None) -> str:
 
 
 def _charts(
-    pages: Pages,
-    cache: Cache | None,
-    stale_after: int,
+    pages: Pages, samples: dict[str, tuple[tuple[str, str | None], ...]]
 ) -> tuple[Any, Any, dict[str, Any]]:
     ends = states.day_ends(pages.now, CHART_DAYS)
-    past = ends[:-1]
-    old = cache.load_keyed("samples") if cache is not None else {}
-    fresh: list[tuple[str, str, Any]] = []
     state_counts = [Counter[str]() for _ in ends]
     version_counts = [Counter[str]() for _ in ends]
-    window = past[0].isoformat() if past else ""
-    keys = {
-        name: f"{data.reports_head}:{data.deploy_head}:{data.key_id}:{data.publishers_id}"
-        f":{stale_after}:{window}"
-        for name, data in pages.hosts.items()
-    }
-    misses = [n for n in pages.hosts if old.get(n, ("", None))[0] != keys[n]]
-    _ensure_full(pages.hosts, misses, cache)
-    for name, data in pages.hosts.items():
-        key = keys[name]
-        cached = old.get(name)
-        if cached is not None and cached[0] == key:
-            sampled = cached[1]
-        else:
-            sampled = states.samples(data, past, stale_after)
-            fresh.append((name, key, sampled))
-        status = pages.statuses[name]
-        for index, (state, version) in enumerate([*sampled, (status.state, status.nixos_version)]):
-            state_counts[index][str(state)] += 1
-            if version is not None and state is not State.NEVER:
-                version_counts[index][_version_label(version)] += 1
-    if cache is not None and fresh:
-        cache.save_keyed("samples", fresh)
+    labels_of: dict[str | None, str] = {}
+    never = str(State.NEVER)
+    for name, status in pages.statuses.items():
+        current = (str(status.state), status.nixos_version)
+        for index, (state, version) in enumerate([*samples[name], current]):
+            state_counts[index][state] += 1
+            if version is not None and state != never:
+                label = labels_of.get(version)
+                if label is None:
+                    label = labels_of[version] = _version_label(version)
+                version_counts[index][label] += 1
     labels = [(moment.astimezone(UTC) - _SECOND).strftime("%m-%d") for moment in ends]
     labels[-1] = "now"
     state_series = [
@@ -361,19 +376,6 @@ def _charts(
 
 
 _SECOND = datetime(2000, 1, 1, 0, 0, 1, tzinfo=UTC) - datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def _ensure_full(hosts: dict[str, HostData], names: Iterable[str], cache: Cache | None) -> None:
-    """Replace light copies by the full data (to render a host page or re-sample history)."""
-    light = [n for n in names if hosts[n].is_light]
-    if light and cache is not None:
-        hosts.update(cache.load_full(light))
-    still = [n for n in light if hosts[n].is_light]
-    if still:
-        raise GitopsError(
-            f"the site cache has no full data for {still[0]}; delete the cache directory "
-            "(.<out>.cache next to --out) and build again"
-        )
 
 
 # -- output directory ---------------------------------------------------------------
@@ -446,8 +448,7 @@ def build(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise GitopsError(f"{out.parent}: cannot create: {err.strerror}") from err
-    code = resources.code_id()
-    cache = Cache(cache_dir_for(out), code) if use_cache else None
+    cache = Cache(cache_dir_for(out), resources.code_id()) if use_cache else None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -457,7 +458,8 @@ def build(
         shutil.rmtree(tmp, ignore_errors=True)
         if cache is not None:
             cache.close()
-        _WORK.clear()
+        _JOB.clear()
+        _LOCAL.clear()
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -470,8 +472,8 @@ def _phase(stats: BuildStats, name: str, since: float) -> float:
 
 def _build(
     repo_path: Path,
-    repo: Any,
-    head: Any,
+    repo: pygit2.Repository,
+    head: pygit2.Commit,
     out: Path,
     tmp: Path,
     now: datetime,
@@ -492,9 +494,35 @@ def _build(
     settings = fleet.settings
     progress(f"site: main {head.short_id}: {len(fleet.hosts)} hosts, {len(policies)} policies")
     deploys, reports = collect.list_heads(repo)
-    publishers: AllowedSigners = settings.publisher_trust()
+    publishers = settings.publisher_trust()
     publishers_id = trust_id(publishers)
     previous = cache.load_hosts() if cache is not None else {}
+    docs = docs_link(settings.site.docs_url, out)
+    global_id = hashlib.sha256(
+        repr((resources.code_id(), settings, policies, docs)).encode()
+    ).hexdigest()
+    (tmp / "hosts").mkdir(parents=True)
+    window = tuple(states.day_ends(now, CHART_DAYS)[:-1])
+    _JOB[:] = [
+        Job(
+            repo_path=repo_path,
+            cache_path=cache.path if cache is not None else None,
+            fleet=fleet,
+            policies=policies,
+            site=settings.site,
+            docs=docs,
+            now=now,
+            stale_after=settings.stale_after,
+            publishers=publishers,
+            publishers_id=publishers_id,
+            reports=reports,
+            deploys=deploys,
+            global_id=global_id,
+            tmp=tmp,
+            store=cache.pages_dir if cache is not None else None,
+            window=window,
+        )
+    ]
     mark = _phase(stats, "read main", mark)
 
     def unchanged(name: str) -> bool:
@@ -510,46 +538,41 @@ def _build(
         )
 
     names = sorted(fleet.hosts)
-    dirty = [n for n in names if not unchanged(n)]
-    # Unchanged hosts stay light; a changed one is read on top of its full cached data.
-    full_previous = cache.load_full(d for d in dirty if d in previous) if cache else {}
-    _WORK.update(
-        repo_path=repo_path,
-        cache=cache,
-        fleet=fleet,
-        reports=reports,
-        deploys=deploys,
-        publishers=publishers,
-        publishers_id=publishers_id,
-        previous=full_previous,
-    )
-    hosts: dict[str, HostData] = {n: previous[n] for n in names if n not in dirty}
-    new_verdicts: list[Any] = []
-    if dirty:
-        progress(f"site: reading {len(dirty)} host(s) whose refs changed, checking signatures")
-    for chunk, verdicts in _run_parallel(_collect_chunk, dirty, workers):
-        for data in chunk:
-            hosts[data.name] = data
-        new_verdicts.extend(verdicts)
-    _WORK.pop("reader", None)
-    stats.hosts = len(names)
-    stats.hosts_read = len(dirty)
-    stats.verified_now = len(new_verdicts)
+    changed = [n for n in names if not unchanged(n)]
+    hosts: dict[str, HostData] = {n: previous[n] for n in names if n not in changed}
+    manifest: dict[str, tuple[str, str]] = {}
+    samples: dict[str, Samples] = {}
+    fresh_samples: list[tuple[str, str, Samples]] = []
+    verified = 0
+    if changed:
+        progress(f"site: reading {len(changed)} host(s) whose refs changed, checking signatures")
+    for processed, verdicts in _run(_process_changed, changed, workers):
+        for item in processed:
+            name = item.light.name
+            hosts[name] = item.light
+            samples[name] = item.samples
+            fresh_samples.append(
+                (name, sample_key(item.light, settings.stale_after, window), item.samples)
+            )
+            for path, key, digest in item.written:
+                manifest[path] = (key, digest)
+        if cache is not None:
+            cache.save_host_rows(item.rows for item in processed)
+            cache.save_verdicts(verdicts)
+        verified += len(verdicts)
     if cache is not None:
-        cache.save_verdicts(new_verdicts)
-        cache.save_hosts((hosts[n] for n in dirty), previous.keys() - fleet.hosts.keys())
-    mark = _phase(stats, "collect", mark)
+        cache.forget_hosts(previous.keys() - fleet.hosts.keys())
+    stats.hosts = len(names)
+    stats.hosts_read = len(changed)
+    stats.verified_now = verified
+    stats.pages_rendered = len(changed)
+    mark = _phase(stats, "read changed hosts", mark)
 
-    statuses = {n: states.judge(hosts[n], now=now, stale_after=settings.stale_after) for n in names}
-    answers = {}
+    statuses: dict[str, HostStatus] = {}
+    answers: dict[str, tuple[compliance.Answer, ...]] = {}
     for name in names:
-        newest = hosts[name].newest_verified
-        answers[name] = compliance.answer(
-            policies,
-            fleet.hosts[name],
-            hosts[name].latest_status,
-            newest.when if newest is not None else None,
-            now,
+        statuses[name], answers[name] = judge(
+            hosts[name], fleet.hosts[name], policies, now, settings.stale_after
         )
     history = collect.read_main_history(repo, head)
     sources: dict[str, MainCommit] = {c.sha: c for c in history}
@@ -558,50 +581,47 @@ def _build(
         found = collect.find_main_commit(repo, sha)
         if found is not None:
             sources[sha] = found
+    renderer = Renderer(settings.site, now, docs)
+    pages = Pages(renderer, fleet, policies, hosts, statuses, answers, global_id, now)
     mark = _phase(stats, "judge", mark)
 
-    docs = docs_link(settings.site.docs_url, out)
-    renderer = Renderer(settings.site, now, docs)
-    # repr, not pickle: pickle's bytes depend on object identity (a cached copy differs).
-    global_id = hashlib.sha256(
-        repr((resources.code_id(), settings, policies, docs, sorted(sources))).encode()
-    ).hexdigest()
-    pages = Pages(renderer, fleet, policies, hosts, statuses, answers, global_id, now)
-    (tmp / "hosts").mkdir(parents=True)
-    shutil.copytree(resources.assets_dir(), tmp / "assets")
-    (tmp / MARKER).write_text(f"built by gitops {__version__}; safe to replace\n")
+    # Unchanged hosts: reuse their pages and chart samples when still valid.
     old_pages = cache.load_pages() if cache is not None else {}
-    manifest: dict[str, tuple[str, str]] = {}
-    to_render = []
+    old_samples = cache.load_keyed("samples") if cache is not None else {}
+    to_render: list[str] = []
+    to_sample: list[str] = []
     for name in names:
-        key = pages.host_keys[name]
-        reused = True
-        for suffix in (".html", ".json"):
-            path = f"hosts/{name}{suffix}"
-            old = old_pages.get(path)
-            if old is None or old[0] != key or cache is None:
-                reused = False
-                break
-            try:
-                os.link(cache.page_file(old[1]), tmp / path)
-            except OSError:
-                reused = False
-                break
-            manifest[path] = old
-        if reused:
+        if name in samples:
+            continue
+        if cache is not None and _reuse_pages(cache, old_pages, pages.key(name), name, manifest):
             stats.pages_reused += 1
         else:
             to_render.append(name)
-    _ensure_full(hosts, to_render, cache)
-    _WORK.update(pages=pages, tmp=tmp, store=cache.pages_dir if cache is not None else None)
-    for written in _run_parallel(_render_chunk, to_render, workers):
+        cached_samples = old_samples.get(name)
+        if cached_samples is not None and cached_samples[0] == sample_key(
+            hosts[name], settings.stale_after, window
+        ):
+            samples[name] = cached_samples[1]
+        else:
+            to_sample.append(name)
+    for written in _run(_render_cached, to_render, workers):
         for path, key, digest in written:
             manifest[path] = (key, digest)
-    stats.pages_rendered = len(to_render)
-    progress(f"site: {len(to_render)} host page(s) rendered, {stats.pages_reused} unchanged")
+    for sampled in _run(_sample_cached, to_sample, workers):
+        for name, values in sampled:
+            samples[name] = values
+            fresh_samples.append(
+                (name, sample_key(hosts[name], settings.stale_after, window), values)
+            )
+    if cache is not None and fresh_samples:
+        cache.save_keyed("samples", fresh_samples)
+    stats.pages_rendered += len(to_render)
+    progress(f"site: {stats.pages_rendered} host page(s) rendered, {stats.pages_reused} unchanged")
     mark = _phase(stats, "host pages", mark)
 
-    state_chart, version_chart, chart_data = _charts(pages, cache, settings.stale_after)
+    shutil.copytree(resources.assets_dir(), tmp / "assets")
+    (tmp / MARKER).write_text(f"built by gitops {__version__}; safe to replace\n")
+    state_chart, version_chart, chart_data = _charts(pages, samples)
     problems = _problems(pages)
     drift = _drift_groups(pages)
     summaries = compliance.summarize(policies, answers)
@@ -704,11 +724,3 @@ def _build(
     if cache is not None:
         cache.save_pages(manifest)
     _phase(stats, "aggregate pages", mark)
-
-
-def count_trust(entries: Iterable[Trust]) -> Counter[str]:
-    return Counter(str(t) for t in entries)
-
-
-def dump_stats(stats: BuildStats) -> str:
-    return json.dumps(stats.__dict__, sort_keys=True)

@@ -115,14 +115,13 @@ class Cache:
                 hosts[name] = value
         return hosts
 
-    def save_hosts(self, changed: Iterable[HostData], removed: Iterable[str]) -> None:
-        dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
+    def save_host_rows(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
         with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)",
-                ((h.name, dump(h), dump(h.light())) for h in changed),
-            )
-            self.db.executemany("DELETE FROM hosts WHERE name = ?", ((n,) for n in removed))
+            self.db.executemany("INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)", rows)
+
+    def forget_hosts(self, names: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM hosts WHERE name = ?", ((n,) for n in names))
 
     # -- per-host derived values keyed by their inputs ---------------------------------
 
@@ -186,7 +185,7 @@ def digest_bytes(data: bytes) -> str:
 
 
 class VerdictReader:
-    """A read-only view of the verdict table for one process."""
+    """A read-only view of the cache for one (worker) process: verdicts and full host rows."""
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -200,8 +199,27 @@ class VerdictReader:
             return None
         return Trust(row[0]), str(row[1]), str(row[2])
 
+    def load_full(self, names: Sequence[str]) -> dict[str, HostData]:
+        found: dict[str, HostData] = {}
+        for start in range(0, len(names), 500):
+            chunk = list(names[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT name, data FROM hosts WHERE name IN ({marks})"
+            for name, blob in self.db.execute(query, chunk):
+                with contextlib.suppress(Exception):
+                    value = pickle.loads(blob)
+                    if isinstance(value, HostData):
+                        found[name] = value
+        return found
+
     def close(self) -> None:
         self.db.close()
+
+
+def host_rows(data: HostData) -> tuple[str, bytes, bytes]:
+    """What :meth:`Cache.save_host_rows` stores for one host (made in the worker)."""
+    dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
+    return data.name, dump(data), dump(data.light())
 
 
 @contextlib.contextmanager

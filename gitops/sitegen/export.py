@@ -18,7 +18,7 @@ from gitops.sitegen.model import HostData, HostStatus, MainCommit, Problem, Repo
 from gitops.sitegen.render import iso
 
 if TYPE_CHECKING:
-    from gitops.sitegen.build import Pages
+    from gitops.sitegen.pages import Pages
 
 SCHEMA = 1
 

@@ -4,7 +4,7 @@ the site works from any path of any web server, and from ``file://``."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +71,7 @@ class Renderer:
             trust_badge=trust_badge,
             host_link=host_link,
             report_timeline=self.report_timeline,
+            inventory_rows=self.inventory_rows,
         )
         self.env.globals.update(
             site_title=settings.title,
@@ -135,6 +136,40 @@ class Renderer:
                 f'<span class="commit">report {self.commit_link(r.oid)}</span>{note}</li>'
             )
         return Markup("\n".join(items))
+
+    def inventory_rows(self, rows: Iterable[Mapping[str, Any]], order: list[str]) -> Markup:
+        """The inventory's table body (one row per host; 10,000 rows must stay cheap)."""
+        lines = []
+        for row in rows:
+            host = row["host"]
+            status = row["status"]
+            state = str(status.state)
+            flags = "".join(" " + flag_badge(f) for f in status.flags)
+            seen = status.last_seen
+            if seen is not None:
+                last = (
+                    f'<time datetime="{iso(seen)}" title="{format_time(seen)}">'
+                    f"{self.ago(seen)}</time>"
+                )
+            else:
+                last = "never"
+            cells = (
+                host_link(row["name"], ""),
+                escape(", ".join(host.profiles)),
+                escape(", ".join(host.tags)),
+                escape(host.owner),
+                escape(status.nixos_version or ""),
+                self.commit_link(status.applied),
+                self.commit_link(status.published),
+            )
+            lines.append(
+                "<tr>"
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + f'<td data-sort="{order.index(state)}">{state_badge(state)}{flags}</td>'
+                + f'<td data-sort="{iso(seen)}">{last}</td>'
+                + f"<td>{escape(', '.join(row['failing']))}</td></tr>"
+            )
+        return Markup("\n".join(lines))
 
     def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
         docs = self.docs_href
