@@ -376,7 +376,8 @@ def add_one_report(path: Path) -> str:
 
 
 class TreeMemory:
-    """Sample the summed RSS of this process's descendants until stopped."""
+    """Sample the memory of this process's descendants until stopped: the sum of their
+    PSS (proportional set size: pages shared after fork counted once, not per process)."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -391,11 +392,21 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
 
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.wait(0.02):
             parents: dict[int, int] = {}
-            rss: dict[int, int] = {}
             for entry in os.scandir("/proc"):
                 if not entry.name.isdigit():
                     continue
@@ -404,16 +415,14 @@ class TreeMemory:
                         fields = handle.read().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
-                pid = int(entry.name)
-                parents[pid] = int(fields[1])
-                rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                parents[int(entry.name)] = int(fields[1])
             total = 0
-            for pid, size in rss.items():
+            for pid in parents:
                 ancestor = parents.get(pid)
                 while ancestor and ancestor != me:
                     ancestor = parents.get(ancestor)
                 if ancestor == me:
-                    total += size
+                    total += self._pss(pid)
             self.peak = max(self.peak, total)
 
 
