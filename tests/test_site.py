@@ -384,3 +384,44 @@ def test_fleet_parsed_in_parts_equals_one_pass(
     bad = collect.main_head(fleet.repo)
     with pytest.raises(GitopsError, match="key: same key as host"):
         collect.load_main(fleet.repo, bad, workers=2)
+
+
+def test_host_page_shows_what_changed_when_the_report_carries_it(tmp_path: Path) -> None:
+    import json as json_module
+
+    from gitops.reports import report_message
+
+    fleet = Fleet.create(tmp_path / "fleet.git")
+    fleet.add_host("web")
+    fleet.commit_main("Import", NOW - timedelta(days=1))
+    fleet.publish(NOW - timedelta(days=1))
+    plain = fleet.report("web", NOW - timedelta(hours=1), move_ref=False)
+    commit = fleet.repo.get(plain)
+    assert isinstance(commit, pygit2.Commit)
+    blob = commit.tree["status.json"]
+    assert isinstance(blob, pygit2.Blob)
+    status = json_module.loads(blob.data)
+    status["changes"] = ["firefox: 128.0 → 129.0", "linux: 6.6.30 → 6.6.31"]
+    builder = fleet.repo.TreeBuilder()
+    builder.insert(
+        "status.json",
+        fleet.repo.create_blob(json_module.dumps(status).encode()),
+        pygit2.enums.FileMode.BLOB,
+    )
+    from gitops.report import Report
+
+    oid = commits.create_signed_commit(
+        fleet.repo,
+        tree=builder.write(),
+        parents=[],
+        message=report_message(Report.from_json(json_module.dumps(status))),
+        author=commit.author,
+        key=fleet.keys["web"],
+    )
+    fleet.set_ref(reports_ref("web"), str(oid))
+    out = tmp_path / "out"
+    build(fleet, out)
+    page = (out / "hosts" / "web.html").read_text()
+    assert "What changed in the last switch" in page
+    assert "firefox: 128.0 → 129.0" in page
+    assert states(out)["web"]["state"] == "up to date"
