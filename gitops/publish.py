@@ -140,9 +140,16 @@ def _all_paths(tree: pygit2.Tree, prefix: str = "") -> Iterable[str]:
             yield path
 
 
-def make_plan(repo: pygit2.Repository, source_rev: str, *, only: Iterable[str] = ()) -> Plan:
+def make_plan(
+    repo: pygit2.Repository,
+    source_rev: str,
+    *,
+    only: Iterable[str] = (),
+    fleet: Fleet | None = None,
+) -> Plan:
+    """What publishing ``source_rev`` would write; ``fleet`` when the caller loaded it already."""
     source = commits.resolve_commit(repo, source_rev)
-    fleet = load_fleet_at(repo, source)
+    fleet = fleet or load_fleet_at(repo, source)
     wanted = set(only)
     unknown = wanted - fleet.hosts.keys()
     if unknown:

@@ -19,6 +19,7 @@ from gitops.errors import ProblemsError
 
 T = TypeVar("T")
 
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -63,7 +64,8 @@ class Problems:
 
 def load_yaml(text: bytes | str, where: str, problems: Problems) -> dict[str, Any] | None:
     try:
-        data = yaml.safe_load(text)
+        # libyaml's loader when available: an order of magnitude faster on large fleets.
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         position = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

@@ -115,7 +115,7 @@ def fetch(
     if result.returncode != 0:
         if "couldn't find remote ref" in result.stderr:
             raise RefNotFoundError(f"{remote} has no {', '.join(refspecs)}")
-        raise GitopsError(f"fetch from {remote} failed: {_last_line(result.stderr)}")
+        raise GitopsError(f"fetch from {remote} failed: {_last_line(result.stderr, env)}")
 
 
 def remote_head(remote: str, ref: str, *, env: Mapping[str, str] | None = None) -> str | None:
@@ -124,7 +124,7 @@ def remote_head(remote: str, ref: str, *, env: Mapping[str, str] | None = None) 
         ["-c", "protocol.version=2", "ls-remote", "--refs", remote, ref], env=env, check=False
     )
     if result.returncode != 0:
-        raise GitopsError(f"cannot reach {remote}: {_last_line(result.stderr)}")
+        raise GitopsError(f"cannot reach {remote}: {_last_line(result.stderr, env)}")
     for line in result.stdout.splitlines():
         sha, _, name = line.partition("\t")
         if name == ref:
@@ -174,7 +174,7 @@ def push(
         parts = line.split("\t")
         if len(parts) >= 3 and len(parts[0]) == 1:
             statuses.append(RefStatus(parts[1].split(":")[-1], parts[0], parts[2]))
-    message = _last_line(result.stderr)
+    message = _last_line(result.stderr, env)
     if not statuses and result.returncode != 0:
         raise GitopsError(f"push to {remote} failed: {message}")
     return PushResult(tuple(statuses), message)
@@ -204,13 +204,23 @@ _CAUSES = (
         "The requested URL returned error: 403",
         "the server forbids this (403); check the account's access to the ref",
     ),
-    ("could not read Username", "the server asks for credentials; set http_token_file"),
     ("Connection refused", "connection refused: is the git server running and the address right?"),
     ("Could not resolve host", "the git server's name does not resolve"),
 )
 
 
-def _last_line(text: str) -> str:
+def _last_line(text: str, env: Mapping[str, str] | None = None) -> str:
+    if "could not read Username" in text or "returned error: 401" in text:
+        sent_token = any(
+            "authorization:" in v.lower()
+            for k, v in (env or {}).items()
+            if k.startswith("GIT_CONFIG_VALUE_")
+        )
+        return (
+            "the server refused the token in http_token_file (HTTP 401); check or renew it"
+            if sent_token
+            else "the server asks for credentials; set http_token_file"
+        )
     for marker, cause in _CAUSES:
         if marker in text:
             return cause

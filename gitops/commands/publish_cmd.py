@@ -9,6 +9,7 @@ import pygit2
 
 from gitops import commits, keys, output, transport
 from gitops import publish as publishing
+from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
 from gitops.report import DEPLOY_PREFIX
 from gitops.sshsig import SignatureError
@@ -53,13 +54,9 @@ def plan(repo: Path, source: str, hosts: list[str], *, as_json: bool) -> int:
     return 0
 
 
-def _sync_from_remote(repository: pygit2.Repository, remote: str, source: str) -> None:
+def _sync_from_remote(repository: pygit2.Repository, remote: str, trust: AllowedSigners) -> None:
     """Start from the remote's deploy heads, refusing any that were rewound or that a
     publisher did not sign (someone pushed to a deploy branch by hand)."""
-    trust = publishing.load_fleet_at(
-        repository, commits.resolve_commit(repository, source)
-    ).settings.publisher_trust()
-    # A remote may be a URL: name its tracking refs by a digest, which is always a valid ref.
     tracking = f"refs/gitops/publish/{hashlib.sha256(remote.encode()).hexdigest()[:16]}/"
     output.progress(f"fetching deploy branches from {remote}")
     transport.fetch(Path(repository.path), remote, [f"+{DEPLOY_PREFIX}*:{tracking}*"])
@@ -109,9 +106,10 @@ def publish(
 ) -> int:
     key = keys.load_signing_key(key_path)
     repository = commits.open_repository(repo)
+    fleet = publishing.load_fleet_at(repository, commits.resolve_commit(repository, source))
     if push:
-        _sync_from_remote(repository, remote, source)
-    result = publishing.make_plan(repository, source, only=hosts)
+        _sync_from_remote(repository, remote, fleet.settings.publisher_trust())
+    result = publishing.make_plan(repository, source, only=hosts, fleet=fleet)
     if not as_json:
         _print_plan(result)
     published = publishing.write_commits(repository, result, key, progress=output.progress)
