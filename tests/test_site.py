@@ -425,3 +425,30 @@ def test_host_page_shows_what_changed_when_the_report_carries_it(tmp_path: Path)
     assert "What changed in the last switch" in page
     assert "firefox: 128.0 → 129.0" in page
     assert states(out)["web"]["state"] == "up to date"
+
+
+def test_indexed_tree_source_answers_like_tree_source(tmp_path: Path) -> None:
+    from gitops.sitegen import collect
+    from gitops.source import TreeSource
+
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    tree = collect.main_head(fleet.repo).tree
+    plain, indexed = (
+        TreeSource(fleet.repo, tree, "x"),
+        collect.IndexedTreeSource(fleet.repo, tree, "x"),
+    )
+    for path in (
+        "",
+        "fleet.yaml",
+        "hosts",
+        "hosts/up",
+        "hosts/up/host.yaml",
+        "hosts/up/missing.yaml",
+        "hosts/nobody/host.yaml",
+        "fleet.yaml/inside",
+        "profiles/workstation.nix",
+        "policies",
+    ):
+        assert indexed.read(path) == plain.read(path), path
+        assert indexed.list_dir(path) == plain.list_dir(path), path
+        assert indexed.is_dir(path) == plain.is_dir(path), path
