@@ -452,3 +452,28 @@ def test_indexed_tree_source_answers_like_tree_source(tmp_path: Path) -> None:
         assert indexed.read(path) == plain.read(path), path
         assert indexed.list_dir(path) == plain.list_dir(path), path
         assert indexed.is_dir(path) == plain.is_dir(path), path
+
+
+def test_chart_samples_equal_the_state_at_each_moment(tmp_path: Path) -> None:
+    from gitops.sitegen import collect, states
+    from gitops.sitegen.verify import trust_id
+
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    head = collect.main_head(fleet.repo)
+    model, _ = collect.load_main(fleet.repo, head)
+    deploys, reports = collect.list_heads(fleet.repo)
+    publishers = model.settings.publisher_trust()
+    reader = collect.HostReader(fleet.repo)
+    moments = [NOW - timedelta(hours=h) for h in range(0, 24 * 12, 7)][::-1]
+    for name, host in model.hosts.items():
+        data = reader.collect(
+            name,
+            host,
+            reports_head=reports.get(name),
+            deploy_head=deploys.get(name),
+            publishers=publishers,
+            publishers_id=trust_id(publishers),
+            previous=None,
+        )
+        expected = tuple(states.state_at(data, m, 86400) for m in moments)
+        assert states.samples(data, moments, 86400) == expected, name

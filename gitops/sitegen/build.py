@@ -82,6 +82,7 @@ class Job:
     tmp: Path
     store: Path | None
     window: tuple[datetime, ...]  # the past day ends the chart samples
+    lookup_verdicts: bool  # whether the cache holds verdicts worth looking up
 
 
 _JOB: list[Job] = []
@@ -108,7 +109,10 @@ def _host_reader() -> HostReader:
     if reader is None:
         repo = collect.open_repo(_job().repo_path)
         cached = _cache_reader()
-        reader = HostReader(repo) if cached is None else HostReader(repo, cached.get)
+        if cached is not None and _job().lookup_verdicts:
+            reader = HostReader(repo, cached.get)
+        else:
+            reader = HostReader(repo)
         _LOCAL["reader"] = reader
     assert isinstance(reader, HostReader)
     return reader
@@ -521,6 +525,7 @@ def _build(
             tmp=tmp,
             store=cache.pages_dir if cache is not None else None,
             window=window,
+            lookup_verdicts=cache is not None and cache.has_verdicts,
         )
     ]
     mark = _phase(stats, "read main", mark)

@@ -71,6 +71,8 @@ class Cache:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             for statement in _TABLES[1:]:
                 self.db.execute(statement)
+        # A cache without verdicts (a first build) is not worth asking once per commit.
+        self.has_verdicts = self.db.execute("SELECT 1 FROM verdicts LIMIT 1").fetchone() is not None
 
     def close(self) -> None:
         self.db.close()

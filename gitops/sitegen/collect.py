@@ -347,7 +347,7 @@ class HostReader:
         stop = previous.reports_head if previous is not None else None
         entries: list[ReportEntry] = []
         latest: dict[str, Any] | None = None
-        days: set[str] = set()
+        days: set[int] = set()
         newest_time: datetime | None = None
         reached_stop = stop is None
         truncated = False
@@ -365,7 +365,7 @@ class HostReader:
             if index >= MAX_DETAILED and stop is None and when < newest_time - WINDOW:
                 truncated = True
                 break
-            day = when.strftime("%Y-%m-%d")
+            day = commit.commit_time // 86400  # the UTC day
             if index < MAX_DETAILED or day not in days:
                 entry, status = self._report_entry(commit, when, trust, key_id)
                 entries.append(entry)
@@ -487,17 +487,21 @@ def _status_json(commit: pygit2.Commit) -> bytes | None:
     return bytes(entry.data) if isinstance(entry, pygit2.Blob) else None
 
 
+def _day(moment: datetime) -> int:
+    return int(moment.timestamp()) // 86400
+
+
 def thin(entries: list[ReportEntry]) -> tuple[ReportEntry, ...]:
     """Keep the newest MAX_DETAILED reports, then the newest of each day within WINDOW."""
     if len(entries) <= MAX_DETAILED:
         return tuple(entries)
     newest = entries[0].commit_time
     kept = entries[:MAX_DETAILED]
-    days = {e.commit_time.strftime("%Y-%m-%d") for e in kept}
+    days = {_day(e.commit_time) for e in kept}
     for entry in entries[MAX_DETAILED:]:
         if entry.commit_time < newest - WINDOW:
             break
-        day = entry.commit_time.strftime("%Y-%m-%d")
+        day = _day(entry.commit_time)
         if day not in days:
             days.add(day)
             kept.append(entry)

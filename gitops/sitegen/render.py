@@ -26,16 +26,22 @@ PAGES = (
 )
 
 
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
 def format_time(moment: datetime | None) -> str:
     if moment is None:
         return "never"
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    m = _utc(moment)
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d} {m.hour:02d}:{m.minute:02d} UTC"
 
 
 def iso(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = _utc(moment)
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
 
 
 @functools.lru_cache(maxsize=4096)

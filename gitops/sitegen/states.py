@@ -178,4 +178,28 @@ def day_ends(now: datetime, days: int = 30) -> list[datetime]:
 def samples(
     data: HostData, ends: Sequence[datetime], stale_after: int
 ) -> tuple[tuple[State, str | None], ...]:
-    return tuple(state_at(data, moment, stale_after) for moment in ends)
+    """``state_at`` for each moment of ``ends`` (ascending), in one pass over the history."""
+    # Ascending by time; on equal times the newer commit (lower index) comes last and wins,
+    # as in state_at, which takes the first match in newest-first order.
+    reports = [
+        r for _, _, r in sorted((r.when, -i, r) for i, r in enumerate(data.reports) if r.verified)
+    ]
+    deploys = [
+        d for _, _, d in sorted((d.time, -i, d) for i, d in enumerate(data.deploys) if d.verified)
+    ]
+    first_commit = min((r.commit_time for r in data.reports), default=None)
+    result = []
+    ri = di = 0
+    report: ReportEntry | None = None
+    published: DeployEntry | None = None
+    for moment in ends:
+        while ri < len(reports) and reports[ri].when <= moment:
+            report = reports[ri]
+            ri += 1
+        while di < len(deploys) and deploys[di].time <= moment:
+            published = deploys[di]
+            di += 1
+        any_reports = first_commit is not None and first_commit <= moment
+        state = _state_of(report, published, moment, stale_after, any_reports)
+        result.append((state, report.nixos_version if report is not None else None))
+    return tuple(result)
