@@ -141,10 +141,16 @@ class DemoFleet:
     """A fleet, a git server, keys and one agent per host, all under ``root``."""
 
     def __init__(
-        self, root: Path, inventory: list[InventoryHost], *, say: Callable[[str], None] = output.say
+        self,
+        root: Path,
+        inventory: list[InventoryHost],
+        *,
+        say: Callable[[str], None] = output.say,
+        policies: Path | None = None,
     ) -> None:
         self.root = root
         self.inventory = inventory
+        self.policies = policies  # a policies/ directory to copy into the fleet
         self.say = say
         self.repo_dir = root / "fleet"  # the admins' clone
         self.server = root / "server.git"  # the git server
@@ -202,6 +208,8 @@ class DemoFleet:
             "# Fleet-wide settings (demo).\n" + yaml.safe_dump(fleet_yaml, sort_keys=False),
             encoding="utf-8",
         )
+        if self.policies is not None and self.policies.is_dir():
+            shutil.copytree(self.policies, root / "policies")
         for profile in sorted({p for h in self.inventory for p in h.profiles}):
             (root / "profiles" / f"{profile}.nix").write_text(
                 standin.profile_file(profile), encoding="utf-8"
@@ -495,7 +503,8 @@ def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -
         raise GitopsError(f"{directory}: not empty; choose a new directory for the demo")
     if shutil.which("nix") is None:
         raise GitopsError("nix is not installed; run the README's demo command, which installs it")
-    inventory = read_inventory(fleet or default_inventory())
+    source = fleet or default_inventory()
+    inventory = read_inventory(source)
     say = output.say
     say("nixos-gitops demo: a whole fleet on this machine")
     say("  Real git, real SSH signatures, real Nix builds and profiles. The systems are stand-ins:")
@@ -507,7 +516,7 @@ def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -
     agent_log = logging.getLogger("gitops.agent")
     if not agent_log.isEnabledFor(logging.INFO):
         agent_log.setLevel(logging.ERROR)
-    outcome = play(DemoFleet(root, inventory), say)
+    outcome = play(DemoFleet(root, inventory, policies=source / "policies"), say)
     if serve:
         from gitops.commands import site_cmd
 

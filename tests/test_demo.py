@@ -28,7 +28,8 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoFleet, DemoOut
         "build-users-group =\nsandbox = false\nsubstituters =\nexperimental-features = nix-command flakes",
     )
     root = tmp_path_factory.mktemp("demo") / "run"
-    demo = DemoFleet(root, read_inventory(default_inventory()), say=lambda _: None)
+    source = default_inventory()
+    demo = DemoFleet(root, read_inventory(source), say=lambda _: None, policies=source / "policies")
     return demo, play(demo)
 
 
@@ -120,9 +121,23 @@ def test_server_holds_the_signed_record(played: tuple[DemoFleet, DemoOutcome]) -
 
 def test_site_was_built(played: tuple[DemoFleet, DemoOutcome]) -> None:
     demo, outcome = played
-    index = (outcome.site / "index.html").read_text()
+    inventory = (outcome.site / "inventory.html").read_text()
     for host in demo.hosts:
-        assert host in index or host in (outcome.site / "inventory.html").read_text()
+        assert host in inventory
+        assert (outcome.site / "hosts" / f"{host}.html").is_file()
+
+
+def test_compliance_reflects_the_machines(played: tuple[DemoFleet, DemoOutcome]) -> None:
+    import json
+
+    _, outcome = played
+    data = json.loads((outcome.site / "compliance.json").read_text())
+    policies = {p["name"]: p for p in data["policies"]}
+    # The laptop's owner turned password logins on; one workstation lacks automatic GC
+    # (see gitops.demo.write_machine). Nothing else fails.
+    assert policies["ssh-password-login-disabled"]["failing"] == ["laptop-anna"]
+    assert policies["gc-timer-enabled"]["failing"] == ["media-ws-1"]
+    assert policies["firewall-active"]["counts"]["pass"] == len(played[0].hosts)
 
 
 def test_demo_command_prints_each_step(tmp_path: Path) -> None:
