@@ -33,7 +33,7 @@ from gitops.errors import GitopsError
 from gitops.fleet import Fleet, SiteSettings
 from gitops.policies import Policy
 from gitops.sitegen import audit, collect, compliance, export, resources, states
-from gitops.sitegen.cache import Cache, VerdictReader, cache_dir_for, digest_bytes, host_rows
+from gitops.sitegen.cache import Cache, CacheReader, cache_dir_for, digest_bytes, host_rows
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
 from gitops.sitegen.collect import HostReader
 from gitops.sitegen.model import STATE_ORDER, HostData, HostStatus, MainCommit, Problem, State
@@ -44,6 +44,7 @@ from gitops.sitegen.verify import trust_id
 MARKER = ".gitops-site"
 PARALLEL_MIN = 64  # below this many hosts to read or pages to render, stay in one process
 CHART_DAYS = 30
+GIT_CACHE_BYTES = 16 << 20
 MAX_PROBLEMS = 200
 MAX_VERSIONS = 5
 
@@ -82,7 +83,6 @@ class Job:
     tmp: Path
     store: Path | None
     window: tuple[datetime, ...]  # the past day ends the chart samples
-    lookup_verdicts: bool  # whether the cache holds verdicts worth looking up
 
 
 _JOB: list[Job] = []
@@ -93,26 +93,25 @@ def _job() -> Job:
     return _JOB[0]
 
 
-def _cache_reader() -> VerdictReader | None:
+def _cache_reader() -> CacheReader | None:
     job = _job()
     if job.cache_path is None:
         return None
     reader = _LOCAL.get("cache")
     if reader is None:
-        reader = _LOCAL["cache"] = VerdictReader(job.cache_path)
-    assert isinstance(reader, VerdictReader)
+        reader = _LOCAL["cache"] = CacheReader(job.cache_path)
+    assert isinstance(reader, CacheReader)
     return reader
 
 
 def _host_reader() -> HostReader:
     reader = _LOCAL.get("reader")
     if reader is None:
+        # Every object is read once: libgit2's object cache (256 MiB by default) would
+        # only hold memory in each worker.
+        pygit2.settings.cache_max_size(GIT_CACHE_BYTES)
         repo = collect.open_repo(_job().repo_path)
-        cached = _cache_reader()
-        if cached is not None and _job().lookup_verdicts:
-            reader = HostReader(repo, cached.get)
-        else:
-            reader = HostReader(repo)
+        reader = HostReader(repo)
         _LOCAL["reader"] = reader
     assert isinstance(reader, HostReader)
     return reader
@@ -525,7 +524,6 @@ def _build(
             tmp=tmp,
             store=cache.pages_dir if cache is not None else None,
             window=window,
-            lookup_verdicts=cache is not None and cache.has_verdicts,
         )
     ]
     mark = _phase(stats, "read main", mark)
@@ -563,7 +561,6 @@ def _build(
                 manifest[path] = (key, digest)
         if cache is not None:
             cache.save_host_rows(item.rows for item in processed)
-            cache.save_verdicts(verdicts)
         verified += len(verdicts)
     if cache is not None:
         cache.forget_hosts(previous.keys() - fleet.hosts.keys())

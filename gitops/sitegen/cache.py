@@ -1,4 +1,4 @@
-"""The build cache: verdicts, collected hosts and rendered pages, kept between builds.
+"""The build cache: collected hosts (with their signature verdicts) and rendered pages.
 
 A directory next to the output (``.<out>.cache`` beside ``--out``) holding one sqlite
 database (every write is one transaction: a killed build leaves the previous state) and
@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from gitops.errors import GitopsError
-from gitops.sitegen.model import HostData, Trust
+from gitops.sitegen.model import HostData
 
 SCHEMA = 4
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS verdicts (commit_id TEXT, key_id TEXT, trust TEXT, detail TEXT,"
-    " principal TEXT, PRIMARY KEY (commit_id, key_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB, light BLOB)",
     "CREATE TABLE IF NOT EXISTS samples (name TEXT PRIMARY KEY, key TEXT, data BLOB)",
     "CREATE TABLE IF NOT EXISTS pages (path TEXT PRIMARY KEY, key TEXT, digest TEXT)",
@@ -71,25 +69,14 @@ class Cache:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             for statement in _TABLES[1:]:
                 self.db.execute(statement)
-        # A cache without verdicts (a first build) is not worth asking once per commit.
-        self.has_verdicts = self.db.execute("SELECT 1 FROM verdicts LIMIT 1").fetchone() is not None
 
     def close(self) -> None:
         self.db.close()
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 
-    # -- verdicts (read from worker processes through their own connection) ----------
-
-    def verdict_reader(self) -> VerdictReader:
-        return VerdictReader(self.path)
-
-    def save_verdicts(self, rows: Iterable[tuple[str, str, tuple[Trust, str, str]]]) -> None:
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
-                ((c, k, str(v[0]), v[1], v[2]) for c, k, v in rows),
-            )
+    def reader(self) -> CacheReader:
+        return CacheReader(self.path)
 
     # -- collected hosts ---------------------------------------------------------------
 
@@ -186,20 +173,11 @@ def digest_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class VerdictReader:
-    """A read-only view of the cache for one (worker) process: verdicts and full host rows."""
+class CacheReader:
+    """A read-only view of the cache for one (worker) process: full host rows."""
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-
-    def get(self, commit: str, key_id: str) -> tuple[Trust, str, str] | None:
-        row = self.db.execute(
-            "SELECT trust, detail, principal FROM verdicts WHERE commit_id = ? AND key_id = ?",
-            (commit, key_id),
-        ).fetchone()
-        if row is None:
-            return None
-        return Trust(row[0]), str(row[1]), str(row[2])
 
     def load_full(self, names: Sequence[str]) -> dict[str, HostData]:
         found: dict[str, HostData] = {}
