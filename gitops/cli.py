@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="agent configuration (default /etc/gitops/agent.yaml)",
     )
+    overrides = agent.add_argument_group("settings (override the configuration file)")
+    overrides.add_argument("--host", help="this host's name")
+    overrides.add_argument("--remote", help="the fleet repository's URL")
+    overrides.add_argument(
+        "--trusted-publishers", help="allowed-signers file with the publisher keys"
+    )
+    overrides.add_argument("--signing-key", help="private key that signs this host's reports")
+    overrides.add_argument("--state-dir", help="where the agent keeps its state")
+    overrides.add_argument(
+        "--system-profile", help="the system profile (default /nix/var/nix/profiles/system)"
+    )
+    overrides.add_argument(
+        "--action", choices=["switch", "boot", "test"], help="as in nixos-rebuild"
+    )
     agent_commands = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     once = agent_commands.add_parser("once", help="run one cycle")
     once.add_argument(

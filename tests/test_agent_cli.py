@@ -77,6 +77,28 @@ def test_once_and_status_json(demo: DemoFleet) -> None:
     assert f"applied: {result['deploy_seen']}" in text
 
 
+def test_flags_override_and_replace_the_file(demo: DemoFleet) -> None:
+    config = demo.agent_config("beta")
+    flags_only = gitops(
+        "agent",
+        "--host", "beta",
+        "--remote", config.remote,
+        "--trusted-publishers", config.trusted_publishers,
+        "--signing-key", config.signing_key,
+        "--state-dir", config.state_dir,
+        "--system-profile", config.system_profile,
+        "--action", "test",
+        "once", "--json",
+    )  # fmt: skip
+    assert flags_only.returncode == 0, flags_only.stderr
+    assert json.loads(flags_only.stdout)["result"] == "applied"
+    overridden = gitops(
+        "agent", "--config", write_config(demo, "alpha"), "--host", "Bad_Name", "status"
+    )
+    assert overridden.returncode == 1
+    assert "host: 'Bad_Name' is not a valid host name" in overridden.stderr
+
+
 def test_once_exits_non_zero_when_refused(demo: DemoFleet) -> None:
     config = write_config(demo, "beta")
     demo.push_unsigned("beta")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import select
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gitops import output, process
 from gitops.agent import config as agent_config
-from gitops.agent.config import AgentConfig, load_config
+from gitops.agent.config import AgentConfig, load_config, parse_config
 from gitops.agent.cycle import Cycle
 from gitops.agent.loop import run_forever
 from gitops.agent.mirror import Mirror
@@ -27,22 +28,41 @@ FAILING_RESULTS = {
 }
 
 
-def _config(path: Path | None) -> AgentConfig:
-    return load_config(path or agent_config.DEFAULT_CONFIG)
+OVERRIDES = (
+    "host",
+    "remote",
+    "trusted_publishers",
+    "signing_key",
+    "state_dir",
+    "system_profile",
+    "action",
+)
+
+
+def _config(path: Path | None, overrides: dict[str, object] | None = None) -> AgentConfig:
+    """The configuration file, with flags on top; flags alone suffice when there is no
+    file (and none was asked for)."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if path is None and given and not agent_config.DEFAULT_CONFIG.exists():
+        return parse_config("", "command-line flags", given)
+    return load_config(path or agent_config.DEFAULT_CONFIG, given)
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name, None) for name in OVERRIDES}
+
+    def config() -> AgentConfig:
+        return _config(args.config, overrides)
+
     match args.agent_command:
         case "once":
-            return once(
-                _config(args.config), report=args.report, retry=args.retry, as_json=args.json
-            )
+            return once(config(), report=args.report, retry=args.retry, as_json=args.json)
         case "run":
-            return run_forever(_config(args.config))
+            return run_forever(config())
         case "trigger":
-            return trigger(args.config, http=args.http, start_unit=args.start_unit)
+            return trigger(config, http=args.http, start_unit=args.start_unit)
         case "status":
-            return status(_config(args.config), as_json=args.json)
+            return status(config(), as_json=args.json)
     raise AssertionError(args.agent_command)
 
 
@@ -91,7 +111,7 @@ def _http_response(status: bytes, body: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def trigger(config_path: Path | None, *, http: bool, start_unit: str | None) -> int:
+def trigger(config: Callable[[], AgentConfig], *, http: bool, start_unit: str | None) -> int:
     if http:
         request = _read_http_request()
         method = request.split(" ", 1)[0] if request else ""
@@ -101,9 +121,9 @@ def trigger(config_path: Path | None, *, http: bool, start_unit: str | None) -> 
     if start_unit:
         process.run(["systemctl", "start", "--no-block", start_unit], check=True)
     else:
-        config = _config(config_path)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        config.trigger_file.touch()
+        settings = config()
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.trigger_file.touch()
     message = "update requested: the agent will fetch, verify and apply now\n"
     if http:
         _http_response(b"200 OK", message.encode())
