@@ -7,12 +7,13 @@ can check.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from gitops.report import Result
-from gitops.sitegen.model import HostData, MainCommit, Trust
+from gitops.sitegen.model import MainCommit, Trust
 
 MAX_EVENTS = 1000
 MAX_LISTED_HOSTS = 12
@@ -47,14 +48,16 @@ def main_events(history: Iterable[MainCommit]) -> list[Event]:
     ]
 
 
-def publish_events(hosts: Mapping[str, HostData], sources: Mapping[str, MainCommit]) -> list[Event]:
-    """Deploy commits grouped by (main commit, signer): one publish touches many hosts."""
+def publish_events(
+    deploys: Mapping[str, Iterable[tuple[str, str, str, datetime, str]]],
+    sources: Mapping[str, MainCommit],
+) -> list[Event]:
+    """Deploy commits grouped by (main commit, signer): one publish touches many hosts.
+    ``deploys``: host -> (source commit, signer, trust, time, commit) of each deploy commit."""
     groups: dict[tuple[str, str, str], list[tuple[datetime, str, str]]] = {}
-    for name, data in hosts.items():
-        for entry in data.deploys:
-            signer = entry.principal or entry.trust_detail
-            key = (entry.source_commit or "", signer, str(entry.trust))
-            groups.setdefault(key, []).append((entry.time, name, entry.oid))
+    for name, entries in deploys.items():
+        for source, signer, trust, moment, oid in entries:
+            groups.setdefault((source, signer, trust), []).append((moment, name, oid))
     events = []
     for (source, signer, trust), items in groups.items():
         items.sort()
@@ -78,33 +81,12 @@ def publish_events(hosts: Mapping[str, HostData], sources: Mapping[str, MainComm
     return events
 
 
-def apply_events(hosts: Mapping[str, HostData]) -> list[Event]:
-    events = []
-    for name, data in hosts.items():
-        for entry in data.reports:
-            if entry.result != str(Result.APPLIED):
-                continue
-            events.append(
-                Event(
-                    kind="apply",
-                    time=entry.when,
-                    sha=entry.oid,
-                    title=f"{name} applied {(entry.deploy_applied or '')[:8]}",
-                    who=name,
-                    trust=str(entry.trust),
-                    hosts=(name,),
-                    host_count=1,
-                    source=entry.source_commit,
-                )
-            )
-    return events
-
-
 def timeline(
     history: Iterable[MainCommit],
-    hosts: Mapping[str, HostData],
+    applies: Iterable[Event],
+    deploys: Mapping[str, Iterable[tuple[str, str, str, datetime, str]]],
     sources: Mapping[str, MainCommit],
 ) -> list[Event]:
-    events = main_events(history) + publish_events(hosts, sources) + apply_events(hosts)
-    events.sort(key=lambda e: (e.time, e.kind, e.sha), reverse=True)
-    return events[:MAX_EVENTS]
+    """Changes, publishes and applies, newest first, the newest MAX_EVENTS."""
+    events = itertools.chain(main_events(history), publish_events(deploys, sources), applies)
+    return heapq.nlargest(MAX_EVENTS, events, key=lambda e: (e.time, e.kind, e.sha))

@@ -1,11 +1,12 @@
 """One site build: collect → judge → render, into a temporary directory that then
 replaces ``--out`` in one rename.
 
-Incremental by construction: a host whose refs, key and publishers did not change is
-taken from the cache (a "light" row) without reading git; a page whose inputs did not
-change is hard-linked from the cache's page store instead of rendered. Hosts that did
-change are handled end to end in worker processes (read, verify, judge, render their
-page, sample their 30-day history) so the main process only ever holds light rows.
+Incremental by construction: a host whose derived row (:mod:`gitops.sitegen.derived`) is
+still valid costs one dictionary lookup and two hard links (its pages, from the cache's
+page store). Any other host is brought up to date end to end in a worker process: read
+only the commits above its cached heads (verifying each signature once), judge it,
+render its pages unless identical ones exist, sample its 30-day history, derive its
+row. The main process holds derived rows only, never a host's history.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import contextlib
 import ctypes
 import ctypes.util
 import hashlib
+import itertools
 import multiprocessing
 import os
+import pickle
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
 import pygit2
+from markupsafe import Markup
 
 from gitops import __version__
 from gitops.allowed_signers import AllowedSigners
@@ -33,9 +38,17 @@ from gitops.errors import GitopsError
 from gitops.fleet import Fleet, SiteSettings
 from gitops.policies import Policy
 from gitops.sitegen import audit, collect, compliance, export, resources, states
-from gitops.sitegen.cache import Cache, CacheReader, cache_dir_for, digest_bytes, host_rows
+from gitops.sitegen.cache import Cache, CacheReader, cache_dir_for, digest_bytes
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
 from gitops.sitegen.collect import HostReader
+from gitops.sitegen.derived import (
+    Derived,
+    Overview,
+    Samples,
+    age_flips,
+    derive,
+    identity,
+)
 from gitops.sitegen.model import STATE_ORDER, HostData, HostStatus, MainCommit, Problem, State
 from gitops.sitegen.pages import Pages, judge
 from gitops.sitegen.render import Renderer
@@ -48,7 +61,6 @@ GIT_CACHE_BYTES = 16 << 20
 MAX_PROBLEMS = 200
 MAX_VERSIONS = 5
 
-Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
 Written = tuple[str, str, str]  # page path, its key, its content digest
 
 
@@ -83,6 +95,9 @@ class Job:
     tmp: Path
     store: Path | None
     window: tuple[datetime, ...]  # the past day ends the chart samples
+    main_sha: str
+    old_pages: dict[str, tuple[str, str]]  # path -> (key, digest) of the previous build
+    age_flips: tuple[int, ...] | None
 
 
 _JOB: list[Job] = []
@@ -126,12 +141,9 @@ def _renderer() -> Renderer:
     return renderer
 
 
-def sample_key(data: HostData, stale_after: int, window: Sequence[datetime]) -> str:
-    start = window[0].isoformat() if window else ""
-    return (
-        f"{data.reports_head}:{data.deploy_head}:{data.key_id}:{data.publishers_id}"
-        f":{stale_after}:{start}"
-    )
+def _window_id() -> str:
+    window = _job().window
+    return window[0].isoformat() if window else ""
 
 
 def _samples(data: HostData) -> Samples:
@@ -143,17 +155,71 @@ def _samples(data: HostData) -> Samples:
 
 
 @dataclass(frozen=True)
-class Processed:
-    """A worker's result for one changed host."""
+class Refreshed:
+    """A worker's result for one host: its derived row, its new cache row when its data
+    was read again, and the pages it wrote or linked."""
 
-    light: HostData
-    rows: tuple[str, bytes, bytes]
+    derived: Derived
+    rows: tuple[str, bytes] | None  # set when the host's data changed (new commits, new key)
     written: tuple[Written, ...]
-    samples: Samples
+    rendered: bool  # False when identical pages were linked from the page store
 
 
-def _render(pages: Pages, name: str) -> tuple[Written, ...]:
-    key = pages.key(name)
+def _refresh(names: Sequence[str]) -> tuple[list[Refreshed], int]:
+    """Worker: bring hosts up to date: read what changed in git (verifying signatures),
+    judge them, render their pages unless an identical page exists, derive their rows."""
+    job = _job()
+    reader = _host_reader()
+    reader.new = []
+    cached = _cache_reader()
+    previous = cached.load_full(names) if cached is not None else {}
+    full: dict[str, HostData] = {}
+    for name in names:
+        full[name] = reader.collect(
+            name,
+            job.fleet.hosts.get(name),
+            reports_head=job.reports.get(name),
+            deploy_head=job.deploys.get(name),
+            publishers=job.publishers,
+            publishers_id=job.publishers_id,
+            previous=previous.get(name),
+        )
+    pages = _pages_for(full)
+    renderer = _renderer()
+    order = [str(s) for s in STATE_ORDER]
+    # The chart window moves at the next UTC midnight.
+    window_ends_at = datetime.combine(job.now.date() + timedelta(days=1), dtime(0), tzinfo=UTC)
+    result = []
+    for name, data in full.items():
+        status, answers = pages.statuses[name], pages.answers[name]
+        derived = derive(
+            data=data,
+            host=job.fleet.hosts[name],
+            status=status,
+            answers=answers,
+            ident=identity(job.main_sha, job.global_id, name, data.reports_head, data.deploy_head),
+            window=_window_id(),
+            window_ends_at=window_ends_at,
+            global_id=job.global_id,
+            now=job.now,
+            stale_after=job.stale_after,
+            flips=job.age_flips,
+            samples=_samples(data),
+            renderer=renderer,
+            state_order=order,
+        )
+        written = _link_pages(name, derived.page_key)
+        rendered = written is None
+        if written is None:
+            written = _render(pages, name, derived.page_key)
+        old = previous.get(name)
+        changed = old is None or old != data
+        rows = (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None
+        result.append(Refreshed(derived, rows, written, rendered))
+    return result, len(reader.new)
+
+
+def _render(pages: Pages, name: str, key: str) -> tuple[Written, ...]:
     written = []
     for suffix, text in ((".html", pages.host_html(name)), (".json", pages.host_json(name))):
         path = f"hosts/{name}{suffix}"
@@ -173,58 +239,6 @@ def _pages_for(full: dict[str, HostData]) -> Pages:
     )
 
 
-def _process_changed(names: Sequence[str]) -> tuple[list[Processed], list[Any]]:
-    """Worker: read, verify, judge and render hosts whose refs changed."""
-    job = _job()
-    reader = _host_reader()
-    reader.new = []
-    cached = _cache_reader()
-    previous = cached.load_full(names) if cached is not None else {}
-    full = {
-        name: reader.collect(
-            name,
-            job.fleet.hosts.get(name),
-            reports_head=job.reports.get(name),
-            deploy_head=job.deploys.get(name),
-            publishers=job.publishers,
-            publishers_id=job.publishers_id,
-            previous=previous.get(name),
-        )
-        for name in names
-    }
-    pages = _pages_for(full)
-    result = []
-    for name, data in full.items():
-        rows = host_rows(data)
-        result.append(Processed(data.light(), rows, _render(pages, name), _samples(data)))
-    return result, reader.new
-
-
-def _render_cached(names: Sequence[str]) -> list[Written]:
-    """Worker: re-render host pages of unchanged hosts (their state or a policy changed)."""
-    full = _load_full(names)
-    pages = _pages_for(full)
-    return [w for name in names for w in _render(pages, name)]
-
-
-def _sample_cached(names: Sequence[str]) -> list[tuple[str, Samples]]:
-    """Worker: re-sample the 30-day history of unchanged hosts (a new day began)."""
-    full = _load_full(names)
-    return [(name, _samples(full[name])) for name in names]
-
-
-def _load_full(names: Sequence[str]) -> dict[str, HostData]:
-    cached = _cache_reader()
-    full = cached.load_full(names) if cached is not None else {}
-    missing = [n for n in names if n not in full]
-    if missing:
-        raise GitopsError(
-            f"the site cache has no data for {missing[0]}; delete the cache directory "
-            "(.<out>.cache next to --out) and build again"
-        )
-    return full
-
-
 def _write_page(path: str, data: bytes) -> str:
     job = _job()
     digest = digest_bytes(data)
@@ -235,6 +249,29 @@ def _write_page(path: str, data: bytes) -> str:
         with contextlib.suppress(FileExistsError, OSError):
             os.link(target, job.store / digest)
     return digest
+
+
+def _link_pages(name: str, key: str) -> tuple[Written, ...] | None:
+    """Hard-link a host's pages from the page store when their key is unchanged."""
+    job = _job()
+    if job.store is None:
+        return None
+    found = []
+    for suffix in (".html", ".json"):
+        path = f"hosts/{name}{suffix}"
+        old = job.old_pages.get(path)
+        if old is None or old[0] != key:
+            return None
+        found.append((path, old[0], old[1]))
+    tmp, store = str(job.tmp), str(job.store)
+    for path, _, digest in found:
+        try:
+            os.link(f"{store}/{digest}", f"{tmp}/{path}")
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    return tuple(found)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -257,35 +294,10 @@ def _run(
         yield from pool.imap_unordered(function, _chunks(items, size))
 
 
-def _reuse_pages(
-    cache: Cache,
-    old_pages: dict[str, tuple[str, str]],
-    key: str,
-    name: str,
-    manifest: dict[str, tuple[str, str]],
-) -> bool:
-    """Hard-link a host's pages from the page store when their key is unchanged."""
-    job = _job()
-    found = []
-    for suffix in (".html", ".json"):
-        path = f"hosts/{name}{suffix}"
-        old = old_pages.get(path)
-        if old is None or old[0] != key:
-            return False
-        found.append((path, old))
-    for path, old in found:
-        try:
-            os.link(cache.page_file(old[1]), job.tmp / path)
-        except OSError:
-            return False
-        manifest[path] = old
-    return True
-
-
 # -- the pages -----------------------------------------------------------------------
 
 
-def _problems(pages: Pages) -> list[Problem]:
+def _problems(pages: Overview) -> list[Problem]:
     found = []
     for name, status in pages.statuses.items():
         if status.state is State.UP_TO_DATE and not status.flags:
@@ -304,7 +316,7 @@ def _problems(pages: Pages) -> list[Problem]:
     return found
 
 
-def _drift_groups(pages: Pages) -> list[tuple[str, list[HostStatus]]]:
+def _drift_groups(pages: Overview) -> list[tuple[str, list[HostStatus]]]:
     groups: dict[str, list[HostStatus]] = {}
     for status in pages.statuses.values():
         if status.state is not State.UP_TO_DATE:
@@ -330,7 +342,7 @@ def _version_label(version: str | None) -> str:
 
 
 def _charts(
-    pages: Pages, samples: dict[str, tuple[tuple[str, str | None], ...]]
+    pages: Overview,
 ) -> tuple[Any, Any, dict[str, Any]]:
     ends = states.day_ends(pages.now, CHART_DAYS)
     state_counts = [Counter[str]() for _ in ends]
@@ -339,7 +351,7 @@ def _charts(
     never = str(State.NEVER)
     for name, status in pages.statuses.items():
         current = (str(status.state), status.nixos_version)
-        for index, (state, version) in enumerate([*samples[name], current]):
+        for index, (state, version) in enumerate([*pages.derived[name].samples, current]):
             state_counts[index][state] += 1
             if version is not None and state != never:
                 label = labels_of.get(version)
@@ -498,14 +510,20 @@ def _build(
     progress(f"site: main {head.short_id}: {len(fleet.hosts)} hosts, {len(policies)} policies")
     deploys, reports = collect.list_heads(repo)
     publishers = settings.publisher_trust()
-    publishers_id = trust_id(publishers)
-    previous = cache.load_hosts() if cache is not None else {}
     docs = docs_link(settings.site.docs_url, out)
     global_id = hashlib.sha256(
         repr((resources.code_id(), settings, policies, docs)).encode()
     ).hexdigest()
     (tmp / "hosts").mkdir(parents=True)
     window = tuple(states.day_ends(now, CHART_DAYS)[:-1])
+    window_id = window[0].isoformat() if window else ""
+    old_derived: dict[str, Derived] = {}
+    old_pages: dict[str, tuple[str, str]] = {}
+    if cache is not None:
+        found = cache.get_blob("derived")
+        if isinstance(found, dict):
+            old_derived = found
+        old_pages = cache.load_pages()
     _JOB[:] = [
         Job(
             repo_path=repo_path,
@@ -517,125 +535,90 @@ def _build(
             now=now,
             stale_after=settings.stale_after,
             publishers=publishers,
-            publishers_id=publishers_id,
+            publishers_id=trust_id(publishers),
             reports=reports,
             deploys=deploys,
             global_id=global_id,
             tmp=tmp,
             store=cache.pages_dir if cache is not None else None,
             window=window,
+            main_sha=main_sha,
+            old_pages=old_pages,
+            age_flips=age_flips(policies),
         )
     ]
     mark = _phase(stats, "read main", mark)
 
-    def unchanged(name: str) -> bool:
-        old = previous.get(name)
-        host = fleet.hosts[name]
-        key_id = host.key.fingerprint if host.key is not None else ""
-        return (
-            old is not None
-            and old.reports_head == reports.get(name)
-            and old.deploy_head == deploys.get(name)
-            and old.key_id == key_id
-            and old.publishers_id == publishers_id
-        )
-
     names = sorted(fleet.hosts)
-    changed = [n for n in names if not unchanged(n)]
-    hosts: dict[str, HostData] = {n: previous[n] for n in names if n not in changed}
+    derived: dict[str, Derived] = {}
     manifest: dict[str, tuple[str, str]] = {}
-    samples: dict[str, Samples] = {}
-    fresh_samples: list[tuple[str, str, Samples]] = []
-    verified = 0
-    if changed:
-        progress(f"site: reading {len(changed)} host(s) whose refs changed, checking signatures")
-    for processed, verdicts in _run(_process_changed, changed, workers):
-        for item in processed:
-            name = item.light.name
-            hosts[name] = item.light
-            samples[name] = item.samples
-            fresh_samples.append(
-                (name, sample_key(item.light, settings.stale_after, window), item.samples)
-            )
+    stale: list[str] = []
+    for name in names:
+        old = old_derived.get(name)
+        ident = identity(main_sha, global_id, name, reports.get(name), deploys.get(name))
+        if old is not None and old.valid(ident, window_id, now):
+            written = _link_pages(name, old.page_key)
+            if written is not None:
+                derived[name] = old
+                for path, key, digest in written:
+                    manifest[path] = (key, digest)
+                continue
+        stale.append(name)
+    stats.pages_reused = len(names) - len(stale)
+    if stale:
+        progress(f"site: {len(stale)} host(s) to bring up to date (new commits or time passed)")
+    new_rows: list[tuple[str, bytes]] = []
+    for refreshed, verified in _run(_refresh, stale, workers):
+        for item in refreshed:
+            name = item.derived.row_json["name"]
+            derived[name] = item.derived
             for path, key, digest in item.written:
                 manifest[path] = (key, digest)
-        if cache is not None:
-            cache.save_host_rows(item.rows for item in processed)
-        verified += len(verdicts)
+            if item.rows is not None:
+                new_rows.append(item.rows)
+                stats.hosts_read += 1
+            stats.pages_rendered += item.rendered
+        stats.verified_now += verified
+        if cache is not None and len(new_rows) >= 500:
+            cache.save_host_rows(new_rows)
+            new_rows = []
     if cache is not None:
-        cache.forget_hosts(previous.keys() - fleet.hosts.keys())
+        cache.save_host_rows(new_rows)
+        cache.forget_hosts(set(old_derived) - set(names))
+        if stale:
+            cache.put_blob("derived", derived, prefix="derived")
     stats.hosts = len(names)
-    stats.hosts_read = len(changed)
-    stats.verified_now = verified
-    stats.pages_rendered = len(changed)
-    mark = _phase(stats, "read changed hosts", mark)
+    progress(f"site: {len(stale)} host(s) refreshed, {stats.pages_reused} unchanged")
+    mark = _phase(stats, "hosts", mark)
 
-    statuses: dict[str, HostStatus] = {}
-    answers: dict[str, tuple[compliance.Answer, ...]] = {}
-    for name in names:
-        statuses[name], answers[name] = judge(
-            hosts[name], fleet.hosts[name], policies, now, settings.stale_after
-        )
     history = collect.read_main_history(repo, head)
     sources: dict[str, MainCommit] = {c.sha: c for c in history}
-    wanted = {d.source_commit for h in hosts.values() for d in h.deploys if d.source_commit}
+    wanted = {ref[0] for d in derived.values() for ref in d.deploys if ref[0]}
     for sha in wanted - sources.keys():
-        found = collect.find_main_commit(repo, sha)
-        if found is not None:
-            sources[sha] = found
+        found_commit = collect.find_main_commit(repo, sha)
+        if found_commit is not None:
+            sources[sha] = found_commit
     renderer = Renderer(settings.site, now, docs)
-    pages = Pages(renderer, fleet, policies, hosts, statuses, answers, global_id, now)
-    mark = _phase(stats, "judge", mark)
-
-    # Unchanged hosts: reuse their pages and chart samples when still valid.
-    old_pages = cache.load_pages() if cache is not None else {}
-    old_samples = cache.load_keyed("samples") if cache is not None else {}
-    to_render: list[str] = []
-    to_sample: list[str] = []
-    for name in names:
-        if name in samples:
-            continue
-        if cache is not None and _reuse_pages(cache, old_pages, pages.key(name), name, manifest):
-            stats.pages_reused += 1
-        else:
-            to_render.append(name)
-        cached_samples = old_samples.get(name)
-        if cached_samples is not None and cached_samples[0] == sample_key(
-            hosts[name], settings.stale_after, window
-        ):
-            samples[name] = cached_samples[1]
-        else:
-            to_sample.append(name)
-    for written in _run(_render_cached, to_render, workers):
-        for path, key, digest in written:
-            manifest[path] = (key, digest)
-    for sampled in _run(_sample_cached, to_sample, workers):
-        for name, values in sampled:
-            samples[name] = values
-            fresh_samples.append(
-                (name, sample_key(hosts[name], settings.stale_after, window), values)
-            )
-    if cache is not None and fresh_samples:
-        cache.save_keyed("samples", fresh_samples)
-    stats.pages_rendered += len(to_render)
-    progress(f"site: {stats.pages_rendered} host page(s) rendered, {stats.pages_reused} unchanged")
-    mark = _phase(stats, "host pages", mark)
-
     shutil.copytree(resources.assets_dir(), tmp / "assets")
     (tmp / MARKER).write_text(f"built by gitops {__version__}; safe to replace\n")
-    state_chart, version_chart, chart_data = _charts(pages, samples)
-    problems = _problems(pages)
-    drift = _drift_groups(pages)
+    view = Overview(fleet, policies, now, derived)
+    statuses, answers = view.statuses, view.answers
+    state_chart, version_chart, chart_data = _charts(view)
+    problems = _problems(view)
+    drift = _drift_groups(view)
     summaries = compliance.summarize(policies, answers)
-    events = audit.timeline(history, hosts, sources)
+    events = audit.timeline(
+        history,
+        itertools.chain.from_iterable(d.applies for d in derived.values()),
+        {name: d.deploys for name, d in derived.items()},
+        sources,
+    )
     counts = Counter(str(s.state) for s in statuses.values())
     flag_counts = Counter(f for s in statuses.values() for f in s.flags)
     failing_counts = [(s.policy, s.counts["fail"]) for s in summaries if s.counts["fail"]]
     failing_counts.sort(key=lambda item: (-item[1], item[0].name))
-    rows = pages.inventory_rows()
-    trust_counts = Counter[str]()
-    for data in hosts.values():
-        trust_counts.update(dict(data.trust_counts))
+    rows = Markup("\n".join(derived[name].row_html for name in names))
+    trust_counts = view.trust_counts()
     common = {
         "now": now,
         "settings": settings,
@@ -702,7 +685,7 @@ def _build(
     for path, text in aggregate.items():
         (tmp / path).write_text(text, encoding="utf-8")
     json_files = export.aggregate_files(
-        pages,
+        view,
         counts=counts,
         flag_counts=flag_counts,
         problems=problems,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import os
 import pickle
@@ -24,12 +23,11 @@ from typing import Any
 from gitops.errors import GitopsError
 from gitops.sitegen.model import HostData
 
-SCHEMA = 4
+SCHEMA = 5
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB, light BLOB)",
-    "CREATE TABLE IF NOT EXISTS samples (name TEXT PRIMARY KEY, key TEXT, data BLOB)",
+    "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB)",
     "CREATE TABLE IF NOT EXISTS pages (path TEXT PRIMARY KEY, key TEXT, digest TEXT)",
     "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB)",
 )
@@ -64,7 +62,7 @@ class Cache:
         row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
         with self.db:
             if row is None or row[0] != version:
-                for table in ("verdicts", "hosts", "samples", "pages", "blobs"):
+                for table in ("verdicts", "hosts", "samples", "pages", "blobs"):  # and older
                     self.db.execute(f"DROP TABLE IF EXISTS {table}")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             for statement in _TABLES[1:]:
@@ -79,10 +77,6 @@ class Cache:
         return CacheReader(self.path)
 
     # -- collected hosts ---------------------------------------------------------------
-
-    def load_hosts(self) -> dict[str, HostData]:
-        """Every cached host, light (see HostData.light): cheap to load for a whole fleet."""
-        return self._load("SELECT name, light FROM hosts", ())
 
     def load_full(self, names: Iterable[str]) -> dict[str, HostData]:
         found: dict[str, HostData] = {}
@@ -104,31 +98,16 @@ class Cache:
                 hosts[name] = value
         return hosts
 
-    def save_host_rows(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
+    def save_host_rows(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        """Each host's full data (pickled by the worker that read it)."""
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO hosts VALUES (?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO hosts VALUES (?, ?)", rows)
 
     def forget_hosts(self, names: Iterable[str]) -> None:
         with self.db:
             self.db.executemany("DELETE FROM hosts WHERE name = ?", ((n,) for n in names))
 
     # -- per-host derived values keyed by their inputs ---------------------------------
-
-    def load_keyed(self, table: str) -> dict[str, tuple[str, Any]]:
-        assert table in ("samples",)
-        found: dict[str, tuple[str, Any]] = {}
-        for name, key, blob in self.db.execute(f"SELECT name, key, data FROM {table}"):
-            with contextlib.suppress(Exception):
-                found[name] = (key, pickle.loads(blob))
-        return found
-
-    def save_keyed(self, table: str, rows: Iterable[tuple[str, str, Any]]) -> None:
-        assert table in ("samples",)
-        with self.db:
-            self.db.executemany(
-                f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)",
-                ((n, k, pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for n, k, v in rows),
-            )
 
     def get_blob(self, key: str) -> Any:
         row = self.db.execute("SELECT data FROM blobs WHERE key = ?", (key,)).fetchone()
@@ -194,12 +173,6 @@ class CacheReader:
 
     def close(self) -> None:
         self.db.close()
-
-
-def host_rows(data: HostData) -> tuple[str, bytes, bytes]:
-    """What :meth:`Cache.save_host_rows` stores for one host (made in the worker)."""
-    dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
-    return data.name, dump(data), dump(data.light())
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from gitops.sitegen.model import HostData, HostStatus, MainCommit, Problem, Repo
 from gitops.sitegen.render import iso
 
 if TYPE_CHECKING:
+    from gitops.sitegen.derived import Overview
     from gitops.sitegen.pages import Pages
 
 SCHEMA = 1
@@ -72,23 +73,17 @@ def _pull_request(sources: Mapping[str, MainCommit], sha: str | None) -> int | N
     return found.pull_request if found is not None else None
 
 
-def inventory_row(pages: Pages, name: str) -> dict[str, Any]:
-    host = pages.fleet.hosts[name]
-    return {
-        "name": name,
-        "profiles": list(host.profiles),
-        "tags": list(host.tags),
-        "owner": host.owner,
-        "failing_policies": compliance.failing(pages.answers[name]),
-        **status_json(pages.statuses[name]),
-    }
-
-
 def host_detail(pages: Pages, name: str) -> dict[str, Any]:
+    from gitops.sitegen.derived import inventory_json
+
     data: HostData = pages.hosts[name]
     return {
         "schema": SCHEMA,
-        "host": inventory_row(pages, name),
+        "host": inventory_json(
+            pages.fleet.hosts[name],
+            pages.statuses[name],
+            compliance.failing(pages.answers[name]),
+        ),
         "policies": [
             {
                 "policy": a.policy,
@@ -122,7 +117,7 @@ def host_detail(pages: Pages, name: str) -> dict[str, Any]:
 
 
 def aggregate_files(
-    pages: Pages,
+    pages: Overview,
     *,
     counts: Counter[str],
     flag_counts: Counter[str],
@@ -149,7 +144,7 @@ def aggregate_files(
         },
         "inventory.json": {
             **head,
-            "hosts": [inventory_row(pages, name) for name in sorted(pages.statuses)],
+            "hosts": [pages.derived[name].row_json for name in sorted(pages.derived)],
         },
         "drift.json": {
             **head,

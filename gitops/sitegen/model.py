@@ -7,7 +7,7 @@ host's collected data can be cached by the ids of the commits it was read from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -122,31 +122,8 @@ class HostData:
     deploys: tuple[DeployEntry, ...] = ()  # newest first
     latest_status: dict[str, Any] | None = None  # status.json of the newest verified report
     truncated: bool = False  # older reports exist beyond what was read
-    # A "light" copy keeps only the reports the aggregate pages need (see light()); host
-    # pages are always rendered from the full data.
-    is_light: bool = False
     report_count: int = 0
     trust_counts: tuple[tuple[str, int], ...] = ()
-
-    def light(self) -> HostData:
-        """The same host with only the reports that states, audit and counts look at."""
-        keep: dict[str, ReportEntry] = {}
-        if self.reports:
-            keep[self.reports[0].oid] = self.reports[0]
-            keep[self.reports[-1].oid] = self.reports[-1]
-        verified = [r for r in self.reports if r.verified]
-        if verified:
-            run = _category(verified[0].result)
-            for entry in verified:
-                keep[entry.oid] = entry
-                if run is None or _category(entry.result) != run:
-                    break
-        for entry in self.reports:
-            if entry.result == "applied":
-                keep[entry.oid] = entry
-        order = {r.oid: i for i, r in enumerate(self.reports)}
-        chosen = tuple(sorted(keep.values(), key=lambda r: order[r.oid]))
-        return replace(self, reports=chosen, is_light=True)
 
     @property
     def newest_verified(self) -> ReportEntry | None:
@@ -158,17 +135,6 @@ class HostData:
         if self.deploys and self.deploys[0].oid == self.deploy_head and self.deploys[0].verified:
             return self.deploys[0]
         return None
-
-
-def _category(result: str | None) -> str | None:
-    """Results that make a failing state; a run of them gives "since when"."""
-    return {
-        "build-failed": "failed",
-        "switch-failed": "failed",
-        "rolled-back": "rolled back",
-        "rejected": "rejected",
-        "fetch-failed": "offline",
-    }.get(result or "")
 
 
 @dataclass(frozen=True)

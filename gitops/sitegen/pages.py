@@ -1,33 +1,21 @@
 """Per-host values for the templates, and the host pages themselves.
 
-A :class:`Pages` holds some or all hosts: a worker process builds one for the hosts it
-has just read, the main process one for the whole fleet (from light cache rows).
+A worker process builds a :class:`Pages` for the hosts it has just read (full data) and
+renders their pages; the aggregate pages are built from derived rows instead
+(:mod:`gitops.sitegen.derived`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
 from gitops.fleet import Fleet, Host
 from gitops.policies import Policy
 from gitops.sitegen import compliance, export, states
+from gitops.sitegen.derived import page_key
 from gitops.sitegen.model import HostData, HostStatus
 from gitops.sitegen.render import Renderer
-
-
-def page_key(
-    global_id: str,
-    data: HostData,
-    host: Host,
-    status: HostStatus,
-    answers: tuple[compliance.Answer, ...],
-) -> str:
-    # repr, not pickle: pickle's bytes depend on object identity (a cached copy differs).
-    identity = (data.reports_head, data.deploy_head, data.key_id, data.publishers_id)
-    text = repr((global_id, identity, host, status, answers))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def judge(
@@ -123,21 +111,3 @@ class Pages:
 
     def host_json(self, name: str) -> str:
         return export.dumps(export.host_detail(self, name))
-
-    def inventory_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for name in sorted(self.statuses):
-            host = self.fleet.hosts[name]
-            status = self.statuses[name]
-            rows.append(
-                {
-                    "name": name,
-                    "host": host,
-                    "status": status,
-                    "failing": compliance.failing(self.answers[name]),
-                    "trust": (
-                        str(self.hosts[name].reports[0].trust) if self.hosts[name].reports else ""
-                    ),
-                }
-            )
-        return rows

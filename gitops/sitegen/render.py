@@ -4,17 +4,17 @@ the site works from any path of any web server, and from ``file://``."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
 from markupsafe import Markup, escape
 
-from gitops.fleet import SiteSettings
+from gitops.fleet import Host, SiteSettings
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
-from gitops.sitegen.model import ReportEntry
+from gitops.sitegen.model import HostStatus, ReportEntry
 from gitops.sitegen.states import describe_age
 
 PAGES = (
@@ -77,7 +77,6 @@ class Renderer:
             trust_badge=trust_badge,
             host_link=host_link,
             report_timeline=self.report_timeline,
-            inventory_rows=self.inventory_rows,
         )
         self.env.globals.update(
             site_title=settings.title,
@@ -143,39 +142,29 @@ class Renderer:
             )
         return Markup("\n".join(items))
 
-    def inventory_rows(self, rows: Iterable[Mapping[str, Any]], order: list[str]) -> Markup:
-        """The inventory's table body (one row per host; 10,000 rows must stay cheap)."""
-        lines = []
-        for row in rows:
-            host = row["host"]
-            status = row["status"]
-            state = str(status.state)
-            flags = "".join(" " + flag_badge(f) for f in status.flags)
-            seen = status.last_seen
-            if seen is not None:
-                last = (
-                    f'<time datetime="{iso(seen)}" title="{format_time(seen)}">'
-                    f"{self.ago(seen)}</time>"
-                )
-            else:
-                last = "never"
-            cells = (
-                host_link(row["name"], ""),
-                escape(", ".join(host.profiles)),
-                escape(", ".join(host.tags)),
-                escape(host.owner),
-                escape(status.nixos_version or ""),
-                self.commit_link(status.applied),
-                self.commit_link(status.published),
-            )
-            lines.append(
-                "<tr>"
-                + "".join(f"<td>{c}</td>" for c in cells)
-                + f'<td data-sort="{order.index(state)}">{state_badge(state)}{flags}</td>'
-                + f'<td data-sort="{iso(seen)}">{last}</td>'
-                + f"<td>{escape(', '.join(row['failing']))}</td></tr>"
-            )
-        return Markup("\n".join(lines))
+    def inventory_row(
+        self, host: Host, status: HostStatus, failing: list[str], order: list[str]
+    ) -> Markup:
+        """One host's inventory row (cached per host: the same until its state changes)."""
+        state = str(status.state)
+        flags = "".join(" " + flag_badge(f) for f in status.flags)
+        seen = status.last_seen
+        cells = (
+            host_link(host.name, ""),
+            escape(", ".join(host.profiles)),
+            escape(", ".join(host.tags)),
+            escape(host.owner),
+            escape(status.nixos_version or ""),
+            self.commit_link(status.applied),
+            self.commit_link(status.published),
+        )
+        return Markup(
+            "<tr>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + f'<td data-sort="{order.index(state)}">{state_badge(state)}{flags}</td>'
+            + f'<td data-sort="{iso(seen)}">{when(seen)}</td>'
+            + f"<td>{escape(', '.join(failing))}</td></tr>"
+        )
 
     def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
         docs = self.docs_href

@@ -127,7 +127,7 @@ def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
         if state is State.STALE:
             since = newest.when
             reason = (
-                f"last verified report {describe_age((now - newest.when).total_seconds())} ago "
+                f"no verified report since {newest.when.strftime('%Y-%m-%d %H:%M UTC')} "
                 f"(stale after {describe_age(stale_after)})"
             )
         elif state in (State.FAILED, State.ROLLED_BACK, State.REJECTED, State.OFFLINE):

@@ -1,0 +1,228 @@
+"""What the aggregate pages need from each host, small, and valid until a known moment.
+
+A host's :class:`Derived` is computed (in a worker) from its full data. It stays valid
+while its identity (main, its refs, its key, the publishers, the templates and
+settings) is unchanged and until ``valid_until``: the moment its state would turn
+stale, a policy on ``report.age_seconds`` would flip, an exemption would expire, or the
+30-day chart window moves to the next day. A build whose hosts are all still valid
+reads no git object and no host history: only these rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from gitops.fleet import Fleet, Host
+from gitops.policies import Condition, Policy
+from gitops.report import Result
+from gitops.sitegen import compliance
+from gitops.sitegen.audit import Event
+from gitops.sitegen.model import HostData, HostStatus, State
+from gitops.sitegen.render import Renderer
+
+Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
+DeployRef = tuple[str, str, str, datetime, str]  # source, signer, trust, time, commit
+
+_AGE_FACT = "report.age_seconds"
+_NUMERIC_OPS = ("at_least", "at_most", "equals", "not_equals")
+
+
+@dataclass(frozen=True)
+class Derived:
+    identity: str
+    window: str  # start of the chart window the samples are for
+    valid_until: datetime | None  # None: nothing time-dependent ahead
+    status: HostStatus
+    answers: tuple[compliance.Answer, ...]
+    page_key: str
+    row_html: str
+    row_json: dict[str, Any]
+    trust_counts: tuple[tuple[str, int], ...]
+    applies: tuple[Event, ...]
+    deploys: tuple[DeployRef, ...]
+    samples: Samples
+
+    def valid(self, identity: str, window: str, now: datetime) -> bool:
+        return (
+            self.identity == identity
+            and self.window == window
+            and (self.valid_until is None or now < self.valid_until)
+        )
+
+
+def identity(
+    main_sha: str, global_id: str, host: str, reports_head: str | None, deploy_head: str | None
+) -> str:
+    """Everything a host's derived row depends on, except time."""
+    return f"{main_sha}:{global_id}:{host}:{reports_head}:{deploy_head}"
+
+
+def page_key(
+    global_id: str,
+    data: HostData,
+    host: Host,
+    status: HostStatus,
+    answers: tuple[compliance.Answer, ...],
+) -> str:
+    # repr, not pickle: pickle's bytes depend on object identity (a cached copy differs).
+    ident = (data.reports_head, data.deploy_head, data.key_id, data.publishers_id)
+    text = repr((global_id, ident, host, status, answers))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _age_conditions(condition: Condition) -> Iterable[Condition]:
+    if condition.children:
+        for child in condition.children:
+            yield from _age_conditions(child)
+    elif condition.fact.startswith("report."):
+        yield condition
+
+
+def age_flips(policies: Sequence[Policy]) -> tuple[int, ...] | None:
+    """Report ages (seconds) at which some policy's answer can change; None when a policy
+    looks at ``report.*`` in a way whose flips we cannot list (then: re-judge every build)."""
+    flips: set[int] = set()
+    for policy in policies:
+        for condition in _age_conditions(policy.condition):
+            if condition.fact != _AGE_FACT:
+                if condition.fact == "report.verified":
+                    continue
+                return None
+            if condition.op == "exists":
+                continue
+            if condition.op not in _NUMERIC_OPS or not isinstance(condition.value, int | float):
+                return None
+            value = int(condition.value)
+            flips.update((value, value + 1))
+    return tuple(sorted(flips))
+
+
+def valid_until(
+    data: HostData,
+    host: Host,
+    status: HostStatus,
+    now: datetime,
+    stale_after: int,
+    flips: tuple[int, ...] | None,
+    window_ends_at: datetime,
+) -> datetime | None:
+    """The first moment after ``now`` at which this host's state or answers may change."""
+    moments = [window_ends_at]
+    newest = data.newest_verified
+    if newest is not None and status.state is not State.STALE:
+        moments.append(newest.when + timedelta(seconds=stale_after + 1))
+    if newest is not None:
+        if flips is None:
+            return now  # re-judge on every build
+        age = int((now - newest.when).total_seconds())
+        later = [f for f in flips if f > age]
+        if later:
+            moments.append(newest.when + timedelta(seconds=later[0]))
+    today: date = now.date()
+    for exemption in host.exemptions:
+        if exemption.expires >= today:
+            day_after = exemption.expires + timedelta(days=1)
+            moments.append(datetime.combine(day_after, time(0), tzinfo=UTC))
+    return min(moments)
+
+
+def deploy_refs(data: HostData) -> tuple[DeployRef, ...]:
+    return tuple(
+        (d.source_commit or "", d.principal or d.trust_detail, str(d.trust), d.time, d.oid)
+        for d in data.deploys
+    )
+
+
+def apply_events(data: HostData) -> tuple[Event, ...]:
+    return tuple(
+        Event(
+            kind="apply",
+            time=entry.when,
+            sha=entry.oid,
+            title=f"{data.name} applied {(entry.deploy_applied or '')[:8]}",
+            who=data.name,
+            trust=str(entry.trust),
+            hosts=(data.name,),
+            host_count=1,
+            source=entry.source_commit,
+        )
+        for entry in data.reports
+        if entry.result == str(Result.APPLIED)
+    )
+
+
+def inventory_json(host: Host, status: HostStatus, failing: list[str]) -> dict[str, Any]:
+    from gitops.sitegen.export import status_json
+
+    return {
+        "name": host.name,
+        "profiles": list(host.profiles),
+        "tags": list(host.tags),
+        "owner": host.owner,
+        "failing_policies": failing,
+        **status_json(status),
+    }
+
+
+def derive(
+    *,
+    data: HostData,
+    host: Host,
+    status: HostStatus,
+    answers: tuple[compliance.Answer, ...],
+    ident: str,
+    window: str,
+    window_ends_at: datetime,
+    global_id: str,
+    now: datetime,
+    stale_after: int,
+    flips: tuple[int, ...] | None,
+    samples: Samples,
+    renderer: Renderer,
+    state_order: list[str],
+) -> Derived:
+    failing = compliance.failing(answers)
+    return Derived(
+        identity=ident,
+        window=window,
+        valid_until=valid_until(data, host, status, now, stale_after, flips, window_ends_at),
+        status=status,
+        answers=answers,
+        page_key=page_key(global_id, data, host, status, answers),
+        row_html=str(renderer.inventory_row(host, status, failing, state_order)),
+        row_json=inventory_json(host, status, failing),
+        trust_counts=data.trust_counts,
+        applies=apply_events(data),
+        deploys=deploy_refs(data),
+        samples=samples,
+    )
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The whole fleet for the aggregate pages, from derived rows only."""
+
+    fleet: Fleet
+    policies: list[Policy]
+    now: datetime
+    derived: Mapping[str, Derived]
+
+    @property
+    def statuses(self) -> dict[str, HostStatus]:
+        return {name: d.status for name, d in self.derived.items()}
+
+    @property
+    def answers(self) -> dict[str, tuple[compliance.Answer, ...]]:
+        return {name: d.answers for name, d in self.derived.items()}
+
+    def trust_counts(self) -> Counter[str]:
+        counts = Counter[str]()
+        for d in self.derived.values():
+            for trust, count in d.trust_counts:
+                counts[trust] += count
+        return counts
