@@ -477,3 +477,19 @@ def test_chart_samples_equal_the_state_at_each_moment(tmp_path: Path) -> None:
         )
         expected = tuple(states.state_at(data, m, 86400) for m in moments)
         assert states.samples(data, moments, 86400) == expected, name
+
+
+def test_a_removed_host_leaves_the_site(tmp_path: Path) -> None:
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out = tmp_path / "out"
+    build(fleet, out)
+    fleet.report("up", NOW - timedelta(minutes=1))  # a delta row for "up"
+    build(fleet, out)
+    del fleet.hosts["server"]
+    fleet.commit_main("Retire server", NOW - timedelta(minutes=1))
+    build(fleet, out)
+    assert "server" not in states(out)
+    assert not (out / "hosts" / "server.html").exists()
+    again = build(fleet, out)
+    assert again.pages_rendered == 0 and again.pages_reused == 12
+    assert load(out, "index.json")["hosts"] == 12

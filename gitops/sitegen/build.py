@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import hashlib
-import itertools
 import multiprocessing
 import os
 import pickle
@@ -197,6 +196,7 @@ def _refresh(names: Sequence[str]) -> tuple[list[Refreshed], int]:
             host=job.fleet.hosts[name],
             status=status,
             answers=answers,
+            policies=job.policies,
             ident=identity(job.main_sha, job.global_id, name, data.reports_head, data.deploy_head),
             window=_window_id(),
             window_ends_at=window_ends_at,
@@ -520,9 +520,7 @@ def _build(
     old_derived: dict[str, Derived] = {}
     old_pages: dict[str, tuple[str, str]] = {}
     if cache is not None:
-        found = cache.get_blob("derived")
-        if isinstance(found, dict):
-            old_derived = found
+        old_derived = cache.load_derived()
         old_pages = cache.load_pages()
     _JOB[:] = [
         Job(
@@ -570,7 +568,7 @@ def _build(
     new_rows: list[tuple[str, bytes]] = []
     for refreshed, verified in _run(_refresh, stale, workers):
         for item in refreshed:
-            name = item.derived.row_json["name"]
+            name = item.derived.status.name
             derived[name] = item.derived
             for path, key, digest in item.written:
                 manifest[path] = (key, digest)
@@ -585,8 +583,9 @@ def _build(
     if cache is not None:
         cache.save_host_rows(new_rows)
         cache.forget_hosts(set(old_derived) - set(names))
-        if stale:
-            cache.put_blob("derived", derived, prefix="derived")
+        removed = bool(set(old_derived) - set(names))
+        if stale or removed:
+            cache.save_derived(derived, stale, snapshot=removed)
     stats.hosts = len(names)
     progress(f"site: {len(stale)} host(s) refreshed, {stats.pages_reused} unchanged")
     mark = _phase(stats, "hosts", mark)
@@ -602,14 +601,14 @@ def _build(
     shutil.copytree(resources.assets_dir(), tmp / "assets")
     (tmp / MARKER).write_text(f"built by gitops {__version__}; safe to replace\n")
     view = Overview(fleet, policies, now, derived)
-    statuses, answers = view.statuses, view.answers
+    statuses = view.statuses
     state_chart, version_chart, chart_data = _charts(view)
     problems = _problems(view)
     drift = _drift_groups(view)
-    summaries = compliance.summarize(policies, answers)
+    summaries = compliance.summarize_codes(policies, view.outcomes)
     events = audit.timeline(
         history,
-        itertools.chain.from_iterable(d.applies for d in derived.values()),
+        view.applies(),
         {name: d.deploys for name, d in derived.items()},
         sources,
     )
@@ -667,7 +666,6 @@ def _build(
             current="compliance.html",
             title="Compliance",
             summaries=summaries,
-            answers=answers,
             policies=policies,
             fleet=fleet,
             **common,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import pickle
@@ -23,13 +24,15 @@ from typing import Any
 from gitops.errors import GitopsError
 from gitops.sitegen.model import HostData
 
-SCHEMA = 5
+SCHEMA = 6
+DELTA_LIMIT = 500  # changed derived rows kept apart before the snapshot is rewritten
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB)",
     "CREATE TABLE IF NOT EXISTS pages (path TEXT PRIMARY KEY, key TEXT, digest TEXT)",
     "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB)",
+    "CREATE TABLE IF NOT EXISTS derived_delta (name TEXT PRIMARY KEY, data BLOB)",
 )
 
 
@@ -62,7 +65,7 @@ class Cache:
         row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
         with self.db:
             if row is None or row[0] != version:
-                for table in ("verdicts", "hosts", "samples", "pages", "blobs"):  # and older
+                for table in ("verdicts", "hosts", "samples", "pages", "blobs", "derived_delta"):
                     self.db.execute(f"DROP TABLE IF EXISTS {table}")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             for statement in _TABLES[1:]:
@@ -125,6 +128,37 @@ class Cache:
             self.db.execute(
                 "INSERT OR REPLACE INTO blobs VALUES (?, ?)",
                 (key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)),
+            )
+
+    # -- derived rows: a snapshot of all, plus the rows changed since ----------------
+
+    def load_derived(self) -> dict[str, Any]:
+        snapshot = self.get_blob("derived")
+        rows: dict[str, Any] = dict(snapshot) if isinstance(snapshot, dict) else {}
+        for name, blob in self.db.execute("SELECT name, data FROM derived_delta"):
+            try:
+                rows[name] = pickle.loads(blob)
+            except Exception:
+                rows.pop(name, None)  # unreadable: the host is simply refreshed
+        return rows
+
+    def save_derived(
+        self, every: dict[str, Any], changed: Iterable[str], *, snapshot: bool = False
+    ) -> None:
+        """Store ``changed`` rows as deltas; rewrite the snapshot once deltas pile up (or
+        when asked: after hosts were removed)."""
+        names = list(changed)
+        (pending,) = self.db.execute("SELECT count(*) FROM derived_delta").fetchone()
+        if snapshot or pending + len(names) > max(DELTA_LIMIT, len(every) // 20):
+            with self.db:
+                self.db.execute("DELETE FROM derived_delta")
+            self.put_blob("derived", every, prefix="derived")
+            return
+        dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO derived_delta VALUES (?, ?)",
+                ((n, dump(every[n])) for n in names if n in every),
             )
 
     # -- rendered pages ------------------------------------------------------------------

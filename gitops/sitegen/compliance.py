@@ -8,7 +8,7 @@ applies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -93,3 +93,37 @@ def summarize(
 
 def failing(answers: Iterable[Answer]) -> list[str]:
     return [a.policy for a in answers if a.outcome == str(Outcome.FAIL)]
+
+
+CODES = {"pass": "p", "fail": "f", "unknown": "u", EXEMPT: "e"}
+OUTCOMES = {code: outcome for outcome, code in CODES.items()}
+NOT_APPLICABLE_CODE = "-"
+
+
+def encode(policies: Sequence[Policy], answers: Iterable[Answer]) -> str:
+    """One character per policy, in ``policies`` order: p, f, u, e, or - (does not apply)."""
+    found = {a.policy: CODES[a.outcome] for a in answers}
+    return "".join(found.get(p.name, NOT_APPLICABLE_CODE) for p in policies)
+
+
+def decode(policies: Sequence[Policy], codes: str) -> dict[str, str]:
+    """policy name -> outcome, for the policies that apply."""
+    return {p.name: OUTCOMES[c] for p, c in zip(policies, codes, strict=True) if c != "-"}
+
+
+def summarize_codes(policies: Sequence[Policy], codes: Mapping[str, str]) -> list[PolicySummary]:
+    """:func:`summarize` from encoded answers (what the aggregate pages keep per host)."""
+    summaries = [PolicySummary(p) for p in policies]
+    for host in sorted(codes):
+        for summary, code in zip(summaries, codes[host], strict=True):
+            if code == NOT_APPLICABLE_CODE:
+                continue
+            outcome = OUTCOMES[code]
+            summary.counts[outcome] += 1
+            if code == "f":
+                summary.failing.append(host)
+            elif code == "u":
+                summary.unknown.append(host)
+            elif code == "e":
+                summary.exempt.append(host)
+    return summaries

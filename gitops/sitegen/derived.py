@@ -11,6 +11,7 @@ reads no git object and no host history: only these rows.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from gitops.sitegen.render import Renderer
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
 DeployRef = tuple[str, str, str, datetime, str]  # source, signer, trust, time, commit
+ApplyRef = tuple[datetime, str, str, str, str | None]  # time, commit, applied, trust, source
 
 _AGE_FACT = "report.age_seconds"
 _NUMERIC_OPS = ("at_least", "at_most", "equals", "not_equals")
@@ -38,12 +40,12 @@ class Derived:
     window: str  # start of the chart window the samples are for
     valid_until: datetime | None  # None: nothing time-dependent ahead
     status: HostStatus
-    answers: tuple[compliance.Answer, ...]
+    outcomes: str  # compliance.encode: one character per policy
     page_key: str
-    row_html: str
-    row_json: dict[str, Any]
+    row_html: str  # the inventory row
+    row_json: str  # the inventory.json entry, serialized
     trust_counts: tuple[tuple[str, int], ...]
-    applies: tuple[Event, ...]
+    applies: tuple[ApplyRef, ...]
     deploys: tuple[DeployRef, ...]
     samples: Samples
 
@@ -138,21 +140,26 @@ def deploy_refs(data: HostData) -> tuple[DeployRef, ...]:
     )
 
 
-def apply_events(data: HostData) -> tuple[Event, ...]:
+def apply_refs(data: HostData) -> tuple[ApplyRef, ...]:
     return tuple(
-        Event(
-            kind="apply",
-            time=entry.when,
-            sha=entry.oid,
-            title=f"{data.name} applied {(entry.deploy_applied or '')[:8]}",
-            who=data.name,
-            trust=str(entry.trust),
-            hosts=(data.name,),
-            host_count=1,
-            source=entry.source_commit,
-        )
+        (entry.when, entry.oid, entry.deploy_applied or "", str(entry.trust), entry.source_commit)
         for entry in data.reports
         if entry.result == str(Result.APPLIED)
+    )
+
+
+def apply_event(host: str, ref: ApplyRef) -> Event:
+    moment, sha, applied, trust, source = ref
+    return Event(
+        kind="apply",
+        time=moment,
+        sha=sha,
+        title=f"{host} applied {applied[:8]}",
+        who=host,
+        trust=trust,
+        hosts=(host,),
+        host_count=1,
+        source=source,
     )
 
 
@@ -175,6 +182,7 @@ def derive(
     host: Host,
     status: HostStatus,
     answers: tuple[compliance.Answer, ...],
+    policies: Sequence[Policy],
     ident: str,
     window: str,
     window_ends_at: datetime,
@@ -187,17 +195,20 @@ def derive(
     state_order: list[str],
 ) -> Derived:
     failing = compliance.failing(answers)
+    row = json.dumps(
+        inventory_json(host, status, failing), separators=(",", ":"), ensure_ascii=False
+    )
     return Derived(
         identity=ident,
         window=window,
         valid_until=valid_until(data, host, status, now, stale_after, flips, window_ends_at),
         status=status,
-        answers=answers,
+        outcomes=compliance.encode(policies, answers),
         page_key=page_key(global_id, data, host, status, answers),
         row_html=str(renderer.inventory_row(host, status, failing, state_order)),
-        row_json=inventory_json(host, status, failing),
+        row_json=row,
         trust_counts=data.trust_counts,
-        applies=apply_events(data),
+        applies=apply_refs(data),
         deploys=deploy_refs(data),
         samples=samples,
     )
@@ -217,8 +228,13 @@ class Overview:
         return {name: d.status for name, d in self.derived.items()}
 
     @property
-    def answers(self) -> dict[str, tuple[compliance.Answer, ...]]:
-        return {name: d.answers for name, d in self.derived.items()}
+    def outcomes(self) -> dict[str, str]:
+        return {name: d.outcomes for name, d in self.derived.items()}
+
+    def applies(self) -> Iterable[Event]:
+        for name, d in self.derived.items():
+            for ref in d.applies:
+                yield apply_event(name, ref)
 
     def trust_counts(self) -> Counter[str]:
         counts = Counter[str]()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +24,30 @@ if TYPE_CHECKING:
 SCHEMA = 1
 
 
+class RawList:
+    """A JSON array whose items are already serialized (per-host rows kept as text)."""
+
+    def __init__(self, items: Iterable[str]) -> None:
+        self.items = list(items)
+
+
+_RAW_MARK = "\u0000raw\u0000"
+
+
 def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
+    """Compact JSON; a RawList is spliced in as it is."""
+    raws: list[RawList] = []
+
+    def default(value: object) -> object:
+        if isinstance(value, RawList):
+            raws.append(value)
+            return f"{_RAW_MARK}{len(raws) - 1}"
+        raise TypeError(f"not JSON: {type(value).__name__}")
+
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=default)
+    for index, raw in enumerate(raws):
+        text = text.replace(json.dumps(f"{_RAW_MARK}{index}"), "[" + ",".join(raw.items) + "]")
+    return text + "\n"
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -144,7 +166,7 @@ def aggregate_files(
         },
         "inventory.json": {
             **head,
-            "hosts": [pages.derived[name].row_json for name in sorted(pages.derived)],
+            "hosts": RawList(pages.derived[name].row_json for name in sorted(pages.derived)),
         },
         "drift.json": {
             **head,
@@ -182,8 +204,8 @@ def aggregate_files(
                 for s in summaries
             ],
             "hosts": {
-                name: {a.policy: a.outcome for a in answers}
-                for name, answers in sorted(pages.answers.items())
+                name: compliance.decode(pages.policies, codes)
+                for name, codes in sorted(pages.outcomes.items())
             },
         },
         "audit.json": {
