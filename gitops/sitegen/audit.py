@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,10 +83,16 @@ def publish_events(
 
 def timeline(
     history: Iterable[MainCommit],
-    applies: Iterable[Event],
+    applies: Iterable[tuple[tuple[datetime, str], Callable[[], Event]]],
     deploys: Mapping[str, Iterable[tuple[str, str, str, datetime, str]]],
     sources: Mapping[str, MainCommit],
 ) -> list[Event]:
-    """Changes, publishes and applies, newest first, the newest MAX_EVENTS."""
-    events = itertools.chain(main_events(history), publish_events(deploys, sources), applies)
+    """Changes, publishes and applies, newest first, the newest MAX_EVENTS. ``applies`` are
+    ((time, commit), make_event) pairs: only the events that make the cut are built."""
+    newest_applies = heapq.nlargest(MAX_EVENTS, applies, key=lambda item: item[0])
+    events = itertools.chain(
+        main_events(history),
+        publish_events(deploys, sources),
+        (make() for _, make in newest_applies),
+    )
     return heapq.nlargest(MAX_EVENTS, events, key=lambda e: (e.time, e.kind, e.sha))

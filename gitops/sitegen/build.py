@@ -349,15 +349,19 @@ def _charts(
     version_counts = [Counter[str]() for _ in ends]
     labels_of: dict[str | None, str] = {}
     never = str(State.NEVER)
-    for name, status in pages.statuses.items():
-        current = (str(status.state), status.nixos_version)
-        for index, (state, version) in enumerate([*pages.derived[name].samples, current]):
-            state_counts[index][state] += 1
+    # Many hosts share a history (up to date every day on one release): count each
+    # distinct one once.
+    histories = Counter(
+        (*d.samples, (str(d.status.state), d.status.nixos_version)) for d in pages.derived.values()
+    )
+    for history, hosts in histories.items():
+        for index, (state, version) in enumerate(history):
+            state_counts[index][state] += hosts
             if version is not None and state != never:
                 label = labels_of.get(version)
                 if label is None:
                     label = labels_of[version] = _version_label(version)
-                version_counts[index][label] += 1
+                version_counts[index][label] += hosts
     labels = [(moment.astimezone(UTC) - _SECOND).strftime("%m-%d") for moment in ends]
     labels[-1] = "now"
     state_series = [
@@ -704,6 +708,6 @@ def _build(
         if h.key is not None
     )
     (keys / "hosts.allowed_signers").write_text(host_lines)
-    if cache is not None:
-        cache.save_pages(manifest)
+    if cache is not None and manifest != old_pages:
+        cache.save_pages(manifest, old_pages)
     _phase(stats, "aggregate pages", mark)

@@ -166,17 +166,27 @@ class Cache:
     def load_pages(self) -> dict[str, tuple[str, str]]:
         return {p: (k, d) for p, k, d in self.db.execute("SELECT path, key, digest FROM pages")}
 
-    def save_pages(self, pages: dict[str, tuple[str, str]]) -> None:
+    def save_pages(
+        self, pages: dict[str, tuple[str, str]], old: dict[str, tuple[str, str]]
+    ) -> None:
+        """Record the new manifest (changes only) and drop store files no page uses."""
         with self.db:
-            self.db.execute("DELETE FROM pages")
             self.db.executemany(
-                "INSERT INTO pages VALUES (?, ?, ?)", ((p, k, d) for p, (k, d) in pages.items())
+                "DELETE FROM pages WHERE path = ?", ((p,) for p in old.keys() - pages.keys())
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?)",
+                ((p, k, d) for p, (k, d) in pages.items() if old.get(p) != (k, d)),
             )
         keep = {d for _, d in pages.values()}
-        for entry in os.scandir(self.pages_dir):
-            if entry.name not in keep:
-                with contextlib.suppress(OSError):
-                    Path(entry.path).unlink()
+        for digest in {d for _, d in old.values()} - keep:
+            with contextlib.suppress(OSError):
+                (self.pages_dir / digest).unlink()
+        if not old:  # a first build, or after a reset: sweep files nothing refers to
+            for entry in os.scandir(self.pages_dir):
+                if entry.name not in keep:
+                    with contextlib.suppress(OSError):
+                        Path(entry.path).unlink()
 
     def page_file(self, digest: str) -> Path:
         return self.pages_dir / digest

@@ -10,10 +10,11 @@ reads no git object and no host history: only these rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -231,10 +232,11 @@ class Overview:
     def outcomes(self) -> dict[str, str]:
         return {name: d.outcomes for name, d in self.derived.items()}
 
-    def applies(self) -> Iterable[Event]:
+    def applies(self) -> Iterator[tuple[tuple[datetime, str], Callable[[], Event]]]:
+        """((time, commit), make_event) for every apply: events are built on demand."""
         for name, d in self.derived.items():
             for ref in d.applies:
-                yield apply_event(name, ref)
+                yield (ref[0], ref[1]), functools.partial(apply_event, name, ref)
 
     def trust_counts(self) -> Counter[str]:
         counts = Counter[str]()
