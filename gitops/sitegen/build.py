@@ -22,7 +22,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
@@ -34,7 +34,7 @@ from markupsafe import Markup
 from gitops import __version__
 from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.fleet import Fleet, SiteSettings
+from gitops.fleet import Fleet, FleetSettings, SiteSettings
 from gitops.policies import Policy
 from gitops.sitegen import audit, collect, compliance, export, resources, states
 from gitops.sitegen.cache import Cache, CacheReader, cache_dir_for, digest_bytes
@@ -80,7 +80,7 @@ class Job:
 
     repo_path: Path
     cache_path: Path | None
-    fleet: Fleet
+    fleet: Fleet | None  # set whenever a worker runs
     policies: list[Policy]
     site: SiteSettings
     docs: str
@@ -105,6 +105,44 @@ _LOCAL: dict[str, Any] = {}  # per-process: repository, cache reader, renderer
 
 def _job() -> Job:
     return _JOB[0]
+
+
+def _fleet() -> Fleet:
+    fleet = _job().fleet
+    assert fleet is not None
+    return fleet
+
+
+@dataclass(frozen=True)
+class MainSummary:
+    """What every build needs from main, small enough to load in a few milliseconds."""
+
+    settings: FleetSettings
+    policies: list[Policy]
+    names: list[str]
+    host_signers: str  # allowed-signers lines of every host key (for the audit page)
+
+    @classmethod
+    def of(cls, fleet: Fleet, policies: list[Policy]) -> MainSummary:
+        lines = "".join(
+            f'{h.name} namespaces="git" {h.key.openssh()}\n'
+            for h in fleet.hosts.values()
+            if h.key is not None
+        )
+        return cls(fleet.settings, policies, sorted(fleet.hosts), lines)
+
+
+def _load_fleet(
+    repo: pygit2.Repository, head: pygit2.Commit, cache: Cache | None, workers: int
+) -> Fleet:
+    main_sha = str(head.id)
+    loaded = cache.get_blob(f"main:{main_sha}") if cache is not None else None
+    if isinstance(loaded, Fleet):
+        return loaded
+    fleet, _ = collect.load_main(repo, head, workers=workers)
+    if cache is not None:
+        cache.put_blob(f"main:{main_sha}", fleet, prefix="main:")
+    return fleet
 
 
 def _cache_reader() -> CacheReader | None:
@@ -176,7 +214,7 @@ def _refresh(names: Sequence[str]) -> tuple[list[Refreshed], int]:
     for name in names:
         full[name] = reader.collect(
             name,
-            job.fleet.hosts.get(name),
+            _fleet().hosts.get(name),
             reports_head=job.reports.get(name),
             deploy_head=job.deploys.get(name),
             publishers=job.publishers,
@@ -193,7 +231,7 @@ def _refresh(names: Sequence[str]) -> tuple[list[Refreshed], int]:
         status, answers = pages.statuses[name], pages.answers[name]
         derived = derive(
             data=data,
-            host=job.fleet.hosts[name],
+            host=_fleet().hosts[name],
             status=status,
             answers=answers,
             policies=job.policies,
@@ -232,10 +270,10 @@ def _pages_for(full: dict[str, HostData]) -> Pages:
     statuses, answers = {}, {}
     for name, data in full.items():
         statuses[name], answers[name] = judge(
-            data, job.fleet.hosts[name], job.policies, job.now, job.stale_after
+            data, _fleet().hosts[name], job.policies, job.now, job.stale_after
         )
     return Pages(
-        _renderer(), job.fleet, job.policies, full, statuses, answers, job.global_id, job.now
+        _renderer(), _fleet(), job.policies, full, statuses, answers, job.global_id, job.now
     )
 
 
@@ -503,15 +541,17 @@ def _build(
 ) -> None:
     mark = time.monotonic()
     main_sha = str(head.id)
-    loaded = cache.get_blob(f"main:{main_sha}") if cache is not None else None
-    if loaded is None:
-        fleet, policies = collect.load_main(repo, head, workers=workers)
+    # What every build needs from main; the full fleet (every host's key and fields) is
+    # unpickled or parsed only when some host must be refreshed.
+    summary = cache.get_blob(f"mainsummary:{main_sha}") if cache is not None else None
+    fleet: Fleet | None = None
+    if not isinstance(summary, MainSummary):
+        fleet = _load_fleet(repo, head, cache, workers)
+        summary = MainSummary.of(fleet, collect.load_main_policies(repo, head))
         if cache is not None:
-            cache.put_blob(f"main:{main_sha}", (fleet, policies), prefix="main:")
-    else:
-        fleet, policies = loaded
-    settings = fleet.settings
-    progress(f"site: main {head.short_id}: {len(fleet.hosts)} hosts, {len(policies)} policies")
+            cache.put_blob(f"mainsummary:{main_sha}", summary, prefix="mainsummary:")
+    settings, policies, names = summary.settings, summary.policies, summary.names
+    progress(f"site: main {head.short_id}: {len(names)} hosts, {len(policies)} policies")
     deploys, reports = collect.list_heads(repo)
     publishers = settings.publisher_trust()
     docs = docs_link(settings.site.docs_url, out)
@@ -526,32 +566,30 @@ def _build(
     if cache is not None:
         old_derived = cache.load_derived()
         old_pages = cache.load_pages()
-    _JOB[:] = [
-        Job(
-            repo_path=repo_path,
-            cache_path=cache.path if cache is not None else None,
-            fleet=fleet,
-            policies=policies,
-            site=settings.site,
-            docs=docs,
-            now=now,
-            stale_after=settings.stale_after,
-            publishers=publishers,
-            publishers_id=trust_id(publishers),
-            reports=reports,
-            deploys=deploys,
-            global_id=global_id,
-            tmp=tmp,
-            store=cache.pages_dir if cache is not None else None,
-            window=window,
-            main_sha=main_sha,
-            old_pages=old_pages,
-            age_flips=age_flips(policies),
-        )
-    ]
+    job = Job(
+        repo_path=repo_path,
+        cache_path=cache.path if cache is not None else None,
+        fleet=fleet,
+        policies=policies,
+        site=settings.site,
+        docs=docs,
+        now=now,
+        stale_after=settings.stale_after,
+        publishers=publishers,
+        publishers_id=trust_id(publishers),
+        reports=reports,
+        deploys=deploys,
+        global_id=global_id,
+        tmp=tmp,
+        store=cache.pages_dir if cache is not None else None,
+        window=window,
+        main_sha=main_sha,
+        old_pages=old_pages,
+        age_flips=age_flips(policies),
+    )
+    _JOB[:] = [job]
     mark = _phase(stats, "read main", mark)
 
-    names = sorted(fleet.hosts)
     derived: dict[str, Derived] = {}
     manifest: dict[str, tuple[str, str]] = {}
     stale: list[str] = []
@@ -569,6 +607,8 @@ def _build(
     stats.pages_reused = len(names) - len(stale)
     if stale:
         progress(f"site: {len(stale)} host(s) to bring up to date (new commits or time passed)")
+        if job.fleet is None:
+            _JOB[:] = [replace(job, fleet=_load_fleet(repo, head, cache, workers))]
     new_rows: list[tuple[str, bytes]] = []
     for refreshed, verified in _run(_refresh, stale, workers):
         for item in refreshed:
@@ -604,7 +644,7 @@ def _build(
     renderer = Renderer(settings.site, now, docs)
     shutil.copytree(resources.assets_dir(), tmp / "assets")
     (tmp / MARKER).write_text(f"built by gitops {__version__}; safe to replace\n")
-    view = Overview(fleet, policies, now, derived)
+    view = Overview(policies, now, derived)
     statuses = view.statuses
     state_chart, version_chart, chart_data = _charts(view)
     problems = _problems(view)
@@ -642,7 +682,7 @@ def _build(
             problem_total=len(problems),
             state_chart=state_chart,
             version_chart=version_chart,
-            orphans=collect.orphans(fleet, deploys, reports),
+            orphans=collect.orphans(set(names), deploys, reports),
             trust_counts=trust_counts,
             **common,
         ),
@@ -671,7 +711,6 @@ def _build(
             title="Compliance",
             summaries=summaries,
             policies=policies,
-            fleet=fleet,
             **common,
         ),
         "audit.html": renderer.render(
@@ -702,12 +741,7 @@ def _build(
     keys = tmp / "keys"
     keys.mkdir()
     (keys / "publishers.allowed_signers").write_text(publishers.text())
-    host_lines = "".join(
-        f'{h.name} namespaces="git" {h.key.openssh()}\n'
-        for h in fleet.hosts.values()
-        if h.key is not None
-    )
-    (keys / "hosts.allowed_signers").write_text(host_lines)
+    (keys / "hosts.allowed_signers").write_text(summary.host_signers)
     if cache is not None and manifest != old_pages:
         cache.save_pages(manifest, old_pages)
     _phase(stats, "aggregate pages", mark)

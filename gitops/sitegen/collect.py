@@ -139,6 +139,14 @@ class IndexedTreeSource(TreeSource):
             return None
 
 
+def load_main_policies(repo: pygit2.Repository, commit: pygit2.Commit) -> list[Policy]:
+    """The policies at ``commit`` (load_main checked them already)."""
+    problems = Problems()
+    return load_policies(
+        IndexedTreeSource(repo, commit.tree, f"main ({commit.short_id})"), problems
+    )
+
+
 class _SomeHosts:
     """A Source showing only some of ``hosts/`` (to parse a fleet in parts)."""
 
@@ -266,10 +274,12 @@ def find_main_commit(repo: pygit2.Repository, sha: str) -> MainCommit | None:
     return main_commit_info(obj) if isinstance(obj, pygit2.Commit) else None
 
 
-def orphans(fleet: Fleet, deploys: dict[str, str], reports: dict[str, str]) -> tuple[Orphan, ...]:
+def orphans(
+    hosts: set[str], deploys: dict[str, str], reports: dict[str, str]
+) -> tuple[Orphan, ...]:
     found = []
     for prefix, heads in ((DEPLOY_PREFIX, deploys), (REPORTS_PREFIX, reports)):
-        for name in sorted(heads.keys() - fleet.hosts.keys()):
+        for name in sorted(heads.keys() - hosts):
             found.append(
                 Orphan(f"{prefix.removeprefix('refs/heads/')}{name}", "no hosts/<host>/host.yaml")
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from gitops.fleet import Fleet, Host
+from gitops.fleet import Host
 from gitops.policies import Condition, Policy
 from gitops.report import Result
 from gitops.sitegen import compliance
@@ -219,7 +219,6 @@ def derive(
 class Overview:
     """The whole fleet for the aggregate pages, from derived rows only."""
 
-    fleet: Fleet
     policies: list[Policy]
     now: datetime
     derived: Mapping[str, Derived]
