@@ -246,10 +246,11 @@ def _refresh(names: Sequence[str]) -> tuple[list[Refreshed], int]:
             renderer=renderer,
             state_order=order,
         )
-        written = _link_pages(name, derived.page_key)
+        written = _link_pages(name, derived.page_key, job.old_pages)
         rendered = written is None
         if written is None:
             written = _render(pages, name, derived.page_key)
+        derived = replace(derived, pages=written)
         old = previous.get(name)
         changed = old is None or old != data
         rows = (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None
@@ -289,7 +290,9 @@ def _write_page(path: str, data: bytes) -> str:
     return digest
 
 
-def _link_pages(name: str, key: str) -> tuple[Written, ...] | None:
+def _link_pages(
+    name: str, key: str, old_pages: dict[str, tuple[str, str]]
+) -> tuple[Written, ...] | None:
     """Hard-link a host's pages from the page store when their key is unchanged."""
     job = _job()
     if job.store is None:
@@ -297,7 +300,7 @@ def _link_pages(name: str, key: str) -> tuple[Written, ...] | None:
     found = []
     for suffix in (".html", ".json"):
         path = f"hosts/{name}{suffix}"
-        old = job.old_pages.get(path)
+        old = old_pages.get(path)
         if old is None or old[0] != key:
             return None
         found.append((path, old[0], old[1]))
@@ -562,10 +565,9 @@ def _build(
     window = tuple(states.day_ends(now, CHART_DAYS)[:-1])
     window_id = window[0].isoformat() if window else ""
     old_derived: dict[str, Derived] = {}
-    old_pages: dict[str, tuple[str, str]] = {}
     if cache is not None:
         old_derived = cache.load_derived()
-        old_pages = cache.load_pages()
+    old_pages = {path: (key, digest) for d in old_derived.values() for path, key, digest in d.pages}
     job = Job(
         repo_path=repo_path,
         cache_path=cache.path if cache is not None else None,
@@ -591,18 +593,17 @@ def _build(
     mark = _phase(stats, "read main", mark)
 
     derived: dict[str, Derived] = {}
-    manifest: dict[str, tuple[str, str]] = {}
     stale: list[str] = []
     for name in names:
         old = old_derived.get(name)
         ident = identity(main_sha, global_id, name, reports.get(name), deploys.get(name))
-        if old is not None and old.valid(ident, window_id, now):
-            written = _link_pages(name, old.page_key)
-            if written is not None:
-                derived[name] = old
-                for path, key, digest in written:
-                    manifest[path] = (key, digest)
-                continue
+        if (
+            old is not None
+            and old.valid(ident, window_id, now)
+            and _link_pages(name, old.page_key, old_pages) is not None
+        ):
+            derived[name] = old
+            continue
         stale.append(name)
     stats.pages_reused = len(names) - len(stale)
     if stale:
@@ -614,8 +615,6 @@ def _build(
         for item in refreshed:
             name = item.derived.status.name
             derived[name] = item.derived
-            for path, key, digest in item.written:
-                manifest[path] = (key, digest)
             if item.rows is not None:
                 new_rows.append(item.rows)
                 stats.hosts_read += 1
@@ -742,6 +741,10 @@ def _build(
     keys.mkdir()
     (keys / "publishers.allowed_signers").write_text(publishers.text())
     (keys / "hosts.allowed_signers").write_text(summary.host_signers)
-    if cache is not None and manifest != old_pages:
-        cache.save_pages(manifest, old_pages)
+    if cache is not None:
+        cache.prune_pages(
+            {digest for d in derived.values() for _, _, digest in d.pages},
+            {digest for _, digest in old_pages.values()},
+            sweep=not old_derived,
+        )
     _phase(stats, "aggregate pages", mark)

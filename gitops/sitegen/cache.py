@@ -24,13 +24,12 @@ from typing import Any
 from gitops.errors import GitopsError
 from gitops.sitegen.model import HostData
 
-SCHEMA = 6
+SCHEMA = 7
 DELTA_LIMIT = 500  # changed derived rows kept apart before the snapshot is rewritten
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, data BLOB)",
-    "CREATE TABLE IF NOT EXISTS pages (path TEXT PRIMARY KEY, key TEXT, digest TEXT)",
     "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB)",
     "CREATE TABLE IF NOT EXISTS derived_delta (name TEXT PRIMARY KEY, data BLOB)",
 )
@@ -163,26 +162,12 @@ class Cache:
 
     # -- rendered pages ------------------------------------------------------------------
 
-    def load_pages(self) -> dict[str, tuple[str, str]]:
-        return {p: (k, d) for p, k, d in self.db.execute("SELECT path, key, digest FROM pages")}
-
-    def save_pages(
-        self, pages: dict[str, tuple[str, str]], old: dict[str, tuple[str, str]]
-    ) -> None:
-        """Record the new manifest (changes only) and drop store files no page uses."""
-        with self.db:
-            self.db.executemany(
-                "DELETE FROM pages WHERE path = ?", ((p,) for p in old.keys() - pages.keys())
-            )
-            self.db.executemany(
-                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?)",
-                ((p, k, d) for p, (k, d) in pages.items() if old.get(p) != (k, d)),
-            )
-        keep = {d for _, d in pages.values()}
-        for digest in {d for _, d in old.values()} - keep:
+    def prune_pages(self, keep: set[str], old: set[str], *, sweep: bool) -> None:
+        """Drop store files no page uses any more (all unknown ones when ``sweep``)."""
+        for digest in old - keep:
             with contextlib.suppress(OSError):
                 (self.pages_dir / digest).unlink()
-        if not old:  # a first build, or after a reset: sweep files nothing refers to
+        if sweep:
             for entry in os.scandir(self.pages_dir):
                 if entry.name not in keep:
                     with contextlib.suppress(OSError):

@@ -49,6 +49,7 @@ class Derived:
     applies: tuple[ApplyRef, ...]
     deploys: tuple[DeployRef, ...]
     samples: Samples
+    pages: tuple[tuple[str, str, str], ...] = ()  # (path, key, content digest) of its pages
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
