@@ -1,6 +1,6 @@
 """Benchmark ``gitops site build`` on a generated fleet; prints figures, asserts nothing.
 
-    .venv/bin/python bench/site_build.py --cache /var/tmp/gitops-bench --hosts 10000 --reports 30
+    .venv/bin/python bench/site_build.py --hosts 10000 --reports 30 [--cache /var/tmp/gitops-bench]
 
 The fleet repository (main with ``hosts/<host>/host.yaml`` and one Ed25519 key per host,
 signed ``deploy/<host>`` chains, ``reports/<host>`` with ``--reports`` signed reports each)
@@ -451,7 +451,12 @@ def timed_build(repo: Path, out: Path) -> tuple[float, int, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--cache", type=Path, required=True, help="where generated repos live")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/var/tmp/gitops-bench"),
+        help="where generated repositories are kept between runs (default /var/tmp/gitops-bench)",
+    )
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--reports", type=int, default=10)
     args = parser.parse_args(argv)
