@@ -14,7 +14,7 @@ import multiprocessing
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,15 @@ from gitops.errors import GitopsError
 from gitops.fleet import HOSTS_DIR, Fleet, Host, load_fleet
 from gitops.policies import Policy, load_policies
 from gitops.publish import TRAILER_EXPIRES, TRAILER_SOURCE
-from gitops.report import DEPLOY_PREFIX, REPORTS_PREFIX, STATUS_FILE, Report, Result
+from gitops.report import (
+    DEPLOY_PREFIX,
+    REPORTS_PREFIX,
+    SCHEMA,
+    STATUS_FILE,
+    Report,
+    Result,
+    SystemInfo,
+)
 from gitops.schema import Problems
 from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
 from gitops.sitegen.verify import verdict
@@ -407,37 +415,10 @@ class HostReader:
         if status is None:
             return ReportEntry(sha, when, state, detail, error="no status.json in the commit"), None
         try:
-            report = Report.from_json(status)
+            report = parse_report(status)
         except ValueError as err:
             return ReportEntry(sha, when, state, detail, error=str(err)), None
-        changes: tuple[str, ...] = ()
-        if b'"changes"' in status:
-            raw = json.loads(status).get("changes")
-            if isinstance(raw, list):
-                changes = tuple(str(c) for c in raw[:200])
-        result = str(report.result)
-        system = report.system
-        intern = sys.intern
-        entry = ReportEntry(
-            oid=sha,
-            commit_time=when,
-            trust=state,
-            trust_detail=detail,
-            time=report.time,
-            result=intern(result),
-            reason=report.reason,
-            deploy_seen=intern(report.deploy_seen) if report.deploy_seen else None,
-            deploy_applied=intern(report.deploy_applied) if report.deploy_applied else None,
-            source_commit=intern(report.source_commit) if report.source_commit else None,
-            generation=system.generation,
-            store_path=intern(system.store_path) if system.store_path else None,
-            current_system=intern(system.current_system) if system.current_system else None,
-            nixos_version=intern(system.nixos_version) if system.nixos_version else None,
-            reboot_required=system.reboot_required,
-            log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
-            changes=changes,
-        )
-        return entry, status
+        return report_entry(sha, when, state, detail, report, status), status
 
     # -- deploys ------------------------------------------------------------------
 
@@ -485,6 +466,82 @@ class HostReader:
         if previous is not None and reached_stop:
             return tuple(entries + list(previous.deploys))[:MAX_DEPLOYS]
         return tuple(entries)
+
+
+_REPORT_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
+_SYSTEM_FIELDS = frozenset(f.name for f in fields(SystemInfo))
+
+
+def parse_report(status: bytes) -> Report:
+    """``Report.from_json``, with a fast path for the common case (a well-formed report):
+    the same values, without strptime. Anything unusual goes to Report.from_json itself,
+    so errors and edge cases are exactly the contract's."""
+    try:
+        data = json.loads(status)
+        stamp = _REPORT_TIME.match(data["time"]) if isinstance(data, dict) else None
+        system = data.get("system") or {} if isinstance(data, dict) else None
+        durations = data.get("durations") or {} if isinstance(data, dict) else None
+        if (
+            stamp is None
+            or data.get("schema") != SCHEMA
+            or not isinstance(system, dict)
+            or not system.keys() <= _SYSTEM_FIELDS
+            or not isinstance(durations, dict)
+            or not all(isinstance(v, int | float) for v in durations.values())
+            or not isinstance(data.get("facts") or {}, dict)
+        ):
+            return Report.from_json(status)
+        year, month, day, hour, minute, second = (int(g) for g in stamp.groups())
+        return Report(
+            host=str(data["host"]),
+            time=datetime(year, month, day, hour, minute, second, tzinfo=UTC),
+            agent_version=str(data.get("agent_version", "")),
+            result=Result(data["result"]),
+            reason=str(data.get("reason", "")),
+            report_id=str(data["report_id"]),
+            deploy_seen=data.get("deploy_seen"),
+            deploy_applied=data.get("deploy_applied"),
+            source_commit=data.get("source_commit"),
+            action=str(data.get("action", "switch")),
+            system=SystemInfo(**system),
+            facts=dict(data.get("facts") or {}),
+            durations={k: float(v) for k, v in durations.items()},
+            log_tail=str(data.get("log_tail", "")),
+        )
+    except (KeyError, TypeError, ValueError):
+        return Report.from_json(status)
+
+
+def report_entry(
+    sha: str, when: datetime, state: Trust, detail: str, report: Report, status: bytes
+) -> ReportEntry:
+    changes: tuple[str, ...] = ()
+    if b'"changes"' in status:
+        raw = json.loads(status).get("changes")
+        if isinstance(raw, list):
+            changes = tuple(str(c) for c in raw[:200])
+    result = str(report.result)
+    system = report.system
+    intern = sys.intern
+    return ReportEntry(
+        oid=sha,
+        commit_time=when,
+        trust=state,
+        trust_detail=detail,
+        time=report.time,
+        result=intern(result),
+        reason=report.reason,
+        deploy_seen=intern(report.deploy_seen) if report.deploy_seen else None,
+        deploy_applied=intern(report.deploy_applied) if report.deploy_applied else None,
+        source_commit=intern(report.source_commit) if report.source_commit else None,
+        generation=system.generation,
+        store_path=intern(system.store_path) if system.store_path else None,
+        current_system=intern(system.current_system) if system.current_system else None,
+        nixos_version=intern(system.nixos_version) if system.nixos_version else None,
+        reboot_required=system.reboot_required,
+        log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
+        changes=changes,
+    )
 
 
 def _status_json(commit: pygit2.Commit) -> bytes | None:
