@@ -4,7 +4,7 @@ the site works from any path of any web server, and from ``file://``."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +12,11 @@ import jinja2
 from markupsafe import Markup, escape
 
 from gitops.fleet import Host, SiteSettings
+from gitops.policies import Policy
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
-from gitops.sitegen.model import HostStatus, ReportEntry
+from gitops.sitegen.compliance import Answer
+from gitops.sitegen.model import DeployEntry, HostStatus, ReportEntry
 from gitops.sitegen.states import describe_age
 
 PAGES = (
@@ -77,6 +79,9 @@ class Renderer:
             trust_badge=trust_badge,
             host_link=host_link,
             report_timeline=self.report_timeline,
+            answer_rows=self.answer_rows,
+            fact_items=fact_items,
+            deploy_items=self.deploy_items,
         )
         self.env.globals.update(
             site_title=settings.title,
@@ -142,6 +147,44 @@ class Renderer:
             )
         return Markup("\n".join(items))
 
+    def answer_rows(
+        self, answers: Iterable[Answer], policies: Mapping[str, Policy], root: str, verified: bool
+    ) -> Markup:
+        """The host page's policy table body: Yes/No/Unknown/Exempt and why."""
+        rows = []
+        for a in answers:
+            if a.exemption is not None:
+                note = f"exempt until {a.exemption.expires}: {escape(a.exemption.reason)}"
+            elif a.expired_exemption is not None:
+                note = (
+                    f"exemption expired {a.expired_exemption.expires} "
+                    f"({escape(a.expired_exemption.reason)})"
+                )
+            elif a.outcome == "fail":
+                note = str(escape(policies[a.policy].resolution))
+            elif a.outcome == "unknown" and not verified:
+                note = "no verified report"
+            else:
+                note = ""
+            name = escape(a.policy)
+            rows.append(
+                f'<tr><td><a href="{root}compliance.html#policy-{css_class(a.policy)}">{name}</a>'
+                f'</td><td><span class="answer answer-{css_class(a.outcome)}">'
+                f"{_ANSWER_LABELS[a.outcome]}</span></td><td>{note}</td></tr>"
+            )
+        return Markup("\n".join(rows))
+
+    def deploy_items(self, deploys: Iterable[DeployEntry]) -> Markup:
+        items = []
+        for d in deploys:
+            signer = f", signed by {escape(d.principal)}" if d.principal else ""
+            expires = f", expires {escape(d.expires)}" if d.expires else ""
+            items.append(
+                f"<li>{when(d.time)} {self.commit_link(d.oid)} "
+                f"{trust_badge(d.trust, d.trust_detail)} {escape(d.subject)}{signer}{expires}</li>"
+            )
+        return Markup("\n".join(items))
+
     def inventory_row(
         self, host: Host, status: HostStatus, failing: list[str], order: list[str]
     ) -> Markup:
@@ -173,6 +216,28 @@ class Renderer:
         return self.env.get_template(template).render(
             root=root, current=current, docs=docs, **context
         )
+
+
+_ANSWER_LABELS = {"pass": "Yes", "fail": "No", "unknown": "Unknown", "exempt": "Exempt"}
+
+
+def _fact_value(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {v}" for k, v in sorted(value.items()))
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def fact_items(facts: Iterable[tuple[str, object]], system: Mapping[str, object]) -> Markup:
+    """The host page's facts and system values as ``<dt>``/``<dd>`` pairs."""
+    parts = [f"<dt>{escape(k)}</dt><dd>{escape(_fact_value(v))}</dd>" for k, v in facts]
+    for key, value in sorted(system.items()):
+        shown = "unknown" if value is None else str(value)
+        parts.append(f"<dt>system.{escape(key)}</dt><dd>{escape(shown)}</dd>")
+    return Markup("\n".join(parts))
 
 
 # Filters that return HTML: plain functions, much cheaper than Jinja macros (a host page
