@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import threading
@@ -426,8 +427,10 @@ class TreeMemory:
             self.peak = max(self.peak, total)
 
 
-def timed_build(repo: Path, out: Path) -> tuple[float, int, str]:
-    """Seconds, peak memory of the process tree, and the build's phases line."""
+def timed_build(repo: Path, out: Path) -> tuple[float, float, int, str]:
+    """Wall seconds, CPU seconds (user + system, workers included), peak memory of the
+    process tree, and the build's phases line."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with TreeMemory() as memory:
         result = process.run(
@@ -445,8 +448,11 @@ def timed_build(repo: Path, out: Path) -> tuple[float, int, str]:
             ],
             check=True,
         )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     phases = next((line for line in result.stderr.splitlines() if "phases" in line), "")
-    return time.monotonic() - started, memory.peak, phases.removeprefix("site: ")
+    return wall, cpu, memory.peak, phases.removeprefix("site: ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -471,13 +477,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir()
     out = work / "out"
     mib = 1 << 20
-    full, full_mem, phases = timed_build(repo, out)
-    print(f"full build:        {full:7.2f} s  peak {full_mem / mib:7.0f} MiB  {phases}")
-    again, again_mem, phases = timed_build(repo, out)
-    print(f"nothing new:       {again:7.2f} s  peak {again_mem / mib:7.0f} MiB  {phases}")
-    host = add_one_report(repo)
-    incremental, incr_mem, phases = timed_build(repo, out)
-    print(f"one new report:    {incremental:7.2f} s  peak {incr_mem / mib:7.0f} MiB  {phases}")
+    host = ""
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; other work slows wall times)")
+    for label, action in (("full build", None), ("nothing new", None), ("one new report", "add")):
+        if action == "add":
+            host = add_one_report(repo)
+        wall, cpu, peak, phases = timed_build(repo, out)
+        print(
+            f"{label + ':':16} {wall:7.2f} s wall {cpu:8.2f} s CPU  peak {peak / mib:6.0f} MiB"
+            f"  {phases}"
+        )
     print(f"  (the new report is on {host})")
     pages = sum(1 for _ in out.rglob("*.html"))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
