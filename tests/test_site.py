@@ -544,3 +544,19 @@ def test_fast_report_parse_equals_the_contract_parser(change: dict[str, Any]) ->
     except ValueError as err:
         found = str(err)
     assert found == expected
+
+
+def test_leftovers_of_a_killed_build_are_swept(tmp_path: Path) -> None:
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out = tmp_path / "out"
+    build(fleet, out)
+    for name in (".out.tmp-99999", ".out.old-99999"):
+        (tmp_path / name / "hosts").mkdir(parents=True)
+    (tmp_path / ".other.tmp-1").mkdir()
+    build(fleet, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.tmp-1",
+        ".out.cache",
+        "fleet.git",
+        "out",
+    ]

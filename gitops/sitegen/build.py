@@ -511,6 +511,11 @@ def build(
     cache = Cache(cache_dir_for(out), resources.code_id()) if use_cache else None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    if cache is not None:
+        # Holding the cache's lock, no other build of this site runs: what a killed
+        # build left behind can go.
+        for leftover in out.parent.glob(f".{out.name}.[to][ml][pd]-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     try:
         _build(repo_path, repo, head, out, tmp, moment, workers, cache, stats, progress)
         swap_into(tmp, out)
