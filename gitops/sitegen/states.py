@@ -36,6 +36,13 @@ def short(sha: str | None) -> str:
     return sha[:8] if sha else "none"
 
 
+def short_path(path: str) -> str:
+    """``/nix/store/<32 chars>-name`` as ``<8 chars>…-name`` (the full path is in the JSON)."""
+    name = path.removeprefix("/nix/store/")
+    digest, dash, rest = name.partition("-")
+    return f"{digest[:8]}…{dash}{rest}" if dash and len(digest) > 8 else path
+
+
 def describe_age(seconds: float) -> str:
     if seconds < 0:
         return "in the future"
@@ -104,8 +111,8 @@ def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
         ):
             flags.append(FLAG_DRIFT)
             drift_detail = (
-                f"running {newest.current_system}, but the system built from the applied deploy "
-                f"commit is {newest.store_path}"
+                f"running {short_path(newest.current_system)}, not "
+                f"{short_path(newest.store_path)} built from the applied deploy commit"
             )
     if data.deploy_head is not None and published is None:
         flags.append(FLAG_DEPLOY_UNVERIFIED)
