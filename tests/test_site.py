@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,13 @@ def test_cli_site_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert captured.out.strip() == str(out / "index.html")
     assert "signatures checked" in captured.err
     assert cache_dir_for(out).is_dir()
+    # A second build swaps the new site in; the old one is deleted by a detached child.
+    assert cli.execute(["site", "build", "--repo", str(fleet.path), "--out", str(out)]) == 0
+    assert (out / "index.html").is_file()
+    deadline = time.monotonic() + 30
+    while any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline, "the old site was never deleted"
+        time.sleep(0.05)
 
 
 def test_templates_are_found() -> None:

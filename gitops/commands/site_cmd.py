@@ -4,7 +4,6 @@ then serves it on localhost (for a look, not for production: use any web server)
 from __future__ import annotations
 
 import functools
-import http.server
 import json
 import logging
 from pathlib import Path
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def build(repo: Path, out: Path, *, serve: bool, port: int) -> int:
-    stats = site_build.build(repo, out, progress=output.progress)
+    stats = site_build.build(repo, out, background_cleanup=True, progress=output.progress)
     output.progress(
         f"site: {stats.hosts} hosts ({stats.hosts_read} read from git, "
         f"{stats.verified_now} signatures checked) in {stats.seconds:.1f} s"
@@ -31,14 +30,15 @@ def build(repo: Path, out: Path, *, serve: bool, port: int) -> int:
     return 0
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    @override
-    def log_message(self, format: str, *args: object) -> None:
-        output.progress(f"site: {self.address_string()} {format % args}")
-
-
 def serve_site(out: Path, port: int) -> None:
-    handler = functools.partial(_QuietHandler, directory=str(out))
+    import http.server  # only when serving: keeps "site build" quick to start
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        @override
+        def log_message(self, format: str, *args: object) -> None:
+            output.progress(f"site: {self.address_string()} {format % args}")
+
+    handler = functools.partial(QuietHandler, directory=str(out))
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as err:

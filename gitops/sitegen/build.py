@@ -463,18 +463,39 @@ def _check_out(out: Path) -> None:
         )
 
 
-def swap_into(tmp: Path, out: Path) -> None:
-    """Make ``tmp`` the new ``out``: a reader sees the old site or the new, never a mix."""
+def swap_into(tmp: Path, out: Path, *, background: bool = False) -> None:
+    """Make ``tmp`` the new ``out``: a reader sees the old site or the new, never a mix.
+    With ``background``, the old site is deleted by a detached child process (a killed
+    one leaves a directory the next build sweeps)."""
     if not out.exists():
         tmp.rename(out)
         return
     if _renameat2_exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)
+        old = tmp
+    else:
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+    if background and _delete_in_child(old):
         return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _delete_in_child(path: Path) -> bool:
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid != 0:
+        return True
+    try:  # the child: detach from the caller's pipes, delete, leave without cleanup
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os._exit(0)
 
 
 def docs_link(settings_docs_url: str, out: Path) -> str:
@@ -494,6 +515,7 @@ def build(
     now: datetime | None = None,
     workers: int | None = None,
     use_cache: bool = True,
+    background_cleanup: bool = False,
     progress: Callable[[str], None] = lambda _text: None,
 ) -> BuildStats:
     started = time.monotonic()
@@ -518,7 +540,7 @@ def build(
             shutil.rmtree(leftover, ignore_errors=True)
     try:
         _build(repo_path, repo, head, out, tmp, moment, workers, cache, stats, progress)
-        swap_into(tmp, out)
+        swap_into(tmp, out, background=background_cleanup)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if cache is not None:
