@@ -43,9 +43,10 @@ from gitops.sitegen.collect import HostReader
 from gitops.sitegen.derived import (
     Derived,
     Overview,
-    Samples,
     age_flips,
+    decode_samples,
     derive,
+    encode_samples,
     identity,
 )
 from gitops.sitegen.model import STATE_ORDER, HostData, HostStatus, MainCommit, Problem, State
@@ -183,12 +184,9 @@ def _window_id() -> str:
     return window[0].isoformat() if window else ""
 
 
-def _samples(data: HostData) -> Samples:
+def _samples(data: HostData) -> str:
     job = _job()
-    return tuple(
-        (str(state), version)
-        for state, version in states.samples(data, job.window, job.stale_after)
-    )
+    return encode_samples(states.samples(data, job.window, job.stale_after))
 
 
 @dataclass(frozen=True)
@@ -393,9 +391,10 @@ def _charts(
     # Many hosts share a history (up to date every day on one release): count each
     # distinct one once.
     histories = Counter(
-        (*d.samples, (str(d.status.state), d.status.nixos_version)) for d in pages.derived.values()
+        (d.samples, str(d.status.state), d.status.nixos_version) for d in pages.derived.values()
     )
-    for history, hosts in histories.items():
+    for (encoded, current, current_version), hosts in histories.items():
+        history = [*decode_samples(encoded), (current, current_version)]
         for index, (state, version) in enumerate(history):
             state_counts[index][state] += hosts
             if version is not None and state != never:

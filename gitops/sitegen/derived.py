@@ -28,6 +28,24 @@ from gitops.sitegen.model import HostData, HostStatus, State
 from gitops.sitegen.render import Renderer
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
+
+
+def encode_samples(samples: Iterable[tuple[object, str | None]]) -> str:
+    """Samples as one string (cheap to store and load, and to count identical ones)."""
+
+    def clean(text: str) -> str:  # a version is the host's word: no separators in it
+        return text.replace("\t", " ").replace("\n", " ")
+
+    return "\n".join(f"{state}\t{clean(version or '')}" for state, version in samples)
+
+
+def decode_samples(text: str) -> Samples:
+    if not text:
+        return ()
+    pairs = (line.split("\t") for line in text.split("\n"))
+    return tuple((state, version or None) for state, version in pairs)
+
+
 DeployRef = tuple[str, str, str, datetime, str]  # source, signer, trust, time, commit
 ApplyRef = tuple[datetime, str, str, str, str | None]  # time, commit, applied, trust, source
 
@@ -48,7 +66,7 @@ class Derived:
     trust_counts: tuple[tuple[str, int], ...]
     applies: tuple[ApplyRef, ...]
     deploys: tuple[DeployRef, ...]
-    samples: Samples
+    samples: str  # encode_samples
     pages: tuple[tuple[str, str, str], ...] = ()  # (path, key, content digest) of its pages
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
@@ -192,7 +210,7 @@ def derive(
     now: datetime,
     stale_after: int,
     flips: tuple[int, ...] | None,
-    samples: Samples,
+    samples: str,
     renderer: Renderer,
     state_order: list[str],
 ) -> Derived:
