@@ -12,6 +12,7 @@ sha1/md5), so it is written here on top of ``cryptography``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -113,6 +114,24 @@ class _Reader:
 # --- keys --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16384)
+def _load_identity(key_type: str, blob: bytes) -> PublicKeyTypes | SSHCertificate:
+    """Parse a key blob once: a site build checks many signatures by the same few keys."""
+    try:
+        identity = load_ssh_public_identity(
+            key_type.encode("ascii") + b" " + base64.b64encode(blob)
+        )
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"unsupported or invalid key ({key_type}): {err}") from err
+    if isinstance(identity, SSHCertificate):
+        return identity
+    if not isinstance(
+        identity, ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    ):
+        raise ValueError(f"unsupported key type {key_type}")
+    return identity
+
+
 @dataclass(frozen=True)
 class PublicKey:
     """An OpenSSH public key (or certificate) with its wire blob, as found in
@@ -151,19 +170,7 @@ class PublicKey:
         return cls.parse(line)
 
     def _identity(self) -> PublicKeyTypes | SSHCertificate:
-        try:
-            identity = load_ssh_public_identity(
-                self.key_type.encode("ascii") + b" " + base64.b64encode(self.blob)
-            )
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"unsupported or invalid key ({self.key_type}): {err}") from err
-        if isinstance(identity, SSHCertificate):
-            return identity
-        if not isinstance(
-            identity, ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-        ):
-            raise ValueError(f"unsupported key type {self.key_type}")
-        return identity
+        return _load_identity(self.key_type, self.blob)
 
     @property
     def is_certificate(self) -> bool:
