@@ -78,6 +78,7 @@ class Renderer:
             flag_badge=flag_badge,
             trust_badge=trust_badge,
             host_link=host_link,
+            host_links=host_links,
             report_timeline=self.report_timeline,
             answer_rows=self.answer_rows,
             fact_items=fact_items,
@@ -275,3 +276,11 @@ def trust_badge(value: object, detail: str = "") -> Markup:
 
 def host_link(name: str, root: str) -> Markup:
     return Markup(f'<a href="{escape(root)}hosts/{escape(name)}.html">{escape(name)}</a>')
+
+
+def host_links(names: Iterable[str], root: str) -> Markup:
+    """Comma-separated links to host pages (thousands of them on the compliance page)."""
+    prefix = f"{escape(root)}hosts/"
+    return Markup(
+        ", ".join(f'<a href="{prefix}{n}.html">{n}</a>' for n in (str(escape(x)) for x in names))
+    )
