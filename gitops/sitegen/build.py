@@ -174,7 +174,8 @@ def _renderer() -> Renderer:
     renderer = _LOCAL.get("renderer")
     if renderer is None:
         job = _job()
-        renderer = _LOCAL["renderer"] = Renderer(job.site, job.now, job.docs)
+        compiled = job.cache_path.parent / "templates" if job.cache_path is not None else None
+        renderer = _LOCAL["renderer"] = Renderer(job.site, job.now, job.docs, compiled=compiled)
     assert isinstance(renderer, Renderer)
     return renderer
 
@@ -666,7 +667,9 @@ def _build(
         found_commit = collect.find_main_commit(repo, sha)
         if found_commit is not None:
             sources[sha] = found_commit
-    renderer = Renderer(settings.site, now, docs)
+    renderer = Renderer(
+        settings.site, now, docs, compiled=cache.directory / "templates" if cache else None
+    )
     shutil.copytree(resources.assets_dir(), tmp / "assets")
     (tmp / MARKER).write_text(f"built by gitops {__version__}; safe to replace\n")
     view = Overview(policies, now, derived)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -52,12 +53,25 @@ def css_class(text: str) -> str:
 
 
 class Renderer:
-    def __init__(self, settings: SiteSettings, now: datetime, docs_href: str) -> None:
+    def __init__(
+        self,
+        settings: SiteSettings,
+        now: datetime,
+        docs_href: str,
+        *,
+        compiled: Path | None = None,
+    ) -> None:
+        """``compiled``: a directory where compiled templates are kept between builds."""
         self.settings = settings
         self.now = now
         self.docs_href = docs_href
+        bytecode = None
+        if compiled is not None:
+            compiled.mkdir(parents=True, exist_ok=True)
+            bytecode = jinja2.FileSystemBytecodeCache(str(compiled))
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
+            bytecode_cache=bytecode,
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
