@@ -63,10 +63,9 @@ def load_fleet_at(repo: pygit2.Repository, commit: pygit2.Commit) -> Fleet:
     return fleet
 
 
-def _lookup(tree: pygit2.Tree, path: str) -> _Entry | None:
-    try:
-        entry = tree[path]
-    except KeyError:
+def _lookup(source: TreeSource, path: str) -> _Entry | None:
+    entry = source.entry(path)
+    if entry is None or entry is source.tree:
         return None
     return entry.id, int(entry.filemode)
 
@@ -105,12 +104,17 @@ def deploy_paths(fleet: Fleet, host: Host, source: TreeSource) -> list[str]:
 
 
 def render_host_tree(
-    repo: pygit2.Repository, commit: pygit2.Commit, fleet: Fleet, host: Host
+    repo: pygit2.Repository,
+    commit: pygit2.Commit,
+    fleet: Fleet,
+    host: Host,
+    source: TreeSource | None = None,
 ) -> pygit2.Oid:
-    source = TreeSource(repo, commit.tree)
+    """The deploy tree of ``host``; pass one ``source`` for many hosts (its lookups are cached)."""
+    source = source or TreeSource(repo, commit.tree)
     root: _Nested = {}
     for path in deploy_paths(fleet, host, source):
-        entry = _lookup(commit.tree, path)
+        entry = _lookup(source, path)
         if entry is not None:
             _insert(root, path, entry)
     return _write(repo, root)
@@ -150,6 +154,7 @@ def make_plan(
     """What publishing ``source_rev`` would write; ``fleet`` when the caller loaded it already."""
     source = commits.resolve_commit(repo, source_rev)
     fleet = fleet or load_fleet_at(repo, source)
+    tree_source = TreeSource(repo, source.tree)
     wanted = set(only)
     unknown = wanted - fleet.hosts.keys()
     if unknown:
@@ -167,7 +172,7 @@ def make_plan(
             head_commit = repo.get(head)
             assert isinstance(head_commit, pygit2.Commit)
             old_tree = head_commit.tree_id
-        new_tree = render_host_tree(repo, source, fleet, host)
+        new_tree = render_host_tree(repo, source, fleet, host, tree_source)
         plans.append(HostPlan(name, head, new_tree, changed_paths(repo, old_tree, new_tree)))
     return Plan(source, fleet, tuple(plans))
 

@@ -55,31 +55,58 @@ class DirSource:
 
 
 class TreeSource:
+    """A commit's tree. Lookups go one directory at a time through cached subtrees:
+    ``Tree[path]`` with a slash re-reads every directory on the way (about 3 ms through a
+    10,000-entry ``hosts/``), a lookup by one name is a binary search."""
+
     def __init__(self, repo: pygit2.Repository, tree: pygit2.Tree, label: str = "") -> None:
         self.repo = repo
         self.tree = tree
         self.label = label
+        self._dirs: dict[str, pygit2.Tree | None] = {"": tree}
 
-    def _entry(self, path: str) -> pygit2.Object | None:
+    def _dir(self, path: str) -> pygit2.Tree | None:
+        if path in self._dirs:
+            return self._dirs[path]
+        parent_path, _, name = path.rpartition("/")
+        parent = self._dir(parent_path)
+        found: pygit2.Tree | None = None
+        if parent is not None:
+            try:
+                entry = parent[name]
+            except KeyError:
+                entry = None
+            if isinstance(entry, pygit2.Tree):
+                found = entry
+        self._dirs[path] = found
+        return found
+
+    def entry(self, path: str) -> pygit2.Object | None:
+        """The blob or tree at ``path``, or None."""
+        path = path.strip("/")
         if not path:
             return self.tree
+        parent_path, _, name = path.rpartition("/")
+        parent = self._dir(parent_path)
+        if parent is None:
+            return None
         try:
-            return self.tree[path]
+            return parent[name]
         except KeyError:
             return None
 
     def read(self, path: str) -> bytes | None:
-        entry = self._entry(path)
+        entry = self.entry(path)
         return bytes(entry.data) if isinstance(entry, pygit2.Blob) else None
 
     def list_dir(self, path: str) -> list[str] | None:
-        entry = self._entry(path)
+        entry = self.entry(path)
         if not isinstance(entry, pygit2.Tree):
             return None
         return sorted(e.name for e in entry if e.name is not None)
 
     def is_dir(self, path: str) -> bool:
-        return isinstance(self._entry(path), pygit2.Tree)
+        return isinstance(self.entry(path), pygit2.Tree)
 
     def describe(self, path: str) -> str:
         return f"{self.label}:{path}" if self.label else path

@@ -435,16 +435,24 @@ def test_host_page_shows_what_changed_when_the_report_carries_it(tmp_path: Path)
     assert states(out)["web"]["state"] == "up to date"
 
 
-def test_indexed_tree_source_answers_like_tree_source(tmp_path: Path) -> None:
+def test_tree_source_answers_like_pygit2_path_lookups(tmp_path: Path) -> None:
+    import pygit2
+
     from gitops.sitegen import collect
     from gitops.source import TreeSource
 
     fleet = standard_fleet(tmp_path / "fleet.git")
     tree = collect.main_head(fleet.repo).tree
-    plain, indexed = (
-        TreeSource(fleet.repo, tree, "x"),
-        collect.IndexedTreeSource(fleet.repo, tree, "x"),
-    )
+    source = TreeSource(fleet.repo, tree, "x")
+
+    def direct(path: str) -> pygit2.Object | None:
+        if not path:
+            return tree
+        try:
+            return tree[path]
+        except KeyError:
+            return None
+
     for path in (
         "",
         "fleet.yaml",
@@ -457,9 +465,14 @@ def test_indexed_tree_source_answers_like_tree_source(tmp_path: Path) -> None:
         "profiles/workstation.nix",
         "policies",
     ):
-        assert indexed.read(path) == plain.read(path), path
-        assert indexed.list_dir(path) == plain.list_dir(path), path
-        assert indexed.is_dir(path) == plain.is_dir(path), path
+        expected = direct(path)
+        found = source.entry(path)
+        assert (found.id if found is not None else None) == (
+            expected.id if expected is not None else None
+        ), path
+        assert source.is_dir(path) == isinstance(expected, pygit2.Tree), path
+        if isinstance(expected, pygit2.Blob):
+            assert source.read(path) == bytes(expected.data), path
 
 
 def test_chart_samples_equal_the_state_at_each_moment(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
-from typing_extensions import override
 
 from gitops import commits
 from gitops.allowed_signers import AllowedSigners
@@ -88,7 +87,7 @@ def load_main(
     processes (each runs the ordinary ``load_fleet`` on a share of ``hosts/``)."""
     problems = Problems()
     label = f"main ({commit.short_id})"
-    source = IndexedTreeSource(repo, commit.tree, label)
+    source = TreeSource(repo, commit.tree, label)
     names = source.list_dir(HOSTS_DIR) or []
     if workers > 1 and len(names) >= PARALLEL_FLEET_MIN:
         fleet = _load_fleet_parallel(repo, commit, names, workers, problems)
@@ -105,54 +104,10 @@ def load_main(
     return fleet, policies
 
 
-class IndexedTreeSource(TreeSource):
-    """A TreeSource whose lookups go one directory at a time through cached trees.
-
-    ``Tree[path]`` with a slash costs time proportional to the size of every directory
-    on the way (about 3 ms in a 10,000-entry ``hosts/``); a lookup by one name is a
-    binary search. Same answers as TreeSource, for fleets of any size."""
-
-    def __init__(self, repo: pygit2.Repository, tree: pygit2.Tree, label: str = "") -> None:
-        super().__init__(repo, tree, label)
-        self._dirs: dict[str, pygit2.Tree | None] = {"": tree}
-
-    def _dir(self, path: str) -> pygit2.Tree | None:
-        if path in self._dirs:
-            return self._dirs[path]
-        parent_path, _, name = path.rpartition("/")
-        parent = self._dir(parent_path)
-        found: pygit2.Tree | None = None
-        if parent is not None:
-            try:
-                entry = parent[name]
-            except KeyError:
-                entry = None
-            if isinstance(entry, pygit2.Tree):
-                found = entry
-        self._dirs[path] = found
-        return found
-
-    @override
-    def _entry(self, path: str) -> pygit2.Object | None:
-        path = path.strip("/")
-        if not path:
-            return self.tree
-        parent_path, _, name = path.rpartition("/")
-        parent = self._dir(parent_path)
-        if parent is None:
-            return None
-        try:
-            return parent[name]
-        except KeyError:
-            return None
-
-
 def load_main_policies(repo: pygit2.Repository, commit: pygit2.Commit) -> list[Policy]:
     """The policies at ``commit`` (load_main checked them already)."""
     problems = Problems()
-    return load_policies(
-        IndexedTreeSource(repo, commit.tree, f"main ({commit.short_id})"), problems
-    )
+    return load_policies(TreeSource(repo, commit.tree, f"main ({commit.short_id})"), problems)
 
 
 class _SomeHosts:
@@ -183,7 +138,7 @@ def _load_fleet_part(hosts: Sequence[str]) -> tuple[Fleet, list[str]]:
     commit = repo.get(_FLEET_JOB["commit"])
     assert isinstance(commit, pygit2.Commit)
     problems = Problems()
-    source = _SomeHosts(IndexedTreeSource(repo, commit.tree, _FLEET_JOB["label"]), hosts)
+    source = _SomeHosts(TreeSource(repo, commit.tree, _FLEET_JOB["label"]), hosts)
     return load_fleet(source, problems), problems.items
 
 
