@@ -124,6 +124,22 @@ def delete_generations(profile: Path, numbers: list[int]) -> None:
         )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def diff_closures(old: Path, new: Path, *, limit: int = 200) -> list[str]:
+    """What changed between two systems, as ``nix store diff-closures`` says it
+    (``firefox: 128.0 → 129.0, +1.2 MiB``); empty when it cannot tell."""
+    result = process.run(
+        [NIX, "--extra-experimental-features", "nix-command", "store", "diff-closures", old, new],
+        check=False,
+    )
+    if result.returncode != 0:
+        return []
+    lines = [_ANSI.sub("", line).strip() for line in result.stdout.splitlines()]
+    return [line for line in lines if line][:limit]
+
+
 def keep_last_generations(profile: Path, count: int) -> None:
     """Delete all but the newest ``count`` generations (the current one is always kept)."""
     if count > 0 and len(generations(profile)) > count:

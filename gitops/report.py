@@ -7,6 +7,7 @@ refuses a schema it does not know rather than guessing. docs/protocol.md documen
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,6 +18,20 @@ STATUS_FILE = "status.json"
 REPORTS_PREFIX = "refs/heads/reports/"
 DEPLOY_PREFIX = "refs/heads/deploy/"
 UNKNOWN = "unknown"
+
+
+MAX_CHANGES = 200
+_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
+
+
+def parse_time(text: object) -> datetime:
+    """``2026-11-23T10:00:00Z`` (the report's only time format), fast: the site parses
+    hundreds of thousands."""
+    match = _TIME.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def deploy_ref(host: str) -> str:
@@ -66,12 +81,14 @@ class Report:
     facts: dict[str, Any] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     log_tail: str = ""
+    changes: tuple[str, ...] = ()  # `nix store diff-closures` of the previous and new system
     schema: int = SCHEMA
 
     def to_json(self) -> str:
         data = asdict(self)
         data["time"] = self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         data["result"] = str(self.result)
+        data["changes"] = list(self.changes)
         ordered = {"schema": data.pop("schema"), **data}
         return json.dumps(ordered, indent=2, sort_keys=False) + "\n"
 
@@ -91,7 +108,7 @@ class Report:
             system = SystemInfo(**(data.get("system") or {}))
             return cls(
                 host=str(data["host"]),
-                time=datetime.strptime(data["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC),
+                time=parse_time(data["time"]),
                 agent_version=str(data.get("agent_version", "")),
                 result=Result(data["result"]),
                 reason=str(data.get("reason", "")),
@@ -104,6 +121,7 @@ class Report:
                 facts=dict(data.get("facts") or {}),
                 durations={k: float(v) for k, v in (data.get("durations") or {}).items()},
                 log_tail=str(data.get("log_tail", "")),
+                changes=tuple(str(line) for line in (data.get("changes") or [])[:MAX_CHANGES]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed report: {err}") from err

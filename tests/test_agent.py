@@ -156,6 +156,9 @@ def test_new_commit_makes_new_generation(demo: DemoFleet) -> None:
     assert result.result == Result.APPLIED
     assert generations(demo, "alpha") == [1, 2]
     assert current_system(demo, "alpha") != first
+    # The report says what changed, as nix store diff-closures does.
+    assert remote_reports(demo, "alpha")[-1].changes == ("linux: 6.6.1 → 6.12.1",)
+    assert remote_reports(demo, "alpha")[0].changes == (), "nothing to compare on first use"
     state = StateStore(demo.agent_config("alpha").state_dir).load("alpha")
     assert state is not None and state.applied == git(
         "rev-parse", deploy_ref("alpha"), cwd=demo.server

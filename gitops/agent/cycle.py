@@ -78,6 +78,7 @@ class Cycle:
             http_username=config.http_username,
         ).env()
         self.durations: dict[str, float] = {}
+        self.changes: tuple[str, ...] = ()  # what the switch changed, for the report
 
     # -- the cycle -------------------------------------------------------------------
 
@@ -246,6 +247,16 @@ class Cycle:
                     f"deploy {short} was unhealthy: {'; '.join(verdict.problems)}; {back}",
                     head,
                 )
+        before = (
+            previous_running
+            if config.action == Action.TEST
+            else previous.path
+            if previous
+            else None
+        )
+        self.changes = (
+            tuple(nix.diff_closures(before, system)) if before and before != system else ()
+        )
         self.state = replace(
             self.state,
             applied=str(head),
@@ -360,6 +371,7 @@ class Cycle:
             facts=facts.collect_facts(config.root),
             durations=outcome.durations,
             log_tail=outcome.log_tail,
+            changes=self.changes if outcome.result == Result.APPLIED else (),
         )
 
 

@@ -14,7 +14,7 @@ import multiprocessing
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,9 @@ from gitops.publish import TRAILER_EXPIRES, TRAILER_SOURCE
 from gitops.report import (
     DEPLOY_PREFIX,
     REPORTS_PREFIX,
-    SCHEMA,
     STATUS_FILE,
     Report,
     Result,
-    SystemInfo,
 )
 from gitops.schema import Problems
 from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
@@ -370,10 +368,10 @@ class HostReader:
         if status is None:
             return ReportEntry(sha, when, state, detail, error="no status.json in the commit"), None
         try:
-            report = parse_report(status)
+            report = Report.from_json(status)
         except ValueError as err:
             return ReportEntry(sha, when, state, detail, error=str(err)), None
-        return report_entry(sha, when, state, detail, report, status), status
+        return report_entry(sha, when, state, detail, report), status
 
     # -- deploys ------------------------------------------------------------------
 
@@ -423,58 +421,9 @@ class HostReader:
         return tuple(entries)
 
 
-_REPORT_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
-_SYSTEM_FIELDS = frozenset(f.name for f in fields(SystemInfo))
-
-
-def parse_report(status: bytes) -> Report:
-    """``Report.from_json``, with a fast path for the common case (a well-formed report):
-    the same values, without strptime. Anything unusual goes to Report.from_json itself,
-    so errors and edge cases are exactly the contract's."""
-    try:
-        data = json.loads(status)
-        stamp = _REPORT_TIME.match(data["time"]) if isinstance(data, dict) else None
-        system = data.get("system") or {} if isinstance(data, dict) else None
-        durations = data.get("durations") or {} if isinstance(data, dict) else None
-        if (
-            stamp is None
-            or data.get("schema") != SCHEMA
-            or not isinstance(system, dict)
-            or not system.keys() <= _SYSTEM_FIELDS
-            or not isinstance(durations, dict)
-            or not all(isinstance(v, int | float) for v in durations.values())
-            or not isinstance(data.get("facts") or {}, dict)
-        ):
-            return Report.from_json(status)
-        year, month, day, hour, minute, second = (int(g) for g in stamp.groups())
-        return Report(
-            host=str(data["host"]),
-            time=datetime(year, month, day, hour, minute, second, tzinfo=UTC),
-            agent_version=str(data.get("agent_version", "")),
-            result=Result(data["result"]),
-            reason=str(data.get("reason", "")),
-            report_id=str(data["report_id"]),
-            deploy_seen=data.get("deploy_seen"),
-            deploy_applied=data.get("deploy_applied"),
-            source_commit=data.get("source_commit"),
-            action=str(data.get("action", "switch")),
-            system=SystemInfo(**system),
-            facts=dict(data.get("facts") or {}),
-            durations={k: float(v) for k, v in durations.items()},
-            log_tail=str(data.get("log_tail", "")),
-        )
-    except (KeyError, TypeError, ValueError):
-        return Report.from_json(status)
-
-
 def report_entry(
-    sha: str, when: datetime, state: Trust, detail: str, report: Report, status: bytes
+    sha: str, when: datetime, state: Trust, detail: str, report: Report
 ) -> ReportEntry:
-    changes: tuple[str, ...] = ()
-    if b'"changes"' in status:
-        raw = json.loads(status).get("changes")
-        if isinstance(raw, list):
-            changes = tuple(str(c) for c in raw[:200])
     result = str(report.result)
     system = report.system
     intern = sys.intern
@@ -495,7 +444,7 @@ def report_entry(
         nixos_version=intern(system.nixos_version) if system.nixos_version else None,
         reboot_required=system.reboot_required,
         log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
-        changes=changes,
+        changes=report.changes,
     )
 
 
