@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,13 +31,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import pygit2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import machine as bench_machine
 import servers  # tests/servers.py: the loopback servers
 
 from gitops import transport
@@ -60,21 +59,8 @@ class Cost:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    git_version = subprocess.run(
-        ["git", "--version"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return (
-        f"{os.cpu_count()} CPUs ({model}), "
-        f"Python {platform.python_version()}, {git_version}, pygit2 {metadata.version('pygit2')} "
-        f"(libgit2 {pygit2.LIBGIT2_VERSION})"
+    return bench_machine.describe([["git", "--version"]], ["pygit2"]) + (
+        f" (libgit2 {pygit2.LIBGIT2_VERSION})"
     )
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine as bench_machine
 import pygit2
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -57,15 +57,7 @@ BASE_ENV = {
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+    return bench_machine.describe()
 
 
 def git(cwd: Path, *args: str | Path) -> str:

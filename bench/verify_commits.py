@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,9 +30,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 
+import machine as bench_machine
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -44,22 +43,7 @@ PRINCIPAL = "publisher@example.org"
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = []
-    for command in (["git", "--version"], ["ssh", "-V"]):
-        result = subprocess.run(command, check=True, capture_output=True, text=True)
-        versions.append((result.stdout or result.stderr).strip())
-    return (
-        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-        f"{versions[0]}, {versions[1]}, pygit2 {metadata.version('pygit2')}"
-    )
+    return bench_machine.describe([["git", "--version"], ["ssh", "-V"]], ["pygit2"])
 
 
 def make_commits(repo: pygit2.Repository, key: ed25519.Ed25519PrivateKey, count: int) -> list[str]:
