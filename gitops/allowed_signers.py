@@ -8,7 +8,7 @@ principals as an ssh pattern-list, options ``namespaces=``, ``valid-after=``,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,42 +92,34 @@ class AllowedSigner:
         return None
 
 
-def _tokens(line: str) -> list[str]:
-    """Split on whitespace outside double quotes (quotes kept, as sshauthopt wants)."""
-    tokens: list[str] = []
-    current = ""
-    quoted = False
-    for char in line:
-        if char == '"':
-            quoted = not quoted
-            current += char
-        elif char.isspace() and not quoted:
-            if current:
-                tokens.append(current)
-            current = ""
-        else:
-            current += char
-    if quoted:
-        raise ValueError("unterminated quote")
-    if current:
-        tokens.append(current)
-    return tokens
-
-
-def _split_options(text: str) -> list[str]:
-    options: list[str] = []
+def _split_unquoted(text: str, separator: Callable[[str], bool], *, keep_empty: bool) -> list[str]:
+    """Split ``text`` where ``separator`` matches outside double quotes (quotes kept)."""
+    parts: list[str] = []
     current = ""
     quoted = False
     for char in text:
         if char == '"':
             quoted = not quoted
-        if char == "," and not quoted:
-            options.append(current)
+        if separator(char) and not quoted:
+            if current or keep_empty:
+                parts.append(current)
             current = ""
         else:
             current += char
-    options.append(current)
-    return options
+    if quoted:
+        raise ValueError("unterminated quote")
+    if current or keep_empty:
+        parts.append(current)
+    return parts
+
+
+def _tokens(line: str) -> list[str]:
+    """Whitespace-separated fields, as sshauthopt reads them."""
+    return _split_unquoted(line, str.isspace, keep_empty=False)
+
+
+def _split_options(text: str) -> list[str]:
+    return _split_unquoted(text, lambda char: char == ",", keep_empty=True)
 
 
 def parse_line(line: str, line_number: int = 0) -> AllowedSigner | None:

@@ -9,6 +9,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gitops import keys, standin
+from gitops.demo import DemoFleet, InventoryHost
 from gitops.sshsig import PrivateKeyTypes, PublicKey
 
 KEY_TYPES = ("ed25519", "rsa", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521")
@@ -98,3 +99,13 @@ def write_fleet(
             )
         )
         (directory / "configuration.nix").write_text(standin.host_configuration(profiles))
+
+
+def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
+    """A DemoFleet (bare git server, keys, stand-in systems) with every host published."""
+    inventory = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in hosts.items()]
+    fleet = DemoFleet(root, inventory, say=lambda _: None)
+    fleet.root.mkdir()
+    fleet.create()
+    fleet.publish()
+    return fleet

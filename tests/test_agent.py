@@ -18,7 +18,7 @@ import pygit2
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import public_line
+from helpers import public_line, published_demo
 
 from gitops import commits, nix, standin
 from gitops.agent.config import Action, AgentConfig
@@ -31,22 +31,13 @@ from gitops.errors import GitopsError
 from gitops.report import Report, Result, deploy_ref, reports_ref
 from gitops.reports import read_report_commit, walk_reports
 
-INVENTORY = [
-    InventoryHost(
-        "alpha", ("workstation", "developer"), {"profiles": ["workstation", "developer"]}
-    ),
-    InventoryHost("beta", ("workstation",), {"profiles": ["workstation"]}),
-    InventoryHost("gamma", ("server",), {"profiles": ["server"]}),
-]
+HOSTS = {"alpha": ["workstation", "developer"], "beta": ["workstation"], "gamma": ["server"]}
+INVENTORY = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in HOSTS.items()]
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> DemoFleet:
-    fleet = DemoFleet(tmp_path / "demo", INVENTORY, say=lambda _: None)
-    fleet.root.mkdir()
-    fleet.create()
-    fleet.publish()
-    return fleet
+    return published_demo(tmp_path / "demo", HOSTS)
 
 
 def run(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import published_demo
 
 from gitops.agent.config import parse_config
 from gitops.agent.cycle import CycleResult
@@ -21,19 +22,13 @@ from gitops.demo import DemoFleet, InventoryHost
 from gitops.errors import GitopsError
 from gitops.report import Result
 
-INVENTORY = [
-    InventoryHost("alpha", ("workstation",), {"profiles": ["workstation"]}),
-    InventoryHost("beta", ("server",), {"profiles": ["server"]}),
-]
+HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
+INVENTORY = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in HOSTS.items()]
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> DemoFleet:
-    fleet = DemoFleet(tmp_path / "demo", INVENTORY, say=lambda _: None)
-    fleet.root.mkdir()
-    fleet.create()
-    fleet.publish()
-    return fleet
+    return published_demo(tmp_path / "demo", HOSTS)
 
 
 def write_config(demo: DemoFleet, host: str) -> Path:
