@@ -26,13 +26,12 @@ from gitops.agent.cycle import Cycle, CycleResult
 from gitops.agent.mirror import REMOTE_REPORTS_REF, Mirror
 from gitops.agent.state import StateStore
 from gitops.allowed_signers import AllowedSigners
-from gitops.demo import DemoFleet, InventoryHost, git
+from gitops.demo import DemoFleet, git
 from gitops.errors import GitopsError
 from gitops.report import Report, Result, deploy_ref, reports_ref
 from gitops.reports import read_report_commit, walk_reports
 
 HOSTS = {"alpha": ["workstation", "developer"], "beta": ["workstation"], "gamma": ["server"]}
-INVENTORY = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in HOSTS.items()]
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[Any, .
 
 
 def change(demo: DemoFleet, host: str, **settings: str) -> None:
-    profiles = next(h.profiles for h in INVENTORY if h.name == host)
+    profiles = HOSTS[host]
     demo.merge_change(
         {f"hosts/{host}/configuration.nix": standin.host_configuration(profiles, settings)},
         f"{host}: change",

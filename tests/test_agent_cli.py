@@ -18,12 +18,11 @@ from helpers import published_demo
 from gitops.agent.config import parse_config
 from gitops.agent.cycle import CycleResult
 from gitops.agent.loop import run_forever
-from gitops.demo import DemoFleet, InventoryHost
+from gitops.demo import DemoFleet
 from gitops.errors import GitopsError
 from gitops.report import Result
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
-INVENTORY = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in HOSTS.items()]
 
 
 @pytest.fixture
