@@ -301,33 +301,52 @@ class ParsedSignature:
     sig: bytes
 
 
+_U32 = struct.Struct(">I")
+
+
+def _strings(data: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
+    """``count`` SSH strings from ``data`` at ``pos`` (a site build parses 300,000
+    signatures: this is the hot path, so no reader object)."""
+    found = []
+    size = len(data)
+    for _ in range(count):
+        if pos + 4 > size:
+            raise SignatureError("signature is malformed: truncated")
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
+        if pos + length > size:
+            raise SignatureError("signature is malformed: truncated")
+        found.append(data[pos : pos + length])
+        pos += length
+    return found, pos
+
+
 def parse(armored: str | bytes) -> ParsedSignature:
     blob = dearmor(armored)
-    reader = _Reader(blob)
-    if reader.raw(6) != MAGIC:
+    if blob[:6] != MAGIC:
         raise SignatureError("signature is malformed: missing SSHSIG magic")
-    version = reader.uint32()
+    if len(blob) < 10:
+        raise SignatureError("signature is malformed: truncated")
+    (version,) = _U32.unpack_from(blob, 6)
     if version != VERSION:
         raise SignatureError(f"signature is malformed: unsupported version {version}")
-    key_blob = reader.string()
-    namespace = reader.string().decode("utf-8", "replace")
-    reader.string()  # reserved, ignored when reading (as OpenSSH does)
-    hash_alg = reader.string().decode("ascii", "replace")
-    signature = reader.string()
-    if not reader.done():
+    (key_blob, namespace_raw, _reserved, hash_raw, signature), end = _strings(blob, 10, 5)
+    if end != len(blob):
         raise SignatureError("signature is malformed: trailing data")
+    namespace = namespace_raw.decode("utf-8", "replace")
+    hash_alg = hash_raw.decode("ascii", "replace")
     if hash_alg not in _HASHES:
         raise SignatureError(f"signature uses a refused hash algorithm {hash_alg!r}")
     try:
         public_key = PublicKey.from_blob(key_blob)
     except (ValueError, SignatureError) as err:
         raise SignatureError(f"signature names an unusable key: {err}") from err
-    sig_reader = _Reader(signature)
-    sig_type = sig_reader.string().decode("ascii", "replace")
-    sig = sig_reader.string()
-    if not sig_reader.done():
+    (sig_type_raw, sig), end = _strings(signature, 0, 2)
+    if end != len(signature):
         raise SignatureError("signature is malformed: trailing data after the signature")
-    return ParsedSignature(public_key, namespace, hash_alg, sig_type, sig)
+    return ParsedSignature(
+        public_key, namespace, hash_alg, sig_type_raw.decode("ascii", "replace"), sig
+    )
 
 
 @functools.lru_cache(maxsize=16384)
