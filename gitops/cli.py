@@ -17,7 +17,6 @@ from gitops.errors import GitopsError
 
 log = logging.getLogger("gitops")
 
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130

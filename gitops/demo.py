@@ -37,14 +37,6 @@ from gitops.source import DirSource
 from gitops.sshsig import PrivateKeyTypes
 
 PUBLISHER = "publisher@example.org"
-NIX_SETTINGS = "\n".join(
-    [
-        "build-users-group =",
-        "sandbox = false",
-        "substituters =",
-        "experimental-features = nix-command flakes",
-    ]
-)
 
 
 def default_inventory() -> Path:
@@ -343,17 +335,6 @@ class DemoFleet:
             cwd=self.repo_dir,
         )
         return first
-
-    def repair(self, host: str) -> None:
-        """The admin puts the publisher's own head back (a force-push of the good commit)."""
-        git(
-            "push",
-            "-q",
-            "--force",
-            "origin",
-            f"{deploy_ref(host)}:{deploy_ref(host)}",
-            cwd=self.repo_dir,
-        )
 
     # -- the site --------------------------------------------------------------------
 

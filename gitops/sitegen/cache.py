@@ -17,7 +17,7 @@ import hashlib
 import os
 import pickle
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +173,6 @@ class Cache:
                     with contextlib.suppress(OSError):
                         Path(entry.path).unlink()
 
-    def page_file(self, digest: str) -> Path:
-        return self.pages_dir / digest
-
 
 def digest_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -202,12 +199,3 @@ class CacheReader:
 
     def close(self) -> None:
         self.db.close()
-
-
-@contextlib.contextmanager
-def opened(directory: Path, code_id: str) -> Iterator[Cache]:
-    cache = Cache(directory, code_id)
-    try:
-        yield cache
-    finally:
-        cache.close()

@@ -17,7 +17,6 @@ from gitops.fleet import Exemption, Host
 from gitops.policies import Outcome, Policy, evaluate
 
 EXEMPT = "exempt"
-NOT_APPLICABLE = "n/a"
 
 
 @dataclass(frozen=True)
@@ -74,23 +73,6 @@ def answer(
     return tuple(answers)
 
 
-def summarize(
-    policies: Iterable[Policy], answers: Mapping[str, tuple[Answer, ...]]
-) -> list[PolicySummary]:
-    summaries = {p.name: PolicySummary(p) for p in policies}
-    for host in sorted(answers):
-        for item in answers[host]:
-            summary = summaries[item.policy]
-            summary.counts[item.outcome] += 1
-            if item.outcome == str(Outcome.FAIL):
-                summary.failing.append(host)
-            elif item.outcome == str(Outcome.UNKNOWN):
-                summary.unknown.append(host)
-            elif item.outcome == EXEMPT:
-                summary.exempt.append(host)
-    return list(summaries.values())
-
-
 def failing(answers: Iterable[Answer]) -> list[str]:
     return [a.policy for a in answers if a.outcome == str(Outcome.FAIL)]
 
@@ -112,7 +94,8 @@ def decode(policies: Sequence[Policy], codes: str) -> dict[str, str]:
 
 
 def summarize_codes(policies: Sequence[Policy], codes: Mapping[str, str]) -> list[PolicySummary]:
-    """:func:`summarize` from encoded answers (what the aggregate pages keep per host)."""
+    """Pass/fail/unknown/exempt counts per policy, from the encoded answers the aggregate
+    pages keep per host."""
     summaries = [PolicySummary(p) for p in policies]
     for host in sorted(codes):
         for summary, code in zip(summaries, codes[host], strict=True):

@@ -7,7 +7,7 @@ host's collected data can be cached by the ids of the commits it was read from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -191,14 +191,3 @@ class Problem:
 class Orphan:
     ref: str
     reason: str
-
-
-@dataclass(frozen=True)
-class Collected:
-    """The inputs of one build."""
-
-    main_sha: str
-    main_commits: tuple[MainCommit, ...]  # newest first
-    sources: dict[str, MainCommit] = field(default_factory=dict)  # any main commit by sha
-    hosts: dict[str, HostData] = field(default_factory=dict)
-    orphans: tuple[Orphan, ...] = ()
