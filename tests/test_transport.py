@@ -648,7 +648,10 @@ def test_v2_poll_bytes_do_not_grow_with_the_fleet_but_libgit2s_do(
         heads = remote.list_heads(callbacks=callbacks)
     small_first, small_poll = costs["small"]
     large_first, large_poll = costs["large"]
-    assert large_first == small_first, costs
+    # The first fetch carries a pack: its bytes may differ by a few (the server packs the
+    # same objects a little differently from a packed or a loose repository), never by
+    # anything like the 4,000 refs (~240 KB) the large repository holds.
+    assert abs(large_first - small_first) < 256, costs
     assert large_poll == small_poll, costs
     assert large_poll < 2000, costs
     # libgit2: every ref, every poll (~60 bytes a ref).
