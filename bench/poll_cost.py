@@ -1,5 +1,5 @@
 """B3: what one idle agent poll costs, by fleet size: the git CLI with protocol v2 (what
-gitops.transport.fetch runs) against pygit2's Remote.fetch (libgit2, protocol v0/v1 only).
+gitops.system.transport.fetch runs) against pygit2's Remote.fetch (libgit2, protocol v0/v1 only).
 
     .venv/bin/python bench/poll_cost.py [--hosts 100 1000 5000] [--polls 20]
 
@@ -10,7 +10,7 @@ token, tests/servers.py). Every connection goes through a counting TCP proxy, so
 are what crossed the wire, both ways. One agent (a host in the middle of the fleet) first
 fetches its deploy branch, then polls ``--polls`` times with nothing new:
 
-- ``git v2``: gitops.transport.fetch (``git -c protocol.version=2 fetch``), a new git
+- ``git v2``: gitops.system.transport.fetch (``git -c protocol.version=2 fetch``), a new git
   process each poll, as the agent does;
 - ``git v0``: the same git command with ``-c protocol.version=0``, to show that it is the
   protocol, not the CLI, that matters;
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import machine as bench_machine
 import servers  # tests/servers.py: the loopback servers
 
-from gitops import transport
+from gitops.system import transport
 
 TOKEN = "bench-token-0123456789"
 INCOMING = "refs/gitops/incoming"

@@ -6,7 +6,7 @@ For each size, a fleet repository is generated and committed with git: fleet.yam
 publisher key, ``hosts/<host>/`` (host.yaml with the host's own real Ed25519 key,
 configuration.nix, hardware-configuration.nix), role profiles, shared modules and a
 flake.nix. Every tenth host uses the ``kiosk`` profile (10% of the fleet). Then, with the
-library functions ``gitops publish`` runs (gitops.publish.make_plan + write_commits):
+library functions ``gitops publish`` runs (gitops.publish.plan.make_plan + write_commits):
 
 1. the first publish: every host gets its first signed deploy commit;
 2. a plan with nothing changed;
@@ -40,7 +40,8 @@ import pygit2
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gitops import keys, publish
+from gitops.publish import plan as publish
+from gitops.trust import keys
 
 PUBLISHER = "ci@example.org"
 CHANGED_PROFILE = "kiosk"

@@ -38,11 +38,12 @@ from typing import Any
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gitops import commits, process
-from gitops.keys import public_line
-from gitops.publish import TRAILER_HOST, TRAILER_SOURCE
-from gitops.report import Report, Result, SystemInfo, deploy_ref, reports_ref
-from gitops.reports import create_report_commit
+from gitops.protocol import Report, Result, SystemInfo, deploy_ref, reports_ref
+from gitops.publish.plan import TRAILER_HOST, TRAILER_SOURCE
+from gitops.report_commits import create_report_commit
+from gitops.system import process
+from gitops.trust import commits
+from gitops.trust.keys import public_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("workstation", "developer", "server", "kiosk")

@@ -1,13 +1,13 @@
-"""B1: verifying signed commits in-process (gitops.commits.verify_commit) against
+"""B1: verifying signed commits in-process (gitops.trust.commits.verify_commit) against
 ``git verify-commit``, on the same commits.
 
     .venv/bin/python bench/verify_commits.py [--commits 1000]
 
 Makes ``--commits`` Ed25519-signed commits in a temporary repository with
-gitops.commits.create_signed_commit (one chain, a small different tree each), then
+gitops.trust.commits.create_signed_commit (one chain, a small different tree each), then
 verifies every one of them:
 
-- in-process: gitops.commits.verify_commit (read the raw object, split the signature off
+- in-process: gitops.trust.commits.verify_commit (read the raw object, split the signature off
   git's way, check it with cryptography) against an AllowedSigners list;
 - git, one ``git verify-commit <sha>`` per commit (what a script would do);
 - git, one ``git verify-commit <sha> <sha> ...`` for all commits at once (git accepts
@@ -36,8 +36,8 @@ import machine as bench_machine
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gitops import commits, keys
-from gitops.allowed_signers import AllowedSigners
+from gitops.trust import commits, keys
+from gitops.trust.allowed_signers import AllowedSigners
 
 PRINCIPAL = "publisher@example.org"
 

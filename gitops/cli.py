@@ -199,7 +199,7 @@ def execute(argv: Sequence[str]) -> int:
 
             return site_cmd.build(args.repo, args.out, serve=args.serve, port=args.port)
         case "demo":
-            from gitops import demo
+            from gitops.demo import scenario as demo
 
             return demo.run(args.dir, fleet=args.fleet, serve=args.serve, port=args.port)
     parser.error(f"unknown command {args.command}")

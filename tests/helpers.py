@@ -8,9 +8,10 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gitops import keys, standin
-from gitops.demo import DemoFleet, InventoryHost
-from gitops.sshsig import PrivateKeyTypes, PublicKey
+from gitops.demo import standin
+from gitops.demo.scenario import DemoFleet, InventoryHost
+from gitops.trust import keys
+from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
 
 KEY_TYPES = ("ed25519", "rsa", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521")
 
@@ -77,7 +78,7 @@ def write_fleet(
     machines: Path,
     extra_fleet: dict[str, object] | None = None,
 ) -> None:
-    """A stand-in fleet repository (see gitops/standin.py) in the work tree ``root``."""
+    """A stand-in fleet repository (see gitops/demo/standin.py) in the work tree ``root``."""
     (root / "modules").mkdir(parents=True, exist_ok=True)
     (root / "profiles").mkdir(exist_ok=True)
     (root / "flake.nix").write_text(standin.flake(machines))

@@ -12,7 +12,7 @@
 
 Every server is a context manager: it is stopped (and waited for) on exit, also when the
 body raises. Tests and benchmarks run the servers directly with :mod:`subprocess`; the
-code under test (gitops/) goes through gitops.process.
+code under test (gitops/) goes through gitops.system.process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from gitops import keys
+from gitops.trust import keys
 
 LOOPBACK = "127.0.0.1"
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/run/current-system/sw/bin/sshd")

@@ -1,5 +1,5 @@
 """Fixture fleets for the site tests: a real repository written with pygit2, real keys,
-real signed deploy commits (through gitops.publish) and real signed report commits."""
+real signed deploy commits (through gitops.publish.plan) and real signed report commits."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from typing_extensions import override
 
-from gitops import commits, publish
-from gitops.keys import public_line
-from gitops.report import Report, Result, SystemInfo, deploy_ref, reports_ref
-from gitops.reports import create_report_commit
+from gitops.protocol import Report, Result, SystemInfo, deploy_ref, reports_ref
+from gitops.publish import plan as publish
+from gitops.report_commits import create_report_commit
+from gitops.trust import commits
+from gitops.trust.keys import public_line
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)

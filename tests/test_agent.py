@@ -1,6 +1,6 @@
 """The agent's cycle with real git, real signatures, real Nix builds and profiles.
 
-Each test builds a small fleet (gitops.demo.DemoFleet: a bare git server, a publisher
+Each test builds a small fleet (gitops.demo.scenario.DemoFleet: a bare git server, a publisher
 key, host keys, stand-in Nix systems) and runs real cycles against it.
 """
 
@@ -20,16 +20,18 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers import public_line, published_demo
 
-from gitops import commits, nix, standin
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.cycle import Cycle, CycleResult
 from gitops.agent.mirror import REMOTE_REPORTS_REF, Mirror
 from gitops.agent.state import StateStore
-from gitops.allowed_signers import AllowedSigners
-from gitops.demo import DemoFleet, git
+from gitops.demo import standin
+from gitops.demo.scenario import DemoFleet, git
 from gitops.errors import GitopsError
-from gitops.report import Report, Result, deploy_ref, reports_ref
-from gitops.reports import read_report_commit, walk_reports
+from gitops.protocol import Report, Result, deploy_ref, reports_ref
+from gitops.report_commits import read_report_commit, walk_reports
+from gitops.system import nix
+from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
 
 HOSTS = {"alpha": ["workstation", "developer"], "beta": ["workstation"], "gamma": ["server"]}
 
@@ -393,7 +395,7 @@ def test_rejected_push_is_rebased_without_loss_or_duplicates(
     other = Mirror(tmp_path / "other-state", "beta")
     git("fetch", "-q", demo.server, f"{reports_ref('beta')}:{reports_ref('beta')}", cwd=other.path)
     intruder = remote_reports(demo, "beta")[-1]
-    from gitops.reports import create_report_commit
+    from gitops.report_commits import create_report_commit
 
     extra = replace(
         intruder, report_id="elsewhere-1", reason="written elsewhere", time=datetime.now(UTC)

@@ -18,9 +18,9 @@ from helpers import published_demo
 from gitops.agent.config import parse_config
 from gitops.agent.cycle import CycleResult
 from gitops.agent.loop import run_forever
-from gitops.demo import DemoFleet
+from gitops.demo.scenario import DemoFleet
 from gitops.errors import GitopsError
-from gitops.report import Result
+from gitops.protocol import Result
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 

@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers import public_line, write_key
 
-from gitops import sshsig
-from gitops.allowed_signers import AllowedSigners, match_pattern_list, parse_line, parse_time
 from gitops.errors import GitopsError
-from gitops.sshsig import PublicKey, SignatureError
+from gitops.trust import sshsig
+from gitops.trust.allowed_signers import AllowedSigners, match_pattern_list, parse_line, parse_time
+from gitops.trust.sshsig import PublicKey, SignatureError
 
 MSG = b"payload\n"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

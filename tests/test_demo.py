@@ -11,10 +11,10 @@ import pygit2
 import pytest
 from helpers import git, public_line
 
-from gitops import commits
-from gitops.demo import DemoFleet, DemoOutcome, default_inventory, play, read_inventory
-from gitops.report import Report, Result, deploy_ref, reports_ref
-from gitops.reports import read_report_commit, walk_reports
+from gitops.demo.scenario import DemoFleet, DemoOutcome, default_inventory, play, read_inventory
+from gitops.protocol import Report, Result, deploy_ref, reports_ref
+from gitops.report_commits import read_report_commit, walk_reports
+from gitops.trust import commits
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def _reports(demo: DemoFleet, host: str) -> list[Report]:
     assert head is not None
     trust = demo.root / f"{host}.signers"
     trust.write_text(f"{host} {public_line(demo.host_keys[host])}\n")
-    from gitops.allowed_signers import AllowedSigners
+    from gitops.trust.allowed_signers import AllowedSigners
 
     signers = AllowedSigners.load(trust)
     found = []
@@ -134,7 +134,7 @@ def test_compliance_reflects_the_machines(played: tuple[DemoFleet, DemoOutcome])
     data = json.loads((outcome.site / "compliance.json").read_text())
     policies = {p["name"]: p for p in data["policies"]}
     # The laptop's owner turned password logins on; one workstation lacks automatic GC
-    # (see gitops.demo.write_machine). Nothing else fails.
+    # (see gitops.demo.scenario.write_machine). Nothing else fails.
     assert policies["ssh-password-login-disabled"]["failing"] == ["laptop-anna"]
     assert policies["gc-timer-enabled"]["failing"] == ["media-ws-1"]
     assert policies["firewall-active"]["counts"]["pass"] == len(played[0].hosts)

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from conftest import NIX_CONFIG
 
-from gitops.allowed_signers import AllowedSigners
-from gitops.check import check_repository, nix_files
-from gitops.fleet import Fleet, load_fleet
-from gitops.schema import Problems
-from gitops.source import DirSource
+from gitops.fleet.check import check_repository, nix_files
+from gitops.fleet.model import Fleet, load_fleet
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import DirSource
+from gitops.trust.allowed_signers import AllowedSigners
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = REPO / "hosts"

@@ -1,4 +1,4 @@
-"""gitops.facts against trees shaped like NixOS roots, and once against this machine.
+"""gitops.agent.facts against trees shaped like NixOS roots, and once against this machine.
 
 The trees are what a NixOS host has on disk: /run/current-system and /etc/systemd/system
 are absolute symlinks into /nix/store (resolved inside the tree), units are wanted
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from gitops import facts
-from gitops.report import UNKNOWN, SystemInfo
+from gitops.agent import facts
+from gitops.protocol import UNKNOWN, SystemInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "facts"
 REPO = Path(__file__).resolve().parent.parent
@@ -374,7 +374,7 @@ def test_a_failing_collector_is_logged_and_unknown(
 ) -> None:
     nixos_root(tmp_path, Host())
     (tmp_path / "proc/uptime").write_text("not a number\n")
-    with caplog.at_level(logging.DEBUG, logger="gitops.facts"):
+    with caplog.at_level(logging.DEBUG, logger="gitops.agent.facts"):
         found = collect(tmp_path)
     assert found["uptime_seconds"] == UNKNOWN
     assert found["firewall"] == "active"  # the others are unaffected
@@ -491,7 +491,7 @@ def test_fact_keys_are_the_protocol_table() -> None:
 
 def test_this_machine(caplog: pytest.LogCaptureFixture) -> None:
     """Whatever this machine is (NixOS or not, systemd running or not): right types."""
-    with caplog.at_level(logging.DEBUG, logger="gitops.facts"):
+    with caplog.at_level(logging.DEBUG, logger="gitops.agent.facts"):
         found = facts.collect_facts(Path("/"))
         system = facts.collect_system(Path("/"), Path("/nix/var/nix/profiles/system"))
     assert tuple(found) == facts.FACT_KEYS

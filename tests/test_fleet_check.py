@@ -11,10 +11,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers import public_line, write_fleet
 
-from gitops.check import check_repository
-from gitops.fleet import load_fleet
-from gitops.schema import Problems, is_host_name, parse_duration
-from gitops.source import DirSource
+from gitops.fleet.check import check_repository
+from gitops.fleet.model import load_fleet
+from gitops.fleet.schema import Problems, is_host_name, parse_duration
+from gitops.fleet.source import DirSource
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from helpers import commit_all, git, init_repo
 
 from gitops.agent.config import AgentConfig, HealthConfig, parse_config
 from gitops.errors import GitopsError
-from gitops.publish import load_fleet_at, render_host_tree
+from gitops.publish.plan import load_fleet_at, render_host_tree
 
 REPO = Path(__file__).resolve().parent.parent
 NIXOS = REPO / "nixos"

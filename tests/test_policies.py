@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from site_helpers import GOOD_FACTS, ROOT
 
-from gitops.policies import Outcome, Policy, Selector, evaluate, load_policies
-from gitops.schema import Problems
-from gitops.source import DirSource
+from gitops.fleet.policies import Outcome, Policy, Selector, evaluate, load_policies
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import DirSource
 
 
 def example_policies() -> dict[str, Policy]:

@@ -13,9 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers import commit_all, git, git_out, init_repo, write_fleet
 
-from gitops import commits, keys, publish, standin
+from gitops.demo import standin
 from gitops.errors import GitopsError
-from gitops.report import deploy_ref
+from gitops.protocol import deploy_ref
+from gitops.publish import plan as publish
+from gitops.trust import commits, keys
 
 HOSTS = {
     "web-1": ["server"],

@@ -15,12 +15,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from site_helpers import NOW, Fleet, broken_links, standard_fleet
 
-from gitops import cli, commits
+from gitops import cli
 from gitops.errors import GitopsError
-from gitops.report import Result, deploy_ref, reports_ref
+from gitops.protocol import Result, deploy_ref, reports_ref
 from gitops.sitegen import build as site_build
 from gitops.sitegen import resources
 from gitops.sitegen.cache import cache_dir_for
+from gitops.trust import commits
 
 
 def build(fleet: Fleet, out: Path, **kwargs: Any) -> site_build.BuildStats:
@@ -397,7 +398,7 @@ def test_fleet_parsed_in_parts_equals_one_pass(
 def test_host_page_shows_what_changed_when_the_report_carries_it(tmp_path: Path) -> None:
     import json as json_module
 
-    from gitops.reports import report_message
+    from gitops.report_commits import report_message
 
     fleet = Fleet.create(tmp_path / "fleet.git")
     fleet.add_host("web")
@@ -416,7 +417,7 @@ def test_host_page_shows_what_changed_when_the_report_carries_it(tmp_path: Path)
         fleet.repo.create_blob(json_module.dumps(status).encode()),
         pygit2.enums.FileMode.BLOB,
     )
-    from gitops.report import Report
+    from gitops.protocol import Report
 
     oid = commits.create_signed_commit(
         fleet.repo,
@@ -438,8 +439,8 @@ def test_host_page_shows_what_changed_when_the_report_carries_it(tmp_path: Path)
 def test_tree_source_answers_like_pygit2_path_lookups(tmp_path: Path) -> None:
     import pygit2
 
+    from gitops.fleet.source import TreeSource
     from gitops.sitegen import collect
-    from gitops.source import TreeSource
 
     fleet = standard_fleet(tmp_path / "fleet.git")
     tree = collect.main_head(fleet.repo).tree

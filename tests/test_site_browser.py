@@ -20,8 +20,8 @@ import pytest
 from site_helpers import NOW, ROOT, broken_links, standard_fleet
 from typing_extensions import override
 
-from gitops import process
 from gitops.sitegen import build as site_build
+from gitops.system import process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
 CHROMEDRIVER = shutil.which("chromedriver") or ""

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from site_helpers import ROOT
 
-from gitops import process
+from gitops.system import process
 
 HAVE_MKDOCS = importlib.util.find_spec("mkdocs") is not None
 

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers import KEY_TYPES, make_key, public_line, write_key
 
-from gitops import sshsig
-from gitops.sshsig import PublicKey, SignatureError
+from gitops.trust import sshsig
+from gitops.trust.sshsig import PublicKey, SignatureError
 
 MESSAGE = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@b> 1 +0000\n\nhello\n"
 

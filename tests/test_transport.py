@@ -1,4 +1,4 @@
-"""gitops.transport against real servers on loopback: OpenSSH's sshd and git's smart-HTTP
+"""gitops.system.transport against real servers on loopback: OpenSSH's sshd and git's smart-HTTP
 CGI (git-http-backend) behind Basic auth. See tests/servers.py for the servers.
 
 What is checked: an agent's fetch of ``deploy/<host>`` and push of ``reports/<host>``
@@ -28,16 +28,17 @@ import servers
 from conftest import needs_nix
 from typing_extensions import override
 
-from gitops import keys, transport
 from gitops.agent.cycle import Cycle
 from gitops.agent.mirror import INCOMING_REF, Mirror
-from gitops.allowed_signers import AllowedSigners
-from gitops.commits import create_signed_commit, signature_of, verify_commit
-from gitops.demo import DemoFleet, InventoryHost
+from gitops.demo.scenario import DemoFleet, InventoryHost
 from gitops.errors import GitopsError
-from gitops.report import Result, deploy_ref, reports_ref
-from gitops.reports import read_report_commit
-from gitops.sshsig import PublicKey
+from gitops.protocol import Result, deploy_ref, reports_ref
+from gitops.report_commits import read_report_commit
+from gitops.system import transport
+from gitops.trust import keys
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.commits import create_signed_commit, signature_of, verify_commit
+from gitops.trust.sshsig import PublicKey
 
 CI = bool(os.environ.get("CI"))
 needs_sshd = pytest.mark.skipif(

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.schema import Problems, Reader, is_host_name, load_yaml
+from gitops.fleet.schema import Problems, Reader, is_host_name, load_yaml
+from gitops.trust.allowed_signers import AllowedSigners
 
 DEFAULT_CONFIG = Path("/etc/gitops/agent.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gitops-agent")

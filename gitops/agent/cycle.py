@@ -22,15 +22,17 @@ from pathlib import Path
 
 import pygit2
 
-from gitops import __version__, facts, keys, nix, transport
-from gitops.agent import health
+from gitops import __version__
+from gitops.agent import facts, health
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Mirror
 from gitops.agent.reporter import PushOutcome, Reporter
 from gitops.agent.state import AgentState, BuildRecord, StateStore, now_text
 from gitops.agent.verify import AcceptedDeploy, RejectedError, check_deploy_head
 from gitops.errors import GitopsError
-from gitops.report import Report, Result
+from gitops.protocol import Report, Result
+from gitops.system import nix, transport
+from gitops.trust import keys
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitops import process, transport
 from gitops.agent.config import HealthConfig
 from gitops.errors import GitopsError
-from gitops.report import deploy_ref
+from gitops.protocol import deploy_ref
+from gitops.system import process, transport
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pygit2
 
-from gitops import atomic, transport
-from gitops.report import deploy_ref, reports_ref
+from gitops.protocol import deploy_ref, reports_ref
+from gitops.system import atomic, transport
 
 INCOMING_REF = "refs/gitops/incoming"
 APPLIED_REF = "refs/gitops/applied"

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import pygit2
 
-from gitops import transport
 from gitops.agent.mirror import REMOTE_REPORTS_REF, Mirror
 from gitops.errors import GitopsError
-from gitops.report import Report
-from gitops.reports import create_report_commit, read_report_commit
-from gitops.sshsig import PrivateKeyTypes
+from gitops.protocol import Report
+from gitops.report_commits import create_report_commit, read_report_commit
+from gitops.system import transport
+from gitops.trust.sshsig import PrivateKeyTypes
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gitops import atomic
 from gitops.errors import GitopsError
+from gitops.system import atomic
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import pygit2
 
-from gitops import commits
-from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.publish import TRAILER_EXPIRES, TRAILER_HOST, TRAILER_SOURCE
-from gitops.sshsig import SignatureError
+from gitops.publish.plan import TRAILER_EXPIRES, TRAILER_HOST, TRAILER_SOURCE
+from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import SignatureError
 
 
 class RejectedError(GitopsError):

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from gitops import output, process
+from gitops import output
 from gitops.agent import config as agent_config
 from gitops.agent.config import AgentConfig, load_config, parse_config
 from gitops.agent.cycle import Cycle
@@ -16,7 +16,8 @@ from gitops.agent.loop import run_forever
 from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import pending_reports
 from gitops.agent.state import StateStore
-from gitops.report import Result
+from gitops.protocol import Result
+from gitops.system import process
 
 # Results after which `agent once` exits non-zero, so systemd shows the unit as failed.
 FAILING_RESULTS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gitops import output
-from gitops.check import check_repository
 from gitops.errors import ProblemsError
+from gitops.fleet.check import check_repository
 
 
 def check(repo: Path, *, as_json: bool, parse_nix: bool | None) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gitops import commits, output
-from gitops.fleet import load_fleet
-from gitops.keys import new_keypair
-from gitops.schema import Problems
-from gitops.source import DirSource, Source, TreeSource
+from gitops import output
+from gitops.fleet.model import load_fleet
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import DirSource, Source, TreeSource
+from gitops.trust import commits
+from gitops.trust.keys import new_keypair
 
 
 def new(path: Path, comment: str) -> int:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pygit2
 
-from gitops import commits, keys, output, transport
-from gitops import publish as publishing
-from gitops.allowed_signers import AllowedSigners
+from gitops import output
 from gitops.errors import GitopsError
-from gitops.report import DEPLOY_PREFIX
-from gitops.sshsig import SignatureError
+from gitops.protocol import DEPLOY_PREFIX
+from gitops.publish import plan as publishing
+from gitops.system import transport
+from gitops.trust import commits, keys
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import SignatureError
 
 
 def _plan_json(plan: publishing.Plan) -> dict[str, object]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gitops import commits, output
-from gitops.allowed_signers import AllowedSigners
+from gitops import output
 from gitops.errors import GitopsError
-from gitops.sshsig import SignatureError
+from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import SignatureError
 
 
 def verify(repo: Path, rev: str, allowed_signers: Path) -> int:

@@ -32,10 +32,9 @@ import pygit2
 from markupsafe import Markup
 
 from gitops import __version__
-from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.fleet import Fleet, FleetSettings, SiteSettings
-from gitops.policies import Policy
+from gitops.fleet.model import Fleet, FleetSettings, SiteSettings
+from gitops.fleet.policies import Policy
 from gitops.sitegen import audit, collect, compliance, export, resources, states
 from gitops.sitegen.cache import Cache, CacheReader, cache_dir_for, digest_bytes
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
@@ -53,6 +52,7 @@ from gitops.sitegen.model import STATE_ORDER, HostData, HostStatus, MainCommit, 
 from gitops.sitegen.pages import Pages, judge
 from gitops.sitegen.render import Renderer
 from gitops.sitegen.verify import trust_id
+from gitops.trust.allowed_signers import AllowedSigners
 
 MARKER = ".gitops-site"
 PARALLEL_MIN = 64  # below this many hosts to read or pages to render, stay in one process

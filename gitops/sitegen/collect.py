@@ -21,23 +21,23 @@ from typing import Any
 
 import pygit2
 
-from gitops import commits
-from gitops.allowed_signers import AllowedSigners
 from gitops.errors import GitopsError
-from gitops.fleet import HOSTS_DIR, Fleet, Host, load_fleet
-from gitops.policies import Policy, load_policies
-from gitops.publish import TRAILER_EXPIRES, TRAILER_SOURCE
-from gitops.report import (
+from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet
+from gitops.fleet.policies import Policy, load_policies
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import TreeSource
+from gitops.protocol import (
     DEPLOY_PREFIX,
     REPORTS_PREFIX,
     STATUS_FILE,
     Report,
     Result,
 )
-from gitops.schema import Problems
+from gitops.publish.plan import TRAILER_EXPIRES, TRAILER_SOURCE
 from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
 from gitops.sitegen.verify import verdict
-from gitops.source import TreeSource
+from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
 
 MAIN_REF = "refs/heads/main"
 MAX_DETAILED = 50  # newest reports read in full; older ones thinned to one a day
@@ -449,7 +449,7 @@ def report_entry(
 
 
 def _status_json(commit: pygit2.Commit) -> bytes | None:
-    """``status.json`` of a report commit (what gitops.reports.read_report_commit reads,
+    """``status.json`` of a report commit (what gitops.report_commits.read_report_commit reads,
     from the commit object already in hand)."""
     try:
         entry = commit.tree[STATUS_FILE]

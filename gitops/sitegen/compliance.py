@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from gitops.fleet import Exemption, Host
-from gitops.policies import Outcome, Policy, evaluate
+from gitops.fleet.model import Exemption, Host
+from gitops.fleet.policies import Outcome, Policy, evaluate
 
 EXEMPT = "exempt"
 

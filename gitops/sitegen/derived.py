@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from gitops.fleet import Host
-from gitops.policies import Condition, Policy
-from gitops.report import Result
+from gitops.fleet.model import Host
+from gitops.fleet.policies import Condition, Policy
+from gitops.protocol import Result
 from gitops.sitegen import compliance
 from gitops.sitegen.audit import Event
 from gitops.sitegen.model import HostData, HostStatus, State

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from gitops.fleet import Fleet, Host
-from gitops.policies import Policy
+from gitops.fleet.model import Fleet, Host
+from gitops.fleet.policies import Policy
 from gitops.sitegen import compliance, export, states
 from gitops.sitegen.derived import page_key
 from gitops.sitegen.model import HostData, HostStatus

@@ -12,8 +12,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
-from gitops.fleet import Host, SiteSettings
-from gitops.policies import Policy
+from gitops.fleet.model import Host, SiteSettings
+from gitops.fleet.policies import Policy
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
 from gitops.sitegen.compliance import Answer

@@ -35,7 +35,7 @@ def code_id() -> str:
     """Changes whenever the code or templates that render the site change (cache key)."""
     digest = hashlib.sha256(gitops.__version__.encode())
     sources = sorted((PACKAGE_DIR / "sitegen").glob("*.py"))
-    sources += [PACKAGE_DIR / "policies.py", PACKAGE_DIR / "report.py"]
+    sources += [PACKAGE_DIR / "fleet" / "policies.py", PACKAGE_DIR / "protocol.py"]
     sources += sorted(p for p in site_dir().rglob("*") if p.is_file())
     for path in sources:
         digest.update(path.name.encode())

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from gitops.report import Result
+from gitops.protocol import Result
 from gitops.sitegen.model import DeployEntry, HostData, HostStatus, ReportEntry, State
 
 FLAG_REBOOT = "reboot needed"

@@ -1,6 +1,6 @@
 """Signature verdicts for report and deploy commits: verified, unverified or unknown key.
 
-Uses :func:`gitops.commits.verify_commit` (git-exact signature extraction, the same trust
+Uses :func:`gitops.trust.commits.verify_commit` (git-exact signature extraction, the same trust
 rules as the agent) and, only when that fails, a second look to tell a bad signature
 ("unverified") from a good signature by a key nobody trusts here ("unknown key").
 """
@@ -11,10 +11,10 @@ import hashlib
 
 import pygit2
 
-from gitops import commits, sshsig
-from gitops.allowed_signers import AllowedSigners
 from gitops.sitegen.model import Trust
-from gitops.sshsig import SignatureError
+from gitops.trust import commits, sshsig
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import SignatureError
 
 
 def trust_id(trust: AllowedSigners) -> str:

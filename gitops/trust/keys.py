@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from gitops import atomic
 from gitops.errors import GitopsError
-from gitops.sshsig import PrivateKeyTypes, PublicKey, load_private_key
+from gitops.system import atomic
+from gitops.trust.sshsig import PrivateKeyTypes, PublicKey, load_private_key
 
 
 def public_line(key: PrivateKeyTypes, comment: str = "") -> str:

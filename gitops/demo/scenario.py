@@ -26,15 +26,19 @@ import pygit2
 import yaml
 
 import gitops
-from gitops import keys, output, process, publish, standin, transport
+from gitops import output
 from gitops.agent.config import AgentConfig, HealthConfig
 from gitops.agent.cycle import Cycle, CycleResult
+from gitops.demo import standin
 from gitops.errors import GitopsError
-from gitops.fleet import load_fleet
-from gitops.report import deploy_ref
-from gitops.schema import Problems
-from gitops.source import DirSource
-from gitops.sshsig import PrivateKeyTypes
+from gitops.fleet.model import load_fleet
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import DirSource
+from gitops.protocol import deploy_ref
+from gitops.publish import plan as publish
+from gitops.system import process, transport
+from gitops.trust import keys
+from gitops.trust.sshsig import PrivateKeyTypes
 
 PUBLISHER = "publisher@example.org"
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitops import process
 from gitops.errors import GitopsError
+from gitops.system import process
 
 # Settings that make the git CLI ignore the user's and the system's configuration.
 HERMETIC_ENV: Mapping[str, str] = {

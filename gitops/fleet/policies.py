@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gitops.schema import Problems, Reader, load_yaml
-from gitops.source import Source
+from gitops.fleet.schema import Problems, Reader, load_yaml
+from gitops.fleet.source import Source
 
 POLICIES_DIR = "policies"
 SEVERITIES = ("low", "medium", "high", "critical")

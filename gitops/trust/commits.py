@@ -17,10 +17,10 @@ from typing import cast
 
 import pygit2
 
-from gitops import sshsig
-from gitops.allowed_signers import AllowedSigners, Verified
 from gitops.errors import GitopsError
-from gitops.sshsig import PrivateKeyTypes, SignatureError
+from gitops.trust import sshsig
+from gitops.trust.allowed_signers import AllowedSigners, Verified
+from gitops.trust.sshsig import PrivateKeyTypes, SignatureError
 
 SIGNATURE_HEADER = b"gpgsig"
 OTHER_SIGNATURE_HEADER = b"gpgsig-sha256"  # the SHA-256 repos' header; never ours

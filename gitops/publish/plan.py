@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 import pygit2
 
-from gitops import commits
 from gitops.errors import GitopsError
-from gitops.fleet import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
-from gitops.report import DEPLOY_PREFIX, deploy_ref
-from gitops.schema import Problems
-from gitops.source import TreeSource
-from gitops.sshsig import PrivateKeyTypes, PublicKey
+from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import TreeSource
+from gitops.protocol import DEPLOY_PREFIX, deploy_ref
+from gitops.trust import commits
+from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One thin typed function per Nix operation; all of them run through gitops.process.
+"""One thin typed function per Nix operation; all of them run through gitops.system.process.
 
 Activation follows ``nixos-rebuild``: ``switch`` and ``boot`` set a new generation of the
 system profile and run its ``bin/switch-to-configuration <action>``; ``test`` only runs
@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitops import process
 from gitops.errors import GitopsError
+from gitops.system import process
 
 NIX = "nix"
 NIX_ENV = "nix-env"

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pygit2
 
-from gitops import commits
-from gitops.report import STATUS_FILE, Report
-from gitops.sshsig import PrivateKeyTypes
+from gitops.protocol import STATUS_FILE, Report
+from gitops.trust import commits
+from gitops.trust.sshsig import PrivateKeyTypes
 
 AGENT_EMAIL_DOMAIN = "gitops-agent.invalid"
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from gitops.allowed_signers import AllowedSigners
-from gitops.schema import Problems, Reader, is_host_name, load_yaml
-from gitops.source import Source
-from gitops.sshsig import PublicKey
+from gitops.fleet.schema import Problems, Reader, is_host_name, load_yaml
+from gitops.fleet.source import Source
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import PublicKey
 
 FLEET_FILE = "fleet.yaml"
 HOSTS_DIR = "hosts"

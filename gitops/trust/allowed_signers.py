@@ -16,9 +16,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
 
-from gitops import sshsig
 from gitops.errors import GitopsError
-from gitops.sshsig import PublicKey, SignatureError
+from gitops.trust import sshsig
+from gitops.trust.sshsig import PublicKey, SignatureError
 
 _TIME_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 

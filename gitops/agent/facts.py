@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from gitops import process
 from gitops.errors import GitopsError
-from gitops.report import UNKNOWN, SystemInfo
+from gitops.protocol import UNKNOWN, SystemInfo
+from gitops.system import process
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitops import nix, policies
-from gitops.fleet import HOSTS_DIR, PROFILES_DIR, Fleet, load_fleet
-from gitops.schema import Problems
-from gitops.source import DirSource
+from gitops.fleet import policies
+from gitops.fleet.model import HOSTS_DIR, PROFILES_DIR, Fleet, load_fleet
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import DirSource
+from gitops.system import nix
 
 _PROFILE_REF = re.compile(
     r"(?:^|[\s(\[/])(?:\.\./)+profiles/([A-Za-z0-9._+-]+?)(?:\.nix)?(?=[\s)\];/]|$)"

@@ -1,0 +1,1 @@
+"""``gitops demo``: a whole fleet on one machine, with stand-in Nix systems."""

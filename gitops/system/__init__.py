@@ -1,0 +1,2 @@
+"""The only code that touches the operating system: subprocesses, Nix, git transport,
+atomic file writes."""

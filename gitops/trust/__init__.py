@@ -1,0 +1,1 @@
+"""Signatures and trust: SSHSIG, OpenSSH allowed-signers files, signed git commits, keys."""
