@@ -38,8 +38,15 @@ from typing import Any
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gitops.protocol import Report, Result, SystemInfo, deploy_ref, reports_ref
-from gitops.publish.plan import TRAILER_HOST, TRAILER_SOURCE
+from gitops.protocol import (
+    TRAILER_HOST,
+    TRAILER_SOURCE,
+    Report,
+    Result,
+    SystemInfo,
+    deploy_ref,
+    reports_ref,
+)
 from gitops.report_commits import create_report_commit
 from gitops.system import process
 from gitops.trust import commits

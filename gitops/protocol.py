@@ -1,37 +1,30 @@
-"""The status report (contract): ``status.json`` in each commit on ``reports/<host>``.
+"""The protocol (contract) in one place: ref names, commit trailers, the one time format,
+and the status report (``status.json``) schema.
 
-Written by the agent, read by the site and by scripts. Versioned by ``schema``; a reader
-refuses a schema it does not know rather than guessing. docs/protocol.md documents it.
+Every other module imports these names; nothing else spells a ref, a trailer or the time
+format. docs/protocol.md documents the same, and tests/test_protocol.py checks that the two
+agree. Change anything here only on purpose, in one commit that updates every side.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
-SCHEMA = 1
-STATUS_FILE = "status.json"
-REPORTS_PREFIX = "refs/heads/reports/"
-DEPLOY_PREFIX = "refs/heads/deploy/"
-UNKNOWN = "unknown"
+# -- refs -------------------------------------------------------------------------------
 
-
-MAX_CHANGES = 200
-_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
+MAIN_REF: Final = "refs/heads/main"
+DEPLOY_PREFIX: Final = "refs/heads/deploy/"
+REPORTS_PREFIX: Final = "refs/heads/reports/"
+HOST_NAME: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # RFC 1123 label
 
 
-def parse_time(text: object) -> datetime:
-    """``2026-11-23T10:00:00Z`` (the report's only time format), fast: the site parses
-    hundreds of thousands."""
-    match = _TIME.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ")
-    year, month, day, hour, minute, second = (int(part) for part in match.groups())
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+def is_host_name(name: str) -> bool:
+    return bool(HOST_NAME.match(name))
 
 
 def deploy_ref(host: str) -> str:
@@ -40,6 +33,55 @@ def deploy_ref(host: str) -> str:
 
 def reports_ref(host: str) -> str:
     return f"{REPORTS_PREFIX}{host}"
+
+
+def branch_name(ref: str) -> str:
+    """``refs/heads/deploy/web-1`` → ``deploy/web-1`` (what users type)."""
+    return ref.removeprefix("refs/heads/")
+
+
+# -- trailers ---------------------------------------------------------------------------
+# Deploy commits (written by ``gitops publish``, read by the agent and the site).
+TRAILER_SOURCE: Final = "Source-Commit"  # the main commit the tree was rendered from
+TRAILER_HOST: Final = "Gitops-Host"  # the one host this commit is addressed to
+TRAILER_EXPIRES: Final = "Expires"  # after this time the agent refuses the commit
+# Report commits (written by the agent, read by the agent's retry logic and the site).
+TRAILER_REPORT_ID: Final = "Report-Id"  # unique per report: de-duplicates retried pushes
+TRAILER_RESULT: Final = "Result"  # the report's result, for `git log` readers
+TRAILER_DEPLOY_COMMIT: Final = "Deploy-Commit"  # the deploy head the host saw
+
+# -- time -------------------------------------------------------------------------------
+# The only time format in the protocol: UTC, second precision, ``Z`` suffix.
+TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
+
+
+def format_time(moment: datetime) -> str:
+    """``2026-11-23T10:00:00Z``. f-string, not strftime: the site formats hundreds of
+    thousands of these and strftime is several times slower."""
+    m = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
+
+
+def parse_time(text: object) -> datetime:
+    """Parse :data:`TIME_FORMAT`, fast (the site parses hundreds of thousands); ValueError
+    says what is wrong."""
+    match = _TIME.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as err:
+        raise ValueError(f"time {text!r} is not a real date ({err})") from err
+
+
+# -- the status report ------------------------------------------------------------------
+
+SCHEMA: Final = 1
+STATUS_FILE: Final = "status.json"
+UNKNOWN: Final = "unknown"
+MAX_CHANGES: Final = 200
 
 
 class Result(StrEnum):
@@ -86,7 +128,7 @@ class Report:
 
     def to_json(self) -> str:
         data = asdict(self)
-        data["time"] = self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data["time"] = format_time(self.time)
         data["result"] = str(self.result)
         data["changes"] = list(self.changes)
         ordered = {"schema": data.pop("schema"), **data}
@@ -125,3 +167,8 @@ class Report:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed report: {err}") from err
+
+
+# The top-level fields of status.json, in order: what policies may name (plus ``report``,
+# which the site adds) and what docs/protocol.md must list.
+REPORT_FIELDS: Final = ("schema", *(f.name for f in fields(Report) if f.name != "schema"))

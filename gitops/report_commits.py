@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import pygit2
 
-from gitops.protocol import STATUS_FILE, Report
+from gitops.protocol import (
+    STATUS_FILE,
+    TRAILER_DEPLOY_COMMIT,
+    TRAILER_REPORT_ID,
+    TRAILER_RESULT,
+    Report,
+)
 from gitops.trust import commits
 from gitops.trust.sshsig import PrivateKeyTypes
 
@@ -20,9 +26,9 @@ AGENT_EMAIL_DOMAIN = "gitops-agent.invalid"
 
 def report_message(report: Report) -> str:
     short = (report.deploy_seen or "none")[:8]
-    trailers = {"Report-Id": report.report_id, "Result": str(report.result)}
+    trailers = {TRAILER_REPORT_ID: report.report_id, TRAILER_RESULT: str(report.result)}
     if report.deploy_seen:
-        trailers["Deploy-Commit"] = report.deploy_seen
+        trailers[TRAILER_DEPLOY_COMMIT] = report.deploy_seen
     return commits.format_message(
         f"report {report.host}: {report.result} {short}", report.reason, trailers
     )
@@ -78,7 +84,7 @@ def read_report_commit(repo: pygit2.Repository, oid: pygit2.Oid) -> ReportCommit
         oid=oid,
         raw=commits.read_raw(repo, oid),
         status=status,
-        report_id=commits.trailers(commit.message).get("Report-Id"),
+        report_id=commits.trailers(commit.message).get(TRAILER_REPORT_ID),
     )
 
 

@@ -13,8 +13,9 @@ from helpers import public_line, write_fleet
 
 from gitops.fleet.check import check_repository
 from gitops.fleet.model import load_fleet
-from gitops.fleet.schema import Problems, is_host_name, parse_duration
+from gitops.fleet.schema import Problems, parse_duration
 from gitops.fleet.source import DirSource
+from gitops.protocol import is_host_name
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from gitops.errors import GitopsError
-from gitops.fleet.schema import Problems, Reader, is_host_name, load_yaml
+from gitops.fleet.schema import Problems, Reader, load_yaml
+from gitops.protocol import is_host_name
 from gitops.trust.allowed_signers import AllowedSigners
 
 DEFAULT_CONFIG = Path("/etc/gitops/agent.yaml")

@@ -8,12 +8,12 @@ last applied commit. Every refusal says why, in words an admin can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.publish.plan import TRAILER_EXPIRES, TRAILER_HOST, TRAILER_SOURCE
+from gitops.protocol import TRAILER_EXPIRES, TRAILER_HOST, TRAILER_SOURCE, parse_time
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import SignatureError
@@ -30,10 +30,6 @@ class AcceptedDeploy:
     principal: str
     expires: datetime | None
     first_use: bool  # accepted without an applied commit to descend from
-
-
-def _parse_expiry(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def check_deploy_head(
@@ -65,7 +61,7 @@ def check_deploy_head(
     expires = None
     if TRAILER_EXPIRES in found:
         try:
-            expires = _parse_expiry(found[TRAILER_EXPIRES])
+            expires = parse_time(found[TRAILER_EXPIRES])
         except ValueError as err:
             raise RejectedError(
                 f"deploy commit {short} refused: unreadable Expires trailer"

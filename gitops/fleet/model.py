@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from gitops.fleet.schema import Problems, Reader, is_host_name, load_yaml
+from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.source import Source
+from gitops.protocol import is_host_name
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.source import Source
+from gitops.protocol import REPORT_FIELDS
 
 POLICIES_DIR = "policies"
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -48,26 +49,7 @@ _COMPARISONS = (
 UNKNOWN_VALUES = (None, "unknown")
 # Where a ``fact`` path may start: status.json's top-level keys (docs/protocol.md), plus
 # ``report``, which the site adds at build time (``report.age_seconds``, ``report.verified``).
-FACT_ROOTS = frozenset(
-    {
-        "schema",
-        "host",
-        "time",
-        "agent_version",
-        "result",
-        "reason",
-        "report_id",
-        "deploy_seen",
-        "deploy_applied",
-        "source_commit",
-        "action",
-        "system",
-        "facts",
-        "durations",
-        "log_tail",
-        "report",
-    }
-)
+FACT_ROOTS = frozenset({*REPORT_FIELDS, "report"})
 
 
 class Outcome(StrEnum):

@@ -20,14 +20,8 @@ from gitops.errors import ProblemsError
 T = TypeVar("T")
 
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def is_host_name(name: str) -> bool:
-    """RFC 1123 label: it becomes a path (hosts/<name>) and a ref (deploy/<name>)."""
-    return bool(HOST_NAME.match(name))
 
 
 def parse_duration(value: object) -> int:

@@ -18,16 +18,20 @@ from gitops.errors import GitopsError
 from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
-from gitops.protocol import DEPLOY_PREFIX, deploy_ref
+from gitops.protocol import (
+    DEPLOY_PREFIX,
+    TRAILER_EXPIRES,
+    TRAILER_HOST,
+    TRAILER_SOURCE,
+    deploy_ref,
+    format_time,
+)
 from gitops.trust import commits
 from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_PATHS = 20
-TRAILER_SOURCE = "Source-Commit"
-TRAILER_HOST = "Gitops-Host"
-TRAILER_EXPIRES = "Expires"
 
 _Entry = tuple[pygit2.Oid, int]  # object id and file mode
 _Nested = dict[str, "_Nested | _Entry"]
@@ -184,7 +188,7 @@ def deploy_message(plan: HostPlan, source: pygit2.Commit, expires: datetime | No
     body = "Changed: " + ", ".join(listed) + (f", and {more} more" if more > 0 else "")
     trailers = {TRAILER_SOURCE: str(source.id), TRAILER_HOST: plan.host}
     if expires is not None:
-        trailers[TRAILER_EXPIRES] = expires.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        trailers[TRAILER_EXPIRES] = format_time(expires)
     return commits.format_message(f"deploy {plan.host}: {subject}", body, trailers)
 
 

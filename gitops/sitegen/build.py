@@ -35,6 +35,7 @@ from gitops import __version__
 from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet, FleetSettings, SiteSettings
 from gitops.fleet.policies import Policy
+from gitops.protocol import format_time
 from gitops.sitegen import audit, collect, compliance, export, resources, states
 from gitops.sitegen.cache import Cache, CacheReader, cache_dir_for, digest_bytes
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
@@ -422,7 +423,7 @@ def _charts(
     if any(others):
         version_series.append(Series("other", PALETTE[-1], others))
     chart_data = {
-        "days": [e.strftime("%Y-%m-%dT%H:%M:%SZ") for e in ends],
+        "days": [format_time(e) for e in ends],
         "states": {s.label: list(s.values) for s in state_series},
         "nixos_versions": {s.label: list(s.values) for s in version_series},
     }

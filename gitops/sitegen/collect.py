@@ -28,18 +28,20 @@ from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
     DEPLOY_PREFIX,
+    MAIN_REF,
     REPORTS_PREFIX,
     STATUS_FILE,
+    TRAILER_EXPIRES,
+    TRAILER_SOURCE,
     Report,
     Result,
+    branch_name,
 )
-from gitops.publish.plan import TRAILER_EXPIRES, TRAILER_SOURCE
 from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
 from gitops.sitegen.verify import verdict
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
 
-MAIN_REF = "refs/heads/main"
 MAX_DETAILED = 50  # newest reports read in full; older ones thinned to one a day
 WINDOW = timedelta(days=32)  # how far back (from the newest report) history is kept
 MAX_DEPLOYS = 100  # newest deploy commits read per host
@@ -241,9 +243,7 @@ def orphans(
     found = []
     for prefix, heads in ((DEPLOY_PREFIX, deploys), (REPORTS_PREFIX, reports)):
         for name in sorted(heads.keys() - hosts):
-            found.append(
-                Orphan(f"{prefix.removeprefix('refs/heads/')}{name}", "no hosts/<host>/host.yaml")
-            )
+            found.append(Orphan(f"{branch_name(prefix)}{name}", "no hosts/<host>/host.yaml"))
     return tuple(found)
 
 

@@ -86,6 +86,7 @@ def report_json(entry: ReportEntry) -> dict[str, Any]:
         "deploy_seen": entry.deploy_seen,
         "generation": entry.generation,
         "nixos_version": entry.nixos_version,
+        "changes": list(entry.changes),
         "error": entry.error or None,
     }
 

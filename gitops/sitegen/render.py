@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 
 from gitops.fleet.model import Host, SiteSettings
 from gitops.fleet.policies import Policy
+from gitops.protocol import format_time as protocol_time
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
 from gitops.sitegen.compliance import Answer
@@ -41,10 +42,7 @@ def format_time(moment: datetime | None) -> str:
 
 
 def iso(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    m = _utc(moment)
-    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
+    return "" if moment is None else protocol_time(moment)
 
 
 @functools.lru_cache(maxsize=4096)
