@@ -36,6 +36,8 @@ from gitops.fleet.schema import Problems
 from gitops.fleet.source import DirSource
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
+from gitops.sitegen import build as site_build
+from gitops.sitegen.serve import serve_site
 from gitops.system import process, transport
 from gitops.trust import keys
 from gitops.trust.sshsig import PrivateKeyTypes
@@ -343,9 +345,11 @@ class DemoFleet:
     # -- the site --------------------------------------------------------------------
 
     def build_site(self, out: Path) -> None:
-        from gitops.commands import site_cmd
-
-        site_cmd.build(self.server, out, serve=False, port=0)
+        stats = site_build.build(
+            self.server, out, background_cleanup=True, progress=output.progress
+        )
+        output.progress(stats.summary())
+        output.say(str((out / "index.html").absolute()))
 
 
 def _pick_profile(inventory: list[InventoryHost]) -> str:
@@ -503,7 +507,5 @@ def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -
         agent_log.setLevel(logging.ERROR)
     outcome = play(DemoFleet(root, inventory, policies=source / "policies"), say)
     if serve:
-        from gitops.commands import site_cmd
-
-        site_cmd.serve(outcome.site, port)
+        serve_site(outcome.site, port)
     return 0

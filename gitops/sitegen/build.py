@@ -75,6 +75,12 @@ class BuildStats:
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        return (
+            f"site: {self.hosts} hosts ({self.hosts_read} read from git, "
+            f"{self.verified_now} signatures checked) in {self.seconds:.1f} s"
+        )
+
 
 @dataclass(frozen=True)
 class Job:
