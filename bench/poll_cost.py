@@ -35,12 +35,12 @@ from pathlib import Path
 
 import pygit2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the testing/ package
 
 import machine as bench_machine
-import servers  # tests/servers.py: the loopback servers
 
 from gitops.system import transport
+from testing import servers  # the loopback servers the tests use
 
 TOKEN = "bench-token-0123456789"
 INCOMING = "refs/gitops/incoming"

@@ -3,8 +3,6 @@ writing to the real system (the system profile, /var/lib, /etc)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pygit2
@@ -12,25 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.agent import config as agent_config
-
-NIX_CONFIG = "\n".join(
-    [
-        "build-users-group =",
-        "sandbox = false",
-        "substituters =",
-        "experimental-features = nix-command flakes",
-    ]
-)
-
-HERMETIC_GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Test Author",
-    "GIT_AUTHOR_EMAIL": "author@example.org",
-    "GIT_COMMITTER_NAME": "Test Committer",
-    "GIT_COMMITTER_EMAIL": "committer@example.org",
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_ALLOW_PROTOCOL": "file:ssh:http:https:git",
-}
+from testing.env import HERMETIC_GIT_ENV, NIX_CONFIG
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +39,6 @@ def _no_real_system_state(monkeypatch: pytest.MonkeyPatch) -> None:
     forbidden = Path("/nonexistent/test-forgot-to-choose-a-path")
     monkeypatch.setattr(agent_config, "DEFAULT_STATE_DIR", forbidden)
     monkeypatch.setattr(agent_config, "DEFAULT_PROFILE", forbidden / "profile")
-
-
-def have(program: str) -> bool:
-    return shutil.which(program) is not None
-
-
-needs_nix = pytest.mark.skipif(
-    not have("nix") and not os.environ.get("CI"), reason="nix is not installed (CI installs it)"
-)
 
 
 @pytest.fixture

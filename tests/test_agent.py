@@ -18,7 +18,6 @@ import pygit2
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import public_line, published_demo
 
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.cycle import Cycle, CycleResult
@@ -32,6 +31,7 @@ from gitops.report_commits import read_report_commit, walk_reports
 from gitops.system import nix
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
+from testing.helpers import public_line, published_demo
 
 HOSTS = {"alpha": ["workstation", "developer"], "beta": ["workstation"], "gamma": ["server"]}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import published_demo
 
 from gitops.agent.config import parse_config
 from gitops.agent.cycle import CycleResult
@@ -21,6 +20,7 @@ from gitops.agent.loop import run_forever
 from gitops.demo.scenario import DemoFleet
 from gitops.errors import GitopsError
 from gitops.protocol import Result
+from testing.helpers import published_demo
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 

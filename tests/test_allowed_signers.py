@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import public_line, write_key
 
 from gitops.errors import GitopsError
 from gitops.trust import sshsig
 from gitops.trust.allowed_signers import AllowedSigners, match_pattern_list, parse_line, parse_time
 from gitops.trust.sshsig import PublicKey, SignatureError
+from testing.helpers import public_line, write_key
 
 MSG = b"payload\n"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pygit2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import KEY_TYPES, git, git_out, init_repo, make_key, public_line, write_key
 
 from gitops.trust import commits, sshsig
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PrivateKeyTypes, SignatureError
+from testing.helpers import KEY_TYPES, git, git_out, init_repo, make_key, public_line, write_key
 
 FIXED = {
     "GIT_AUTHOR_DATE": "2026-01-02T03:04:05+0000",

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from helpers import git, public_line
 
 from gitops.demo.scenario import DemoFleet, DemoOutcome, default_inventory, play, read_inventory
 from gitops.protocol import Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import read_report_commit, walk_reports
 from gitops.trust import commits
+from testing.helpers import git, public_line
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import NIX_CONFIG
 
 from gitops.fleet.check import check_repository, nix_files
 from gitops.fleet.model import Fleet, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import DirSource
 from gitops.trust.allowed_signers import AllowedSigners
+from testing.env import NIX_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = REPO / "hosts"

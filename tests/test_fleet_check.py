@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import public_line, write_fleet
 
 from gitops.fleet.check import check_repository
 from gitops.fleet.model import load_fleet
 from gitops.fleet.schema import Problems, parse_duration
 from gitops.fleet.source import DirSource
 from gitops.protocol import is_host_name
+from testing.helpers import public_line, write_fleet
 
 
 @pytest.fixture

@@ -22,12 +22,12 @@ from typing import Any
 
 import pygit2
 import pytest
-from conftest import NIX_CONFIG
-from helpers import commit_all, git, init_repo
 
 from gitops.agent.config import AgentConfig, HealthConfig, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
+from testing.env import NIX_CONFIG
+from testing.helpers import commit_all, git, init_repo
 
 REPO = Path(__file__).resolve().parent.parent
 NIXOS = REPO / "nixos"

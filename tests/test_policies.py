@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from site_helpers import GOOD_FACTS, ROOT
 
 from gitops.fleet.policies import Outcome, Policy, Selector, evaluate, load_policies
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import DirSource
+from testing.site_helpers import GOOD_FACTS, ROOT
 
 
 def example_policies() -> dict[str, Policy]:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pygit2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import commit_all, git, git_out, init_repo, write_fleet
 
 from gitops.demo import standin
 from gitops.errors import GitopsError
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
 from gitops.trust import commits, keys
+from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
 
 HOSTS = {
     "web-1": ["server"],

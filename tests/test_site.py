@@ -13,7 +13,6 @@ from typing import Any
 import pygit2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from site_helpers import NOW, Fleet, broken_links, standard_fleet
 
 from gitops import cli
 from gitops.errors import GitopsError
@@ -22,6 +21,7 @@ from gitops.sitegen import build as site_build
 from gitops.sitegen import resources
 from gitops.sitegen.cache import cache_dir_for
 from gitops.trust import commits
+from testing.site_helpers import NOW, Fleet, broken_links, standard_fleet
 
 
 def build(fleet: Fleet, out: Path, **kwargs: Any) -> site_build.BuildStats:

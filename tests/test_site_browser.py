@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from site_helpers import NOW, ROOT, broken_links, standard_fleet
 from typing_extensions import override
 
 from gitops.sitegen import build as site_build
 from gitops.system import process
+from testing.site_helpers import NOW, ROOT, broken_links, standard_fleet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
 CHROMEDRIVER = shutil.which("chromedriver") or ""

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from site_helpers import ROOT
 
 from gitops.system import process
+from testing.site_helpers import ROOT
 
 HAVE_MKDOCS = importlib.util.find_spec("mkdocs") is not None
 

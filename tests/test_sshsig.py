@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from helpers import KEY_TYPES, make_key, public_line, write_key
 
 from gitops.trust import sshsig
 from gitops.trust.sshsig import PublicKey, SignatureError
+from testing.helpers import KEY_TYPES, make_key, public_line, write_key
 
 MESSAGE = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@b> 1 +0000\n\nhello\n"
 

@@ -24,8 +24,6 @@ from typing import Any
 
 import pygit2
 import pytest
-import servers
-from conftest import needs_nix
 from typing_extensions import override
 
 from gitops.agent.cycle import Cycle
@@ -39,6 +37,8 @@ from gitops.trust import keys
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.commits import create_signed_commit, signature_of, verify_commit
 from gitops.trust.sshsig import PublicKey
+from testing import servers
+from testing.env import needs_nix
 
 CI = bool(os.environ.get("CI"))
 needs_sshd = pytest.mark.skipif(
