@@ -45,6 +45,14 @@ def branch_name(ref: str) -> str:
 TRAILER_SOURCE: Final = "Source-Commit"  # the main commit the tree was rendered from
 TRAILER_HOST: Final = "Gitops-Host"  # the one host this commit is addressed to
 TRAILER_EXPIRES: Final = "Expires"  # after this time the agent refuses the commit
+# The source commit's generation number (1 + the largest of its parents'; a root is 1):
+# a commit's ancestors all have smaller numbers, so an agent, which never sees main, can
+# refuse a deploy rendered from an older main than the one it runs.
+TRAILER_SOURCE_GENERATION: Final = "Source-Generation"
+# On a recovery commit (``gitops publish --recover``, after a legitimate history rewrite):
+# the deploy commit this host applied, which this commit supersedes although it does not
+# descend from it. Only a publisher can sign one, and it names one exact commit.
+TRAILER_RECOVERS: Final = "Recovers"
 # Report commits (written by the agent, read by the agent's retry logic and the site).
 TRAILER_REPORT_ID: Final = "Report-Id"  # unique per report: de-duplicates retried pushes
 TRAILER_RESULT: Final = "Result"  # the report's result, for `git log` readers

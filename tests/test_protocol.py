@@ -43,6 +43,8 @@ def test_every_trailer_and_ref_prefix_is_documented() -> None:
         protocol.TRAILER_SOURCE,
         protocol.TRAILER_HOST,
         protocol.TRAILER_EXPIRES,
+        protocol.TRAILER_SOURCE_GENERATION,
+        protocol.TRAILER_RECOVERS,
         protocol.TRAILER_REPORT_ID,
         protocol.TRAILER_RESULT,
         protocol.TRAILER_DEPLOY_COMMIT,

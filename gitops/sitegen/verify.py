@@ -1,8 +1,8 @@
 """Signature verdicts for report and deploy commits: verified, unverified or unknown key.
 
 Uses :func:`gitops.trust.commits.verify_commit` (git-exact signature extraction, the same trust
-rules as the agent) and, only when that fails, a second look to tell a bad signature
-("unverified") from a good signature by a key nobody trusts here ("unknown key").
+rules as the agent); the error's refusal kind tells a bad signature ("unverified") from a
+good signature by a key nobody trusts here ("unknown key").
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import hashlib
 import pygit2
 
 from gitops.sitegen.model import Trust
-from gitops.trust import commits, sshsig
+from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
-from gitops.trust.sshsig import SignatureError
+from gitops.trust.sshsig import Refusal, SignatureError
 
 
 def trust_id(trust: AllowedSigners) -> str:
@@ -27,18 +27,9 @@ def verdict(repo: pygit2.Repository, oid: str, trust: AllowedSigners) -> tuple[T
     try:
         verified = commits.verify_commit(repo, oid, trust)
     except SignatureError as err:
-        return _classify_failure(repo, oid, str(err)), str(err), ""
+        # A valid signature by a key the trust list does not name at all is "unknown
+        # key"; every other refusal (bad, malformed, unsigned, a listed key outside its
+        # validity or namespace) is "unverified".
+        kind = Trust.UNKNOWN_KEY if err.refusal is Refusal.UNKNOWN_KEY else Trust.UNVERIFIED
+        return kind, str(err), ""
     return Trust.VERIFIED, f"{verified.principal} ({verified.key.fingerprint})", verified.principal
-
-
-def _classify_failure(repo: pygit2.Repository, oid: str, message: str) -> Trust:
-    split = commits.split_signature(commits.read_raw(repo, oid))
-    if split.signature is None:
-        return Trust.UNVERIFIED
-    try:
-        sshsig.verify(split.payload, split.signature, namespace=sshsig.GIT_NAMESPACE)
-    except SignatureError:
-        return Trust.UNVERIFIED
-    # A valid signature that the trust list refused: by a key it does not list at all
-    # (unknown), or by a listed key outside its validity or namespace (unverified).
-    return Trust.UNKNOWN_KEY if message.startswith("signed by unknown key") else Trust.UNVERIFIED

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
 
 from gitops.errors import GitopsError
 from gitops.trust import sshsig
-from gitops.trust.sshsig import PublicKey, SignatureError
+from gitops.trust.sshsig import PublicKey, Refusal, SignatureError
 
 _TIME_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 
@@ -255,8 +255,10 @@ class AllowedSigners:
                 continue
             return Verified(entry.principals, key, entry)
         if reasons:
-            raise SignatureError(reasons[0])
-        raise SignatureError(f"signed by unknown key {key.fingerprint} ({key.key_type})")
+            raise SignatureError(reasons[0], Refusal.NOT_ALLOWED)
+        raise SignatureError(
+            f"signed by unknown key {key.fingerprint} ({key.key_type})", Refusal.UNKNOWN_KEY
+        )
 
 
 def _signature_key(cert: SSHCertificate) -> sshsig.PublicKeyTypes:

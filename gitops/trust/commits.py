@@ -20,7 +20,7 @@ import pygit2
 from gitops.errors import GitopsError
 from gitops.trust import sshsig
 from gitops.trust.allowed_signers import AllowedSigners, Verified
-from gitops.trust.sshsig import PrivateKeyTypes, SignatureError
+from gitops.trust.sshsig import PrivateKeyTypes, Refusal, SignatureError
 
 SIGNATURE_HEADER = b"gpgsig"
 OTHER_SIGNATURE_HEADER = b"gpgsig-sha256"  # the SHA-256 repos' header; never ours
@@ -86,7 +86,7 @@ def verify_commit(
     raw = read_raw(repo, oid)
     split = split_signature(raw)
     if split.signature is None:
-        raise SignatureError("not signed")
+        raise SignatureError("not signed", Refusal.UNSIGNED)
     moments = [committer_time(raw)] + ([now] if now is not None else [])
     return trust.verify(split.payload, split.signature, at=moments)
 

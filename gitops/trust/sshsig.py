@@ -16,6 +16,7 @@ import functools
 import hashlib
 import struct
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 import nacl.exceptions
@@ -35,6 +36,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
 from typing_extensions import override
+
+from gitops.errors import GitopsError
 
 MAGIC: Final = b"SSHSIG"
 VERSION: Final = 1
@@ -58,8 +61,23 @@ PublicKeyTypes = ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurveP
 PrivateKeyTypes = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
-class SignatureError(Exception):
-    """A signature that cannot be accepted; the text says why."""
+class Refusal(StrEnum):
+    """Why a signature was refused, for callers that act on the kind (the site tells
+    "unknown key" from "unverified"); the message says it to people."""
+
+    UNSIGNED = "unsigned"  # no signature at all
+    MALFORMED = "malformed"  # not a well-formed SSHSIG, or a key type we do not support
+    BAD = "bad"  # the signature does not match the signed content
+    UNKNOWN_KEY = "unknown-key"  # a valid signature by a key no trusted entry lists
+    NOT_ALLOWED = "not-allowed"  # a listed key, outside its validity, namespace or principals
+
+
+class SignatureError(GitopsError):
+    """A signature that cannot be accepted; the text says why, ``refusal`` what kind."""
+
+    def __init__(self, message: str, refusal: Refusal = Refusal.MALFORMED) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 # --- SSH wire encoding (RFC 4251) ---------------------------------------------------
@@ -402,11 +420,12 @@ def verify(
     parsed = parse(armored)
     if parsed.namespace != namespace:
         raise SignatureError(
-            f"signature is for namespace {parsed.namespace!r}, expected {namespace!r}"
+            f"signature is for namespace {parsed.namespace!r}, expected {namespace!r}",
+            Refusal.NOT_ALLOWED,
         )
     data = _signed_data(parsed.namespace, parsed.hash_alg, message)
     try:
         _check(parsed.public_key.crypto_key(), parsed, data)
     except (InvalidSignature, ValueError) as err:
-        raise SignatureError("bad signature: the signed content was changed") from err
+        raise SignatureError("bad signature: the signed content was changed", Refusal.BAD) from err
     return parsed
