@@ -14,11 +14,12 @@ import pygit2
 import pytest
 
 from gitops.agent.cycle import Cycle
+from gitops.agent.mirror import Mirror
 from gitops.demo import standin
-from gitops.demo.scenario import DemoFleet
+from gitops.demo.scenario import DemoFleet, git
 from gitops.inventory import nixnames, sbom
-from gitops.protocol import SBOM_FILE, Result, reports_ref
-from gitops.report_commits import read_report_commit, walk_reports
+from gitops.protocol import SBOM_FILE, Report, Result, reports_ref
+from gitops.report_commits import create_report_commit, read_report_commit, walk_reports
 from gitops.system import nix
 from gitops.trust import commits
 from testing.closure import make_system
@@ -225,6 +226,12 @@ def sboms_on_the_server(demo: DemoFleet, host: str) -> list[bytes | None]:
     return [read_report_commit(repo, oid).sbom for oid in walk_reports(repo, head)][::-1]
 
 
+def file_names(repo: pygit2.Repository, oid: pygit2.Oid) -> list[str]:
+    commit = repo.get(oid)
+    assert isinstance(commit, pygit2.Commit)
+    return sorted(str(entry.name) for entry in commit.tree)
+
+
 def test_the_agent_commits_an_sbom_only_when_the_running_system_changes(
     demo: DemoFleet,
 ) -> None:
@@ -237,12 +244,15 @@ def test_the_agent_commits_an_sbom_only_when_the_running_system_changes(
     document = sbom.read_sbom(first)
     assert document.system == str(current)
     assert {p.store_path for p in document.packages} == set(nix.closure(current)) - {str(current)}
-    # status.json is unchanged beside it: schema 1, the same host.
+    # status.json is unchanged beside it (schema 1); the heartbeat holds status.json only.
     repo = pygit2.Repository(str(demo.server))
     head = commits.ref_target(repo, reports_ref("alpha"))
     assert head is not None
-    tree = repo.get(next(iter(walk_reports(repo, head)))).tree  # type: ignore[union-attr]
-    assert sorted(entry.name for entry in tree) == ["status.json"]
+    newest, oldest = list(walk_reports(repo, head))
+    assert file_names(repo, oldest) == [SBOM_FILE, "status.json"]
+    assert file_names(repo, newest) == ["status.json"]
+    status = read_report_commit(repo, oldest).status
+    assert status is not None and Report.from_json(status).system.current_system == str(current)
     # A new system (a new deploy) gets a new SBOM.
     demo.merge_change(
         {
@@ -256,4 +266,23 @@ def test_the_agent_commits_an_sbom_only_when_the_running_system_changes(
     assert Cycle(config, health_sleep=False).run().result == Result.APPLIED
     *_, latest = sboms_on_the_server(demo, "alpha")
     assert latest is not None and sbom.read_sbom(latest).system != document.system
-    assert SBOM_FILE == "sbom.cdx.json"
+
+
+def test_a_rebased_report_keeps_its_sbom(demo: DemoFleet, tmp_path: Path) -> None:
+    # Someone else moved reports/alpha first: the agent's push is refused, it rebases.
+    other = Mirror(tmp_path / "other-state", "alpha")
+    elsewhere = Report(
+        host="alpha",
+        time=datetime.now(UTC),
+        agent_version="0",
+        result=Result.UNCHANGED,
+        reason="written elsewhere",
+        report_id="elsewhere-1",
+    )
+    oid = create_report_commit(other.repo, elsewhere, parent=None, key=demo.host_keys["alpha"])
+    git("push", "-q", demo.server, f"{oid}:{reports_ref('alpha')}", cwd=other.path)
+    result = Cycle(demo.agent_config("alpha"), health_sleep=False).run()
+    assert result.push is not None and result.push.pushed, result.push
+    assert sboms_on_the_server(demo, "alpha")[0] is None  # the one written elsewhere
+    rebased = sboms_on_the_server(demo, "alpha")[1]
+    assert rebased is not None and sbom.read_sbom(rebased).host == "alpha"
