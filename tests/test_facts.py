@@ -4,7 +4,9 @@ The trees are what a NixOS host has on disk: /run/current-system and /etc/system
 are absolute symlinks into /nix/store (resolved inside the tree), units are wanted
 through *.wants links, dm-crypt devices are described under /sys/block. The text files
 (sshd_config, os-release, the nixos-version script, an nftables ruleset) are copies of
-what NixOS 25.05 generates, in tests/fixtures/facts/.
+what NixOS 25.05 generates, in tests/fixtures/facts/. A tree runs no commands: the
+outputs a live host's commands give (ip -j addr, loginctl, systemctl show, zfs get) are
+recorded in tests/fixtures/facts/commands/ and handed to the collector as ``recorded``.
 """
 
 from __future__ import annotations
