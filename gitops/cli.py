@@ -131,6 +131,31 @@ def build_parser() -> argparse.ArgumentParser:
     status = agent_commands.add_parser("status", help="what the agent applied and last reported")
     status.add_argument("--json", action="store_true", help="machine-readable result")
 
+    sbom = commands.add_parser(
+        "sbom", help="a host's newest verified SBOM (CycloneDX), or which hosts run a package"
+    )
+    _add_repo(sbom)
+    target = sbom.add_mutually_exclusive_group(required=True)
+    target.add_argument("host", nargs="?", help="print this host's sbom.cdx.json")
+    target.add_argument(
+        "--which", metavar="PACKAGE[@VERSION]", help="list the hosts running this package"
+    )
+    sbom.add_argument("--json", action="store_true", help="machine-readable result (--which)")
+
+    vulns = commands.add_parser(
+        "vulns", help="known vulnerabilities of the hosts' SBOMs, from an NVD CVE feed"
+    )
+    _add_repo(vulns)
+    vulns.add_argument(
+        "--feed",
+        type=Path,
+        action="append",
+        default=[],
+        help="NVD CVE JSON 2.0 file or directory (repeatable; default: fleet.yaml's)",
+    )
+    vulns.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
+    vulns.add_argument("--json", action="store_true", help="machine-readable result")
+
     site = commands.add_parser("site", help="the fleet dashboard")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
     build = site_commands.add_parser(
@@ -194,6 +219,16 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import agent_cmd
 
             return agent_cmd.dispatch(args)
+        case "sbom":
+            from gitops.commands import sbom_cmd
+
+            if args.which is not None:
+                return sbom_cmd.which(args.repo, args.which, as_json=args.json)
+            return sbom_cmd.show(args.repo, args.host)
+        case "vulns":
+            from gitops.commands import vulns_cmd
+
+            return vulns_cmd.vulns_command(args.repo, args.feed, args.host, as_json=args.json)
         case "site":
             from gitops.commands import site_cmd
 

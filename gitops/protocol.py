@@ -88,6 +88,9 @@ def parse_time(text: object) -> datetime:
 
 SCHEMA: Final = 1
 STATUS_FILE: Final = "status.json"
+# The host's software bill of materials (CycloneDX JSON), beside status.json in a report
+# commit whose running system differs from the one the last SBOM described.
+SBOM_FILE: Final = "sbom.cdx.json"
 UNKNOWN: Final = "unknown"
 MAX_CHANGES: Final = 200
 

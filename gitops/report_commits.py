@@ -1,7 +1,8 @@
 """Report commits on ``reports/<host>``: write one (the agent), read them back (the site).
 
-A report commit's tree holds exactly one file, ``status.json``; the commit is signed
-with the host's key. See docs/protocol.md.
+A report commit's tree holds ``status.json`` and, when the host's running system changed
+since its last SBOM, ``sbom.cdx.json``; the commit is signed with the host's key. See
+docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import pygit2
 
 from gitops.protocol import (
+    SBOM_FILE,
     STATUS_FILE,
     TRAILER_DEPLOY_COMMIT,
     TRAILER_REPORT_ID,
@@ -34,10 +36,12 @@ def report_message(report: Report) -> str:
     )
 
 
-def report_tree(repo: pygit2.Repository, report: Report) -> pygit2.Oid:
-    blob = repo.create_blob(report.to_json().encode("utf-8"))
+def report_tree(repo: pygit2.Repository, report: Report, sbom: bytes | None = None) -> pygit2.Oid:
     builder = repo.TreeBuilder()
+    blob = repo.create_blob(report.to_json().encode("utf-8"))
     builder.insert(STATUS_FILE, blob, pygit2.enums.FileMode.BLOB)
+    if sbom is not None:
+        builder.insert(SBOM_FILE, repo.create_blob(sbom), pygit2.enums.FileMode.BLOB)
     return builder.write()
 
 
@@ -47,14 +51,15 @@ def create_report_commit(
     *,
     parent: pygit2.Oid | None,
     key: PrivateKeyTypes,
+    sbom: bytes | None = None,
 ) -> pygit2.Oid:
-    """Write (not yet on any ref) the signed commit holding ``report``."""
+    """Write (not yet on any ref) the signed commit holding ``report`` (and ``sbom``)."""
     identity = commits.signature_of(
         f"gitops-agent {report.host}", f"{report.host}@{AGENT_EMAIL_DOMAIN}", report.time
     )
     return commits.create_signed_commit(
         repo,
-        tree=report_tree(repo, report),
+        tree=report_tree(repo, report, sbom),
         parents=[parent] if parent is not None else [],
         message=report_message(report),
         author=identity,
@@ -68,24 +73,28 @@ class ReportCommit:
     raw: bytes  # the raw commit object, for signature checks
     status: bytes | None  # status.json, None when the commit has no such file
     report_id: str | None
+    sbom: bytes | None = None  # sbom.cdx.json, when the commit carries one
 
 
 def read_report_commit(repo: pygit2.Repository, oid: pygit2.Oid) -> ReportCommit:
     commit = repo.get(oid)
     assert isinstance(commit, pygit2.Commit)
-    status: bytes | None = None
-    try:
-        entry = commit.tree[STATUS_FILE]
-    except KeyError:
-        entry = None
-    if isinstance(entry, pygit2.Blob):
-        status = bytes(entry.data)
     return ReportCommit(
         oid=oid,
         raw=commits.read_raw(repo, oid),
-        status=status,
+        status=read_file(commit, STATUS_FILE),
         report_id=commits.trailers(commit.message).get(TRAILER_REPORT_ID),
+        sbom=read_file(commit, SBOM_FILE),
     )
+
+
+def read_file(commit: pygit2.Commit, name: str) -> bytes | None:
+    """A top-level file of a report commit's tree, None when there is none."""
+    try:
+        entry = commit.tree[name]
+    except KeyError:
+        return None
+    return bytes(entry.data) if isinstance(entry, pygit2.Blob) else None
 
 
 def walk_reports(

@@ -42,6 +42,9 @@ GOOD_FACTS: dict[str, Any] = {
     "disk_total_bytes": {"/": 100 << 30, "/nix": 100 << 30},
     "machine_id": "0123456789abcdef0123456789abcdef",
     "nixos_version": "unknown",
+    "backups": {"restic-backups-nas.service": {"result": "success", "finished": "unknown"}},
+    "backup_failed_units": [],
+    "backup_age_seconds": 3600,
 }
 
 

@@ -4,23 +4,33 @@ The trees are what a NixOS host has on disk: /run/current-system and /etc/system
 are absolute symlinks into /nix/store (resolved inside the tree), units are wanted
 through *.wants links, dm-crypt devices are described under /sys/block. The text files
 (sshd_config, os-release, the nixos-version script, an nftables ruleset) are copies of
-what NixOS 25.05 generates, in tests/fixtures/facts/.
+what NixOS 25.05 generates, in tests/fixtures/facts/. A tree runs no commands: the
+outputs a live host's commands give (ip -j addr, loginctl, systemctl show, zfs get) are
+recorded in tests/fixtures/facts/commands/ and handed to the collector as ``recorded``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import subprocess
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gitops.agent import facts
+from gitops.agent.facts import backups
+from gitops.fleet.policies import Outcome, evaluate, load_policies
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import DirSource
 from gitops.protocol import UNKNOWN, SystemInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "facts"
+COMMANDS = FIXTURES / "commands"
 REPO = Path(__file__).resolve().parent.parent
 
 SYSTEM = "/nix/store/4rq8a0vj1s3f0m6b1rcnpc9bx2l5wgyp-nixos-system-web-1-25.05.20260102.ac62194"
@@ -476,6 +486,393 @@ def test_generation_of_another_profile_name_is_not_taken(tmp_path: Path) -> None
     assert system.store_path == SYSTEM
 
 
+# -- inventory: hardware ------------------------------------------------------------------
+
+DMI = {
+    "sys_vendor": "LENOVO",
+    "product_name": "20XW0055GE",
+    "product_serial": "PF3ABC12",
+    "bios_version": "N32ET86W (1.62 )",
+    "bios_date": "03/12/2025",
+}
+
+
+def hardware(tree: Tree) -> None:
+    """What a ThinkPad's kernel shows: DMI, an NVMe SSD with LUKS, a SATA disk without."""
+    for name, value in DMI.items():
+        tree.write(f"/sys/class/dmi/id/{name}", value + "\n")
+    tree.copy("/proc/cpuinfo", "cpuinfo")
+    tree.copy("/proc/meminfo", "meminfo")
+    disk(tree, "nvme0n1", sectors=1000215216, model="SAMSUNG MZVL2512HCJQ-00BL7", rotational=0)
+    disk(tree, "sda", sectors=3907029168, model="ST2000DM008-2FR1", rotational=1)
+    tree.mkdir("/sys/block/loop0/queue")  # virtual: not a disk
+    tree.write("/sys/block/loop0/size", "0\n")
+
+
+def disk(tree: Tree, name: str, *, sectors: int, model: str, rotational: int) -> None:
+    device = f"/sys/devices/pci0000:00/{name}"
+    tree.path("/sys/block").mkdir(parents=True, exist_ok=True)
+    if not tree.path(f"/sys/block/{name}").exists():
+        tree.link(f"/sys/block/{name}", f"../devices/pci0000:00/{name}")
+    tree.write(f"{device}/size", f"{sectors}\n")
+    tree.write(f"{device}/queue/rotational", f"{rotational}\n")
+    tree.write(f"{device}/device/model", model + "  \n")
+
+
+def test_hardware_inventory_is_read_from_sysfs_and_procfs(tmp_path: Path) -> None:
+    tree = nixos_root(tmp_path, Host())
+    tree.path("/sys/block/nvme0n1").rmdir()
+    hardware(tree)
+    tree.mkdir("/sys/devices/pci0000:00/nvme0n1/nvme0n1p2")  # the LUKS partition (dm-0's slave)
+    found = collect(tmp_path)
+    assert found["hardware_vendor"] == "LENOVO"
+    assert found["hardware_model"] == "20XW0055GE"
+    assert found["hardware_serial"] == "PF3ABC12"
+    assert found["bios_version"] == "N32ET86W (1.62 )"
+    assert found["bios_date"] == "2025-03-12"
+    assert found["cpu_model"] == "11th Gen Intel(R) Core(TM) i5-1145G7 @ 2.60GHz"
+    assert (found["cpu_cores"], found["cpu_threads"]) == (2, 4)
+    assert found["memory_total_bytes"] == 16063408 * 1024
+    assert found["disks"] == [
+        {
+            "name": "nvme0n1",
+            "size_bytes": 512110190592,
+            "model": "SAMSUNG MZVL2512HCJQ-00BL7",
+            "rotational": False,
+            "luks": True,
+        },
+        {
+            "name": "sda",
+            "size_bytes": 2000398934016,
+            "model": "ST2000DM008-2FR1",
+            "rotational": True,
+            "luks": False,
+        },
+    ]
+
+
+def test_firmware_placeholders_and_an_unreadable_serial_are_unknown(tmp_path: Path) -> None:
+    tree = Tree(tmp_path)
+    tree.write("/sys/class/dmi/id/sys_vendor", "To Be Filled By O.E.M.\n")
+    tree.write("/sys/class/dmi/id/product_name", "Default string\n")
+    tree.mkdir("/sys/class/dmi/id/product_serial")  # cannot be read as a file (as non-root)
+    tree.write("/sys/class/dmi/id/bios_version", "\n")
+    found = collect(tmp_path)
+    for key in ("hardware_vendor", "hardware_model", "hardware_serial", "bios_version"):
+        assert found[key] == UNKNOWN, key
+
+
+def test_a_disk_whose_details_cannot_be_read_says_so(tmp_path: Path) -> None:
+    tree = Tree(tmp_path)
+    tree.mkdir("/sys/block/vda/device")
+    found = collect(tmp_path)
+    assert found["disks"] == [
+        {
+            "name": "vda",
+            "size_bytes": UNKNOWN,
+            "model": UNKNOWN,
+            "rotational": UNKNOWN,
+            "luks": False,
+        }
+    ]
+
+
+# -- inventory: network and users -----------------------------------------------------------
+
+IP_ADDR = ("ip", "-j", "addr", "show")
+LOGINCTL = ("loginctl", "list-sessions", "-o", "json")
+
+
+def command(fixture: str, returncode: int = 0) -> subprocess.CompletedProcess[str]:
+    return facts.recorded_output((COMMANDS / fixture).read_text(encoding="utf-8"), returncode)
+
+
+def interface(tree: Tree, name: str, mac: str, state: str, *, physical: bool) -> None:
+    target = f"/sys/devices/{'pci0000:00' if physical else 'virtual/net'}/{name}"
+    tree.write(f"{target}/address", mac + "\n")
+    tree.write(f"{target}/operstate", state + "\n")
+    if physical:
+        tree.mkdir(f"{target}/device")
+    tree.link(f"/sys/class/net/{name}", f"../../devices/{target.removeprefix('/sys/devices/')}")
+
+
+def network(tree: Tree) -> None:
+    interface(tree, "lo", "00:00:00:00:00:00", "unknown", physical=False)
+    interface(tree, "enp0s31f6", "8c:16:45:3a:7e:01", "up", physical=True)
+    interface(tree, "wlp0s20f3", "a4:c3:f0:85:12:9b", "down", physical=True)
+    interface(tree, "wg0", "", "unknown", physical=False)
+
+
+def test_interfaces_with_their_addresses_physical_first(tmp_path: Path) -> None:
+    network(Tree(tmp_path))
+    found = facts.collect_facts(tmp_path, recorded={IP_ADDR: command("ip-addr.json")})
+    assert found["network_interfaces"] == [
+        {
+            "name": "enp0s31f6",
+            "mac": "8c:16:45:3a:7e:01",
+            "state": "up",
+            "addresses": ["10.20.3.41/16", "fe80::8e16:45ff:fe3a:7e01/64"],
+        },
+        {"name": "wlp0s20f3", "mac": "a4:c3:f0:85:12:9b", "state": "down", "addresses": []},
+        {"name": "wg0", "mac": UNKNOWN, "state": "unknown", "addresses": ["10.99.0.41/24"]},
+    ]
+
+
+def test_interfaces_of_a_tree_without_ip_have_unknown_addresses(tmp_path: Path) -> None:
+    network(Tree(tmp_path))
+    found = collect(tmp_path)
+    assert [i["name"] for i in found["network_interfaces"]] == ["enp0s31f6", "wlp0s20f3", "wg0"]
+    assert all(i["addresses"] == UNKNOWN for i in found["network_interfaces"])
+
+
+def test_lists_are_bounded_so_a_report_stays_small(tmp_path: Path) -> None:
+    tree = Tree(tmp_path)
+    interface(tree, "eno1", "8c:16:45:3a:7e:01", "up", physical=True)
+    for index in range(40):
+        interface(tree, f"veth{index:02d}", "0a:00:00:00:00:01", "up", physical=False)
+    tree.write(
+        "/etc/passwd",
+        "".join(f"user{i:03d}:x:{1000 + i}:100::/home/u:/bin/sh\n" for i in range(300)),
+    )
+    found = collect(tmp_path)
+    assert len(found["network_interfaces"]) == 16
+    assert found["network_interfaces"][0]["name"] == "eno1"  # the uplink is kept
+    assert len(found["local_users"]) == 50
+
+
+def test_local_users_are_people_not_system_or_build_users(tmp_path: Path) -> None:
+    Tree(tmp_path).copy("/etc/passwd", "passwd")
+    found = collect(tmp_path)
+    assert found["local_users"] == ["anna", "it-admin"]
+    assert found["logged_in_users"] == UNKNOWN  # only a running logind knows
+
+
+def test_logged_in_users_from_logind(tmp_path: Path) -> None:
+    found = facts.collect_facts(tmp_path, recorded={LOGINCTL: command("loginctl-sessions.json")})
+    assert found["logged_in_users"] == ["anna", "it-admin"]
+
+
+# -- inventory: ZFS native encryption -------------------------------------------------------
+
+ZFS_GET = ("zfs", "get", "-H", "-o", "value", "encryption,keystatus", "rpool/root")
+
+
+def zfs_root(tmp_path: Path) -> None:
+    tree = nixos_root(tmp_path, Host(luks=False))
+    tree.write("/proc/mounts", "rpool/root / zfs rw,xattr,posixacl 0 0\n")
+
+
+def test_zfs_native_encryption_is_zfs(tmp_path: Path) -> None:
+    zfs_root(tmp_path)
+    found = facts.collect_facts(
+        tmp_path, recorded={ZFS_GET: command("zfs-get-encryption-keystatus.txt")}
+    )
+    assert found["disk_encryption"] == "zfs"
+
+
+def test_zfs_without_encryption_on_plain_disks_is_none(tmp_path: Path) -> None:
+    zfs_root(tmp_path)
+    pool = "rpool\\t476G\\t100G\\t376G\\n\\t/dev/nvme0n1p2\\t476G\\t100G\\t376G\\n"
+    found = facts.collect_facts(
+        tmp_path,
+        recorded={
+            ZFS_GET: facts.recorded_output("off\n-\n"),
+            ("zpool", "list", "-v", "-H", "-P", "-L", "rpool"): facts.recorded_output(
+                pool.replace("\\t", "\t").replace("\\n", "\n")
+            ),
+        },
+    )
+    assert found["disk_encryption"] == "none"
+
+
+def test_zfs_pool_on_luks_is_luks(tmp_path: Path) -> None:
+    zfs_root(tmp_path)
+    dm(Tree(tmp_path), "dm-0", "cryptroot", LUKS_UUID, ["nvme0n1p2"])
+    found = facts.collect_facts(
+        tmp_path,
+        recorded={
+            ("zpool", "list", "-v", "-H", "-P", "-L", "rpool"): facts.recorded_output(
+                "rpool\t476G\t100G\t376G\n\t/dev/mapper/cryptroot\t476G\t100G\t376G\n"
+            ),
+            ZFS_GET: facts.recorded_output("off\n-\n"),
+        },
+    )
+    assert found["disk_encryption"] == "luks"
+
+
+# -- inventory: backups -----------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 30, 0, 0, 0, tzinfo=UTC)
+RESTIC = "restic-backups-nas.service"
+SYNCOID = "syncoid-tank-projects.service"
+
+
+def show(unit: str) -> tuple[str, ...]:
+    return (
+        "systemctl",
+        "show",
+        "--timestamp=unix",
+        "--property=Result,ExecMainExitTimestamp,ExecMainStatus",
+        "--",
+        unit,
+    )
+
+
+def backup_host(tmp_path: Path) -> Tree:
+    tree = nixos_root(tmp_path, Host())
+    for name in (RESTIC, SYNCOID, "sanoid.service"):
+        unit(tree, name, None)
+    unit(tree, "restic-backups-nas.timer", "timers")
+    return tree
+
+
+def backup_policy(tmp_path: Path, found: dict[str, Any]) -> Outcome:
+    problems = Problems()
+    (policy,) = [p for p in load_policies(DirSource(REPO), problems) if p.name == "backup-fresh"]
+    assert not problems
+    return evaluate(policy.condition, {"facts": found})
+
+
+def test_backup_units_in_a_tree_are_listed_but_their_results_unknown(tmp_path: Path) -> None:
+    backup_host(tmp_path)
+    found = facts.collect_facts(tmp_path, now=NOW)
+    assert found["backups"] == {
+        name: {"result": UNKNOWN, "finished": UNKNOWN}
+        for name in (RESTIC, "sanoid.service", SYNCOID)
+    }
+    assert found["backup_failed_units"] == UNKNOWN
+    assert found["backup_age_seconds"] == UNKNOWN
+    assert backup_policy(tmp_path, found) == Outcome.UNKNOWN
+
+
+def test_backups_that_all_succeeded_are_fresh(tmp_path: Path) -> None:
+    backup_host(tmp_path)
+    found = facts.collect_facts(
+        tmp_path,
+        now=NOW,
+        recorded={
+            show(RESTIC): command("systemctl-show-restic-backups-nas.txt"),
+            show(SYNCOID): command("systemctl-show-restic-backups-nas.txt"),
+            show("sanoid.service"): command("systemctl-show-sanoid-old-systemd.txt"),
+        },
+    )
+    assert found["backups"]["sanoid.service"] == {
+        "result": "success",
+        "finished": "2026-11-24T03:12:44Z",
+    }
+    assert found["backups"][RESTIC] == {"result": "success", "finished": "2026-11-29T23:30:00Z"}
+    assert found["backup_failed_units"] == []
+    # The oldest last success (sanoid's, on old systemd's time format) sets the age.
+    assert found["backup_age_seconds"] == int(
+        (NOW - datetime(2026, 11, 24, 3, 12, 44, tzinfo=UTC)).total_seconds()
+    )
+    assert backup_policy(tmp_path, found) == Outcome.FAIL  # six days is not fresh
+    recent = {**found, "backup_age_seconds": 1800}
+    assert backup_policy(tmp_path, recent) == Outcome.PASS
+
+
+def test_a_failed_or_never_run_backup_fails_the_policy(tmp_path: Path) -> None:
+    backup_host(tmp_path)
+    found = facts.collect_facts(
+        tmp_path,
+        now=NOW,
+        recorded={
+            show(RESTIC): command("systemctl-show-restic-backups-nas.txt"),
+            show(SYNCOID): command("systemctl-show-syncoid-failed.txt"),
+            show("sanoid.service"): command("systemctl-show-never-run.txt"),
+        },
+    )
+    assert found["backups"][SYNCOID] == {"result": "exit-code", "finished": "2026-11-29T22:06:40Z"}
+    assert found["backups"]["sanoid.service"] == {"result": "never-run", "finished": UNKNOWN}
+    assert found["backup_failed_units"] == ["sanoid.service", SYNCOID]
+    assert found["backup_age_seconds"] == UNKNOWN  # when syncoid last succeeded is not known
+    assert backup_policy(tmp_path, found) == Outcome.FAIL
+
+
+def test_a_host_without_backup_units_fails_the_policy(tmp_path: Path) -> None:
+    nixos_root(tmp_path, Host())
+    found = facts.collect_facts(tmp_path, now=NOW)
+    assert found["backups"] == {}
+    assert backup_policy(tmp_path, found) == Outcome.FAIL
+
+
+def test_the_policy_names_only_backup_units() -> None:
+    assert all(backups._is_backup_unit(name) for name in (RESTIC, SYNCOID, "sanoid.service"))
+    assert not backups._is_backup_unit("restic-backups-nas.timer")
+    assert not backups._is_backup_unit("sanoid-prune.service")
+
+
+# -- inventory: patch currency ---------------------------------------------------------------
+
+NIXPKGS_REV = "ac62194c3917d5f474c1a844b6fd6da2db95077d"
+
+
+def flake_lock(rev: str = NIXPKGS_REV, modified: int = 1767313136) -> bytes:
+    lock = {
+        "nodes": {
+            "nixpkgs-stable": {
+                "locked": {"lastModified": modified, "rev": rev, "type": "github"},
+            },
+            "root": {"inputs": {"nixpkgs": "nixpkgs-stable"}},
+        },
+        "root": "root",
+        "version": 7,
+    }
+    return json.dumps(lock).encode()
+
+
+def test_nixpkgs_from_the_deploy_lock_when_the_system_agrees(tmp_path: Path) -> None:
+    nixos_root(tmp_path, Host())
+    found = facts.collect_facts(tmp_path, flake_lock=flake_lock())
+    assert found["nixpkgs_revision"] == NIXPKGS_REV
+    assert found["nixpkgs_date"] == "2026-01-02T00:18:56Z"  # lastModified, to the second
+
+
+def test_nixpkgs_from_the_system_when_the_lock_is_not_what_runs(tmp_path: Path) -> None:
+    nixos_root(tmp_path, Host())
+    found = facts.collect_facts(tmp_path, flake_lock=flake_lock(rev="5b3a8e1" + "0" * 33))
+    assert found["nixpkgs_revision"] == NIXPKGS_REV  # nixos-version --json's nixpkgsRevision
+    assert found["nixpkgs_date"] == "2026-01-02T00:00:00Z"  # only the day, from the label
+
+
+def test_nixpkgs_from_the_version_label_alone(tmp_path: Path) -> None:
+    tree = nixos_root(tmp_path, Host())
+    tree.path(VERSION_SCRIPT).unlink()
+    found = facts.collect_facts(tmp_path, flake_lock=b"not json")
+    assert found["nixpkgs_revision"] == "ac62194"
+    assert found["nixpkgs_date"] == "2026-01-02T00:00:00Z"
+
+
+def test_nixpkgs_without_any_witness_is_unknown(tmp_path: Path) -> None:
+    found = facts.collect_facts(tmp_path, flake_lock=flake_lock())
+    assert found["nixpkgs_revision"] == NIXPKGS_REV  # the lock alone, nothing contradicts it
+    bare = facts.collect_facts(tmp_path)
+    assert (bare["nixpkgs_revision"], bare["nixpkgs_date"]) == (UNKNOWN, UNKNOWN)
+
+
+# -- the report stays small ------------------------------------------------------------------
+
+
+def test_a_full_inventory_stays_a_few_kilobytes(tmp_path: Path) -> None:
+    tree = backup_host(tmp_path)
+    tree.path("/sys/block/nvme0n1").rmdir()
+    hardware(tree)
+    network(tree)
+    tree.copy("/etc/passwd", "passwd")
+    found = facts.collect_facts(
+        tmp_path,
+        flake_lock=flake_lock(),
+        now=NOW,
+        recorded={
+            IP_ADDR: command("ip-addr.json"),
+            LOGINCTL: command("loginctl-sessions.json"),
+            show(RESTIC): command("systemctl-show-restic-backups-nas.txt"),
+        },
+    )
+    size = len(json.dumps(found, indent=2))
+    assert size < 6000, size
+
+
 # -- the contract --------------------------------------------------------------------------
 
 
@@ -517,5 +914,14 @@ def test_this_machine(caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(system, SystemInfo)
     assert system.generation is None or isinstance(system.generation, int)
     assert system.reboot_required in (None, True, False)
-    # /proc/uptime exists on every Linux machine: this collector cannot be unknown here.
+    for key in ("cpu_cores", "cpu_threads", "memory_total_bytes"):
+        assert isinstance(found[key], int) and found[key] > 0, key
+    for key in ("disks", "network_interfaces", "local_users", "logged_in_users"):
+        assert found[key] == UNKNOWN or isinstance(found[key], list), key
+    for interface in found["network_interfaces"]:
+        assert set(interface) == {"name", "mac", "state", "addresses"}
+    # /proc/uptime, /proc/cpuinfo, /proc/meminfo and /sys/class/net exist on every Linux
+    # machine, and `ip -j addr` runs here: these cannot be unknown.
     assert isinstance(found["uptime_seconds"], int)
+    assert isinstance(found["network_interfaces"], list)
+    assert all(isinstance(i["addresses"], list) for i in found["network_interfaces"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import pygit2
 
 from gitops import __version__
-from gitops.agent import facts, health
+from gitops.agent import facts, health, sbom
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Mirror
 from gitops.agent.reporter import PushOutcome, Reporter
@@ -335,8 +335,13 @@ class Cycle:
         report = None
         if due:
             report = self._report(outcome, now)
-            reporter.add(report)
-            self.state = replace(self.state, last_report_time=now_text(now), last_report_key=key)
+            written = sbom.sbom_if_changed(report, self.state)
+            reporter.add(report, written.document if written else None)
+            self.state = replace(
+                sbom.remember(self.state, written),
+                last_report_time=now_text(now),
+                last_report_key=key,
+            )
             self.store.save(self.state)
         push = reporter.push() if reporter.pending() else None
         level = (
@@ -370,7 +375,9 @@ class Cycle:
             source_commit=self.state.applied_source,
             action=str(config.action),
             system=system,
-            facts=facts.collect_facts(config.root),
+            facts=facts.collect_facts(
+                config.root, flake_lock=self.mirror.applied_file("flake.lock")
+            ),
             durations=outcome.durations,
             log_tail=outcome.log_tail,
             changes=self.changes if outcome.result == Result.APPLIED else (),

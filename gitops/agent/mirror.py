@@ -71,6 +71,18 @@ class Mirror:
     def fetch_remote_reports(self, remote: str, env: dict[str, str]) -> pygit2.Oid | None:
         return self._fetch_one(remote, env, reports_ref(self.host), REMOTE_REPORTS_REF)
 
+    def applied_file(self, path: str) -> bytes | None:
+        """A file of the applied deploy commit's tree (its flake.lock), None if absent."""
+        target = self.target(APPLIED_REF)
+        commit = self.repo.get(target) if target is not None else None
+        if not isinstance(commit, pygit2.Commit):
+            return None
+        try:
+            entry = commit.tree[path]
+        except KeyError:
+            return None
+        return bytes(entry.data) if isinstance(entry, pygit2.Blob) else None
+
     def put_tree_in_place(self, commit_id: pygit2.Oid) -> Path:
         """Write the commit's tree to ``trees/<commit>`` and point ``current`` at it."""
         trees = self.state_dir / TREES_DIR

@@ -62,10 +62,10 @@ class Reporter:
     def ref(self) -> str:
         return self.mirror.local_reports_ref
 
-    def add(self, report: Report) -> pygit2.Oid:
-        """Commit ``report`` on the local branch (no network)."""
+    def add(self, report: Report, sbom: bytes | None = None) -> pygit2.Oid:
+        """Commit ``report`` (and the host's SBOM) on the local branch (no network)."""
         parent = self.mirror.target(self.ref)
-        oid = create_report_commit(self.repo, report, parent=parent, key=self.key)
+        oid = create_report_commit(self.repo, report, parent=parent, key=self.key, sbom=sbom)
         self.mirror.set_ref(self.ref, oid, f"report {report.result}")
         return oid
 
@@ -114,7 +114,9 @@ class Reporter:
             if commit.status is None:
                 continue
             report = Report.from_json(commit.status)
-            parent = create_report_commit(self.repo, report, parent=parent, key=self.key)
+            parent = create_report_commit(
+                self.repo, report, parent=parent, key=self.key, sbom=commit.sbom
+            )
         if parent is None:
             self.mirror.delete_ref(self.ref)
         else:

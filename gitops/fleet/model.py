@@ -6,6 +6,7 @@ field and fix; nothing downstream sees an unchecked value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -37,6 +38,21 @@ class SiteSettings:
 
 
 @dataclass(frozen=True)
+class CveExemption:
+    """A known vulnerability accepted until ``expires`` (fleet-wide or for one host)."""
+
+    cve: str
+    reason: str
+    expires: date
+
+
+@dataclass(frozen=True)
+class VulnerabilitySettings:
+    feeds: tuple[str, ...] = ()  # NVD CVE JSON 2.0 files or directories (relative: to the repo)
+    exemptions: tuple[CveExemption, ...] = ()
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     name: str = "fleet"
     publishers: tuple[Publisher, ...] = ()
@@ -46,6 +62,7 @@ class FleetSettings:
     report_interval: int = 3600
     stale_after: int = 3 * 3600
     site: SiteSettings = field(default_factory=SiteSettings)
+    vulnerabilities: VulnerabilitySettings = field(default_factory=VulnerabilitySettings)
 
     def publisher_trust(self) -> AllowedSigners:
         """The publishers as an allowed-signers list (what agents pin on their machine)."""
@@ -70,6 +87,7 @@ class Host:
     system: str = "x86_64-linux"
     location: str = ""
     exemptions: tuple[Exemption, ...] = ()
+    cve_exemptions: tuple[CveExemption, ...] = ()
 
     def trust(self) -> AllowedSigners:
         """Who may sign this host's reports: its own key, nobody else."""
@@ -149,6 +167,12 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         docs_url=site.string("docs_url"),
     )
     site.finish()
+    vulnerabilities = top.mapping("vulnerabilities")
+    vulnerability_settings = VulnerabilitySettings(
+        feeds=vulnerabilities.strings("feeds"),
+        exemptions=_cve_exemptions(vulnerabilities),
+    )
+    vulnerabilities.finish()
     name = top.string("name", "fleet")
     top.finish()
     return FleetSettings(
@@ -160,7 +184,26 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         report_interval=report,
         stale_after=stale,
         site=site_settings,
+        vulnerabilities=vulnerability_settings,
     )
+
+
+_CVE_ID = re.compile(r"^CVE-\d{4}-\d{4,}$")
+
+
+def _cve_exemptions(reader: Reader) -> tuple[CveExemption, ...]:
+    """``exemptions: [{cve, reason, expires}]`` under a ``vulnerabilities`` mapping."""
+    found = []
+    for item in reader.items("exemptions"):
+        cve = item.string("cve", required=True)
+        reason = item.string("reason", required=True)
+        expires = item.date("expires", required=True)
+        item.finish()
+        if cve and not _CVE_ID.match(cve):
+            item.problem("cve", f"{cve!r} is not a CVE id", "write it as CVE-2024-12345")
+        elif cve and reason and expires is not None:
+            found.append(CveExemption(cve, reason, expires))
+    return tuple(found)
 
 
 def _check_shared_path(path: str) -> str | None:
@@ -205,6 +248,9 @@ def _parse_host(source: Source, name: str, problems: Problems) -> Host | None:
         item.finish()
         if policy and reason and expires is not None:
             exemptions.append(Exemption(policy, reason, expires))
+    vulnerabilities = top.mapping("vulnerabilities")
+    cve_exemptions = _cve_exemptions(vulnerabilities)
+    vulnerabilities.finish()
     host = Host(
         name=name,
         key=key,
@@ -215,6 +261,7 @@ def _parse_host(source: Source, name: str, problems: Problems) -> Host | None:
         system=top.string("system", "x86_64-linux"),
         location=top.string("location"),
         exemptions=tuple(exemptions),
+        cve_exemptions=cve_exemptions,
     )
     top.finish()
     return host

@@ -18,6 +18,7 @@ from gitops.system import process
 
 NIX = "nix"
 NIX_ENV = "nix-env"
+NIX_STORE = "nix-store"
 LOG_TAIL_LINES = 40
 _GENERATION_LINK = re.compile(r"^(?P<profile>.+)-(?P<number>\d+)-link$")
 
@@ -138,6 +139,13 @@ def diff_closures(old: Path, new: Path, *, limit: int = 200) -> list[str]:
         return []
     lines = [_ANSI.sub("", line).strip() for line in result.stdout.splitlines()]
     return [line for line in lines if line][:limit]
+
+
+def closure(path: Path | str) -> list[str]:
+    """Every store path ``path`` needs at run time, itself included
+    (``nix-store --query --requisites``)."""
+    result = process.run([NIX_STORE, "--query", "--requisites", path], check=True)
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
 
 def keep_last_generations(profile: Path, count: int) -> None:

@@ -1,14 +1,8 @@
-"""Facts for compliance, and the running system, as a host's files and tools tell them.
+"""Facts for compliance, and the running system (docs/protocol.md "Facts").
 
-``collect_facts`` returns the "Facts (schema 1)" of docs/protocol.md, ``collect_system``
-the ``system`` object of a report. Every path is read under ``root``: the agent passes
-``/``, tests pass a tree shaped like a NixOS root (absolute symlinks inside it are
-followed inside it, as a chroot would). Commands (systemctl, nft, iptables, sshd -T,
-nixos-version, zpool, zfs) run only when ``root`` is ``/``; for any other root, files
-only. Sources are listed in notes/users.md section 2.
-
-Each collector says ``"unknown"`` (``None`` in SystemInfo) rather than guess, and none
-raises: a collector that fails is logged at debug level and its facts become unknown.
+Firewall, ssh, disk encryption, timers, failed units, uptime, disk space, machine id and
+the NixOS version, read through :class:`~gitops.agent.facts.hostfs.Host`. Each collector
+returns the keys it could determine; the caller makes the others ``"unknown"``.
 """
 
 from __future__ import annotations
@@ -17,40 +11,17 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from gitops.errors import GitopsError
+from gitops.agent.facts.hostfs import SYSTEM_BIN, Host, Recorded
 from gitops.protocol import UNKNOWN, SystemInfo
-from gitops.system import process
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gitops.agent.facts")
 
-FACT_KEYS: Final = (
-    "firewall",
-    "ssh_password_login",
-    "ssh_root_login",
-    "disk_encryption",
-    "luks_devices",
-    "gc_timer",
-    "auto_upgrade_timer",
-    "failed_units",
-    "uptime_seconds",
-    "disk_free_bytes",
-    "disk_total_bytes",
-    "machine_id",
-    "nixos_version",
-)
-
-COMMAND_TIMEOUT: Final = 20.0
-MAX_SYMLINKS: Final = 40
 UNITS_DIR: Final = "/etc/systemd/system"
-# A service's PATH on NixOS does not include the system's tools; they are here.
-SYSTEM_BIN: Final = "/run/current-system/sw/bin"
 DISK_MOUNTS: Final = ("/", "/nix")
 
 _LUKS_UUID = re.compile(r"^CRYPT-LUKS[12]-")
@@ -60,132 +31,6 @@ _SSHD_LINE = re.compile(r"^\s*(?P<key>[A-Za-z0-9]+)(?:\s*=\s*|\s+)(?P<value>.*?)
 _STORE_PATH = re.compile(r"/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+")
 _ACTIVE_STATES = ("active", "reloading", "activating")
 _ENABLED_STATES = ("enabled", "enabled-runtime")
-
-
-NIX_STORE = "/nix/store"
-
-
-class _Host:
-    """A root file system, live (``/``) or a tree standing in for one."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.live = root == Path("/")
-        self._runs: dict[tuple[str, ...], subprocess.CompletedProcess[str] | None] = {}
-        self._version: dict[str, Any] | bool | None = False  # False: not looked up yet
-
-    def under(self, path: str) -> Path:
-        """The host path ``path`` in this process's file system, symlinks not followed.
-
-        A tree standing in for a host may share this machine's Nix store (as NixOS
-        containers do): a store path missing under ``root`` is read from ``/nix/store``.
-        """
-        inside = self.root.joinpath(*PurePosixPath(path).parts[1:])
-        in_store = path == NIX_STORE or path.startswith(f"{NIX_STORE}/")
-        if not self.live and in_store and not inside.exists():
-            shared = Path(path)
-            if shared.exists() or shared.is_symlink():
-                return shared
-        return inside
-
-    def resolve(self, path: str) -> str | None:
-        """``readlink -f`` on the host: the final host path, or None if it does not exist.
-
-        Absolute link targets are resolved under ``root``, as inside a chroot.
-        """
-        pending = list(PurePosixPath(path).parts[1:])
-        current = PurePosixPath("/")
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part in ("", "."):
-                continue
-            if part == "..":
-                current = current.parent
-                continue
-            candidate = current / part
-            real = self.under(str(candidate))
-            try:
-                if real.is_symlink():
-                    hops += 1
-                    if hops > MAX_SYMLINKS:
-                        return None
-                    target = PurePosixPath(real.readlink())
-                    if target.is_absolute():
-                        current = PurePosixPath("/")
-                        pending = list(target.parts[1:]) + pending
-                    else:
-                        pending = list(target.parts) + pending
-                    continue
-                if not real.exists():
-                    return None
-            except OSError:
-                return None
-            current = candidate
-        return str(current)
-
-    def file(self, path: str) -> Path | None:
-        resolved = self.resolve(path)
-        return None if resolved is None else self.under(resolved)
-
-    def read(self, path: str) -> str | None:
-        target = self.file(path)
-        if target is None:
-            return None
-        try:
-            return target.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-
-    def list_dir(self, path: str) -> list[str] | None:
-        target = self.file(path)
-        if target is None:
-            return None
-        try:
-            return sorted(entry.name for entry in target.iterdir())
-        except OSError:
-            return None
-
-    def program(self, name: str) -> str | None:
-        """A program to run: on PATH, else the current system's (live hosts only)."""
-        if not self.live:
-            return None
-        found = shutil.which(name)
-        if found is not None:
-            return found
-        candidate = Path(SYSTEM_BIN) / name
-        return str(candidate) if os.access(candidate, os.X_OK) else None
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str] | None:
-        """Run a command on a live host (once per argv); None if it could not run."""
-        if not self.live:
-            return None
-        if args in self._runs:
-            return self._runs[args]
-        result: subprocess.CompletedProcess[str] | None
-        program = self.program(args[0])
-        if program is None:
-            log.debug("facts: %s is not installed", args[0])
-            result = None
-        else:
-            try:
-                result = process.run(
-                    [program, *args[1:]],
-                    check=False,
-                    timeout=COMMAND_TIMEOUT,
-                    env={"LC_ALL": "C", "SYSTEMD_COLORS": "0"},
-                )
-            except (GitopsError, OSError) as err:
-                log.debug("facts: %s", err)
-                result = None
-        self._runs[args] = result
-        return result
-
-    def nixos_version(self) -> dict[str, Any] | None:
-        """What ``nixos-version --json`` prints for the current system."""
-        if self._version is False:
-            self._version = _read_nixos_version(self)
-        return self._version if isinstance(self._version, dict) else None
 
 
 # -- systemd units ---------------------------------------------------------------------
@@ -198,7 +43,7 @@ class _Unit:
     active: bool | None  # None when only files were read
 
 
-def _unit(host: _Host, name: str) -> _Unit | None:
+def _unit(host: Host, name: str) -> _Unit | None:
     """A unit's state from systemd (live), else from its files; None if unknowable."""
     result = host.run(
         "systemctl", "show", "--property=LoadState,ActiveState,UnitFileState", "--", name
@@ -215,7 +60,7 @@ def _unit(host: _Host, name: str) -> _Unit | None:
     return _unit_files(host, name)
 
 
-def _unit_files(host: _Host, name: str) -> _Unit | None:
+def _unit_files(host: Host, name: str) -> _Unit | None:
     entries = host.list_dir(UNITS_DIR)
     if entries is None:
         return None
@@ -233,7 +78,7 @@ def _unit_files(host: _Host, name: str) -> _Unit | None:
     return _Unit(exists=True, enabled=wanted, active=None)
 
 
-def _timer(host: _Host, name: str) -> str:
+def _timer(host: Host, name: str) -> str:
     unit = _unit(host, name)
     if unit is None:
         return UNKNOWN
@@ -247,11 +92,11 @@ def _running(unit: _Unit) -> bool:
 # -- collectors ------------------------------------------------------------------------
 
 
-def _firewall(host: _Host) -> dict[str, Any]:
+def _firewall(host: Host) -> dict[str, Any]:
     return {"firewall": _firewall_state(host)}
 
 
-def _firewall_state(host: _Host) -> str:
+def _firewall_state(host: Host) -> str:
     iptables_unit = _unit(host, "firewall.service")  # the iptables backend
     nftables_unit = _unit(host, "nftables.service")  # the nftables backend loads nixos-fw
     if host.live:
@@ -280,7 +125,7 @@ def _firewall_state(host: _Host) -> str:
     return "inactive"
 
 
-def _nftables_ruleset_has_firewall(host: _Host) -> str:
+def _nftables_ruleset_has_firewall(host: Host) -> str:
     """Whether nftables.service (or a store file it names) loads the nixos-fw table."""
     text = host.read(f"{UNITS_DIR}/nftables.service")
     if text is None:
@@ -338,7 +183,7 @@ _SSHD_DEFAULTS: Final = {
 }
 
 
-def _sshd_settings(host: _Host) -> tuple[dict[str, str], bool] | None:
+def _sshd_settings(host: Host) -> tuple[dict[str, str], bool] | None:
     result = host.run("sshd", "-T")
     if result is not None and result.returncode == 0:
         settings: dict[str, str] = {}
@@ -350,7 +195,7 @@ def _sshd_settings(host: _Host) -> tuple[dict[str, str], bool] | None:
     return None if text is None else parse_sshd_config(text)
 
 
-def _ssh(host: _Host) -> dict[str, Any]:
+def _ssh(host: Host) -> dict[str, Any]:
     units = [_unit(host, "sshd.service"), _unit(host, "sshd.socket")]
     known = [unit for unit in units if unit is not None]
     if len(known) == len(units) and not any(_running(unit) for unit in known):
@@ -387,14 +232,14 @@ def _ssh(host: _Host) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Mapper:
+class Mapper:
     name: str  # dm-N
     dm_name: str  # the /dev/mapper name
     uuid: str
     slaves: tuple[str, ...]
 
 
-def _mappers(host: _Host) -> dict[str, _Mapper] | None:
+def device_mappers(host: Host) -> dict[str, Mapper] | None:
     blocks = host.list_dir("/sys/block")
     if blocks is None:
         return None
@@ -407,25 +252,25 @@ def _mappers(host: _Host) -> dict[str, _Mapper] | None:
         if uuid is None or name is None:
             return None  # a device mapper device we cannot read: do not guess
         slaves = host.list_dir(f"/sys/block/{block}/slaves") or []
-        found[block] = _Mapper(block, name.strip(), uuid.strip(), tuple(slaves))
+        found[block] = Mapper(block, name.strip(), uuid.strip(), tuple(slaves))
     return found
 
 
-def _is_luks(mappers: dict[str, _Mapper], block: str, depth: int = 0) -> bool:
+def is_luks(mappers: dict[str, Mapper], block: str, depth: int = 0) -> bool:
     """Whether ``block`` is dm-crypt LUKS or sits on one (LVM on LUKS)."""
     mapper = mappers.get(block)
     if mapper is None or depth > 8:
         return False
     if _LUKS_UUID.match(mapper.uuid):
         return True
-    return bool(mapper.slaves) and all(_is_luks(mappers, s, depth + 1) for s in mapper.slaves)
+    return bool(mapper.slaves) and all(is_luks(mappers, s, depth + 1) for s in mapper.slaves)
 
 
 def _unescape_mount(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _mounts(host: _Host) -> dict[str, tuple[str, str]] | None:
+def _mounts(host: Host) -> dict[str, tuple[str, str]] | None:
     """mount point -> (source, fstype) from /proc/mounts; later mounts hide earlier ones."""
     text = host.read("/proc/mounts")
     if text is None:
@@ -438,7 +283,7 @@ def _mounts(host: _Host) -> dict[str, tuple[str, str]] | None:
     return mounts
 
 
-def _block_of(host: _Host, device: str, mappers: dict[str, _Mapper]) -> str | None:
+def _block_of(host: Host, device: str, mappers: dict[str, Mapper]) -> str | None:
     """The kernel block name (dm-0, nvme0n1p2) of a device path from /proc/mounts."""
     if device.startswith("/dev/mapper/"):
         wanted = device.removeprefix("/dev/mapper/")
@@ -456,9 +301,9 @@ def _block_of(host: _Host, device: str, mappers: dict[str, _Mapper]) -> str | No
     return None
 
 
-def _disk(host: _Host) -> dict[str, Any]:
+def _disk(host: Host) -> dict[str, Any]:
     facts: dict[str, Any] = {}
-    mappers = _mappers(host)
+    mappers = device_mappers(host)
     if mappers is not None:
         facts["luks_devices"] = sorted(
             m.dm_name for m in mappers.values() if _LUKS_UUID.match(m.uuid)
@@ -480,45 +325,45 @@ def _disk(host: _Host) -> dict[str, Any]:
     block = _block_of(host, device, mappers)
     if block is None:
         return facts  # nfs, overlay, a container: not ours to judge
-    facts["disk_encryption"] = "luks" if _is_luks(mappers, block) else "none"
+    facts["disk_encryption"] = "luks" if is_luks(mappers, block) else "none"
     return facts
 
 
-def _zfs_encryption(host: _Host, dataset: str, mappers: dict[str, _Mapper]) -> str | None:
-    """``luks`` when every disk of the pool is LUKS; ``none`` when neither that nor ZFS
-    native encryption; None when it cannot be told (not live, or native encryption,
-    which the schema 1 values do not name)."""
-    pool = dataset.split("/", 1)[0]
-    status = host.run("zpool", "list", "-v", "-H", "-P", "-L", pool)
-    if status is None or status.returncode != 0:
+def _zfs_encryption(host: Host, dataset: str, mappers: dict[str, Mapper]) -> str | None:
+    """``luks`` when every disk of the pool is LUKS; else ``zfs`` when the dataset uses
+    ZFS native encryption; ``none`` when neither; None when it cannot be told."""
+    if _zfs_pool_on_luks(host, dataset.split("/", 1)[0], mappers):
+        return "luks"
+    native = host.output("zfs", "get", "-H", "-o", "value", "encryption,keystatus", dataset)
+    values = native.split() if native is not None else []
+    if not values:
         return None
+    # An encrypted dataset the system runs from has its key loaded ("available").
+    return "none" if values[0] == "off" else "zfs"
+
+
+def _zfs_pool_on_luks(host: Host, pool: str, mappers: dict[str, Mapper]) -> bool:
+    status = host.output("zpool", "list", "-v", "-H", "-P", "-L", pool)
     disks = [
         token
-        for line in status.stdout.splitlines()
+        for line in (status or "").splitlines()
         for token in line.split()[:1]
         if token.startswith("/dev/")
     ]
-    if not disks:
-        return None
-    if all(
-        (block := _block_of(host, disk, mappers)) is not None and _is_luks(mappers, block)
+    return bool(disks) and all(
+        (block := _block_of(host, disk, mappers)) is not None and is_luks(mappers, block)
         for disk in disks
-    ):
-        return "luks"
-    native = host.run("zfs", "get", "-H", "-o", "value", "encryption", dataset)
-    if native is not None and native.returncode == 0 and native.stdout.strip() == "off":
-        return "none"
-    return None
+    )
 
 
-def _timers(host: _Host) -> dict[str, Any]:
+def _timers(host: Host) -> dict[str, Any]:
     return {
         "gc_timer": _timer(host, "nix-gc.timer"),
         "auto_upgrade_timer": _timer(host, "nixos-upgrade.timer"),
     }
 
 
-def _failed_units(host: _Host) -> dict[str, Any]:
+def _failed_units(host: Host) -> dict[str, Any]:
     result = host.run(
         "systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"
     )
@@ -531,14 +376,14 @@ def _failed_units(host: _Host) -> dict[str, Any]:
     }
 
 
-def _uptime(host: _Host) -> dict[str, Any]:
+def _uptime(host: Host) -> dict[str, Any]:
     text = host.read("/proc/uptime")
     if text is None or not text.split():
         return {}
     return {"uptime_seconds": int(float(text.split()[0]))}
 
 
-def _disk_space(host: _Host) -> dict[str, Any]:
+def _disk_space(host: Host) -> dict[str, Any]:
     free: dict[str, Any] = {}
     total: dict[str, Any] = {}
     for mount in DISK_MOUNTS:
@@ -556,19 +401,24 @@ def _disk_space(host: _Host) -> dict[str, Any]:
     return {"disk_free_bytes": free, "disk_total_bytes": total}
 
 
-def _machine_id(host: _Host) -> dict[str, Any]:
+def _machine_id(host: Host) -> dict[str, Any]:
     text = host.read("/etc/machine-id")
     if text is None or not _MACHINE_ID.match(text.strip()):
         return {}
     return {"machine_id": text.strip()}
 
 
-def _version_fact(host: _Host) -> dict[str, Any]:
-    version = host.nixos_version()
+def _version_fact(host: Host) -> dict[str, Any]:
+    version = nixos_version(host)
     return {} if version is None else {"nixos_version": version}
 
 
-def _read_nixos_version(host: _Host) -> dict[str, Any] | None:
+def nixos_version(host: Host) -> dict[str, Any] | None:
+    """What ``nixos-version --json`` prints for the current system."""
+    return host.memo("nixos-version", lambda: _read_nixos_version(host))
+
+
+def _read_nixos_version(host: Host) -> dict[str, Any] | None:
     """``nixos-version --json`` of the current system: run on a live host; in a tree,
     read from the script (its JSON is a here-document), else from the version label."""
     program = f"{SYSTEM_BIN}/nixos-version"
@@ -616,7 +466,10 @@ def _version_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-_COLLECTORS: Final[tuple[tuple[tuple[str, ...], Callable[[_Host], dict[str, Any]]], ...]] = (
+Collector = Callable[[Host], dict[str, Any]]
+
+# (the keys a collector may set, the collector), in the order of docs/protocol.md.
+COLLECTORS: Final[tuple[tuple[tuple[str, ...], Collector], ...]] = (
     (("firewall",), _firewall),
     (("ssh_password_login", "ssh_root_login"), _ssh),
     (("disk_encryption", "luks_devices"), _disk),
@@ -629,22 +482,7 @@ _COLLECTORS: Final[tuple[tuple[tuple[str, ...], Callable[[_Host], dict[str, Any]
 )
 
 
-def collect_facts(root: Path) -> dict[str, Any]:
-    """The compliance facts of the system under ``root`` (docs/protocol.md, schema 1)."""
-    host = _Host(root)
-    facts: dict[str, Any] = {}
-    for keys, collector in _COLLECTORS:
-        try:
-            values = collector(host)
-        except Exception:  # a broken collector must not cost the report
-            log.debug("facts: %s failed", collector.__name__.strip("_"), exc_info=True)
-            values = {}
-        for key in keys:
-            facts[key] = values.get(key, UNKNOWN)
-    return {key: facts[key] for key in FACT_KEYS}
-
-
-def _os_release(host: _Host) -> dict[str, str]:
+def _os_release(host: Host) -> dict[str, str]:
     text = host.read("/etc/os-release") or ""
     values = {}
     for line in text.splitlines():
@@ -654,7 +492,7 @@ def _os_release(host: _Host) -> dict[str, str]:
     return values
 
 
-def _generation(host: _Host, profile: str) -> int | None:
+def _generation(host: Host, profile: str) -> int | None:
     try:
         target = host.under(profile).readlink()
     except OSError:
@@ -665,13 +503,13 @@ def _generation(host: _Host, profile: str) -> int | None:
     return int(match.group("number"))
 
 
-def _boot_files(host: _Host, system: str) -> tuple[str | None, ...]:
+def _boot_files(host: Host, system: str) -> tuple[str | None, ...]:
     return tuple(
         host.resolve(f"{system}/{name}") for name in ("initrd", "kernel", "kernel-modules")
     )
 
 
-def _reboot_required(host: _Host, current: str | None, booted: str | None) -> bool | None:
+def _reboot_required(host: Host, current: str | None, booted: str | None) -> bool | None:
     """nixpkgs' test (system.autoUpgrade.allowReboot): the booted system's kernel, initrd
     or kernel modules differ from the current system's."""
     if current is None or booted is None:
@@ -682,10 +520,10 @@ def _reboot_required(host: _Host, current: str | None, booted: str | None) -> bo
     return now != at_boot
 
 
-def collect_system(root: Path, profile: Path) -> SystemInfo:
+def collect_system(root: Path, profile: Path, recorded: Recorded | None = None) -> SystemInfo:
     """The running system under ``root``: current and booted system, generation of
     ``profile`` (a host path such as /nix/var/nix/profiles/system), version, kernels."""
-    host = _Host(root)
+    host = Host(root, recorded)
 
     def safely(name: str, read: Callable[[], Any]) -> Any:
         try:
@@ -697,7 +535,7 @@ def collect_system(root: Path, profile: Path) -> SystemInfo:
     profile_path = str(PurePosixPath("/") / profile)
     current = safely("current", lambda: host.resolve("/run/current-system"))
     booted = safely("booted", lambda: host.resolve("/run/booted-system"))
-    version = safely("version", host.nixos_version) or {}
+    version = safely("version", lambda: nixos_version(host)) or {}
     label = safely(
         "label",
         lambda: (host.read(f"{current}/nixos-version") or "").strip() if current else "",
@@ -719,5 +557,5 @@ def collect_system(root: Path, profile: Path) -> SystemInfo:
     )
 
 
-def _kernel(host: _Host, system: str | None) -> str | None:
+def _kernel(host: Host, system: str | None) -> str | None:
     return None if system is None else host.resolve(f"{system}/kernel")
