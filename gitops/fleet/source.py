@@ -11,6 +11,8 @@ from typing import Protocol
 
 import pygit2
 
+from gitops.errors import GitopsError
+
 
 class Source(Protocol):
     """A read-only view of a fleet repository; paths are POSIX, relative to its root."""
@@ -45,7 +47,10 @@ class DirSource:
         target = self.root / path if path else self.root
         if not target.is_dir():
             return None
-        return sorted(entry.name for entry in target.iterdir() if entry.name != ".git")
+        try:
+            return sorted(entry.name for entry in target.iterdir() if entry.name != ".git")
+        except OSError as err:
+            raise GitopsError(f"{target}: cannot list it ({err.strerror})") from err
 
     def is_dir(self, path: str) -> bool:
         return (self.root / path).is_dir()
