@@ -189,6 +189,8 @@ class Reader:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             self.problem(key, "must be a string")
             return default
+        if required and value == "":
+            self.problem(key, "is empty", f"write a value after '{key}:'")
         return str(value)
 
     def boolean(self, key: str, default: bool) -> bool:
