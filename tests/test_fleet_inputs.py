@@ -272,7 +272,9 @@ def test_the_longest_expiry_accepted_can_be_published(repo: Repo) -> None:
     commit_all(repo.root, "ten years")
     done = gitops("publish", "--repo", repo.root, "--key", repo.key)
     assert done.returncode == 0, done.stderr
-    message = pygit2.Repository(str(repo.root)).revparse_single("deploy/web-1").message
+    head = pygit2.Repository(str(repo.root)).revparse_single("deploy/web-1")
+    assert isinstance(head, pygit2.Commit)
+    message = head.message
     expected = datetime.now(UTC) + timedelta(days=3650)
     assert f"Expires: {expected:%Y-%m-%d}T" in message, message
 
