@@ -21,13 +21,16 @@ import pygit2
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from typing_extensions import override
 
 from gitops.agent.config import parse_config
 from gitops.errors import GitopsError
 from gitops.fleet import loader
 from gitops.fleet.check import check_repository
+from gitops.fleet.model import load_fleet
 from gitops.fleet.policies import (
     COMPARISONS,
+    MAX_CONDITION_DEPTH,
     Combinator,
     Comparison,
     Condition,
@@ -36,9 +39,12 @@ from gitops.fleet.policies import (
     load_policies,
 )
 from gitops.fleet.schema import Problems
-from gitops.fleet.source import DirSource
+from gitops.fleet.source import DirSource, TreeSource
+from gitops.sitegen import build as site_build
 from gitops.trust import keys
 from testing.helpers import commit_all, init_repo, public_line, write_fleet
+from testing.site_helpers import NOW as SITE_NOW
+from testing.site_helpers import Fleet as SiteFleet
 
 HOSTS = {"web-1": ["server"], "dev-ws-1": ["workstation"]}
 
@@ -425,6 +431,9 @@ def test_wrong_types_in_host_yaml_name_file_and_field(
         ({"fact": "facts.uptime_seconds", "at_least": "many"}, "at_least: must be a number"),
         ({"fact": "facts.uptime_seconds", "at_most": float("nan")}, "must be a finite number"),
         ({"fact": "facts.firewall", "matches": "(["}, "matches: is not a regular expression"),
+        # the site adds this many seconds to a date: 1e300 crashed the build (OverflowError)
+        ({"fact": "report.age_seconds", "at_least": 1e300}, "must be between 0 and 315360000"),
+        ({"fact": "report.age_seconds", "equals": -1}, "must be between 0 and 315360000"),
         ({"fact": "facts.firewall", "matches": 5}, "matches: must be a regular expression"),
         ({"fact": "facts.firewall", "in": "active"}, "in: must be a non-empty list"),
         ({"fact": "facts.firewall", "in": [[1]]}, "in: must list strings, numbers"),
@@ -581,3 +590,65 @@ def test_check_json_lists_problems_as_objects(repo: Repo) -> None:
     for problem in problems:
         assert set(problem) <= {"file", "line", "field", "problem", "fix"}
         assert problem["problem"] and "\n" not in problem["problem"]
+
+
+# -- what check accepts, at its limits, the site builds ----------------------------------
+
+
+class ExtremeFleet(SiteFleet):
+    @override
+    def fleet_yaml(self) -> str:
+        data = yaml.safe_load(super().fleet_yaml())
+        data["deploy"] = {"expires_after": "3650d"}
+        data["agent"] = {"poll_interval": "3650d", "report_interval": "3650d"}
+        data["thresholds"] = {"stale_after": "3650d"}
+        data["site"] = {"commit_url": "/c/{sha}", "title": "Flotte ✓ <script>"}
+        return yaml.safe_dump(data, allow_unicode=True)
+
+
+def test_a_fleet_at_the_limits_check_accepts_publishes_and_builds_the_site(tmp_path: Path) -> None:
+    deep: dict[str, Any] = {"fact": "facts.firewall", "equals": {"a": [1, "b"]}}
+    for _ in range(MAX_CONDITION_DEPTH - 1):
+        deep = {"not": deep}
+    limits = {
+        "deep": {"name": "deep", "condition": deep},
+        "old": {
+            "name": "old",
+            "condition": {"fact": "report.age_seconds", "at_most": 3650 * 86400},
+        },
+        "match": {"name": "match", "condition": {"fact": "facts.firewall", "matches": "^act"}},
+        "units": {
+            "name": "units",
+            "condition": {
+                "any": [
+                    {"fact": "facts.failed_units", "contains": "x.service"},
+                    {"fact": "facts.failed_units", "is_empty": True},
+                    {"fact": "facts.firewall", "in": ["active", 1, 2.5, True]},
+                ]
+            },
+        },
+    }
+    fleet = ExtremeFleet.create(tmp_path / "fleet.git", example_policies=False)
+    fleet.policies = {f"{name}.yaml": yaml.safe_dump(p) for name, p in limits.items()}
+    exemptions = [
+        {"policy": "deep", "reason": "ends last", "expires": "2999-12-31"},
+        {"policy": "old", "reason": "ended long ago", "expires": "1970-01-01"},
+    ]
+    fleet.add_host("web-1", exemptions=exemptions, tags=["ünïcode ✓"], owner="ø@example.org")
+    fleet.add_host("web-2")
+    fleet.commit_main("limits", SITE_NOW - timedelta(days=2))
+    source = TreeSource(fleet.repo, fleet.repo.revparse_single("main").peel(pygit2.Commit).tree)
+    problems = Problems()
+    assert len(load_policies(source, problems)) == len(limits)
+    load_fleet(source, problems)
+    assert problems.lines() == []  # what check reads, check accepts
+    fleet.publish(SITE_NOW - timedelta(days=1))
+    weird: dict[str, Any] = {"firewall": [[[]]], "failed_units": {"a": 1}, "x": "a" * 10_000}
+    fleet.report("web-1", SITE_NOW - timedelta(hours=1), facts=weird)
+    fleet.report("web-2", SITE_NOW - timedelta(hours=1))
+    out = tmp_path / "site"
+    site_build.build(fleet.path, out, now=SITE_NOW, workers=1)
+    page = json.loads((out / "hosts" / "web-1.json").read_text())
+    outcomes = {p["policy"]: p["outcome"] for p in page["policies"]}
+    assert outcomes["deep"] == "exempt"
+    assert set(outcomes) == set(limits)

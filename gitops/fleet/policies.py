@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any, Final, assert_never
 
-from gitops.fleet.schema import Problems, Reader, load_yaml
+from gitops.fleet.schema import MAX_DURATION, Problems, Reader, load_yaml
 from gitops.fleet.source import Source
 from gitops.protocol import REPORT_FIELDS, Report
 
@@ -47,6 +47,7 @@ UNKNOWN_VALUES = (None, "unknown")
 # ``report``, which the site adds at build time (sitegen/compliance.py ``context``).
 FACT_ROOTS = frozenset({*REPORT_FIELDS, "report"})
 SITE_FACTS: Final = ("age_seconds", "verified")
+AGE_FACT: Final = "report.age_seconds"
 MAX_CONDITION_DEPTH: Final = 16  # all/any/not levels; real policies use two or three
 MAX_PATTERN: Final = 1000  # characters in a `matches` pattern
 MAX_MATCHED: Final = 4096  # longer fact strings do not match (bounds regex work per host)
@@ -356,6 +357,15 @@ def fact_problem(fact: str) -> str | None:
     return None
 
 
+def _age_problem(fact: str, value: Any) -> str | None:
+    """The site adds ``report.age_seconds`` to a report's time to know when an answer
+    flips: a number of seconds past any date would overflow that."""
+    number = _number_of(value)
+    if fact == AGE_FACT and number is not None and not 0 <= number <= MAX_DURATION:
+        return f"must be between 0 and {MAX_DURATION} seconds (ten years) for {AGE_FACT}"
+    return None
+
+
 # -- loading ----------------------------------------------------------------------------
 
 
@@ -432,7 +442,7 @@ class _Parse:
             return None
         op = Comparison(ops[0])
         value = data[ops[0]]
-        problem = COMPARISONS[op].check(value)
+        problem = COMPARISONS[op].check(value) or _age_problem(fact, value)
         if problem:
             self.problem(f"{field_name}.{op}", problem)
             return None
