@@ -652,3 +652,13 @@ def test_a_fleet_at_the_limits_check_accepts_publishes_and_builds_the_site(tmp_p
     outcomes = {p["policy"]: p["outcome"] for p in page["policies"]}
     assert outcomes["deep"] == "exempt"
     assert set(outcomes) == set(limits)
+
+
+def test_check_reads_a_symlink_as_git_stores_it(repo: Repo) -> None:
+    # git stores the link, not the file: plan would read '../dev-ws-1/host.yaml' as YAML.
+    repo.host_yaml().unlink()
+    repo.host_yaml().symlink_to("../dev-ws-1/host.yaml")
+    problems = repo.problems()
+    assert "hosts/web-1/host.yaml:1: expected a mapping of settings at the top level" in problems
+    commit_all(repo.root, "a linked host.yaml")
+    assert_one_clear_line(gitops("plan", "--repo", repo.root), "expected a mapping of settings")
