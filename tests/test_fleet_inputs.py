@@ -662,3 +662,14 @@ def test_check_reads_a_symlink_as_git_stores_it(repo: Repo) -> None:
     assert "hosts/web-1/host.yaml:1: expected a mapping of settings at the top level" in problems
     commit_all(repo.root, "a linked host.yaml")
     assert_one_clear_line(gitops("plan", "--repo", repo.root), "expected a mapping of settings")
+
+
+def test_a_fleet_whose_deploy_trees_lack_flake_nix_is_refused(repo: Repo) -> None:
+    repo.update_fleet(deploy={"shared": ["modules"]})
+    assert any(
+        p.startswith("fleet.yaml: deploy.shared: does not list flake.nix") for p in repo.problems()
+    )
+    repo.update_fleet(deploy={"shared": ["flake.nix", "modules"]})
+    (repo.root / "flake.nix").unlink()
+    problems = repo.problems()
+    assert any(p.startswith("flake.nix: missing") for p in problems), problems

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from gitops.errors import GitopsError
 from gitops.fleet import policies
-from gitops.fleet.model import FLEET_FILE, HOST_FILE, HOSTS_DIR, PROFILES_DIR, Fleet, load_fleet
+from gitops.fleet.model import (
+    FLAKE_FILE,
+    FLEET_FILE,
+    HOST_FILE,
+    HOSTS_DIR,
+    PROFILES_DIR,
+    Fleet,
+    load_fleet,
+)
 from gitops.fleet.schema import Problem, Problems
 from gitops.fleet.source import DirSource
 from gitops.system import nix
@@ -98,6 +106,23 @@ def check_exemptions(fleet: Fleet, known: set[str], problems: Problems) -> None:
                 )
 
 
+def check_flake(fleet: Fleet, source: DirSource, problems: Problems) -> None:
+    """Agents build ``<deploy tree>#nixosConfigurations.<host>``: the tree needs flake.nix."""
+    if FLAKE_FILE not in fleet.settings.shared:
+        problems.add(
+            FLEET_FILE,
+            f"does not list {FLAKE_FILE}, so no deploy tree could be built",
+            f"add {FLAKE_FILE} to the list",
+            field="deploy.shared",
+        )
+    elif source.read(FLAKE_FILE) is None:
+        problems.add(
+            FLAKE_FILE,
+            "missing, so no deploy tree could be built",
+            "create it: agents build its nixosConfigurations.<host>",
+        )
+
+
 def ensure_fleet_repository(root: Path) -> None:
     """Refuse at once what is not a fleet checkout (before reading or walking anything)."""
     if not root.exists():
@@ -116,6 +141,7 @@ def check_repository(root: Path, *, parse_nix: bool | None = None) -> CheckResul
     problems = Problems()
     source = DirSource(root)
     fleet = load_fleet(source, problems)
+    check_flake(fleet, source, problems)
     check_profile_imports(root, fleet, problems)
     before = len(problems.items)
     found = policies.load_policies(source, problems)

@@ -19,10 +19,11 @@ from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey
 
 FLEET_FILE = "fleet.yaml"
+FLAKE_FILE = "flake.nix"
 HOSTS_DIR = "hosts"
 PROFILES_DIR = "profiles"
 HOST_FILE = "host.yaml"
-DEFAULT_SHARED = ("flake.nix", "flake.lock", "modules")
+DEFAULT_SHARED = (FLAKE_FILE, "flake.lock", "modules")
 # A publisher's principal goes into allowed-signers files (where ',', '*', '?', quotes and
 # spaces mean something) and into commit signatures (where '<', '>' and newlines break).
 _PRINCIPAL: Final = re.compile(r"^[A-Za-z0-9._+@-]{1,255}$", re.ASCII)
