@@ -16,6 +16,7 @@ from pathlib import Path
 from gitops.errors import GitopsError
 from gitops.fleet import policies
 from gitops.fleet.model import (
+    DEFAULT_SHARED,
     FLAKE_FILE,
     FLEET_FILE,
     HOST_FILE,
@@ -106,9 +107,20 @@ def check_exemptions(fleet: Fleet, known: set[str], problems: Problems) -> None:
                 )
 
 
-def check_flake(fleet: Fleet, source: DirSource, problems: Problems) -> None:
-    """Agents build ``<deploy tree>#nixosConfigurations.<host>``: the tree needs flake.nix."""
-    if FLAKE_FILE not in fleet.settings.shared:
+def check_shared(fleet: Fleet, source: DirSource, problems: Problems) -> None:
+    """Every deploy tree carries the shared paths: each listed one must exist (plan skips a
+    missing one, and the hosts' builds would fail), and agents build the tree's flake.nix."""
+    shared = fleet.settings.shared
+    listed = shared if shared != DEFAULT_SHARED else ()  # the default skips what is missing
+    for index, path in enumerate(listed):
+        if source.read(path) is None and not source.is_dir(path) and path != FLAKE_FILE:
+            problems.add(
+                FLEET_FILE,
+                f"{path!r} is not in the repository",
+                "add it, or remove it from the list",
+                field=f"deploy.shared[{index}]",
+            )
+    if FLAKE_FILE not in shared:
         problems.add(
             FLEET_FILE,
             f"does not list {FLAKE_FILE}, so no deploy tree could be built",
@@ -141,7 +153,7 @@ def check_repository(root: Path, *, parse_nix: bool | None = None) -> CheckResul
     problems = Problems()
     source = DirSource(root)
     fleet = load_fleet(source, problems)
-    check_flake(fleet, source, problems)
+    check_shared(fleet, source, problems)
     check_profile_imports(root, fleet, problems)
     before = len(problems.items)
     found = policies.load_policies(source, problems)

@@ -152,16 +152,9 @@ def _parse_publishers(top: Reader) -> tuple[Publisher, ...]:
     return tuple(publishers)
 
 
-def _parse_deploy(top: Reader, source: Source) -> tuple[tuple[str, ...], int | None]:
+def _parse_deploy(top: Reader) -> tuple[tuple[str, ...], int | None]:
     deploy = top.mapping("deploy")
     shared = deploy.strings("shared", check=_check_shared_path)
-    for index, path in enumerate(shared):
-        if source.read(path) is None and not source.is_dir(path):
-            deploy.problem(
-                f"shared[{index}]",
-                f"{path!r} is not in the repository",
-                "add it, or remove it from the list",
-            )
     for index, path in enumerate(shared):
         inside = [other for other in shared[:index] if _overlaps(other, path)]
         if inside:
@@ -193,7 +186,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         return FleetSettings()
     top = Reader(data, where, problems)
     publishers = _parse_publishers(top)
-    shared, expires_after = _parse_deploy(top, source)
+    shared, expires_after = _parse_deploy(top)
     agent = top.mapping("agent")
     poll = agent.duration("poll_interval", 300)
     report = agent.duration("report_interval", 3600)
