@@ -181,9 +181,22 @@ def test_yes_and_true_are_the_same_key() -> None:
     assert caught.value.problems[0].problem == "duplicate key (first at line 1)"
 
 
-def test_a_merge_key_may_be_overridden() -> None:
-    data = loader.load_document("base: &b {x: 1, y: 2}\nm: {<<: *b, x: 3}\n")
-    assert data["m"] == {"x": 3, "y": 2}
+def test_a_merge_key_is_refused_as_it_lets_one_key_silently_override_another() -> None:
+    with pytest.raises(loader.RefusedError) as caught:
+        loader.load_document("base: &b {key: a, y: 2}\nm:\n  <<: *b\n  key: b\n")
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (3, "m.<<")
+    assert problem.problem == "merge keys (<<) are not accepted"
+
+
+def test_an_alias_as_a_key_is_still_a_duplicate() -> None:
+    with pytest.raises(loader.RefusedError, match="duplicate key"):
+        loader.load_document("&k key: a\n*k : b\n")
+
+
+def test_aliases_as_values_are_accepted_within_the_bounds() -> None:
+    data = loader.load_document("tags: &t [a, b]\nmore: *t\n")
+    assert data == {"tags": ["a", "b"], "more": ["a", "b"]}
 
 
 # -- bounds: size, depth, aliases --------------------------------------------------------

@@ -112,12 +112,20 @@ class _Walk:
         children: list[tuple[Node, str]] = []
         seen: dict[object, int] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:  # `<<: *defaults`: explicit keys may override
-                children.append((value_node, path))
-                continue
             identity, name = _key_name(self.loader, key_node)
             field = f"{path}.{name}" if path else name
             line = _line(key_node)
+            if key_node.tag == _MERGE_TAG and first_visit:
+                # `<<: *defaults` lets one key silently override another: what a reviewer
+                # reads is not what counts, the very thing duplicate keys are refused for.
+                self.problems.append(
+                    YamlProblem(
+                        "merge keys (<<) are not accepted",
+                        "write the keys out in this mapping",
+                        line,
+                        field,
+                    )
+                )
             if first_visit and identity in seen:
                 self.problems.append(
                     YamlProblem(
