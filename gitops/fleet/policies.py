@@ -342,11 +342,9 @@ def fact_problem(fact: str) -> str | None:
     if root not in FACT_ROOTS:
         return f"{fact[:80]!r} is not a report field"
     if root == "report":
-        return (
-            None
-            if rest and rest[0] in SITE_FACTS and len(rest) == 1
-            else (f"report.* is one of {', '.join('report.' + f for f in SITE_FACTS)}")
-        )
+        if len(rest) == 1 and rest[0] in SITE_FACTS:
+            return None
+        return f"report.* is one of {', '.join('report.' + f for f in SITE_FACTS)}"
     shape = _SHAPES[root]
     if is_dataclass(shape):
         names = [f.name for f in fields(shape)]
@@ -371,7 +369,8 @@ def _age_problem(fact: str, value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class _Parse:
-    """Where a condition is (file, field path for messages) and where problems go."""
+    """Parses one policy's condition tree; problems go to the policy file's reader, which
+    knows the line of every field."""
 
     top: Reader
 
