@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a fleet repository, listing every problem")
     _add_repo(check)
-    check.add_argument("--json", action="store_true", help="machine-readable result")
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable result; problems as {file, line, field, problem, fix}",
+    )
     check.add_argument("--no-nix", action="store_true", help="do not parse .nix files with nix")
 
     for name, helptext in (

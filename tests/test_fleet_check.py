@@ -81,14 +81,14 @@ def test_every_problem_is_listed_at_once(fleet_dir: Path) -> None:
     )
     (fleet_dir / "modules" / "broken.nix").write_text("{ a = ; }\n")
     result = check_repository(fleet_dir)
-    text = "\n".join(result.problems)
+    text = "\n".join(map(str, result.problems))
     expected = [
-        "fleet.yaml: publishers: no publisher keys",
-        "fleet.yaml: agent.poll_interval: 'soon' is not a duration",
+        "fleet.yaml:3: publishers: no publisher keys",
+        "fleet.yaml:2: agent.poll_interval: 'soon' is not a duration",
         "hosts/Bad_Name: 'Bad_Name' is not a valid host name",
-        "hosts/web-1/host.yaml: key: the key's base64 is invalid",
-        "hosts/web-1/host.yaml: profiles[1]: unknown profile 'nope'; add profiles/nope.nix",
-        "hosts/web-1/host.yaml: ownr: unknown setting",
+        "hosts/web-1/host.yaml:1: key: the key's base64 is invalid",
+        "hosts/web-1/host.yaml:5: profiles[1]: unknown profile 'nope'; add profiles/nope.nix",
+        "hosts/web-1/host.yaml:2: ownr: unknown setting",
         "modules/broken.nix: does not parse: syntax error",
     ]
     for line in expected:
@@ -108,7 +108,7 @@ def test_profile_imports_must_match_host_yaml(fleet_dir: Path) -> None:
     data = yaml.safe_load((fleet_dir / "hosts" / "dev-ws-1" / "host.yaml").read_text())
     data["profiles"].append("server")
     (fleet_dir / "hosts" / "dev-ws-1" / "host.yaml").write_text(yaml.safe_dump(data))
-    problems = check_repository(fleet_dir, parse_nix=False).problems
+    problems = [str(p) for p in check_repository(fleet_dir, parse_nix=False).problems]
     assert any("web-1/host.yaml: profiles: 'developer' is imported" in p for p in problems), (
         problems
     )
@@ -125,13 +125,13 @@ def test_duplicate_host_keys_are_a_problem(fleet_dir: Path) -> None:
         data = yaml.safe_load(path.read_text())
         data["key"] = shared
         path.write_text(yaml.safe_dump(data))
-    problems = check_repository(fleet_dir, parse_nix=False).problems
-    assert any("same key as host" in p for p in problems)
+    problems = [str(p) for p in check_repository(fleet_dir, parse_nix=False).problems]
+    assert any("hosts/web-1/host.yaml: key: same key as host" in p for p in problems), problems
 
 
 def test_bad_yaml_names_line_and_column(fleet_dir: Path) -> None:
     (fleet_dir / "hosts" / "web-1" / "host.yaml").write_text("profiles: [server\nkey: x\n")
-    problems = check_repository(fleet_dir, parse_nix=False).problems
+    problems = [str(p) for p in check_repository(fleet_dir, parse_nix=False).problems]
     assert any(
         p.startswith("hosts/web-1/host.yaml:2:") and "invalid YAML" in p for p in problems
     ), problems

@@ -74,26 +74,26 @@ def _load(tmp_path: Path, text: str) -> list[str]:
     (tmp_path / "policies" / "bad.yaml").write_text(text)
     problems = Problems()
     load_policies(DirSource(tmp_path), problems)
-    return problems.items
+    return problems.lines()
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name: x\ncondition: {fact: facts.firewall}\n", "policies/bad.yaml: condition: needs"),
-        ("name: x\ncondition: {equals: 1}\n", "policies/bad.yaml: condition.fact: is missing"),
+        ("name: x\ncondition: {fact: facts.firewall}\n", "policies/bad.yaml:2: condition: needs"),
+        ("name: x\ncondition: {equals: 1}\n", "policies/bad.yaml:2: condition.fact: is missing"),
         (
             "name: x\ncondition: {fact: fcts.firewall, equals: active}\n",
-            "policies/bad.yaml: condition.fact: 'fcts.firewall' is not a report field",
+            "policies/bad.yaml:2: condition.fact: 'fcts.firewall' is not a report field",
         ),
         (
             "name: x\ncondition: {all: [{fact: facts.a, at_least: many}]}\n",
-            "policies/bad.yaml: condition.all[0].at_least: must be a number",
+            "policies/bad.yaml:2: condition.all[0].at_least: must be a number",
         ),
         ("condition: {fact: facts.a, exists: true}\n", "policies/bad.yaml: name: is missing"),
         (
             "name: x\nseverity: urgent\ncondition: {fact: facts.a, exists: true}\n",
-            "policies/bad.yaml: severity: 'urgent' is not one of",
+            "policies/bad.yaml:2: severity: 'urgent' is not one of",
         ),
         (
             "name: x\ncondtion: {fact: facts.a, exists: true}\n",

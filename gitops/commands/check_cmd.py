@@ -19,14 +19,15 @@ def check(repo: Path, *, as_json: bool, parse_nix: bool | None) -> int:
                 "profiles": sorted(result.fleet.profiles),
                 "nix_files": result.nix_files,
                 "nix_parsed": result.parsed_with_nix,
-                "problems": list(result.problems),
+                "problems": [problem.to_json() for problem in result.problems],
             }
         )
         return 1 if result.problems else 0
     if result.problems:
         count = len(result.problems)
         raise ProblemsError(
-            f"{repo}: {count} problem{'s' if count != 1 else ''}", list(result.problems)
+            f"{repo}: {count} problem{'s' if count != 1 else ''}",
+            [str(problem) for problem in result.problems],
         )
     nix_note = (
         f"{result.nix_files} .nix files parse"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Final
 
+from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.source import Source
 from gitops.protocol import is_host_name
@@ -17,10 +19,17 @@ from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey
 
 FLEET_FILE = "fleet.yaml"
+FLAKE_FILE = "flake.nix"
 HOSTS_DIR = "hosts"
 PROFILES_DIR = "profiles"
 HOST_FILE = "host.yaml"
-DEFAULT_SHARED = ("flake.nix", "flake.lock", "modules")
+DEFAULT_SHARED = (FLAKE_FILE, "flake.lock", "modules")
+# A publisher's principal goes into allowed-signers files (where ',', '*', '?', quotes and
+# spaces mean something) and into commit signatures (where '<', '>' and newlines break).
+_PRINCIPAL: Final = re.compile(r"^[A-Za-z0-9._+@-]{1,255}$", re.ASCII)
+# Profile names become paths (profiles/<name>.nix) and must match what check finds in imports.
+_PROFILE_NAME: Final = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}$", re.ASCII)
+_URL_SCHEMES: Final = ("https://", "http://")
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,71 @@ def profile_path(source: Source, name: str) -> str | None:
 
 
 def _public_key(text: str) -> PublicKey:
-    return PublicKey.parse(text)
+    try:
+        return PublicKey.parse(text)
+    except GitopsError as err:  # a key blob the signature code cannot read
+        raise ValueError(str(err)) from err
+
+
+def _principal(text: str) -> str:
+    if not _PRINCIPAL.match(text):
+        raise ValueError(
+            f"{text[:60]!r} is not a usable principal (letters, digits and . _ + @ - only)"
+        )
+    return text
+
+
+def _check_url(text: str) -> str | None:
+    """A link the site puts in pages: http(s), or a path; never ``javascript:``."""
+    head = text.split("/", 1)[0]
+    if ":" in head and not text.lower().startswith(_URL_SCHEMES):
+        return f"{text[:60]!r} must be an http:// or https:// URL"
+    return None
+
+
+def _parse_publishers(top: Reader) -> tuple[Publisher, ...]:
+    publishers = []
+    for item in top.items("publishers"):
+        principal = item.convert(
+            "principal",
+            _principal,
+            required=True,
+            fix="write an e-mail-like name, e.g. ci@example.org",
+        )
+        key = item.convert("key", _public_key, required=True, fix="paste the publisher's .pub line")
+        item.finish()
+        if principal and key is not None:
+            publishers.append(Publisher(principal, key))
+    if not publishers:
+        top.problem(
+            "publishers",
+            "no publisher keys",
+            "add one: publishers: [{principal: ci@example.org, key: 'ssh-ed25519 AAAA...'}]",
+        )
+    return tuple(publishers)
+
+
+def _parse_deploy(top: Reader) -> tuple[tuple[str, ...], int | None]:
+    deploy = top.mapping("deploy")
+    shared = deploy.strings("shared", check=_check_shared_path)
+    for index, path in enumerate(shared):
+        inside = [other for other in shared[:index] if _overlaps(other, path)]
+        if inside:
+            deploy.problem(
+                f"shared[{index}]",
+                f"{path!r} overlaps {inside[0]!r}, listed before it",
+                "list each path once, and a directory or what is in it, not both",
+            )
+    expires_after = deploy.optional_duration("expires_after")
+    if expires_after == 0:
+        deploy.problem("expires_after", "must be longer than 0", "e.g. 30d, or remove it")
+    deploy.finish()
+    return shared or DEFAULT_SHARED, expires_after or None
+
+
+def _overlaps(first: str, second: str) -> bool:
+    a, b = first.strip("/"), second.strip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
@@ -129,23 +202,8 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     if data is None:
         return FleetSettings()
     top = Reader(data, where, problems)
-    publishers = []
-    for item in top.items("publishers"):
-        principal = item.string("principal", required=True)
-        key = item.convert("key", _public_key, required=True, fix="paste the publisher's .pub line")
-        item.finish()
-        if principal and key is not None:
-            publishers.append(Publisher(principal, key))
-    if not publishers:
-        top.problem(
-            "publishers",
-            "no publisher keys",
-            "add one: publishers: [{principal: ci@example.org, key: 'ssh-ed25519 AAAA...'}]",
-        )
-    deploy = top.mapping("deploy")
-    shared = deploy.strings("shared", check=_check_shared_path) or DEFAULT_SHARED
-    expires_after = deploy.optional_duration("expires_after")
-    deploy.finish()
+    publishers = _parse_publishers(top)
+    shared, expires_after = _parse_deploy(top)
     agent = top.mapping("agent")
     poll = agent.duration("poll_interval", 300)
     report = agent.duration("report_interval", 3600)
@@ -159,14 +217,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
             "is shorter than agent.report_interval",
             "every host would look stale; make it at least the report interval",
         )
-    site = top.mapping("site")
-    site_settings = SiteSettings(
-        title=site.string("title", "NixOS fleet"),
-        commit_url=site.string("commit_url"),
-        pull_request_url=site.string("pull_request_url"),
-        docs_url=site.string("docs_url"),
-    )
-    site.finish()
+    site_settings = _parse_site(top.mapping("site"))
     vulnerabilities = top.mapping("vulnerabilities")
     vulnerability_settings = VulnerabilitySettings(
         feeds=vulnerabilities.strings("feeds"),
@@ -177,7 +228,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     top.finish()
     return FleetSettings(
         name=name,
-        publishers=tuple(publishers),
+        publishers=publishers,
         shared=shared,
         expires_after=expires_after,
         poll_interval=poll,
@@ -206,12 +257,37 @@ def _cve_exemptions(reader: Reader) -> tuple[CveExemption, ...]:
     return tuple(found)
 
 
+def _parse_site(site: Reader) -> SiteSettings:
+    links: dict[str, str] = {}
+    for key in ("commit_url", "pull_request_url", "docs_url"):
+        links[key] = site.string(key)
+        problem = _check_url(links[key]) if links[key] else None
+        if problem:
+            site.problem(key, problem)
+            links[key] = ""
+    settings = SiteSettings(title=site.string("title", "NixOS fleet"), **links)
+    site.finish()
+    return settings
+
+
 def _check_shared_path(path: str) -> str | None:
-    parts = path.strip("/").split("/")
-    if not path or path.startswith("/") or ".." in parts:
-        return f"{path!r} must be a relative path inside the repository"
+    """A path inside the repository, spelled one way: ``modules`` or ``nix/common.nix``."""
+    parts = path.removesuffix("/").split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return f"{path!r} must be a relative path inside the repository, without . or .."
+    if not path.isprintable() or any(part == ".git" or "\\" in part for part in parts):
+        return f"{path!r} is not a path a deploy tree can carry"
     if parts[0] in (HOSTS_DIR, PROFILES_DIR):
         return f"{path!r}: hosts/ and profiles/ are chosen per host, not shared"
+    return None
+
+
+def _check_profile_name(name: str) -> str | None:
+    if not _PROFILE_NAME.match(name):
+        return (
+            f"{name[:60]!r} is not a profile name (letters, digits and . _ + -, "
+            "naming profiles/<name>.nix)"
+        )
     return None
 
 
@@ -232,7 +308,7 @@ def _parse_host(source: Source, name: str, problems: Problems) -> Host | None:
         required=True,
         fix="paste the host's /etc/ssh/ssh_host_ed25519_key.pub",
     )
-    profiles = top.strings("profiles")
+    profiles = top.strings("profiles", check=_check_profile_name)
     for index, profile in enumerate(profiles):
         if profile_path(source, profile) is None:
             top.problem(
@@ -240,14 +316,7 @@ def _parse_host(source: Source, name: str, problems: Problems) -> Host | None:
                 f"unknown profile {profile!r}",
                 f"add profiles/{profile}.nix or remove it from the list",
             )
-    exemptions = []
-    for item in top.items("exemptions"):
-        policy = item.string("policy", required=True)
-        reason = item.string("reason", required=True)
-        expires = item.date("expires", required=True)
-        item.finish()
-        if policy and reason and expires is not None:
-            exemptions.append(Exemption(policy, reason, expires))
+    exemptions = _parse_exemptions(top)
     vulnerabilities = top.mapping("vulnerabilities")
     cve_exemptions = _cve_exemptions(vulnerabilities)
     vulnerabilities.finish()
@@ -265,6 +334,24 @@ def _parse_host(source: Source, name: str, problems: Problems) -> Host | None:
     )
     top.finish()
     return host
+
+
+def _parse_exemptions(top: Reader) -> tuple[Exemption, ...]:
+    exemptions: dict[str, Exemption] = {}
+    for index, item in enumerate(top.items("exemptions")):
+        policy = item.string("policy", required=True)
+        reason = item.string("reason", required=True)
+        expires = item.date("expires", required=True)
+        item.finish()
+        if policy in exemptions:
+            top.problem(
+                f"exemptions[{index}].policy",
+                f"{policy!r} is exempted twice",
+                "keep one exemption per policy",
+            )
+        elif policy and reason and expires is not None:
+            exemptions[policy] = Exemption(policy, reason, expires)
+    return tuple(exemptions.values())
 
 
 def load_fleet(source: Source, problems: Problems) -> Fleet:
@@ -296,8 +383,9 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
         if other != host.name:
             problems.add(
                 source.describe(f"{HOSTS_DIR}/{host.name}/{HOST_FILE}"),
-                f"key: same key as host {other!r}",
+                f"same key as host {other!r}",
                 "each host signs its reports with its own key",
+                field="key",
             )
     profiles = frozenset(
         entry.removesuffix(".nix") for entry in source.list_dir(PROFILES_DIR) or []

@@ -16,40 +16,52 @@ condition:
   equals: luks
 ```
 
-Operators: ``equals``, ``not_equals``, ``in``, ``not_in``, ``at_least``, ``at_most``,
-``is_empty``, ``contains``, ``exists`` on a ``fact`` (a dotted path into the report:
-``facts.firewall``, ``system.reboot_required``, ``facts.disk_free_bytes./``), combined
-with ``all``, ``any`` and ``not``.
+Comparisons (:class:`Comparison`, each defined once in :data:`COMPARISONS`) on a ``fact``
+(a dotted path into the report: ``facts.firewall``, ``system.reboot_required``,
+``facts.disk_free_bytes./``), combined with ``all``, ``any`` and ``not``.
+
+Everything is checked when the file is loaded (``gitops check``): the fact names a report
+field, each operator's value has the type it needs, regular expressions compile, nesting is
+bounded. Evaluation never raises, whatever a host reported: a policy that passes check
+cannot break the site build.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import functools
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, assert_never
 
-from gitops.fleet.schema import Problems, Reader, load_yaml
+from gitops.fleet.schema import MAX_DURATION, Problems, Reader, load_yaml
 from gitops.fleet.source import Source
-from gitops.protocol import REPORT_FIELDS
+from gitops.protocol import REPORT_FIELDS, Report
 
 POLICIES_DIR = "policies"
-SEVERITIES = ("low", "medium", "high", "critical")
-_COMPARISONS = (
-    "equals",
-    "not_equals",
-    "in",
-    "not_in",
-    "at_least",
-    "at_most",
-    "is_empty",
-    "contains",
-    "exists",
-)
 UNKNOWN_VALUES = (None, "unknown")
 # Where a ``fact`` path may start: status.json's top-level keys (docs/protocol.md), plus
-# ``report``, which the site adds at build time (``report.age_seconds``, ``report.verified``).
+# ``report``, which the site adds at build time (sitegen/compliance.py ``context``).
 FACT_ROOTS = frozenset({*REPORT_FIELDS, "report"})
+SITE_FACTS: Final = ("age_seconds", "verified")
+AGE_FACT: Final = "report.age_seconds"
+MAX_CONDITION_DEPTH: Final = 16  # all/any/not levels; real policies use two or three
+MAX_PATTERN: Final = 1000  # characters in a `matches` pattern
+MAX_MATCHED: Final = 4096  # longer fact strings do not match (bounds regex work per host)
+_POLICY_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", re.ASCII)
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+SEVERITIES = tuple(str(s) for s in Severity)
 
 
 class Outcome(StrEnum):
@@ -58,24 +70,189 @@ class Outcome(StrEnum):
     UNKNOWN = "unknown"
 
 
+class Combinator(StrEnum):
+    ALL = "all"
+    ANY = "any"
+    NOT = "not"
+
+
+class Comparison(StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    IN = "in"
+    NOT_IN = "not_in"
+    AT_LEAST = "at_least"
+    AT_MOST = "at_most"
+    IS_EMPTY = "is_empty"
+    CONTAINS = "contains"
+    EXISTS = "exists"
+    MATCHES = "matches"
+
+
+Operator = Combinator | Comparison
+
+
+# -- what each comparison accepts, and how it judges a fact ---------------------------
+
+_JSON_SCALARS = (str, int, float, bool)
+
+
+def _json_value(value: Any) -> bool:
+    """A value a report (JSON) can hold; YAML's dates, sets and bytes never equal a fact."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, _JSON_SCALARS):
+        return True
+    if isinstance(value, list):
+        return all(_json_value(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False
+
+
+def _any_value(value: Any) -> str | None:
+    if value is None:
+        return "cannot be null (a missing fact is unknown, never equal)"
+    if not _json_value(value):
+        return "must be a string, number, true/false, or a list or mapping of those"
+    return None
+
+
+def _scalar_list(value: Any) -> str | None:
+    if not isinstance(value, list) or not value:
+        return "must be a non-empty list, e.g. [a, b]"
+    if not all(isinstance(item, _JSON_SCALARS) and _json_value(item) for item in value):
+        return "must list strings, numbers or true/false"
+    return None
+
+
+def _number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    return None
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _true(value: Any) -> str | None:
+    if value is not True:
+        return "must be true (for 'is missing', write not: {fact: ..., exists: true})"
+    return None
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _pattern(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a regular expression, as a string"
+    if len(value) > MAX_PATTERN:
+        return f"is longer than {MAX_PATTERN} characters"
+    try:
+        _compiled(value)
+    except (re.error, RecursionError, OverflowError) as err:
+        return f"is not a regular expression ({err})"
+    return None
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    # JSON's true is not 1: Python's True == 1 must not make a policy pass.
+    return isinstance(actual, bool) == isinstance(expected, bool) and bool(actual == expected)
+
+
+def _number_of(actual: Any) -> int | float | None:
+    if isinstance(actual, bool) or not isinstance(actual, int | float):
+        return None
+    return actual
+
+
+def _at_least(actual: Any, expected: Any) -> bool:
+    number = _number_of(actual)
+    return number is not None and number >= expected
+
+
+def _at_most(actual: Any, expected: Any) -> bool:
+    number = _number_of(actual)
+    return number is not None and number <= expected
+
+
+def _is_empty(actual: Any, expected: Any) -> bool:
+    if not isinstance(actual, list | dict | str):
+        return False
+    return (len(actual) == 0) == bool(expected)
+
+
+def _contains(actual: Any, expected: Any) -> bool:
+    if isinstance(actual, str):
+        return expected in actual
+    if isinstance(actual, list):
+        return any(_equal(item, expected) for item in actual)
+    return False
+
+
+def _matches(actual: Any, expected: Any) -> bool:
+    if not isinstance(actual, str) or len(actual) > MAX_MATCHED:
+        return False
+    return _compiled(expected).search(actual) is not None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One comparison: what its value must be (a problem, or None), and the test
+    ``(reported fact, policy value) -> passes``, total over any JSON a host sends."""
+
+    check: Callable[[Any], str | None]
+    test: Callable[[Any, Any], bool]
+    unary: bool = False  # described without its value ("facts.x exists")
+
+
+# Adding an operator: a member of Comparison and its Rule here (and a line in the docs).
+COMPARISONS: Final[Mapping[Comparison, Rule]] = {
+    Comparison.EQUALS: Rule(_any_value, _equal),
+    Comparison.NOT_EQUALS: Rule(_any_value, lambda a, e: not _equal(a, e)),
+    Comparison.IN: Rule(_scalar_list, lambda a, e: any(_equal(a, x) for x in e)),
+    Comparison.NOT_IN: Rule(_scalar_list, lambda a, e: not any(_equal(a, x) for x in e)),
+    Comparison.AT_LEAST: Rule(_number, _at_least),
+    Comparison.AT_MOST: Rule(_number, _at_most),
+    Comparison.IS_EMPTY: Rule(_boolean, _is_empty, unary=True),
+    Comparison.CONTAINS: Rule(_string, _contains),
+    Comparison.EXISTS: Rule(_true, lambda _a, _e: True, unary=True),
+    Comparison.MATCHES: Rule(_pattern, _matches),
+}
+if set(COMPARISONS) != set(Comparison):  # pragma: no cover - caught by any import
+    raise AssertionError("every Comparison needs a Rule in COMPARISONS")
+
+
 @dataclass(frozen=True)
 class Condition:
-    op: str  # one of _COMPARISONS, or all / any / not
+    op: Operator
     fact: str = ""
     value: Any = None
     children: tuple[Condition, ...] = ()
 
     def describe(self) -> str:
-        if self.op in ("all", "any"):
-            joined = f" {'and' if self.op == 'all' else 'or'} ".join(
-                c.describe() for c in self.children
-            )
-            return f"({joined})"
-        if self.op == "not":
-            return f"not {self.children[0].describe()}"
-        if self.op in ("is_empty", "exists"):
-            return f"{self.fact} {self.op.replace('_', ' ')}"
-        return f"{self.fact} {self.op.replace('_', ' ')} {self.value!r}"
+        op = self.op
+        if isinstance(op, Comparison):
+            words = f"{self.fact} {op.replace('_', ' ')}"
+            return words if COMPARISONS[op].unary else f"{words} {self.value!r}"
+        match op:
+            case Combinator.ALL | Combinator.ANY:
+                joiner = " and " if op is Combinator.ALL else " or "
+                return f"({joiner.join(c.describe() for c in self.children)})"
+            case Combinator.NOT:
+                return f"not {self.children[0].describe()}"
+            case _:
+                assert_never(op)
 
 
 @dataclass(frozen=True)
@@ -96,7 +273,7 @@ class Selector:
 class Policy:
     name: str
     description: str
-    severity: str
+    severity: Severity
     resolution: str
     condition: Condition
     applies_to: Selector = field(default_factory=Selector)
@@ -113,163 +290,230 @@ def lookup(data: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def _compare(op: str, actual: Any, expected: Any) -> bool:
-    match op:
-        case "equals":
-            return bool(actual == expected)
-        case "not_equals":
-            return bool(actual != expected)
-        case "in":
-            return actual in expected
-        case "not_in":
-            return actual not in expected
-        case "at_least":
-            return isinstance(actual, int | float) and actual >= expected
-        case "at_most":
-            return isinstance(actual, int | float) and actual <= expected
-        case "is_empty":
-            return (
-                (len(actual) == 0) == bool(expected)
-                if isinstance(actual, list | dict | str)
-                else False
-            )
-        case "contains":
-            return isinstance(actual, list | str) and expected in actual
-        case "exists":
-            return True
-    raise AssertionError(op)
+def _judge(condition: Condition, report: Mapping[str, Any], op: Comparison) -> Outcome:
+    actual = lookup(report, condition.fact)
+    if op is Comparison.EXISTS:
+        return Outcome.PASS if actual not in UNKNOWN_VALUES else Outcome.FAIL
+    if isinstance(actual, str | type(None)) and actual in UNKNOWN_VALUES:
+        return Outcome.UNKNOWN
+    return Outcome.PASS if COMPARISONS[op].test(actual, condition.value) else Outcome.FAIL
 
 
 def evaluate(condition: Condition, report: Mapping[str, Any]) -> Outcome:
-    if condition.op == "all":
-        outcomes = [evaluate(c, report) for c in condition.children]
-        if Outcome.FAIL in outcomes:
-            return Outcome.FAIL
-        return Outcome.UNKNOWN if Outcome.UNKNOWN in outcomes else Outcome.PASS
-    if condition.op == "any":
-        outcomes = [evaluate(c, report) for c in condition.children]
-        if Outcome.PASS in outcomes:
-            return Outcome.PASS
-        return Outcome.UNKNOWN if Outcome.UNKNOWN in outcomes else Outcome.FAIL
-    if condition.op == "not":
-        inner = evaluate(condition.children[0], report)
-        return {Outcome.PASS: Outcome.FAIL, Outcome.FAIL: Outcome.PASS}.get(inner, Outcome.UNKNOWN)
-    actual = lookup(report, condition.fact)
-    if condition.op == "exists":
-        return Outcome.PASS if actual not in UNKNOWN_VALUES else Outcome.FAIL
-    if actual in UNKNOWN_VALUES:
-        return Outcome.UNKNOWN
-    return Outcome.PASS if _compare(condition.op, actual, condition.value) else Outcome.FAIL
+    op = condition.op
+    if isinstance(op, Comparison):
+        return _judge(condition, report, op)
+    match op:
+        case Combinator.ALL:
+            outcomes = [evaluate(c, report) for c in condition.children]
+            if Outcome.FAIL in outcomes:
+                return Outcome.FAIL
+            return Outcome.UNKNOWN if Outcome.UNKNOWN in outcomes else Outcome.PASS
+        case Combinator.ANY:
+            outcomes = [evaluate(c, report) for c in condition.children]
+            if Outcome.PASS in outcomes:
+                return Outcome.PASS
+            return Outcome.UNKNOWN if Outcome.UNKNOWN in outcomes else Outcome.FAIL
+        case Combinator.NOT:
+            inner = evaluate(condition.children[0], report)
+            swapped = {Outcome.PASS: Outcome.FAIL, Outcome.FAIL: Outcome.PASS}
+            return swapped.get(inner, Outcome.UNKNOWN)
+        case _:
+            assert_never(op)
 
 
-def _parse_condition(
-    data: Any, where: str, field_name: str, problems: Problems
-) -> Condition | None:
-    if not isinstance(data, dict):
-        problems.add(
-            f"{where}: {field_name}",
-            "must be a mapping",
-            "e.g. {fact: facts.firewall, equals: active}",
-        )
-        return None
-    for combinator in ("all", "any"):
-        if combinator in data:
-            items = data[combinator]
-            if len(data) != 1 or not isinstance(items, list) or not items:
-                problems.add(
-                    f"{where}: {field_name}.{combinator}",
-                    "must be the only key, with a non-empty list of conditions",
-                )
-                return None
-            children = [
-                _parse_condition(item, where, f"{field_name}.{combinator}[{i}]", problems)
-                for i, item in enumerate(items)
-            ]
-            if any(c is None for c in children):
-                return None
-            return Condition(combinator, children=tuple(c for c in children if c is not None))
-    if "not" in data:
-        if len(data) != 1:
-            problems.add(f"{where}: {field_name}.not", "must be the only key")
+# -- fact paths, derived from the report's own types ----------------------------------
+
+
+def _field_shapes() -> dict[str, Any]:
+    """Report field → its type (status.json's shape: a dataclass, a dict, or a leaf)."""
+    hints = typing.get_type_hints(Report)
+    return {name: hints[name] for name in REPORT_FIELDS}
+
+
+_SHAPES: Final = _field_shapes()
+
+
+def fact_problem(fact: str) -> str | None:
+    """Why ``fact`` names nothing a report can hold, or None."""
+    root, *rest = fact.split(".")
+    if "" in (root, *rest):
+        return f"{fact[:80]!r} has an empty part; write e.g. facts.firewall"
+    if root not in FACT_ROOTS:
+        return f"{fact[:80]!r} is not a report field"
+    if root == "report":
+        if len(rest) == 1 and rest[0] in SITE_FACTS:
             return None
-        child = _parse_condition(data["not"], where, f"{field_name}.not", problems)
-        return Condition("not", children=(child,)) if child is not None else None
-    fact = data.get("fact")
-    ops = [key for key in data if key != "fact"]
-    if not isinstance(fact, str) or not fact:
-        problems.add(
-            f"{where}: {field_name}.fact", "is missing", "name a report field, e.g. facts.firewall"
+        return f"report.* is one of {', '.join('report.' + f for f in SITE_FACTS)}"
+    shape = _SHAPES[root]
+    if is_dataclass(shape):
+        names = [f.name for f in fields(shape)]
+        if len(rest) != 1 or rest[0] not in names:
+            return f"{root}.* is one of {', '.join(names)}"
+    elif typing.get_origin(shape) is not dict and rest:
+        return f"{root} is a single value; it has no {'.'.join(rest)[:60]!r}"
+    return None
+
+
+def _age_problem(fact: str, value: Any) -> str | None:
+    """The site adds ``report.age_seconds`` to a report's time to know when an answer
+    flips: a number of seconds past any date would overflow that."""
+    number = _number_of(value)
+    if fact == AGE_FACT and number is not None and not 0 <= number <= MAX_DURATION:
+        return f"must be between 0 and {MAX_DURATION} seconds (ten years) for {AGE_FACT}"
+    return None
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Parse:
+    """Parses one policy's condition tree; problems go to the policy file's reader, which
+    knows the line of every field."""
+
+    top: Reader
+
+    def problem(self, field_name: str, what: str, fix: str = "") -> None:
+        self.top.problem(field_name, what, fix)
+
+    def condition(self, data: Any, field_name: str, depth: int = 1) -> Condition | None:
+        if depth > MAX_CONDITION_DEPTH:
+            self.problem(
+                field_name,
+                f"conditions are nested deeper than {MAX_CONDITION_DEPTH} levels",
+                "flatten them (all/any take a list)",
+            )
+            return None
+        if not isinstance(data, dict):
+            self.problem(
+                field_name, "must be a mapping", "e.g. {fact: facts.firewall, equals: active}"
+            )
+            return None
+        for combinator in Combinator:
+            if combinator in data:
+                return self.combined(data, combinator, field_name, depth)
+        return self.comparison(data, field_name)
+
+    def combined(
+        self, data: dict[Any, Any], op: Combinator, field_name: str, depth: int
+    ) -> Condition | None:
+        here = f"{field_name}.{op}"
+        if len(data) != 1:
+            self.problem(here, f"must be the only key of its condition (found {len(data)} keys)")
+            return None
+        items = data[op]
+        if op is Combinator.NOT:
+            child = self.condition(items, here, depth + 1)
+            return Condition(op, children=(child,)) if child is not None else None
+        if not isinstance(items, list) or not items:
+            self.problem(here, "must be a non-empty list of conditions")
+            return None
+        children = [self.condition(c, f"{here}[{i}]", depth + 1) for i, c in enumerate(items)]
+        if any(c is None for c in children):
+            return None
+        return Condition(op, children=tuple(c for c in children if c is not None))
+
+    def comparison(self, data: dict[Any, Any], field_name: str) -> Condition | None:
+        fact = data.get("fact")
+        ops = [key for key in data if key != "fact"]
+        if not isinstance(fact, str) or not fact:
+            self.problem(
+                f"{field_name}.fact", "is missing", "name a report field, e.g. facts.firewall"
+            )
+            return None
+        problem = fact_problem(fact)
+        if problem:
+            self.problem(
+                f"{field_name}.fact",
+                problem,
+                "start with facts., system., report. or another status.json key "
+                "(docs/protocol.md lists them)",
+            )
+            return None
+        if len(ops) != 1 or ops[0] not in COMPARISONS:
+            found = ", ".join(str(op)[:40] for op in ops) or "none"
+            self.problem(
+                field_name,
+                f"needs exactly one operator besides 'fact' (found {found})",
+                f"use one of {', '.join(COMPARISONS)}, or all/any/not",
+            )
+            return None
+        op = Comparison(ops[0])
+        value = data[ops[0]]
+        problem = COMPARISONS[op].check(value) or _age_problem(fact, value)
+        if problem:
+            self.problem(f"{field_name}.{op}", problem)
+            return None
+        return Condition(op, fact=fact, value=value)
+
+
+def _severity(top: Reader) -> Severity:
+    text = top.string("severity", "medium")
+    try:
+        return Severity(text)
+    except ValueError:
+        top.problem("severity", f"{text[:40]!r} is not one of {', '.join(SEVERITIES)}")
+        return Severity.MEDIUM
+
+
+def _policy_name(top: Reader) -> str:
+    name = top.string("name", required=True)
+    if name and not _POLICY_NAME.match(name):
+        top.problem(
+            "name",
+            f"{name[:60]!r} is not a policy name",
+            "use letters, digits, '.', '_' and '-' (exemptions and pages refer to it)",
         )
+        return ""
+    return name
+
+
+def _load_one(source: Source, path: str, problems: Problems) -> Policy | None:
+    where = source.describe(path)
+    raw = source.read(path)
+    if raw is None:
         return None
-    if fact.split(".", 1)[0] not in FACT_ROOTS:
-        problems.add(
-            f"{where}: {field_name}.fact",
-            f"{fact!r} is not a report field",
-            "start with facts., system., report. or another status.json key "
-            "(docs/protocol.md lists them)",
-        )
+    data = load_yaml(raw, where, problems)
+    if data is None:
         return None
-    if len(ops) != 1 or ops[0] not in _COMPARISONS:
-        problems.add(
-            f"{where}: {field_name}",
-            f"needs exactly one operator besides 'fact' (found {', '.join(map(str, ops)) or 'none'})",
-            f"use one of {', '.join(_COMPARISONS)}, or all/any/not",
-        )
+    top = Reader(data, where, problems)
+    name = _policy_name(top)
+    severity = _severity(top)
+    selector_reader = top.mapping("applies_to")
+    selector = Selector(
+        tags=selector_reader.strings("tags"),
+        profiles=selector_reader.strings("profiles"),
+        hosts=selector_reader.strings("hosts"),
+    )
+    selector_reader.finish()
+    condition = _Parse(top).condition(top.get("condition"), "condition")
+    description = top.string("description")
+    resolution = top.string("resolution")
+    top.finish()
+    if not name or condition is None:
         return None
-    op = ops[0]
-    value = data[op]
-    if op in ("in", "not_in") and not isinstance(value, list):
-        problems.add(f"{where}: {field_name}.{op}", "must be a list")
-        return None
-    if op in ("at_least", "at_most") and (
-        not isinstance(value, int | float) or isinstance(value, bool)
-    ):
-        problems.add(f"{where}: {field_name}.{op}", "must be a number")
-        return None
-    return Condition(op, fact=fact, value=value)
+    return Policy(name, description, severity, resolution, condition, selector, path)
 
 
 def load_policies(source: Source, problems: Problems) -> list[Policy]:
-    names = source.list_dir(POLICIES_DIR) or []
     result: list[Policy] = []
     seen: dict[str, str] = {}
-    for name in names:
-        if not name.endswith((".yaml", ".yml")):
+    for entry in source.list_dir(POLICIES_DIR) or []:
+        if not entry.endswith((".yaml", ".yml")):
             continue
-        path = f"{POLICIES_DIR}/{name}"
-        where = source.describe(path)
-        raw = source.read(path)
-        if raw is None:
+        path = f"{POLICIES_DIR}/{entry}"
+        policy = _load_one(source, path, problems)
+        if policy is None:
             continue
-        data = load_yaml(raw, where, problems)
-        if data is None:
-            continue
-        top = Reader(data, where, problems)
-        policy_name = top.string("name", required=True)
-        severity = top.string("severity", "medium")
-        if severity not in SEVERITIES:
-            top.problem("severity", f"{severity!r} is not one of {', '.join(SEVERITIES)}")
-        selector_reader = top.mapping("applies_to")
-        selector = Selector(
-            tags=selector_reader.strings("tags"),
-            profiles=selector_reader.strings("profiles"),
-            hosts=selector_reader.strings("hosts"),
-        )
-        selector_reader.finish()
-        condition = _parse_condition(top.get("condition"), where, "condition", problems)
-        description = top.string("description")
-        resolution = top.string("resolution")
-        top.finish()
-        if policy_name in seen:
-            top.problem(
-                "name",
-                f"{policy_name!r} is also defined in {seen[policy_name]}",
+        if policy.name in seen:
+            problems.add(
+                source.describe(path),
+                f"{policy.name!r} is also defined in {seen[policy.name]}",
                 "names must be unique",
+                field="name",
             )
             continue
-        if policy_name and condition is not None:
-            seen[policy_name] = path
-            result.append(
-                Policy(policy_name, description, severity, resolution, condition, selector, path)
-            )
+        seen[policy.name] = path
+        result.append(policy)
     return result

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
 import pygit2
+
+from gitops.errors import GitopsError
 
 
 class Source(Protocol):
@@ -31,24 +34,49 @@ class Source(Protocol):
 
 
 class DirSource:
+    """A work tree, read as git will store it: a symbolic link is the text of its target
+    (never followed), so what ``check`` accepts is what ``plan`` and the site will read."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def _path(self, path: str) -> Path | None:
+        """``root/path``, or None when a directory on the way is a link (git sees a file)."""
+        current = self.root
+        parts = [part for part in path.split("/") if part]
+        for part in parts[:-1]:
+            current = current / part
+            if current.is_symlink():
+                return None
+        return current / parts[-1] if parts else current
+
     def read(self, path: str) -> bytes | None:
-        target = self.root / path
+        target = self._path(path)
         try:
+            if target is None:
+                return None
+            if target.is_symlink():
+                return os.fsencode(target.readlink())
             return target.read_bytes() if target.is_file() else None
         except OSError:
             return None
 
     def list_dir(self, path: str) -> list[str] | None:
-        target = self.root / path if path else self.root
-        if not target.is_dir():
+        target = self._path(path) if path else self.root
+        if target is None or not self.is_dir(path):
             return None
-        return sorted(entry.name for entry in target.iterdir() if entry.name != ".git")
+        try:
+            return sorted(entry.name for entry in target.iterdir() if entry.name != ".git")
+        except OSError as err:
+            raise GitopsError(f"{target}: cannot list it ({err.strerror})") from err
 
     def is_dir(self, path: str) -> bool:
-        return (self.root / path).is_dir()
+        target = self._path(path)
+        if target is None:
+            return False
+        if target == self.root:
+            return target.is_dir()
+        return target.is_dir() and not target.is_symlink()
 
     def describe(self, path: str) -> str:
         return path

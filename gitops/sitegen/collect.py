@@ -24,7 +24,7 @@ import pygit2
 from gitops.errors import GitopsError
 from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet
 from gitops.fleet.policies import Policy, load_policies
-from gitops.fleet.schema import Problems
+from gitops.fleet.schema import Problem, Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
     DEPLOY_PREFIX,
@@ -133,7 +133,7 @@ class _SomeHosts:
 _FLEET_JOB: dict[str, Any] = {}
 
 
-def _load_fleet_part(hosts: Sequence[str]) -> tuple[Fleet, list[str]]:
+def _load_fleet_part(hosts: Sequence[str]) -> tuple[Fleet, list[Problem]]:
     repo = pygit2.Repository(_FLEET_JOB["path"])
     commit = repo.get(_FLEET_JOB["commit"])
     assert isinstance(commit, pygit2.Commit)
@@ -155,7 +155,7 @@ def _load_fleet_parallel(
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         results = pool.map(_load_fleet_part, parts)
     _FLEET_JOB.clear()
-    seen_problems: set[str] = set()
+    seen_problems: set[Problem] = set()
     hosts: dict[str, Host] = {}
     for fleet, items in results:
         hosts.update(fleet.hosts)
