@@ -20,7 +20,7 @@ import pygit2
 from gitops.errors import GitopsError
 from gitops.trust import sshsig
 from gitops.trust.allowed_signers import AllowedSigners, Verified
-from gitops.trust.sshsig import PrivateKeyTypes, Refusal, SignatureError
+from gitops.trust.sshsig import Refusal, SignatureError, SigningKey
 
 SIGNATURE_HEADER = b"gpgsig"
 OTHER_SIGNATURE_HEADER = b"gpgsig-sha256"  # the SHA-256 repos' header; never ours
@@ -82,12 +82,15 @@ def verify_commit(
     now: datetime | None = None,
 ) -> Verified:
     """Accept commit ``oid`` only if a key in ``trust`` signed it (namespace ``git``),
-    valid at its committer date and, when given, at ``now``. Raises SignatureError."""
+    valid at its committer date *and* at ``now`` (the verifier's clock when None).
+
+    git checks only the committer date, which the signer chooses: a commit backdated
+    into an expired key's or certificate's validity would pass. Raises SignatureError."""
     raw = read_raw(repo, oid)
     split = split_signature(raw)
     if split.signature is None:
         raise SignatureError("not signed", Refusal.UNSIGNED)
-    moments = [committer_time(raw)] + ([now] if now is not None else [])
+    moments = (committer_time(raw), now or datetime.now(UTC))
     return trust.verify(split.payload, split.signature, at=moments)
 
 
@@ -105,10 +108,10 @@ def create_signed_commit(
     message: str,
     author: pygit2.Signature,
     committer: pygit2.Signature | None = None,
-    key: PrivateKeyTypes,
+    key: SigningKey,
 ) -> pygit2.Oid:
-    """Write a commit signed exactly as ``git commit -S`` with ``gpg.format=ssh`` would;
-    no ref moves."""
+    """Write a commit signed exactly as ``git commit -S`` with ``gpg.format=ssh`` would
+    (by a key in memory or one ssh-agent holds); no ref moves."""
     # pygit2's stubs say Oid; it returns the commit object's text.
     content = cast(
         str, repo.create_commit_string(author, committer or author, message, tree, list(parents))
