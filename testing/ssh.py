@@ -188,7 +188,7 @@ class Agent:
 
 
 @contextmanager
-def ssh_agent(workdir: Path) -> Iterator[Agent]:
+def running_agent(workdir: Path) -> Iterator[Agent]:
     """A real ``ssh-agent -D -a SOCKET`` for the duration of the block."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "agent.sock"

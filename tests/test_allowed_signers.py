@@ -7,6 +7,7 @@ import base64
 import json
 import struct
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.errors import GitopsError
-from gitops.trust import sshsig
+from gitops.trust import keys, sshsig
 from gitops.trust.allowed_signers import AllowedSigners, match_pattern_list, parse_line, parse_time
 from gitops.trust.sshsig import PublicKey, Refusal, SignatureError
-from testing.helpers import public_line, write_key
+from testing.helpers import init_repo, public_line, write_fleet, write_key
 from testing.ssh import SkSignature, certify, keygen_verify, sk_public_key, sk_sign
 
 MSG = b"payload\n"
@@ -362,3 +363,47 @@ def test_entries_as_json() -> None:
     assert entry["valid_after"] is None
     assert (entry["cert_authority"], entry["touch_required"]) == (False, True)
     assert AllowedSigners.parse(entry["line"]).entries[0].key == signers.entries[0].key
+
+
+# --- `gitops keys ... --json` -----------------------------------------------------------
+
+
+def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_keys_new_and_allowed_signers_as_json(tmp_path: Path) -> None:
+    made = gitops("keys", "new", tmp_path / "publisher", "--comment", "ci@example.org", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    printed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", tmp_path / "publisher.pub"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert key["fingerprint"] in printed.stdout
+    assert key["public_key"] == f"{tmp_path}/publisher.pub"
+
+    root = init_repo(tmp_path / "fleet")
+    publisher = keys.load_signing_key(tmp_path / "publisher")
+    write_fleet(
+        root,
+        publisher=publisher,
+        hosts={"web-1": ["server"]},
+        host_keys={"web-1": ed25519.Ed25519PrivateKey.generate()},
+        machines=tmp_path / "machines",
+    )
+    listed = gitops("keys", "allowed-signers", "--repo", root, "--json")
+    assert listed.returncode == 0, listed.stderr
+    (signer,) = json.loads(listed.stdout)["signers"]
+    assert signer["principals"] == "publisher@example.org"
+    assert signer["fingerprint"] == key["fingerprint"]
+    assert signer["namespaces"] == "git"
+    text = gitops("keys", "allowed-signers", "--repo", root).stdout
+    assert text == signer["line"] + "\n"
