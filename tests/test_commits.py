@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -395,3 +396,27 @@ def test_cli_bad_allowed_signers_file_is_one_line(
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"gitops: error: {tmp_path}/{message}"), line
+
+
+@pytest.mark.parametrize(
+    "committer",
+    [b"99999999999999999999 +0000", b"253402300800 +0000", b"1700000000 +9999"],
+    ids=["past-time_t", "year-10000", "offset-over-a-day"],
+)
+def test_an_impossible_committer_date_is_refused_not_a_crash(
+    repo: Path, tmp_path: Path, committer: bytes
+) -> None:
+    """Anyone can write a commit: its date is read before its signature is checked."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    trust = _trust(tmp_path / "allowed", key)
+    raw = _raw(repo, str(_sign_with_pygit2(repo, key)))
+    forged = _write_raw(
+        repo, re.sub(rb"(?m)^(committer .*) \d+ [+-]\d{4}$", rb"\1 " + committer, raw, count=1)
+    )
+    with pytest.raises(SignatureError, match="impossible committer date"):
+        commits.verify_commit(pygit2.Repository(str(repo)), forged, trust)
+    done = gitops("verify", "--repo", repo, forged, "--allowed-signers", tmp_path / "allowed")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    # libgit2 itself cannot parse some of these ("no such revision"): either way one line.
+    assert line.startswith(f"gitops: error: {forged}"), line

@@ -63,12 +63,23 @@ def committer_time(raw: bytes) -> datetime:
     if match is None:
         raise SignatureError("commit has no committer line")
     seconds, sign, hours, minutes = match.groups()
-    offset = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == b"-" else 1)
-    return datetime.fromtimestamp(int(seconds), timezone(offset))
+    # Anyone can write a commit object: an impossible date is a malformed commit, refused
+    # before its signature is even looked at, never an exception deeper down.
+    try:
+        offset = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == b"-" else 1)
+        return datetime.fromtimestamp(int(seconds), timezone(offset))
+    except (OverflowError, ValueError, OSError) as err:
+        raise SignatureError(
+            f"commit has an impossible committer date ({int(seconds)} {sign.decode()}"
+            f"{hours.decode()}{minutes.decode()})"
+        ) from err
 
 
 def read_raw(repo: pygit2.Repository, oid: pygit2.Oid | str) -> bytes:
-    obj = repo.odb.read(oid if isinstance(oid, pygit2.Oid) else pygit2.Oid(hex=oid))
+    try:
+        obj = repo.odb.read(oid if isinstance(oid, pygit2.Oid) else pygit2.Oid(hex=oid))
+    except (KeyError, ValueError, pygit2.GitError) as err:
+        raise GitopsError(f"{oid}: no such object in {repo.path}") from err
     if obj[0] != pygit2.enums.ObjectType.COMMIT:
         raise GitopsError(f"{oid}: not a commit")
     return bytes(obj[1])
