@@ -17,7 +17,7 @@ from gitops.trust import commits, sshsig
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PrivateKeyTypes, SignatureError
 from testing.helpers import KEY_TYPES, git, git_out, init_repo, make_key, public_line, write_key
-from testing.ssh import certify
+from testing.ssh import SkSignature, certify, sk_public_key, sk_sign
 
 FIXED = {
     "GIT_AUTHOR_DATE": "2026-01-02T03:04:05+0000",
@@ -420,3 +420,29 @@ def test_an_impossible_committer_date_is_refused_not_a_crash(
     (line,) = done.stderr.splitlines()
     # libgit2 itself cannot parse some of these ("no such revision"): either way one line.
     assert line.startswith(f"gitops: error: {forged}"), line
+
+
+def test_a_fido_signed_commit_verifies_in_git_and_here_and_a_touchless_one_only_in_git(
+    repo: Path, tmp_path: Path
+) -> None:
+    token = ed25519.Ed25519PrivateKey.generate()  # what a FIDO token holds
+    public = sk_public_key(token)
+    signers = tmp_path / "allowed"
+    signers.write_text(f'signer@example.org namespaces="git" {public.openssh()}\n')
+    repository = pygit2.Repository(str(repo))
+    head = repository.head.peel(pygit2.Commit)
+    who = commits.signature_of("Pub Lisher", "signer@example.org")
+    made = {}
+    for name, flags in (("touched", 0x01), ("untouched", 0x00)):
+        content = str(repository.create_commit_string(who, who, name, head.tree_id, [head.id]))
+        armored = sk_sign(content.encode(), token, token=SkSignature(flags=flags))
+        made[name] = str(repository.create_commit_with_signature(content, armored.rstrip("\n")))
+    for name in made:
+        assert _git_verify(repo, made[name], signers) == (0, "G"), name
+    assert (
+        gitops("verify", "--repo", repo, made["touched"], "--allowed-signers", signers).returncode
+        == 0
+    )
+    refused = gitops("verify", "--repo", repo, made["untouched"], "--allowed-signers", signers)
+    assert refused.returncode == 1
+    assert "signed without a touch" in refused.stderr
