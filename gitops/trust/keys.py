@@ -132,6 +132,8 @@ def load_signer(path: Path, *, environ: Mapping[str, str] | None = None) -> Sign
         ) from err
     environ = os.environ if environ is None else environ
     public = _public_key_line(data)
+    if public is None and path.name.endswith(".pub"):
+        raise GitopsError(f"{path}: not an OpenSSH public key ('<type> <base64> [comment]')")
     if public is not None:
         sock = ssh_agent.socket_path(environ, why=f"{path} is a public key")
         return ssh_agent.agent_key(sock, public, add_hint=f"'ssh-add {_private_twin(path)}'")

@@ -137,9 +137,6 @@ class WireReader:
         self._pos += length
         return value
 
-    def byte(self) -> int:
-        return self.raw(1)[0]
-
     def mpint(self) -> int:
         data = self.string()
         if data and data[0] & 0x80:
@@ -385,27 +382,18 @@ def sign(
         + ssh_string(signature)
     )
     if not isinstance(key, _IN_MEMORY):
-        _check_made_elsewhere(blob, data)
+        _check_made_elsewhere(blob, data, public)
     return armor(blob)
 
 
-def _check_made_elsewhere(blob: bytes, data: bytes) -> None:
+def _check_made_elsewhere(blob: bytes, data: bytes, public: PublicKey) -> None:
     try:
-        parsed = _parse_blob(blob)
-        _check(parsed, data)
+        _check(_parse_blob(blob), data)
     except (SignatureError, InvalidSignature, ValueError) as err:
         raise SignatureError(
-            f"the signature returned for {_key_name(blob)} does not verify "
+            f"the signature returned for {public} does not verify "
             f"({err or 'bad signature'}); is the right key loaded?"
         ) from err
-
-
-def _key_name(blob: bytes) -> str:
-    """The key a signature blob names, for messages; never raises."""
-    try:
-        return str(_parse_blob(blob).public_key)
-    except (SignatureError, ValueError):
-        return "the key"
 
 
 # --- verification ------------------------------------------------------------------
