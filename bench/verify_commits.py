@@ -8,7 +8,9 @@ gitops.trust.commits.create_signed_commit (one chain, a small different tree eac
 verifies every one of them:
 
 - in-process: gitops.trust.commits.verify_commit (read the raw object, split the signature off
-  git's way, check it with cryptography) against an AllowedSigners list;
+  git's way, check it with libsodium, and the allowed-signers rules at the committer date
+  *and* at now) against an AllowedSigners list; the best of ``--repeat`` runs, wall and CPU
+  time (CPU time is steadier on a shared machine);
 - git, one ``git verify-commit <sha>`` per commit (what a script would do);
 - git, one ``git verify-commit <sha> <sha> ...`` for all commits at once (git accepts
   several; still two ssh-keygen runs per commit: find-principals, then verify);
@@ -76,6 +78,12 @@ def timed(action: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
+def cpu_timed(action: Callable[[], None]) -> float:
+    started = time.process_time()
+    action()
+    return time.process_time() - started
+
+
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", "--git-dir", str(repo), *args], check=False, capture_output=True, text=True
@@ -113,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--commits", type=int, default=1000)
     parser.add_argument(
+        "--repeat", type=int, default=5, help="in-process runs; the best one is reported"
+    )
+    parser.add_argument(
         "--loop-sample",
         type=int,
         default=0,
@@ -149,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                 if verified.principal != PRINCIPAL:
                     raise SystemExit(f"{sha}: signed by {verified.principal}")
 
+        runs = [(timed(in_process), cpu_timed(in_process)) for _ in range(max(1, args.repeat))]
+        wall, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
+        print(
+            f"  in-process, best of {len(runs)}: {wall * 1e6 / count:.1f} µs a commit wall, "
+            f"{cpu * 1e6 / count:.1f} µs CPU; a {count:,}-commit chain: {wall * 1e3:.0f} ms"
+        )
         results: list[tuple[str, float, int]] = []
-        results.append(("in-process verify_commit", timed(in_process), count))
+        results.append(("in-process verify_commit", wall, count))
         sample = shas[: args.loop_sample] if args.loop_sample else shas
         results.append(
             (

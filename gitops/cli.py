@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "path", type=Path, help="private key path; the public key goes to PATH.pub"
     )
     keys_new.add_argument("--comment", default="", help="comment on the public key")
+    keys_new.add_argument("--json", action="store_true", help="machine-readable result")
     keys_signers = keys_commands.add_parser(
         "allowed-signers", help="print fleet.yaml's publishers as an allowed-signers file"
     )
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_signers.add_argument(
         "--rev", help="read fleet.yaml from this commit instead of the work tree"
     )
+    keys_signers.add_argument("--json", action="store_true", help="machine-readable result")
 
     check = commands.add_parser("check", help="validate a fleet repository, listing every problem")
     _add_repo(check)
@@ -77,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
         sub.add_argument("--json", action="store_true", help="machine-readable result")
         if name == "publish":
-            sub.add_argument("--key", type=Path, required=True, help="the publisher's private key")
+            sub.add_argument(
+                "--key",
+                type=Path,
+                required=True,
+                help="the publisher's key: a private key file, or a public key (.pub) or "
+                "passphrase-protected private key whose key ssh-agent holds (SSH_AUTH_SOCK)",
+            )
             sub.add_argument(
                 "--push", action="store_true", help="push the changed branches, atomically"
             )
@@ -93,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--allowed-signers", type=Path, required=True, help="OpenSSH allowed-signers file"
     )
+    verify.add_argument("--json", action="store_true", help="machine-readable verdict")
 
     agent = commands.add_parser("agent", help="the host agent")
     agent.add_argument(
@@ -191,8 +200,8 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import keys_cmd
 
             if args.keys_command == "new":
-                return keys_cmd.new(args.path, args.comment)
-            return keys_cmd.allowed_signers(args.repo, args.rev)
+                return keys_cmd.new(args.path, args.comment, as_json=args.json)
+            return keys_cmd.allowed_signers(args.repo, args.rev, as_json=args.json)
         case "check":
             from gitops.commands import check_cmd
 
@@ -218,7 +227,7 @@ def execute(argv: Sequence[str]) -> int:
         case "verify":
             from gitops.commands import verify_cmd
 
-            return verify_cmd.verify(args.repo, args.rev, args.allowed_signers)
+            return verify_cmd.verify(args.repo, args.rev, args.allowed_signers, as_json=args.json)
         case "agent":
             from gitops.commands import agent_cmd
 

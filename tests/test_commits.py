@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from gitops.trust import commits, sshsig
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PrivateKeyTypes, SignatureError
 from testing.helpers import KEY_TYPES, git, git_out, init_repo, make_key, public_line, write_key
+from testing.ssh import SkSignature, certify, sk_public_key, sk_sign
 
 FIXED = {
     "GIT_AUTHOR_DATE": "2026-01-02T03:04:05+0000",
@@ -195,9 +200,12 @@ def test_backdated_commit_from_expired_key_is_refused_at_now(repo: Path, tmp_pat
     code, _ = _git_verify(repo, str(oid), tmp_path / "allowed")
     assert code == 0
     repository = pygit2.Repository(str(repo))
-    assert commits.verify_commit(repository, oid, trust)  # at the committer date, like git
+    # Accepted while the key was valid: at the committer date and at that "now".
+    assert commits.verify_commit(repository, oid, trust, now=datetime(2026, 1, 20, tzinfo=UTC))
     with pytest.raises(SignatureError, match="expired"):
         commits.verify_commit(repository, oid, trust, now=datetime(2026, 11, 1, tzinfo=UTC))
+    with pytest.raises(SignatureError, match="expired"):
+        commits.verify_commit(repository, oid, trust)  # the default "now" is the clock
 
 
 def test_wrong_namespace_is_refused(repo: Path, tmp_path: Path) -> None:
@@ -252,3 +260,189 @@ def test_trailers() -> None:
     assert commits.trailers(message) == {"Source-Commit": "abc", "Gitops-Host": "web-1"}
     assert commits.trailers("subject only\n") == {}
     assert commits.trailers("s\n\nnot: a trailer block\nbecause this line is prose\n") == {}
+
+
+# --- `gitops verify`: the CLI, with the clock as well as the committer date -------------
+
+
+def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _git_commit_signed_by(repo: Path, signing_key: Path, date: str, message: str) -> str:
+    """``git commit -S`` with gpg.format=ssh, committer date chosen by the signer."""
+    git(
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingkey={signing_key}",
+        "commit",
+        "-q",
+        "-S",
+        "--allow-empty",
+        "-m",
+        message,
+        cwd=repo,
+        env={"GIT_COMMITTER_DATE": date, "GIT_AUTHOR_DATE": date},
+    )
+    return git_out("rev-parse", "HEAD", cwd=repo)
+
+
+def test_cli_refuses_a_2019_certificate_on_a_commit_backdated_to_2019(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Hole 7: a publisher certificate valid only in 2019, the commit dated 2019."""
+    ca = ed25519.Ed25519PrivateKey.generate()
+    write_key(tmp_path / "ca", ca)
+    write_key(tmp_path / "publisher", ed25519.Ed25519PrivateKey.generate())
+    cert = certify(
+        tmp_path / "ca",
+        tmp_path / "publisher.pub",
+        principals="publisher@example.org",
+        validity="20190101:20191231",
+    )
+    signers = tmp_path / "allowed"
+    signers.write_text(f'*@example.org cert-authority,namespaces="git" {public_line(ca)}\n')
+    oid = _git_commit_signed_by(repo, cert, "2019-06-01T12:00:00+0000", "backdated")
+    code, status = _git_verify(repo, oid, signers)
+    assert (code, status) == (0, "G"), "git checks the committer date only, and accepts"
+
+    refused = gitops("verify", "--repo", repo, oid, "--allowed-signers", signers)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"gitops: error: {oid} ({oid[:7]}): certificate SHA256:")
+    assert "expired at 2019-12-31" in line
+
+    verdict = gitops("verify", "--repo", repo, oid, "--allowed-signers", signers, "--json")
+    assert verdict.returncode == 1
+    data = json.loads(verdict.stdout)
+    assert data["good"] is False
+    assert data["refusal"] == "not-allowed"
+    assert data["committer_time"] == "2019-06-01T12:00:00Z"
+    assert "expired" in data["reason"]
+
+    repository = pygit2.Repository(str(repo))
+    with pytest.raises(SignatureError, match=r"certificate .* expired"):
+        commits.verify_commit(repository, oid, AllowedSigners.load(signers))
+    assert (
+        commits.verify_commit(
+            repository, oid, AllowedSigners.load(signers), now=datetime(2019, 7, 1, tzinfo=UTC)
+        ).principal
+        == "publisher@example.org"
+    )
+
+
+def test_cli_refuses_a_plain_key_past_valid_before_on_a_backdated_commit(
+    repo: Path, tmp_path: Path
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    write_key(tmp_path / "key", key)
+    signers = tmp_path / "allowed"
+    signers.write_text(
+        f'p@example.org namespaces="git",valid-before="20200101Z" {public_line(key)}\n'
+    )
+    oid = _git_commit_signed_by(repo, tmp_path / "key", "2019-06-01T12:00:00+0000", "old")
+    assert _git_verify(repo, oid, signers) == (0, "G")
+    refused = gitops("verify", "--repo", repo, oid, "--allowed-signers", signers)
+    assert refused.returncode == 1
+    assert "expired at 2020-01-01T00:00:00Z" in refused.stderr
+
+
+def test_cli_verify_json_for_a_good_signature(repo: Path, tmp_path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    write_key(tmp_path / "key", key)
+    signers = tmp_path / "allowed"
+    signers.write_text(f"p@example.org {public_line(key)}\n")
+    oid = _git_commit_signed_by(repo, tmp_path / "key", "2026-01-02T03:04:05+0000", "good")
+    done = gitops("verify", "--repo", repo, "HEAD", "--allowed-signers", signers, "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data == {
+        "rev": "HEAD",
+        "commit": oid,
+        "good": True,
+        "principal": "p@example.org",
+        "key_type": "ssh-ed25519",
+        "fingerprint": sshsig.PublicKey.from_crypto(key.public_key()).fingerprint,
+        "refusal": None,
+        "reason": None,
+        "committer_time": "2026-01-02T03:04:05Z",
+        "checked_at": data["checked_at"],
+    }
+    plain = gitops("verify", "--repo", repo, "HEAD", "--allowed-signers", signers)
+    assert plain.stdout.startswith('Good "git" signature for p@example.org with ssh-ed25519')
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"p@example.org ssh-ed25519 AAAA\xff\n", "allowed:1: not UTF-8 text (byte 0xff"),
+        (b"# ok\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5 me@laptop\n", "allowed:2: this is a public key"),
+    ],
+    ids=["not-utf8", "public-key-line"],
+)
+def test_cli_bad_allowed_signers_file_is_one_line(
+    repo: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    signers = tmp_path / "allowed"
+    signers.write_bytes(content)
+    done = gitops("verify", "--repo", repo, "HEAD", "--allowed-signers", signers)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"gitops: error: {tmp_path}/{message}"), line
+
+
+@pytest.mark.parametrize(
+    "committer",
+    [b"99999999999999999999 +0000", b"253402300800 +0000", b"1700000000 +9999"],
+    ids=["past-time_t", "year-10000", "offset-over-a-day"],
+)
+def test_an_impossible_committer_date_is_refused_not_a_crash(
+    repo: Path, tmp_path: Path, committer: bytes
+) -> None:
+    """Anyone can write a commit: its date is read before its signature is checked."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    trust = _trust(tmp_path / "allowed", key)
+    raw = _raw(repo, str(_sign_with_pygit2(repo, key)))
+    forged = _write_raw(
+        repo, re.sub(rb"(?m)^(committer .*) \d+ [+-]\d{4}$", rb"\1 " + committer, raw, count=1)
+    )
+    with pytest.raises(SignatureError, match="impossible committer date"):
+        commits.verify_commit(pygit2.Repository(str(repo)), forged, trust)
+    done = gitops("verify", "--repo", repo, forged, "--allowed-signers", tmp_path / "allowed")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    # libgit2 itself cannot parse some of these ("no such revision"): either way one line.
+    assert line.startswith(f"gitops: error: {forged}"), line
+
+
+def test_a_fido_signed_commit_verifies_in_git_and_here_and_a_touchless_one_only_in_git(
+    repo: Path, tmp_path: Path
+) -> None:
+    token = ed25519.Ed25519PrivateKey.generate()  # what a FIDO token holds
+    public = sk_public_key(token)
+    signers = tmp_path / "allowed"
+    signers.write_text(f'signer@example.org namespaces="git" {public.openssh()}\n')
+    repository = pygit2.Repository(str(repo))
+    head = repository.head.peel(pygit2.Commit)
+    who = commits.signature_of("Pub Lisher", "signer@example.org")
+    made = {}
+    for name, flags in (("touched", 0x01), ("untouched", 0x00)):
+        content = str(repository.create_commit_string(who, who, name, head.tree_id, [head.id]))
+        armored = sk_sign(content.encode(), token, token=SkSignature(flags=flags))
+        made[name] = str(repository.create_commit_with_signature(content, armored.rstrip("\n")))
+    for name in made:
+        assert _git_verify(repo, made[name], signers) == (0, "G"), name
+    assert (
+        gitops("verify", "--repo", repo, made["touched"], "--allowed-signers", signers).returncode
+        == 0
+    )
+    refused = gitops("verify", "--repo", repo, made["untouched"], "--allowed-signers", signers)
+    assert refused.returncode == 1
+    assert "signed without a touch" in refused.stderr

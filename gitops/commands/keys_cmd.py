@@ -12,15 +12,27 @@ from gitops.trust import commits
 from gitops.trust.keys import new_keypair
 
 
-def new(path: Path, comment: str) -> int:
+def new(path: Path, comment: str, *, as_json: bool = False) -> int:
     key = new_keypair(path, comment)
+    if as_json:
+        output.emit_json(
+            {
+                "private_key": str(path),
+                "public_key": f"{path}.pub",
+                "key_type": key.key_type,
+                "key": key.openssh(),
+                "fingerprint": key.fingerprint,
+                "comment": comment,
+            }
+        )
+        return 0
     output.say(f"wrote {path} (private, 0600) and {path}.pub")
     output.say(f"{key.openssh()} {comment}".strip())
     output.say(f"fingerprint {key.fingerprint}")
     return 0
 
 
-def allowed_signers(repo: Path, rev: str | None) -> int:
+def allowed_signers(repo: Path, rev: str | None, *, as_json: bool = False) -> int:
     source: Source
     if rev is None:
         source = DirSource(repo)
@@ -31,5 +43,9 @@ def allowed_signers(repo: Path, rev: str | None) -> int:
     problems = Problems()
     fleet = load_fleet(source, problems)
     problems.raise_if_any("fleet.yaml is invalid")
-    output.say(fleet.settings.publisher_trust().text().rstrip("\n"))
+    trust = fleet.settings.publisher_trust()
+    if as_json:
+        output.emit_json({"signers": trust.to_json()})
+    else:
+        output.say(trust.text().rstrip("\n"))
     return 0

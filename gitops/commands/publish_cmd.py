@@ -106,7 +106,7 @@ def publish(
     remote: str,
     as_json: bool,
 ) -> int:
-    key = keys.load_signing_key(key_path)
+    key = keys.load_signer(key_path)
     repository = commits.open_repository(repo)
     fleet = publishing.load_fleet_at(repository, commits.resolve_commit(repository, source))
     if push:

@@ -27,7 +27,7 @@ from gitops.protocol import (
     format_time,
 )
 from gitops.trust import commits
-from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
+from gitops.trust.sshsig import SigningKey, public_key_of
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ def deploy_message(plan: HostPlan, source: pygit2.Commit, expires: datetime | No
     return commits.format_message(f"deploy {plan.host}: {subject}", body, trailers)
 
 
-def publisher_principal(fleet: Fleet, key: PrivateKeyTypes) -> str:
-    public = PublicKey.from_crypto(key.public_key())
+def publisher_principal(fleet: Fleet, key: SigningKey) -> str:
+    public = public_key_of(key)
     for publisher in fleet.settings.publishers:
         if publisher.key.blob == public.blob:
             return publisher.principal
@@ -212,7 +212,7 @@ class Published:
 def write_commits(
     repo: pygit2.Repository,
     plan: Plan,
-    key: PrivateKeyTypes,
+    key: SigningKey,
     *,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,

@@ -20,7 +20,7 @@ import pygit2
 from gitops.errors import GitopsError
 from gitops.trust import sshsig
 from gitops.trust.allowed_signers import AllowedSigners, Verified
-from gitops.trust.sshsig import PrivateKeyTypes, Refusal, SignatureError
+from gitops.trust.sshsig import Refusal, SignatureError, SigningKey
 
 SIGNATURE_HEADER = b"gpgsig"
 OTHER_SIGNATURE_HEADER = b"gpgsig-sha256"  # the SHA-256 repos' header; never ours
@@ -63,12 +63,23 @@ def committer_time(raw: bytes) -> datetime:
     if match is None:
         raise SignatureError("commit has no committer line")
     seconds, sign, hours, minutes = match.groups()
-    offset = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == b"-" else 1)
-    return datetime.fromtimestamp(int(seconds), timezone(offset))
+    # Anyone can write a commit object: an impossible date is a malformed commit, refused
+    # before its signature is even looked at, never an exception deeper down.
+    try:
+        offset = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == b"-" else 1)
+        return datetime.fromtimestamp(int(seconds), timezone(offset))
+    except (OverflowError, ValueError, OSError) as err:
+        raise SignatureError(
+            f"commit has an impossible committer date ({int(seconds)} {sign.decode()}"
+            f"{hours.decode()}{minutes.decode()})"
+        ) from err
 
 
 def read_raw(repo: pygit2.Repository, oid: pygit2.Oid | str) -> bytes:
-    obj = repo.odb.read(oid if isinstance(oid, pygit2.Oid) else pygit2.Oid(hex=oid))
+    try:
+        obj = repo.odb.read(oid if isinstance(oid, pygit2.Oid) else pygit2.Oid(hex=oid))
+    except (KeyError, ValueError, pygit2.GitError) as err:
+        raise GitopsError(f"{oid}: no such object in {repo.path}") from err
     if obj[0] != pygit2.enums.ObjectType.COMMIT:
         raise GitopsError(f"{oid}: not a commit")
     return bytes(obj[1])
@@ -82,12 +93,15 @@ def verify_commit(
     now: datetime | None = None,
 ) -> Verified:
     """Accept commit ``oid`` only if a key in ``trust`` signed it (namespace ``git``),
-    valid at its committer date and, when given, at ``now``. Raises SignatureError."""
+    valid at its committer date *and* at ``now`` (the verifier's clock when None).
+
+    git checks only the committer date, which the signer chooses: a commit backdated
+    into an expired key's or certificate's validity would pass. Raises SignatureError."""
     raw = read_raw(repo, oid)
     split = split_signature(raw)
     if split.signature is None:
         raise SignatureError("not signed", Refusal.UNSIGNED)
-    moments = [committer_time(raw)] + ([now] if now is not None else [])
+    moments = (committer_time(raw), now or datetime.now(UTC))
     return trust.verify(split.payload, split.signature, at=moments)
 
 
@@ -105,10 +119,10 @@ def create_signed_commit(
     message: str,
     author: pygit2.Signature,
     committer: pygit2.Signature | None = None,
-    key: PrivateKeyTypes,
+    key: SigningKey,
 ) -> pygit2.Oid:
-    """Write a commit signed exactly as ``git commit -S`` with ``gpg.format=ssh`` would;
-    no ref moves."""
+    """Write a commit signed exactly as ``git commit -S`` with ``gpg.format=ssh`` would
+    (by a key in memory or one ssh-agent holds); no ref moves."""
     # pygit2's stubs say Oid; it returns the commit object's text.
     content = cast(
         str, repo.create_commit_string(author, committer or author, message, tree, list(parents))

@@ -5,6 +5,12 @@ Byte-compatible with ``ssh-keygen -Y sign`` and therefore with ``git commit -S``
 is as strict as OpenSSH's ``sshsig.c``: version 1 only, hash ``sha256``/``sha512`` only,
 ``rsa-sha2-*`` only for RSA, no trailing bytes, namespace must match.
 
+Keys sign in memory (a private key file) or elsewhere (an :class:`ExternalSigner`, such as
+a key held by ssh-agent, possibly on a hardware token). FIDO security keys
+(``sk-ssh-ed25519@openssh.com``, ``sk-ecdsa-sha2-nistp256@openssh.com``) verify as
+OpenSSH's ``PROTOCOL.u2f`` says: the token signs ``SHA256(application) || flags ||
+counter || SHA256(data)``, and the flags and counter travel with the signature.
+
 No PyPI package does this well (``sshsig`` verifies only, lacks ECDSA, and accepts
 sha1/md5), so it is written here on top of ``cryptography``.
 """
@@ -17,11 +23,11 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, Protocol
 
 import nacl.exceptions
 import nacl.signing
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -57,8 +63,16 @@ _RSA_SIG_HASHES: Final[dict[str, hashes.HashAlgorithm]] = {
     "rsa-sha2-512": hashes.SHA512(),
 }
 
+SK_ED25519: Final = "sk-ssh-ed25519@openssh.com"
+SK_ECDSA: Final = "sk-ecdsa-sha2-nistp256@openssh.com"
+SECURITY_KEY_TYPES: Final = frozenset({SK_ED25519, SK_ECDSA})
+SK_USER_PRESENT: Final = 0x01  # the token was touched (PROTOCOL.u2f flags)
+SK_USER_VERIFIED: Final = 0x04  # the token checked a PIN or biometric
+CERT_SUFFIX: Final = "-cert-v01@openssh.com"
+
 PublicKeyTypes = ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 PrivateKeyTypes = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+_IN_MEMORY: Final = (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)
 
 
 class Refusal(StrEnum):
@@ -83,18 +97,20 @@ class SignatureError(GitopsError):
 # --- SSH wire encoding (RFC 4251) ---------------------------------------------------
 
 
-def _string(data: bytes) -> bytes:
+def ssh_string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
 def _mpint(value: int) -> bytes:
     if value == 0:
-        return _string(b"")
+        return ssh_string(b"")
     raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
-    return _string(b"\x00" + raw if raw[0] & 0x80 else raw)
+    return ssh_string(b"\x00" + raw if raw[0] & 0x80 else raw)
 
 
-class _Reader:
+class WireReader:
+    """Reads SSH wire fields; raises SignatureError (MALFORMED) past the end."""
+
     def __init__(self, data: bytes) -> None:
         self._data = data
         self._pos = 0
@@ -141,7 +157,7 @@ def _load_identity(key_type: str, blob: bytes) -> PublicKeyTypes | SSHCertificat
         identity = load_ssh_public_identity(
             key_type.encode("ascii") + b" " + base64.b64encode(blob)
         )
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
         raise ValueError(f"unsupported or invalid key ({key_type}): {err}") from err
     if isinstance(identity, SSHCertificate):
         return identity
@@ -149,7 +165,27 @@ def _load_identity(key_type: str, blob: bytes) -> PublicKeyTypes | SSHCertificat
         identity, ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     ):
         raise ValueError(f"unsupported key type {key_type}")
+    if key_type in SECURITY_KEY_TYPES:
+        _security_key_application(key_type, blob)  # cryptography drops it: check it here
     return identity
+
+
+@functools.lru_cache(maxsize=1024)
+def _security_key_application(key_type: str, blob: bytes) -> bytes:
+    """The FIDO application string (``ssh:`` by default) that the token hashed into every
+    signature; cryptography parses the key without it."""
+    reader = WireReader(blob)
+    try:
+        reader.string()  # the key type
+        if key_type == SK_ECDSA:
+            reader.string()  # the curve name
+        reader.string()  # the public key
+        application = reader.string()
+    except SignatureError as err:
+        raise ValueError(f"invalid {key_type} key: truncated") from err
+    if not reader.done():
+        raise ValueError(f"invalid {key_type} key: trailing data")
+    return application
 
 
 @dataclass(frozen=True)
@@ -173,13 +209,13 @@ class PublicKey:
             raise ValueError("the key's base64 is invalid") from err
         key = cls(key_type, blob)
         key.crypto_key()  # validates type and contents
-        if _Reader(blob).string().decode("ascii", "replace") != key_type:
+        if WireReader(blob).string().decode("ascii", "replace") != key_type:
             raise ValueError(f"the key's type does not match its data ({key_type})")
         return key
 
     @classmethod
     def from_blob(cls, blob: bytes) -> PublicKey:
-        key_type = _Reader(blob).string().decode("ascii", "replace")
+        key_type = WireReader(blob).string().decode("ascii", "replace")
         key = cls(key_type, blob)
         key.crypto_key()
         return key
@@ -194,7 +230,19 @@ class PublicKey:
 
     @property
     def is_certificate(self) -> bool:
-        return self.key_type.endswith("-cert-v01@openssh.com")
+        return self.key_type.endswith(CERT_SUFFIX)
+
+    @property
+    def is_security_key(self) -> bool:
+        """A FIDO key (``sk-*``): its signatures carry the token's flags and counter."""
+        return self.key_type in SECURITY_KEY_TYPES
+
+    @property
+    def application(self) -> bytes:
+        """A FIDO key's application string; ValueError for other keys."""
+        if not self.is_security_key:
+            raise ValueError(f"{self.key_type} is not a security key")
+        return _security_key_application(self.key_type, self.blob)
 
     def certificate(self) -> SSHCertificate:
         identity = self._identity()
@@ -228,6 +276,27 @@ class PublicKey:
         return f"{self.key_type} {self.fingerprint}"
 
 
+class ExternalSigner(Protocol):
+    """A key whose private half is elsewhere (ssh-agent, a hardware token): given the
+    data to sign, it returns the SSH signature encoding (``string type || string sig``,
+    plus flags and counter for FIDO keys)."""
+
+    @property
+    def public(self) -> PublicKey: ...
+
+    def sign_data(self, data: bytes) -> bytes: ...
+
+
+SigningKey = PrivateKeyTypes | ExternalSigner
+
+
+def public_key_of(key: SigningKey) -> PublicKey:
+    """The public key (or certificate) a signature by ``key`` names."""
+    if isinstance(key, _IN_MEMORY):
+        return PublicKey.from_crypto(key.public_key())
+    return key.public
+
+
 def load_private_key(data: bytes, *, where: str) -> PrivateKeyTypes:
     """Load an OpenSSH private key (unencrypted: agents and CI read it unattended)."""
     try:
@@ -248,10 +317,10 @@ def _signed_data(namespace: str, hash_alg: str, message: bytes) -> bytes:
     digest = _HASHES[hash_alg](message).digest()
     return (
         MAGIC
-        + _string(namespace.encode())
-        + _string(b"")
-        + _string(hash_alg.encode())
-        + (_string(digest))
+        + ssh_string(namespace.encode())
+        + ssh_string(b"")
+        + ssh_string(hash_alg.encode())
+        + (ssh_string(digest))
     )
 
 
@@ -273,38 +342,58 @@ def dearmor(text: str | bytes) -> bytes:
         raise SignatureError("signature is malformed: bad base64") from err
 
 
+def _sign_in_memory(key: PrivateKeyTypes, public: PublicKey, data: bytes) -> bytes:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return ssh_string(b"ssh-ed25519") + ssh_string(key.sign(data))
+    if isinstance(key, rsa.RSAPrivateKey):
+        raw = key.sign(data, padding.PKCS1v15(), hashes.SHA512())
+        return ssh_string(b"rsa-sha2-512") + ssh_string(raw)
+    _, digest = _ECDSA_CURVES[public.key_type]
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
+    return ssh_string(public.key_type.encode()) + ssh_string(_mpint(r) + _mpint(s))
+
+
 def sign(
     message: bytes,
-    private_key: PrivateKeyTypes,
+    key: SigningKey,
     *,
     namespace: str = GIT_NAMESPACE,
     hash_alg: str = "sha512",
 ) -> str:
-    """Sign ``message`` as ``ssh-keygen -Y sign -n <namespace>`` does; returns the armor."""
+    """Sign ``message`` as ``ssh-keygen -Y sign -n <namespace>`` does; returns the armor.
+
+    A signature made elsewhere (ssh-agent) is checked before it is returned, so a
+    confused agent or a wrong key fails here, not on every host."""
     if not namespace:
         raise ValueError("the namespace must not be empty")
     data = _signed_data(namespace, hash_alg, message)
-    public = PublicKey.from_crypto(private_key.public_key())
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        signature = _string(b"ssh-ed25519") + _string(private_key.sign(data))
-    elif isinstance(private_key, rsa.RSAPrivateKey):
-        raw = private_key.sign(data, padding.PKCS1v15(), hashes.SHA512())
-        signature = _string(b"rsa-sha2-512") + _string(raw)
+    public = public_key_of(key)
+    if isinstance(key, _IN_MEMORY):
+        signature = _sign_in_memory(key, public, data)
     else:
-        curve_name = public.key_type
-        _, digest = _ECDSA_CURVES[curve_name]
-        r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(digest)))
-        signature = _string(curve_name.encode()) + _string(_mpint(r) + _mpint(s))
+        signature = key.sign_data(data)
     blob = (
         MAGIC
         + struct.pack(">I", VERSION)
-        + _string(public.blob)
-        + _string(namespace.encode())
-        + _string(b"")
-        + _string(hash_alg.encode())
-        + _string(signature)
+        + ssh_string(public.blob)
+        + ssh_string(namespace.encode())
+        + ssh_string(b"")
+        + ssh_string(hash_alg.encode())
+        + ssh_string(signature)
     )
+    if not isinstance(key, _IN_MEMORY):
+        _check_made_elsewhere(blob, data, public)
     return armor(blob)
+
+
+def _check_made_elsewhere(blob: bytes, data: bytes, public: PublicKey) -> None:
+    try:
+        _check(_parse_blob(blob), data)
+    except (SignatureError, InvalidSignature, ValueError) as err:
+        raise SignatureError(
+            f"the signature returned for {public} does not verify "
+            f"({err or 'bad signature'}); is the right key loaded?"
+        ) from err
 
 
 # --- verification ------------------------------------------------------------------
@@ -317,6 +406,8 @@ class ParsedSignature:
     hash_alg: str
     sig_type: str
     sig: bytes
+    sk_flags: int | None = None  # FIDO keys: what the token attests (touch, PIN)
+    sk_counter: int | None = None  # FIDO keys: the token's signature counter
 
 
 _U32 = struct.Struct(">I")
@@ -340,7 +431,10 @@ def _strings(data: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
 
 
 def parse(armored: str | bytes) -> ParsedSignature:
-    blob = dearmor(armored)
+    return _parse_blob(dearmor(armored))
+
+
+def _parse_blob(blob: bytes) -> ParsedSignature:
     if blob[:6] != MAGIC:
         raise SignatureError("signature is malformed: missing SSHSIG magic")
     if len(blob) < 10:
@@ -360,11 +454,17 @@ def parse(armored: str | bytes) -> ParsedSignature:
     except (ValueError, SignatureError) as err:
         raise SignatureError(f"signature names an unusable key: {err}") from err
     (sig_type_raw, sig), end = _strings(signature, 0, 2)
+    sig_type = sig_type_raw.decode("ascii", "replace")
+    flags = counter = None
+    if sig_type in SECURITY_KEY_TYPES:  # byte flags, uint32 counter (PROTOCOL.u2f)
+        if end + 5 > len(signature):
+            raise SignatureError("signature is malformed: truncated security key signature")
+        flags = signature[end]
+        (counter,) = _U32.unpack_from(signature, end + 1)
+        end += 5
     if end != len(signature):
         raise SignatureError("signature is malformed: trailing data after the signature")
-    return ParsedSignature(
-        public_key, namespace, hash_alg, sig_type_raw.decode("ascii", "replace"), sig
-    )
+    return ParsedSignature(public_key, namespace, hash_alg, sig_type, sig, flags, counter)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -386,8 +486,45 @@ def _verify_ed25519(
         raise InvalidSignature from err
 
 
-def _check(key: PublicKeyTypes, parsed: ParsedSignature, data: bytes) -> None:
+def _check_security_key(key: PublicKeyTypes, parsed: ParsedSignature, data: bytes) -> None:
+    """PROTOCOL.u2f: the token signed SHA256(application) || flags || counter ||
+    SHA256(data); Ed25519 over those bytes, ECDSA P-256 over their SHA-256."""
+    public = parsed.public_key
+    if parsed.sig_type != public.key_type or parsed.sk_flags is None or parsed.sk_counter is None:
+        raise InvalidSignature
+    signed = (
+        hashlib.sha256(public.application).digest()
+        + bytes([parsed.sk_flags])
+        + _U32.pack(parsed.sk_counter)
+        + hashlib.sha256(data).digest()
+    )
     if isinstance(key, ed25519.Ed25519PublicKey):
+        if len(parsed.sig) != 64:
+            raise InvalidSignature
+        _verify_ed25519(key, b"", parsed.sig, signed)
+    elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        _verify_ecdsa(key, parsed.sig, signed, hashes.SHA256())
+    else:
+        raise InvalidSignature
+
+
+def _verify_ecdsa(
+    key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, digest: hashes.HashAlgorithm
+) -> None:
+    reader = WireReader(sig)
+    r, s = reader.mpint(), reader.mpint()
+    if not reader.done():
+        raise InvalidSignature
+    key.verify(encode_dss_signature(r, s), data, ec.ECDSA(digest))
+
+
+def _check(parsed: ParsedSignature, data: bytes) -> None:
+    """Raise InvalidSignature (or ValueError, SignatureError) unless ``parsed`` signs
+    ``data``. The signature type must be the one the key's type allows."""
+    key = parsed.public_key.crypto_key()
+    if parsed.public_key.is_security_key:
+        _check_security_key(key, parsed, data)
+    elif isinstance(key, ed25519.Ed25519PublicKey):
         if parsed.sig_type != "ssh-ed25519" or len(parsed.sig) != 64:
             raise InvalidSignature
         blob = parsed.public_key.blob
@@ -403,11 +540,7 @@ def _check(key: PublicKeyTypes, parsed: ParsedSignature, data: bytes) -> None:
         curve = _ECDSA_CURVES.get(parsed.sig_type)
         if curve is None or not isinstance(key.curve, curve[0]):
             raise InvalidSignature
-        reader = _Reader(parsed.sig)
-        r, s = reader.mpint(), reader.mpint()
-        if not reader.done():
-            raise InvalidSignature
-        key.verify(encode_dss_signature(r, s), data, ec.ECDSA(curve[1]))
+        _verify_ecdsa(key, parsed.sig, data, curve[1])
 
 
 def verify(
@@ -425,7 +558,7 @@ def verify(
         )
     data = _signed_data(parsed.namespace, parsed.hash_alg, message)
     try:
-        _check(parsed.public_key.crypto_key(), parsed, data)
-    except (InvalidSignature, ValueError) as err:
+        _check(parsed, data)
+    except (InvalidSignature, ValueError, SignatureError) as err:
         raise SignatureError("bad signature: the signed content was changed", Refusal.BAD) from err
     return parsed
