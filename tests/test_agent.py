@@ -44,7 +44,7 @@ def demo(tmp_path: Path) -> DemoFleet:
 def run(
     demo: DemoFleet, host: str, config: AgentConfig | None = None, **options: Any
 ) -> CycleResult:
-    return Cycle(config or demo.agent_config(host), health_sleep=False, **options).run()
+    return Cycle(config or demo.agent_config(host), **options).run()
 
 
 def remote_reports(demo: DemoFleet, host: str) -> list[Report]:

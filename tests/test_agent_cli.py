@@ -3,11 +3,15 @@ a trigger, and the agent configuration file's errors."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import yaml
 
 from gitops.agent.config import parse_config
 from gitops.agent.cycle import CycleResult
-from gitops.agent.loop import run_forever
+from gitops.agent.loop import Wake, Wakeup, run_forever
 from gitops.demo.scenario import DemoFleet
 from gitops.errors import GitopsError
 from gitops.protocol import Result
@@ -102,35 +106,72 @@ def test_once_exits_non_zero_when_refused(demo: DemoFleet) -> None:
     assert "not signed" in done.stdout
 
 
+@contextlib.contextmanager
+def socket_activated(argv: list[str | Path]) -> Iterator[int]:
+    """Listen on loopback and run ``argv`` per connection with the connection as its stdin
+    and stdout, as systemd's socket units with ``Accept=yes`` do; yields the port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return  # the listening socket was shut down
+            with connection:
+                subprocess.run(
+                    [sys.executable, "-m", "gitops", *map(str, argv)],
+                    stdin=connection.fileno(),
+                    stdout=connection.fileno(),
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                    timeout=30,
+                )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=30)
+
+
+def http_request(
+    port: int, method: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, "/", headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
 def test_trigger_over_http_touches_the_trigger_file(demo: DemoFleet) -> None:
     config = write_config(demo, "alpha")
     trigger = demo.agent_config("alpha").trigger_file
-    done = subprocess.run(
-        [sys.executable, "-m", "gitops", "agent", "--config", config, "trigger", "--http"],
-        input=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
-        capture_output=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    head, _, body = done.stdout.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
-    assert f"Content-Length: {len(body)}".encode() in head
-    assert body.startswith(b"update requested")
-    assert trigger.exists()
-    refused = gitops(
-        "agent", "--config", config, "trigger", "--http", input="DELETE / HTTP/1.1\r\n\r\n"
-    )
-    assert refused.returncode == 1
-    assert refused.stdout.startswith("HTTP/1.0 405")
+    with socket_activated(["agent", "--config", config, "trigger", "--http"]) as port:
+        status, headers, body = http_request(port, "POST")
+        assert status == 200
+        assert headers["Content-Length"] == str(len(body))
+        assert body.startswith(b"update requested")
+        assert trigger.exists()
+        trigger.unlink()
+        status, _, _ = http_request(port, "DELETE")
+        assert status == 405
+        assert not trigger.exists()
 
 
 def test_run_loop_wakes_on_trigger(demo: DemoFleet) -> None:
     config = replace(demo.agent_config("alpha"), poll_interval=3600, poll_jitter=0)
-    cycles: list[tuple[Result | None, str]] = []
+    cycles: list[tuple[Result | None, Wake]] = []
     stop = threading.Event()
 
-    def record(result: CycleResult | None, reason: str) -> None:
-        cycles.append((result.result if result else None, reason))
+    def record(result: CycleResult | None, reason: Wakeup) -> None:
+        cycles.append((result.result if result else None, reason.why))
 
     thread = threading.Thread(
         target=run_forever,
@@ -142,13 +183,13 @@ def test_run_loop_wakes_on_trigger(demo: DemoFleet) -> None:
         deadline = time.monotonic() + 30
         while not cycles and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cycles == [(Result.APPLIED, "start")]
+        assert cycles == [(Result.APPLIED, Wake.START)]
         time.sleep(0.5)  # let the watcher start
         config.trigger_file.touch()
         thread.join(timeout=20)
         assert not thread.is_alive(), "a trigger must wake the loop long before the hour-long poll"
         assert len(cycles) == 2
-        assert cycles[1][1].startswith("trigger")
+        assert cycles[1][1] == Wake.TRIGGER
         assert cycles[1][0] == Result.UNCHANGED
     finally:
         stop.set()

@@ -700,7 +700,7 @@ def test_agent_cycle_applies_and_reports_over_the_network(
             config, remote=http_server.url(demo.server), http_token_file=token_file
         )
 
-    result = Cycle(config, health_sleep=False).run()
+    result = Cycle(config).run()
 
     assert result.result == Result.APPLIED, result.reason
     assert result.deploy_seen == str(published.commits[host])
@@ -713,7 +713,7 @@ def test_agent_cycle_applies_and_reports_over_the_network(
     trust = AllowedSigners.of([(host, PublicKey.from_crypto(demo.host_keys[host].public_key()))])
     assert verify_commit(server, pushed, trust).principal == host
     # The next cycle has nothing to do and costs one small fetch.
-    again = Cycle(config, health_sleep=False).run()
+    again = Cycle(config).run()
     assert again.result == Result.UNCHANGED, again.reason
 
 

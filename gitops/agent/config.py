@@ -13,6 +13,7 @@ from pathlib import Path
 from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.protocol import is_host_name
+from gitops.system import transport
 from gitops.trust.allowed_signers import AllowedSigners
 
 DEFAULT_CONFIG = Path("/etc/gitops/agent.yaml")
@@ -66,6 +67,15 @@ class AgentConfig:
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
+
+    def credentials(self) -> transport.Credentials:
+        """How this agent logs in to the git server."""
+        return transport.Credentials(
+            ssh_key=self.ssh_key,
+            known_hosts=self.known_hosts,
+            http_token_file=self.http_token_file,
+            http_username=self.http_username,
+        )
 
     @property
     def trigger_file(self) -> Path:

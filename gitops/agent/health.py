@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,20 +50,26 @@ def failed_units(root: Path) -> set[str] | None:
     return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
 
 
+def _settling_matters(config: HealthConfig, root: Path) -> bool:
+    """The grace period lets units settle: it is waited only when a check looks at them
+    (failed units under systemd, or the admin's commands)."""
+    return bool(config.commands) or (config.failed_units and systemd_running(root))
+
+
 def check(
     config: HealthConfig,
     *,
     root: Path,
     remote: str,
     host: str,
-    env: dict[str, str],
+    credentials: transport.Credentials,
     failed_before: set[str] | None,
-    sleep: bool = True,
+    sleep: Callable[[float], None],
 ) -> HealthResult:
     problems: list[str] = []
     skipped: list[str] = []
-    if sleep and config.grace:
-        time.sleep(config.grace)
+    if config.grace and _settling_matters(config, root):
+        sleep(config.grace)
     if config.failed_units:
         after = failed_units(root)
         if after is None:
@@ -74,7 +80,7 @@ def check(
                 problems.append(f"units failed after the switch: {', '.join(new)}")
     if config.remote:
         try:
-            transport.remote_head(remote, deploy_ref(host), env=env)
+            transport.remote_head(remote, deploy_ref(host), env=credentials.env())
         except GitopsError as err:
             problems.append(f"the git remote is unreachable after the switch: {err}")
     for command in config.commands:

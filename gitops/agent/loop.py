@@ -13,10 +13,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 
 import watchfiles
+from typing_extensions import override
 
 from gitops.agent.config import AgentConfig
 from gitops.agent.cycle import Cycle, CycleResult
@@ -25,13 +28,32 @@ from gitops.errors import GitopsError
 log = logging.getLogger(__name__)
 
 
-def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -> str:
+class Wake(StrEnum):
+    """Why a cycle starts."""
+
+    START = "start"  # the loop just started
+    TIMER = "timer"  # poll_interval (+ jitter) passed
+    TRIGGER = "trigger"  # the trigger file or a watched path changed
+    STOPPED = "stopped"  # stop was asked for while waiting
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    why: Wake
+    detail: str = ""  # for a trigger: the names of the paths that changed
+
+    @override
+    def __str__(self) -> str:
+        return f"{self.why}: {self.detail}" if self.detail else str(self.why)
+
+
+def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -> Wakeup:
     """Block until a watched path changes, ``stop`` is set, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     existing = [str(p) for p in paths if p.exists()]
     if not existing:
         stop.wait(timeout)
-        return "timer"
+        return Wakeup(Wake.TIMER)
     for changes in watchfiles.watch(
         *existing,
         stop_event=stop,
@@ -41,10 +63,10 @@ def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -
         raise_interrupt=False,
     ):
         if changes:
-            return "trigger: " + ", ".join(sorted({Path(p).name for _, p in changes}))
+            return Wakeup(Wake.TRIGGER, ", ".join(sorted({Path(p).name for _, p in changes})))
         if stop.is_set() or time.monotonic() >= deadline:
-            return "timer"
-    return "stopped"
+            return Wakeup(Wake.TIMER)
+    return Wakeup(Wake.STOPPED)
 
 
 def run_forever(
@@ -52,7 +74,7 @@ def run_forever(
     *,
     stop: threading.Event | None = None,
     max_cycles: int | None = None,
-    on_cycle: Callable[[CycleResult | None, str], None] | None = None,
+    on_cycle: Callable[[CycleResult | None, Wakeup], None] | None = None,
 ) -> int:
     """Cycle until SIGTERM/SIGINT (or ``stop``); a failed cycle is logged, not fatal."""
     stop = stop or threading.Event()
@@ -67,12 +89,12 @@ def run_forever(
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.trigger_file.touch()
     cycles = 0
-    reason = "start"
+    reason = Wakeup(Wake.START)
     while not stop.is_set():
         log.info("cycle (%s)", reason)
         result: CycleResult | None = None
         try:
-            result = Cycle(config, force_report=reason.startswith("trigger")).run()
+            result = Cycle(config, force_report=reason.why == Wake.TRIGGER).run()
         except GitopsError as err:
             log.error("cycle failed: %s", err)
         if on_cycle is not None:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import select
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from gitops import output
 from gitops.agent import config as agent_config
+from gitops.agent import trigger as local_trigger
 from gitops.agent.config import AgentConfig, load_config, parse_config
-from gitops.agent.cycle import Cycle
+from gitops.agent.cycle import Cycle, ReportKey
 from gitops.agent.loop import run_forever
 from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import pending_reports
-from gitops.agent.state import StateStore
+from gitops.agent.state import AgentState, StateStore
 from gitops.protocol import Result
-from gitops.system import process
 
 # Results after which `agent once` exits non-zero, so systemd shows the unit as failed.
 FAILING_RESULTS = {
@@ -88,48 +86,17 @@ def once(config: AgentConfig, *, report: bool, retry: bool, as_json: bool) -> in
     return 1 if result.result in FAILING_RESULTS else 0
 
 
-def _read_http_request() -> str:
-    """The request line of an HTTP request on stdin (socket activation); '' if none."""
-    ready, _, _ = select.select([sys.stdin], [], [], 5.0)
-    if not ready:
-        return ""
-    line = sys.stdin.readline(8192)
-    while True:  # drain the headers, up to the blank line
-        ready, _, _ = select.select([sys.stdin], [], [], 1.0)
-        header = sys.stdin.readline(8192) if ready else ""
-        if not header.strip():
-            break
-    return line.strip()
-
-
-def _http_response(status: bytes, body: bytes) -> None:
-    """A minimal HTTP/1.0 answer on the socket (stdout under socket activation)."""
-    head = (
-        b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\nCache-Control: no-store\r\n\r\n"
-    )
-    sys.stdout.buffer.write(head + body)
-    sys.stdout.buffer.flush()
-
-
 def trigger(config: Callable[[], AgentConfig], *, http: bool, start_unit: str | None) -> int:
+    def fire() -> None:
+        if start_unit:
+            local_trigger.start_unit(start_unit)  # the unit reads its own configuration
+        else:
+            local_trigger.touch(config().trigger_file)
+
     if http:
-        request = _read_http_request()
-        method = request.split(" ", 1)[0] if request else ""
-        if method not in ("GET", "POST", "HEAD"):
-            _http_response(b"405 Method Not Allowed", b"")
-            return 1
-    if start_unit:
-        process.run(["systemctl", "start", "--no-block", start_unit], check=True)
-    else:
-        settings = config()
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        settings.trigger_file.touch()
-    message = "update requested: the agent will fetch, verify and apply now\n"
-    if http:
-        _http_response(b"200 OK", message.encode())
-    else:
-        output.say(message.strip())
+        return 0 if local_trigger.answer_on_stdin(fire) else 1
+    fire()
+    output.say(local_trigger.ACCEPTED.strip())
     return 0
 
 
@@ -145,9 +112,7 @@ def status(config: AgentConfig, *, as_json: bool) -> int:
         "applied_source": state.applied_source if state else None,
         "applied_store_path": state.applied_store_path if state else None,
         "last_report_time": state.last_report_time if state else None,
-        "last_result": state.last_report_key.split("|")[0]
-        if state and state.last_report_key
-        else None,
+        "last_result": _last_result(state),
         "bad_commits": list(state.bad_commits) if state else [],
         "pending_reports": pending,
     }
@@ -160,3 +125,8 @@ def status(config: AgentConfig, *, as_json: bool) -> int:
     for key, value in data.items():
         output.say(f"{key.replace('_', ' ')}: {value if value not in (None, []) else '-'}")
     return 0
+
+
+def _last_result(state: AgentState | None) -> str | None:
+    key = ReportKey.parse(state.last_report_key) if state else None
+    return key.condition if key else None
