@@ -70,6 +70,8 @@ let
     watch = cfg.watch;
     keep_generations = cfg.keepGenerations;
     build_retry_interval = cfg.buildRetryInterval;
+    build_timeout = cfg.buildTimeout;
+    activation_timeout = cfg.activationTimeout;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

@@ -40,6 +40,12 @@ let
   };
   configFile = pkgs.writeText "gitops-agent.yaml" configText;
 
+  # Longer than the agent's own time limits allow a cycle to take (see the file). Only
+  # numbers are read, so the store paths' context may go.
+  timeoutStartSec = import ./agent-timeout.nix (
+    builtins.fromJSON (builtins.unsafeDiscardStringContext configText)
+  );
+
   # `--config` belongs to the `agent` command: gitops agent --config FILE once|trigger.
   agentCommand = "${cfg.package}/bin/gitops agent --config ${configFile}";
 
@@ -259,6 +265,26 @@ in
       description = "Seconds after which a failed build of the same deploy commit is tried again (a download may have failed); 0 never retries until a new commit arrives.";
     };
 
+    buildTimeout = mkOption {
+      type = types.ints.positive;
+      default = defaults.build_timeout;
+      example = 14400;
+      description = ''
+        Seconds `nix build` may take; then the build is stopped (with its builders) and
+        reported as `build-failed: ... timed out`, and tried again after
+        `buildRetryInterval`. Raise it for hosts that compile large packages.
+      '';
+    };
+
+    activationTimeout = mkOption {
+      type = types.ints.positive;
+      default = defaults.activation_timeout;
+      description = ''
+        Seconds `switch-to-configuration` may take; then it is stopped, the agent goes back
+        to the previous generation and reports `switch-failed: ... timed out`.
+      '';
+    };
+
     trigger = {
       enable = mkOption {
         type = types.bool;
@@ -345,6 +371,9 @@ in
       serviceConfig = {
         Type = "oneshot";
         ExecStart = "${agentCommand} once";
+        # A oneshot has no start time limit by default: a stuck cycle would block every
+        # later one. The agent stops a stuck build or switch itself, well before this.
+        TimeoutStartSec = timeoutStartSec;
         StateDirectory = lib.mkIf (cfg.stateDir == defaults.state_dir) "gitops-agent";
         StateDirectoryMode = "0700";
         # Builds and activation scripts run as children of this service: leave the

@@ -307,7 +307,7 @@ def test_boot_and_test_actions(demo: DemoFleet) -> None:
 def test_interrupted_activation_does_not_rebuild(
     demo: DemoFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def killed(path: Path, action: str) -> None:
+    def killed(path: Path, action: str, **_: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(nix, "switch_to_configuration", killed)

@@ -446,13 +446,13 @@ def test_http_token_is_not_in_argv(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[list[str]] = []
-    real_run = subprocess.run
 
-    def recording_run(args: Any, *rest: Any, **kwargs: Any) -> Any:
-        calls.append([str(a) for a in args])
-        return real_run(args, *rest, **kwargs)
+    class RecordingPopen(subprocess.Popen[bytes]):
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            calls.append([str(a) for a in args])
+            super().__init__(args, *rest, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", recording_run)
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
     env = transport.Credentials(http_token_file=token_file).env()
     mirror = Mirror(tmp_path / "agent", "web-1")
     url = http_server.url(server_repo)

@@ -135,7 +135,10 @@ class Deployer:
         try:
             with self._timed("build"):
                 system = nix.build_flake(
-                    flake, nix.toplevel_attr(self.config.host), extra_args=self.config.build_args
+                    flake,
+                    nix.toplevel_attr(self.config.host),
+                    extra_args=self.config.build_args,
+                    timeout=self.config.build_timeout,
                 )
         except nix.BuildError as err:
             failed = BuildRecord(
@@ -180,7 +183,9 @@ class Deployer:
                     origin.generation is None or origin.generation.path != system
                 ):
                     new_generation = nix.set_profile(config.system_profile, system)
-                nix.switch_to_configuration(system, str(config.action))
+                nix.switch_to_configuration(
+                    system, str(config.action), timeout=config.activation_timeout
+                )
         except nix.ActivationError as err:
             back = self._go_back(origin, new_generation)
             self._mark_bad(head)
@@ -266,7 +271,9 @@ class Deployer:
             if config.action == Action.TEST:
                 if origin.running is None:
                     return "no previous system to go back to"
-                nix.switch_to_configuration(origin.running, "test")
+                nix.switch_to_configuration(
+                    origin.running, "test", timeout=config.activation_timeout
+                )
                 return f"went back to {origin.running.name}"
             previous = origin.generation
             if previous is None:
@@ -274,7 +281,9 @@ class Deployer:
             if new_generation is not None and new_generation.number != previous.number:
                 nix.switch_generation(config.system_profile, previous.number)
                 nix.delete_generations(config.system_profile, [new_generation.number])
-            nix.switch_to_configuration(previous.path, str(config.action))
+            nix.switch_to_configuration(
+                previous.path, str(config.action), timeout=config.activation_timeout
+            )
             return f"went back to generation {previous.number}"
         except GitopsError as err:
             log.error("going back to the previous system failed: %s", err)

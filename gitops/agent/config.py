@@ -64,6 +64,8 @@ class AgentConfig:
     watch: tuple[Path, ...] = ()  # paths whose change triggers a cycle (a local mirror)
     keep_generations: int = 0  # 0 keeps all profile generations
     build_retry_interval: int = 3600  # a failed build of one commit is retried after this; 0: never
+    build_timeout: int = 7200  # nix build is stopped after this (a build that never ends)
+    activation_timeout: int = 600  # switch-to-configuration is stopped after this
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
@@ -92,6 +94,14 @@ def _path(reader: Reader, key: str, default: Path | None = None) -> Path | None:
         reader.problem(key, f"{text!r} must be an absolute path")
         return default
     return path
+
+
+def _positive(reader: Reader, key: str, default: int) -> int:
+    seconds = reader.duration(key, default)
+    if seconds <= 0:
+        reader.problem(key, "must be longer than 0 seconds", "e.g. 30m or 2h")
+        return default
+    return seconds
 
 
 def parse_config(
@@ -170,6 +180,8 @@ def parse_config(
         watch=tuple(watch),
         keep_generations=int(top.duration("keep_generations", 0)),
         build_retry_interval=top.duration("build_retry_interval", 3600),
+        build_timeout=_positive(top, "build_timeout", 7200),
+        activation_timeout=_positive(top, "activation_timeout", 600),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:
