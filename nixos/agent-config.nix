@@ -62,6 +62,7 @@ let
       commands = cfg.health.commands;
       grace = cfg.health.grace;
       timeout = cfg.health.timeout;
+      remote_grace = cfg.health.remoteGrace;
     };
     build_args = cfg.buildArgs;
     trust_on_first_use = cfg.trustOnFirstUse;

@@ -36,6 +36,7 @@ seconds config.build_timeout
 # the switch, and going back if it fails
 + 2 * seconds config.activation_timeout
 + seconds (health.grace or 0)
-+ seconds (health.remote_grace or 0)
+# an unreachable remote is retried after the switch, and again after going back
++ 2 * seconds (health.remote_grace or 0)
 + seconds (health.timeout or 0) * builtins.length (health.commands or [ ])
 + margin

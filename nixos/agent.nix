@@ -193,12 +193,22 @@ in
       failedUnits = mkOption {
         type = types.bool;
         default = defaults.health.failed_units;
-        description = "After a switch, roll back if any systemd unit is failed.";
+        description = "After a switch (or the reboot into a new generation with `action = \"boot\"`), roll back if a systemd unit failed that was not failed before.";
       };
       remote = mkOption {
         type = types.bool;
         default = defaults.health.remote;
-        description = "After a switch, roll back if the git remote is no longer reachable.";
+        description = ''
+          After a switch, check that the git remote is still reachable (retried for
+          `health.remoteGrace` seconds). If it stays unreachable the agent goes back, and
+          remembers the deploy as bad only if the old system reaches the remote again; if
+          the network is simply down, the deploy is tried again at the next check.
+        '';
+      };
+      remoteGrace = mkOption {
+        type = types.ints.unsigned;
+        default = defaults.health.remote_grace;
+        description = "Seconds an unreachable git remote is retried (every 5 s) after a switch before it counts, so a network blip does not undo a good deploy.";
       };
       commands = mkOption {
         type = types.listOf (types.either types.str (types.nonEmptyListOf types.str));

@@ -68,6 +68,7 @@ HEALTH_OPTION_FOR_KEY = {
     "commands": "commands",
     "grace": "grace",
     "timeout": "timeout",
+    "remote_grace": "remoteGrace",
 }
 REQUIRED = {
     "hostName": "web-1",
@@ -207,6 +208,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
             "commands": ["curl -fsS http://127.0.0.1/health", ["systemctl", "is-active", "nginx"]],
             "grace": 30,
             "timeout": 15,
+            "remoteGrace": 120,
         },
         buildArgs=["--max-jobs", "2"],
         trustOnFirstUse=False,
@@ -243,6 +245,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
             ),
             grace=30,
             timeout=15,
+            remote_grace=120,
         ),
         build_args=("--max-jobs", "2"),
         trust_on_first_use=False,
@@ -278,6 +281,7 @@ def test_the_unit_outlasts_the_agents_own_time_limits(tmp_path: Path) -> None:
         config.build_timeout
         + 2 * config.activation_timeout
         + config.health.grace
+        + 2 * config.health.remote_grace
         + config.health.timeout * len(config.health.commands)
     )
     assert default > longest_cycle

@@ -37,6 +37,7 @@ class HealthConfig:
     commands: tuple[tuple[str, ...], ...] = ()  # each must exit 0
     grace: int = 10  # seconds to let units settle before checking
     timeout: int = 60  # seconds for each check command
+    remote_grace: int = 60  # seconds an unreachable remote is retried before it counts
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def parse_config(
         commands=tuple(commands),
         grace=health.duration("grace", 10),
         timeout=health.duration("timeout", 60),
+        remote_grace=health.duration("remote_grace", 60),
     )
     health.finish()
     watch = []

@@ -53,7 +53,8 @@ class ReportKey:
     Kept in the state file as ``condition|seen|applied`` text, the format it always had.
     """
 
-    condition: str  # "ok" (applied or unchanged: one state) or the failing result
+    # "ok" (applied or unchanged: one state), "reboot-pending", or the failing result
+    condition: str
     seen: str | None
     applied: str | None
 
@@ -61,7 +62,9 @@ class ReportKey:
     def of(cls, outcome: _Outcome, applied: str | None) -> ReportKey:
         ok = outcome.result in (Result.APPLIED, Result.UNCHANGED)
         seen = str(outcome.seen) if outcome.seen is not None else None
-        return cls("ok" if ok else str(outcome.result), seen, applied)
+        if not ok:
+            return cls(str(outcome.result), seen, applied)
+        return cls("reboot-pending" if outcome.reboot_pending else "ok", seen, applied)
 
     @classmethod
     def parse(cls, text: str) -> ReportKey | None:
@@ -114,7 +117,11 @@ class Cycle:
             key = keys.load_signing_key(self.config.signing_key)
             self.mirror = Mirror(self.config.state_dir, self.config.host)
             self.state = self._load_state()
-            outcome = self._apply()
+            outcome, self.state = self.deployer.recover(self.mirror, self.state)
+            if outcome is None:
+                log.info("fetching deploy/%s", self.config.host)
+                outcome = self._apply()
+            outcome = self.deployer.explain(outcome)
             self.durations["total"] = round(time.monotonic() - started, 3)
             outcome.durations = dict(self.durations)
             return self._finish(
