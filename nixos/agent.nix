@@ -300,9 +300,12 @@ in
         type = types.bool;
         default = true;
         description = ''
-          Listen on `trigger.address`:`trigger.port` so a local user or script can ask for a
-          check now (`curl -X POST http://127.0.0.1:51337/`). The request only starts
-          gitops-agent.service; what gets applied is still only what was signed.
+          Listen on `trigger.address`:`trigger.port` so a local user can ask for a check
+          now: open http://127.0.0.1:51337/ and press the button, or from a script
+          `curl -X POST -H 'X-Gitops-Trigger: 1' http://127.0.0.1:51337/`. Requests a web
+          page could make (cross-site, or without the header or the page's own origin)
+          are refused, and at most one request per 30 seconds is accepted. The request
+          only starts gitops-agent.service; what gets applied is still only what was signed.
         '';
       };
       address = mkOption {

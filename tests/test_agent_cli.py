@@ -4,8 +4,12 @@ a trigger, and the agent configuration file's errors."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
+import http.server
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gitops.agent import trigger
 from gitops.agent.config import parse_config
 from gitops.agent.cycle import CycleResult
 from gitops.agent.loop import Wake, Wakeup, run_forever
@@ -112,21 +117,24 @@ def socket_activated(argv: list[str | Path]) -> Iterator[int]:
     and stdout, as systemd's socket units with ``Accept=yes`` do; yields the port."""
     server = socket.create_server(("127.0.0.1", 0))
 
+    def answer(connection: socket.socket) -> None:
+        with connection:
+            subprocess.run(
+                [sys.executable, "-m", "gitops", *map(str, argv)],
+                stdin=connection.fileno(),
+                stdout=connection.fileno(),
+                stderr=subprocess.DEVNULL,
+                check=False,
+                timeout=30,
+            )
+
     def serve() -> None:
         while True:
             try:
                 connection, _ = server.accept()
             except OSError:
                 return  # the listening socket was shut down
-            with connection:
-                subprocess.run(
-                    [sys.executable, "-m", "gitops", *map(str, argv)],
-                    stdin=connection.fileno(),
-                    stdout=connection.fileno(),
-                    stderr=subprocess.DEVNULL,
-                    check=False,
-                    timeout=30,
-                )
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -139,39 +147,166 @@ def socket_activated(argv: list[str | Path]) -> Iterator[int]:
 
 
 def http_request(
-    port: int, method: str, headers: dict[str, str] | None = None
+    port: int, method: str, headers: dict[str, str] | None = None, body: str | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request(method, "/", headers=headers or {})
+        connection.request(method, "/", body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
         connection.close()
 
 
-def test_trigger_over_http_touches_the_trigger_file(demo: DemoFleet) -> None:
+@pytest.fixture
+def trigger_socket(demo: DemoFleet) -> Iterator[tuple[int, Path]]:
+    """The module's trigger socket, answered by the real CLI; the port and the trigger file."""
     config = write_config(demo, "alpha")
-    trigger = demo.agent_config("alpha").trigger_file
     with socket_activated(["agent", "--config", config, "trigger", "--http"]) as port:
-        status, headers, body = http_request(port, "POST")
-        assert status == 200
-        assert headers["Content-Length"] == str(len(body))
-        assert body.startswith(b"update requested")
-        assert trigger.exists()
-        trigger.unlink()
-        status, _, _ = http_request(port, "DELETE")
-        assert status == 405
-        assert not trigger.exists()
+        yield port, demo.agent_config("alpha").trigger_file
 
 
-def test_run_loop_wakes_on_trigger(demo: DemoFleet) -> None:
+def requested(trigger: Path) -> bool:
+    """Whether an update was asked for (the trigger file holds the time of the last one)."""
+    return trigger.exists() and trigger.read_text().strip() != ""
+
+
+def test_a_script_pulls_the_trigger_with_its_header_at_most_every_30_s(
+    trigger_socket: tuple[int, Path],
+) -> None:
+    port, trigger = trigger_socket
+    status, headers, body = http_request(port, "POST", {"X-Gitops-Trigger": "1"})
+    assert status == 200, body
+    assert body == b"update requested: the agent will fetch, verify and apply now\n"
+    assert headers["Content-Length"] == str(len(body))
+    assert requested(trigger)
+    stamp = trigger.read_text()
+    status, headers, body = http_request(port, "POST", {"X-Gitops-Trigger": "1"})
+    assert status == 429, body
+    assert 1 <= int(headers["Retry-After"]) <= 30
+    assert trigger.read_text() == stamp, "a refused request changes nothing"
+
+
+def test_the_bookmarked_page_updates_the_machine_with_its_button(
+    trigger_socket: tuple[int, Path],
+) -> None:
+    port, trigger = trigger_socket
+    status, headers, page = http_request(port, "GET", {"Sec-Fetch-Site": "none"})
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b'<form method="post" action="/">' in page
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert not requested(trigger), "showing the page triggers nothing"
+    # The button: a same-origin form POST, as a browser sends it.
+    form = {
+        "Origin": f"http://127.0.0.1:{port}",
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Dest": "document",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    status, _, page = http_request(port, "POST", form, body="")
+    assert status == 200, page
+    assert b"update requested" in page
+    assert requested(trigger)
+    status, _, page = http_request(port, "POST", form, body="")
+    assert status == 429
+    assert b"try again in" in page
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        pytest.param("GET", {}, 200, id="img-without-fetch-metadata"),
+        pytest.param(
+            "GET",
+            {
+                "Sec-Fetch-Site": "cross-site",
+                "Sec-Fetch-Mode": "no-cors",
+                "Sec-Fetch-Dest": "image",
+            },
+            403,
+            id="img-cross-site",
+        ),
+        pytest.param("POST", {}, 403, id="post-without-header-or-origin"),
+        pytest.param(
+            "POST",
+            {
+                "Origin": "http://evil.example",
+                "Sec-Fetch-Site": "cross-site",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            403,
+            id="cross-site-form",
+        ),
+        pytest.param(
+            "POST", {"Origin": "http://evil.example"}, 403, id="cross-site-form-old-browser"
+        ),
+        pytest.param("POST", {"Origin": "null"}, 403, id="sandboxed-or-file-origin"),
+        pytest.param(
+            "POST",
+            {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-site"},
+            403,
+            id="another-local-service",
+        ),
+        pytest.param(
+            "POST",
+            {"Host": "rebound.example:{port}", "Origin": "http://rebound.example:{port}"},
+            403,
+            id="dns-rebinding",
+        ),
+        pytest.param(
+            "POST",
+            {"X-Gitops-Trigger": "1", "Sec-Fetch-Site": "cross-site"},
+            403,
+            id="header-but-cross-site",
+        ),
+        pytest.param(
+            "POST",
+            {
+                "Origin": "http://127.0.0.1:{port}",
+                "Sec-Fetch-Site": "same-origin",
+                "Sec-Fetch-Dest": "iframe",
+            },
+            403,
+            id="framed",
+        ),
+        pytest.param(
+            "OPTIONS",
+            {
+                "Origin": "http://evil.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-gitops-trigger",
+            },
+            405,
+            id="cors-preflight",
+        ),
+        pytest.param("DELETE", {}, 405, id="delete"),
+    ],
+)
+def test_requests_a_web_page_can_make_do_not_pull_the_trigger(
+    trigger_socket: tuple[int, Path], method: str, headers: dict[str, str], status: int
+) -> None:
+    port, trigger = trigger_socket
+    sent = {name: value.format(port=port) for name, value in headers.items()}
+    answer, answer_headers, body = http_request(
+        port, method, sent, body="" if method == "POST" else None
+    )
+    assert answer == status, body
+    assert not requested(trigger)
+    assert "Access-Control-Allow-Origin" not in answer_headers
+
+
+def test_run_loop_wakes_on_trigger_without_forcing_a_report(demo: DemoFleet) -> None:
     config = replace(demo.agent_config("alpha"), poll_interval=3600, poll_jitter=0)
-    cycles: list[tuple[Result | None, Wake]] = []
+    cycles: list[tuple[Result | None, Wake, bool]] = []
     stop = threading.Event()
 
     def record(result: CycleResult | None, reason: Wakeup) -> None:
-        cycles.append((result.result if result else None, reason.why))
+        cycles.append(
+            (result.result if result else None, reason.why, bool(result and result.report))
+        )
 
     thread = threading.Thread(
         target=run_forever,
@@ -183,14 +318,12 @@ def test_run_loop_wakes_on_trigger(demo: DemoFleet) -> None:
         deadline = time.monotonic() + 30
         while not cycles and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cycles == [(Result.APPLIED, Wake.START)]
+        assert cycles == [(Result.APPLIED, Wake.START, True)]
         time.sleep(0.5)  # let the watcher start
-        config.trigger_file.touch()
+        trigger.request_cycle(config.trigger_file, None)
         thread.join(timeout=20)
         assert not thread.is_alive(), "a trigger must wake the loop long before the hour-long poll"
-        assert len(cycles) == 2
-        assert cycles[1][1] == Wake.TRIGGER
-        assert cycles[1][0] == Result.UNCHANGED
+        assert cycles[1] == (Result.UNCHANGED, Wake.TRIGGER, False), "a trigger is no report"
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -252,3 +385,81 @@ def test_usage_errors_exit_2() -> None:
     done = gitops("publish")
     assert done.returncode == 2
     assert "the following arguments are required: --key" in done.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
+CHROMEDRIVER = shutil.which("chromedriver") or ""
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
+    reason="chromium and chromedriver are not installed (CI installs them)",
+)
+def test_in_a_real_browser_a_web_page_cannot_but_the_button_can(
+    trigger_socket: tuple[int, Path], tmp_path: Path
+) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port, trigger = trigger_socket
+    target = f"http://127.0.0.1:{port}/"
+    # A page on another site the user opens: an image, a form that submits itself, and a
+    # script that POSTs with and without the script header.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "index.html").write_text(
+        f"""<!doctype html><title>news</title>
+<img src="{target}">
+<iframe name="sink" id="sink"></iframe>
+<form id="f" method="post" action="{target}" target="sink"><input name="a" value="1"></form>
+<script>
+const settled = (promise) => promise.then(() => {{}}, () => {{}});
+const image = new Promise((done) => {{
+  const img = new Image(); img.onload = img.onerror = done; img.src = "{target}";
+}});
+const framed = new Promise((done) => {{ document.getElementById("sink").onload = done; }});
+document.getElementById("f").submit();
+Promise.all([
+  image,
+  framed,
+  settled(fetch("{target}", {{method: "POST", mode: "no-cors", body: "x"}})),
+  settled(fetch("{target}", {{method: "POST", headers: {{"X-Gitops-Trigger": "1"}}}})),
+]).then(() => {{ document.title = "done"; }});
+</script>"""
+    )
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(evil)),
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        # "localhost" and "127.0.0.1" are different sites to the browser.
+        browser.get(f"http://localhost:{server.server_address[1]}/")
+        # Every request above has had its answer (the decision comes before it).
+        WebDriverWait(browser, 20).until(lambda d: d.title == "done")
+        assert not requested(trigger), "a web page pulled the trigger"
+        browser.get(target)  # the user's bookmark
+        browser.find_element(By.TAG_NAME, "button").click()
+        WebDriverWait(browser, 10).until(lambda d: "update requested" in d.page_source)
+        assert requested(trigger)
+    finally:
+        browser.quit()
+        server.shutdown()
+        server.server_close()

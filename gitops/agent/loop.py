@@ -1,8 +1,9 @@
 """``gitops agent run``: a cycle on a timer (with jitter), on request, or on a change.
 
 Between cycles it waits on watchfiles for the trigger file (``gitops agent trigger``,
-the local socket) and any configured ``watch`` paths (a local mirror a central server
-pushes to), so a request is served within a second instead of at the next poll.
+the local socket: see gitops.agent.trigger) and any configured ``watch`` paths (a local
+mirror a central server pushes to), so a request is served within a second instead of at
+the next poll.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def run_forever(
         log.info("cycle (%s)", reason)
         result: CycleResult | None = None
         try:
-            result = Cycle(config, force_report=reason.why == Wake.TRIGGER).run()
+            # A trigger asks for a check, not for a report: reports follow changes of
+            # state and report_interval, so a page reloaded in a loop cannot flood the server.
+            result = Cycle(config).run()
         except GitopsError as err:
             log.error("cycle failed: %s", err)
         if on_cycle is not None:

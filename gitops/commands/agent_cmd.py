@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import functools
 from pathlib import Path
 
 from gitops import output
@@ -59,7 +59,7 @@ def dispatch(args: argparse.Namespace) -> int:
         case "run":
             return run_forever(config())
         case "trigger":
-            return trigger(config, http=args.http, start_unit=args.start_unit)
+            return trigger(config(), http=args.http, start_unit=args.start_unit)
         case "status":
             return status(config(), as_json=args.json)
     raise AssertionError(args.agent_command)
@@ -86,17 +86,17 @@ def once(config: AgentConfig, *, report: bool, retry: bool, as_json: bool) -> in
     return 1 if result.result in FAILING_RESULTS else 0
 
 
-def trigger(config: Callable[[], AgentConfig], *, http: bool, start_unit: str | None) -> int:
-    def fire() -> None:
-        if start_unit:
-            local_trigger.start_unit(start_unit)  # the unit reads its own configuration
-        else:
-            local_trigger.touch(config().trigger_file)
-
+def trigger(config: AgentConfig, *, http: bool, start_unit: str | None) -> int:
     if http:
+        fire = functools.partial(
+            local_trigger.request_cycle,
+            config.trigger_file,
+            start_unit,
+            min_interval=local_trigger.MIN_INTERVAL,
+        )
         return 0 if local_trigger.answer_on_stdin(fire) else 1
-    fire()
-    output.say(local_trigger.ACCEPTED.strip())
+    local_trigger.request_cycle(config.trigger_file, start_unit)
+    output.say(local_trigger.ACCEPTED)
     return 0
 
 
