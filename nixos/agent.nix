@@ -383,12 +383,16 @@ in
         // config.networking.proxy.envVars;
       serviceConfig = {
         Type = "oneshot";
-        ExecStart = "${agentCommand} once";
+        # --verbose: each step, and the build log as it comes, go to the journal.
+        ExecStart = "${cfg.package}/bin/gitops --verbose agent --config ${configFile} once";
         # A oneshot has no start time limit by default: a stuck cycle would block every
         # later one. The agent stops a stuck build or switch itself, well before this.
         TimeoutStartSec = timeoutStartSec;
         StateDirectory = lib.mkIf (cfg.stateDir == defaults.state_dir) "gitops-agent";
-        StateDirectoryMode = "0700";
+        # 0711: other users may open a file by name, not list the directory. Only
+        # status.json (0644) is meant for them (`gitops agent status` without sudo);
+        # state.json, the lock and activation.json are 0600.
+        StateDirectoryMode = "0711";
         # Builds and activation scripts run as children of this service: leave the
         # umask nixos-rebuild would have, or activation creates 0700 directories.
         UMask = "0022";

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +24,13 @@ import pytest
 import yaml
 
 from gitops.agent import trigger
-from gitops.agent.config import parse_config
+from gitops.agent.config import AgentConfig, parse_config
 from gitops.agent.cycle import CycleResult
 from gitops.agent.loop import Wake, Wakeup, run_forever
+from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
 from gitops.errors import GitopsError
-from gitops.protocol import Result
+from gitops.protocol import Result, parse_time
 from testing.helpers import published_demo
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
@@ -463,3 +465,188 @@ Promise.all([
         browser.quit()
         server.shutdown()
         server.server_close()
+
+
+# -- running the agent: who, where, and what it says (issue 9) ----------------------------
+
+NOBODY = 65534
+
+
+def as_nobody(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m gitops ...`` as the unprivileged user nobody (setpriv, util-linux)."""
+    return subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "gitops",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HOME": "/nonexistent"},
+    )
+
+
+def flags(config: AgentConfig) -> list[str | Path]:
+    """The agent's settings as command-line flags (no configuration file to read)."""
+    return [
+        "--host", config.host,
+        "--remote", config.remote,
+        "--trusted-publishers", config.trusted_publishers,
+        "--signing-key", config.signing_key,
+        "--state-dir", config.state_dir,
+        "--system-profile", config.system_profile,
+    ]  # fmt: skip
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="switching to another user needs root and setpriv",
+)
+
+
+@needs_root
+def test_the_agent_as_a_normal_user_says_run_as_root(demo: DemoFleet) -> None:
+    done = as_nobody("agent", *flags(demo.agent_config("alpha")), "once")
+    assert done.returncode == 1
+    assert done.stderr.startswith("gitops: error: gitops agent must run as root (the agent ")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
+
+
+@pytest.fixture
+def readable_state(demo: DemoFleet) -> Iterator[AgentConfig]:
+    """alpha's agent with its state where other users can reach it, as the module's 0711
+    state directory (pytest's own temporary directories are 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="gitops-state-", dir="/tmp"))
+    top.chmod(0o711)
+    state_dir = top / "gitops-agent"
+    state_dir.mkdir(mode=0o711)
+    try:
+        yield replace(demo.agent_config("alpha"), state_dir=state_dir)
+    finally:
+        shutil.rmtree(top)
+
+
+@needs_root
+def test_status_needs_no_root(readable_state: AgentConfig) -> None:
+    config = readable_state
+    from gitops.agent.loop import run_cycle
+
+    applied = run_cycle(config)
+    assert applied.result == Result.APPLIED
+    done = as_nobody("agent", *flags(config), "status", "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["result"] == "applied"
+    assert status["applied"] == applied.deploy_seen
+    assert status["pending_reports"] == 0
+    assert status["reboot_pending"] is False
+    assert parse_time(status["time"]) and parse_time(status["last_report_time"])
+    assert (config.state_dir / "status.json").stat().st_mode & 0o777 == 0o644
+    # The state itself stays root's.
+    denied = as_nobody("agent", *flags(config), "once")
+    assert denied.returncode == 1 and "must run as root" in denied.stderr
+    assert (config.state_dir / "state.json").stat().st_mode & 0o777 == 0o600
+    text = as_nobody("agent", *flags(config), "status")
+    assert text.stdout.startswith("alpha: applied: switched to deploy ")
+    assert f"applied: {applied.deploy_seen}" in text.stdout
+
+
+@needs_root
+def test_status_before_any_summary_says_what_to_do(readable_state: AgentConfig) -> None:
+    config = readable_state
+    from gitops.agent.state import AgentState, StateStore
+
+    StateStore(config.state_dir).save(AgentState(host="alpha"))
+    done = as_nobody("agent", *flags(config), "status")
+    assert done.returncode == 1
+    assert "no status summary yet" in done.stderr
+    assert "sudo gitops agent status" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``path`` (needs root, as the agent does)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0 and not os.environ.get("CI"):
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> None:
+    """Write until the file system is full."""
+    with contextlib.suppress(OSError), (directory / "filler").open("wb") as handle:
+        while True:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+
+
+def test_a_full_or_read_only_state_dir_is_one_clear_line(demo: DemoFleet) -> None:
+    config = demo.agent_config("beta")
+    with small_file_system(config.state_dir, "16m"):
+        assert gitops("agent", *flags(config), "once").returncode == 0
+        demo.merge_change({"hosts/beta/notes.txt": "a change\n"}, "beta: change")
+        demo.publish()
+        fill(config.state_dir)
+        full = gitops("agent", *flags(config), "once")
+        assert full.returncode == 1
+        assert full.stderr.startswith("gitops: error: ")
+        assert "no space left on the device; the agent keeps its state in " in full.stderr
+        assert full.stderr.count("\n") == 1, full.stderr
+        (config.state_dir / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(config.state_dir)], check=True)
+        read_only = gitops("agent", *flags(config), "once")
+        assert read_only.returncode == 1
+        assert "read-only file system; the agent keeps its state in " in read_only.stderr
+        assert read_only.stderr.count("\n") == 1, read_only.stderr
+        assert "unexpected" not in full.stderr + read_only.stderr
+
+
+def test_once_verbose_shows_each_step_and_the_build_log_as_it_goes(demo: DemoFleet) -> None:
+    config = write_config(demo, "alpha")
+    demo.merge_change(
+        {
+            "hosts/alpha/configuration.nix": standin.host_configuration(
+                HOSTS["alpha"], {"packages": '[ "$(echo compiling-step-1 >&2; /bin/sleep 3691)" ]'}
+            )
+        },
+        "alpha: a long build",
+    )
+    demo.publish()
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "gitops", "-v", "agent", "--config", config, "once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert agent.stderr is not None
+        for line in agent.stderr:
+            seen.append(line.rstrip("\n"))
+            if "compiling-step-1" in line:
+                break
+        assert agent.poll() is None, "the build's output arrives while it builds"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    text = "\n".join(seen)
+    assert text.index("fetching deploy/alpha") < text.index("building deploy ")
+    assert "compiling-step-1" in seen[-1]

@@ -81,6 +81,11 @@ class AgentConfig:
         )
 
     @property
+    def status_file(self) -> Path:
+        """The last cycle's summary, readable by any user (gitops.agent.status)."""
+        return self.state_dir / "status.json"
+
+    @property
     def trigger_file(self) -> Path:
         """Touched by ``gitops agent trigger`` (and the local socket) to ask for a cycle now."""
         return self.state_dir / "trigger"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gitops import __version__
-from gitops.agent import facts
+from gitops.agent import facts, status
 from gitops.agent.activate import RETRY_HINT, Deployer
 from gitops.agent.activate import Outcome as _Outcome
 from gitops.agent.config import AgentConfig
@@ -44,6 +44,7 @@ class CycleResult:
     deploy_seen: str | None
     report: Report | None  # the report written this cycle, if any
     push: PushOutcome | None
+    reboot_pending: bool = False  # applied with action boot, not booted into yet
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,6 @@ class ReportKey:
         if not ok:
             return cls(str(outcome.result), seen, applied)
         return cls("reboot-pending" if outcome.reboot_pending else "ok", seen, applied)
-
-    @classmethod
-    def parse(cls, text: str) -> ReportKey | None:
-        parts = text.split("|")
-        if len(parts) != 3:
-            return None
-        condition, seen, applied = parts
-        return cls(
-            condition, None if seen == "None" else seen, None if applied == "None" else applied
-        )
 
     def text(self) -> str:
         return f"{self.condition}|{self.seen}|{self.applied}"
@@ -203,10 +194,13 @@ class Cycle:
         )
         report = None
         if due:
+            log.info("writing a signed report")
             report = self._report(outcome, now)
             reporter.add(report)
             self.state = replace(self.state, last_report_time=now_text(now), last_report_key=key)
             self.store.save(self.state)
+        if reporter.pending():
+            log.info("pushing reports to %s", self.config.remote)
         push = reporter.push() if reporter.pending() else None
         level = (
             logging.INFO
@@ -214,7 +208,30 @@ class Cycle:
             else logging.WARNING
         )
         log.log(level, "%s: %s", outcome.result, outcome.reason)
-        return CycleResult(outcome.result, outcome.reason, seen, report, push)
+        result = CycleResult(
+            outcome.result, outcome.reason, seen, report, push, outcome.reboot_pending
+        )
+        self._write_status(result, now)
+        return result
+
+    def _write_status(self, result: CycleResult, now: datetime) -> None:
+        """The summary any user may read (gitops agent status without sudo)."""
+        state = self.state
+        summary = status.Status(
+            host=self.config.host,
+            time=now,
+            result=result.result,
+            reason=result.reason,
+            reboot_pending=result.reboot_pending,
+            deploy_seen=result.deploy_seen,
+            applied=state.applied,
+            applied_source=state.applied_source,
+            applied_store_path=state.applied_store_path,
+            last_report_time=status.report_time(state),
+            pending_reports=0 if result.push is None else result.push.pending,
+            bad_commits=state.bad_commits,
+        )
+        status.write(self.config.status_file, summary)
 
     def _report(self, outcome: _Outcome, now: datetime) -> Report:
         config = self.config

@@ -8,7 +8,9 @@ the next poll.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
 import signal
 import threading
@@ -27,6 +29,61 @@ from gitops.agent.cycle import Cycle, CycleResult
 from gitops.errors import GitopsError
 
 log = logging.getLogger(__name__)
+
+
+def run_cycle(
+    config: AgentConfig, *, force_report: bool = False, retry: bool = False
+) -> CycleResult:
+    """One cycle, with the errors a host can cause (not root, a read-only or full state
+    directory) said in one line instead of a traceback."""
+    check_can_run(config)
+    try:
+        return Cycle(config, force_report=force_report, retry=retry).run()
+    except OSError as err:
+        raise GitopsError(describe_os_error(err, config)) from err
+
+
+def check_can_run(config: AgentConfig) -> None:
+    """Root, or (tests, a stand-in system) a user who may write the agent's paths."""
+    if os.geteuid() == 0:
+        return
+    for path in (config.state_dir, config.system_profile.parent):
+        # The nearest ancestor this user can see (a 0700 directory hides what is below).
+        existing = next((p for p in (path, *path.parents) if os.access(p, os.F_OK)), Path("/"))
+        if not os.access(existing, os.W_OK):
+            raise GitopsError(
+                "gitops agent must run as root (the agent manages the system profile): "
+                f"{existing} is not writable by this user; run it with sudo, or let the "
+                "gitops-agent service run it"
+            )
+
+
+def describe_os_error(err: OSError, config: AgentConfig) -> str:
+    """One line: which file, what is wrong, what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    state = f"the agent keeps its state in {config.state_dir}"
+    match _errno(err):
+        case errno.EROFS:
+            return f"{where}read-only file system; {state}: make it writable (or set state_dir)"
+        case errno.ENOSPC | errno.EDQUOT:
+            return f"{where}no space left on the device; {state}: free some space there"
+        case errno.EACCES | errno.EPERM if os.geteuid() != 0:
+            return (
+                f"{where}permission denied: gitops agent must run as root (the agent "
+                "manages the system profile); run it with sudo"
+            )
+        case errno.EACCES | errno.EPERM:
+            return f"{where}permission denied; check its owner and mode ({state})"
+    return f"{where}{err.strerror or err}"
+
+
+def _errno(err: OSError) -> int | None:
+    """The error number; libgit2's errors (through pygit2) carry it only in their text."""
+    if err.errno is not None:
+        return err.errno
+    text = str(err)
+    known = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+    return next((code for code in known if os.strerror(code) in text), None)
 
 
 class Wake(StrEnum):
@@ -97,7 +154,7 @@ def run_forever(
         try:
             # A trigger asks for a check, not for a report: reports follow changes of
             # state and report_interval, so a page reloaded in a loop cannot flood the server.
-            result = Cycle(config).run()
+            result = run_cycle(config)
         except GitopsError as err:
             log.error("cycle failed: %s", err)
         if on_cycle is not None:

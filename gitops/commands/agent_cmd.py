@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from pathlib import Path
 
 from gitops import output
 from gitops.agent import config as agent_config
+from gitops.agent import status as agent_status
 from gitops.agent import trigger as local_trigger
 from gitops.agent.config import AgentConfig, load_config, parse_config
-from gitops.agent.cycle import Cycle, ReportKey
-from gitops.agent.loop import run_forever
+from gitops.agent.loop import run_cycle, run_forever
 from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import pending_reports
-from gitops.agent.state import AgentState, StateStore
+from gitops.agent.state import StateStore
+from gitops.errors import GitopsError
 from gitops.protocol import Result
 
 # Results after which `agent once` exits non-zero, so systemd shows the unit as failed.
@@ -66,7 +68,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def once(config: AgentConfig, *, report: bool, retry: bool, as_json: bool) -> int:
-    result = Cycle(config, force_report=report, retry=retry).run()
+    result = run_cycle(config, force_report=report, retry=retry)
     if as_json:
         output.emit_json(
             {
@@ -101,32 +103,34 @@ def trigger(config: AgentConfig, *, http: bool, start_unit: str | None) -> int:
 
 
 def status(config: AgentConfig, *, as_json: bool) -> int:
-    state = StateStore(config.state_dir).load(config.host)
-    pending = 0
-    if (config.state_dir / "repo.git").exists():
-        mirror = Mirror(config.state_dir, config.host)
-        pending = len(pending_reports(mirror))
-    data = {
-        "host": config.host,
-        "applied": state.applied if state else None,
-        "applied_source": state.applied_source if state else None,
-        "applied_store_path": state.applied_store_path if state else None,
-        "last_report_time": state.last_report_time if state else None,
-        "last_result": _last_result(state),
-        "bad_commits": list(state.bad_commits) if state else [],
-        "pending_reports": pending,
-    }
+    summary = agent_status.read(config.status_file) or _status_from_state(config)
     if as_json:
-        output.emit_json(data)
+        output.emit_json(summary.to_dict())
         return 0
-    if state is None:
+    if summary.result is None:
         output.say(f"{config.host}: no cycle has run yet (state dir {config.state_dir})")
-        return 0
-    for key, value in data.items():
-        output.say(f"{key.replace('_', ' ')}: {value if value not in (None, []) else '-'}")
+    else:
+        output.say(f"{config.host}: {summary.result}: {summary.reason}")
+    for key, value in summary.to_dict().items():
+        if key not in ("host", "result", "reason", "schema"):
+            output.say(f"{key.replace('_', ' ')}: {value if value not in (None, []) else '-'}")
     return 0
 
 
-def _last_result(state: AgentState | None) -> str | None:
-    key = ReportKey.parse(state.last_report_key) if state else None
-    return key.condition if key else None
+def _status_from_state(config: AgentConfig) -> agent_status.Status:
+    """Before the first summary: what root can read from the state itself."""
+    store = StateStore(config.state_dir)
+    hidden = not os.access(config.state_dir, os.X_OK) or (
+        store.exists() and not os.access(store.path, os.R_OK)
+    )
+    if config.state_dir.exists() and hidden:
+        raise GitopsError(
+            f"{config.status_file}: no status summary yet, and the agent's state is "
+            "readable by root only; it is written after the next cycle, or run "
+            "'sudo gitops agent status'"
+        )
+    state = store.load(config.host)
+    pending = 0
+    if (config.state_dir / "repo.git").exists():
+        pending = len(pending_reports(Mirror(config.state_dir, config.host)))
+    return agent_status.Status.of_state(state, config.host, pending)
