@@ -476,3 +476,30 @@ def test_an_unhealthy_boot_goes_back_to_the_previous_generation(demo: DemoFleet)
     assert state is not None and state.applied == first_commit.applied
     assert remote_reports(demo, "gamma")[-1].result == Result.ROLLED_BACK
     assert "not retried" in run(demo, "gamma", config).reason
+
+
+def test_a_profile_moved_without_a_record_goes_back_to_the_applied_system(
+    demo: DemoFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent killed before it could keep a record (or a hand-made switch) left the
+    profile on an unhealthy generation: going back goes to the system last applied."""
+    assert run(demo, "gamma").result == Result.APPLIED
+    good = current_system(demo, "gamma")
+    real = nix.switch_to_configuration
+
+    def killed_after_switching(path: Path, action: str, **options: Any) -> None:
+        real(path, action, **options)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nix, "switch_to_configuration", killed_after_switching)
+    change(demo, "gamma", unhealthy="true")
+    with pytest.raises(KeyboardInterrupt):
+        run(demo, "gamma")
+    monkeypatch.undo()
+    (demo.agent_config("gamma").state_dir / "activation.json").unlink(missing_ok=True)
+    assert generations(demo, "gamma") == [1, 2]
+    result = run(demo, "gamma")
+    assert result.result == Result.ROLLED_BACK, result.reason
+    assert "went back to generation 1" in result.reason
+    assert current_system(demo, "gamma") == good
+    assert generations(demo, "gamma") == [1]

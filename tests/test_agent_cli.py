@@ -300,6 +300,42 @@ def test_requests_a_web_page_can_make_do_not_pull_the_trigger(
     assert "Access-Control-Allow-Origin" not in answer_headers
 
 
+def test_the_trigger_also_answers_on_pipes(demo: DemoFleet) -> None:
+    """inetd style: the request on stdin, the answer on stdout."""
+    config = write_config(demo, "alpha")
+    trigger_file = demo.agent_config("alpha").trigger_file
+    command = [
+        sys.executable,
+        "-m",
+        "gitops",
+        "agent",
+        "--config",
+        str(config),
+        "trigger",
+        "--http",
+    ]
+    page = subprocess.run(
+        command,
+        input=b"GET / HTTP/1.1\r\nHost: 127.0.0.1:51337\r\n\r\n",
+        capture_output=True,
+        check=False,
+    )
+    assert page.stdout.startswith(b"HTTP/1.0 200 OK\r\n"), page.stderr
+    assert not requested(trigger_file)
+    fired = subprocess.run(
+        command,
+        input=b"POST / HTTP/1.1\r\nHost: 127.0.0.1:51337\r\nX-Gitops-Trigger: 1\r\n"
+        b"Content-Length: 0\r\n\r\n",
+        capture_output=True,
+        check=False,
+    )
+    assert fired.returncode == 0, fired.stderr
+    head, _, body = fired.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert body == b"update requested: the agent will fetch, verify and apply now\n"
+    assert requested(trigger_file)
+
+
 def test_run_loop_wakes_on_trigger_without_forcing_a_report(demo: DemoFleet) -> None:
     config = replace(demo.agent_config("alpha"), poll_interval=3600, poll_jitter=0)
     cycles: list[tuple[Result | None, Wake, bool]] = []

@@ -355,13 +355,34 @@ class Deployer:
         config = self.config
         units = health.failed_units(config.root) if config.health.failed_units else None
         return Origin(
-            generation=nix.current_generation(config.system_profile),
+            generation=self._known_good_generation(),
             running=_readlink(config.root / "run" / "current-system"),
             failed_units=None if units is None else frozenset(units),
             applied=self.state.applied,
             applied_source=self.state.applied_source,
             applied_store_path=self.state.applied_store_path,
         )
+
+    def _known_good_generation(self) -> nix.Generation | None:
+        """The profile's generation; but if it is not the system last applied and kept
+        (something moved the profile without finishing: an agent killed before it kept a
+        record, a hand-made switch), the newest generation of that system."""
+        profile = self.config.system_profile
+        current = nix.current_generation(profile)
+        applied = self.state.applied_store_path
+        if current is None or applied is None or str(current.path) == applied:
+            return current
+        good = [g for g in nix.generations(profile) if str(g.path) == applied]
+        if not good:
+            return current
+        log.warning(
+            "the profile points at generation %d, not at the applied system (generation %d): "
+            "going back, if needed, goes to %d",
+            current.number,
+            good[-1].number,
+            good[-1].number,
+        )
+        return good[-1]
 
     def _activate(self, head: pygit2.Oid, accepted: AcceptedDeploy, system: Path) -> Outcome:
         config = self.config

@@ -23,8 +23,10 @@ Only the user can pull it, not a web page the user happens to open:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import html
+import io
 import logging
 import os
 import socket
@@ -36,7 +38,7 @@ from enum import Enum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from typing_extensions import override
 
@@ -204,15 +206,37 @@ class TriggerHandler(BaseHTTPRequestHandler):
 
     timeout: ClassVar[float | None] = TIMEOUT
 
-    def __init__(self, sock: socket.socket, fire: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket | None,
+        fire: Callable[[], float],
+        pipes: tuple[io.BufferedIOBase, io.BufferedIOBase] | None = None,
+    ) -> None:
         self.fire = fire  # asks for a cycle; 0, or the seconds to wait (rate limit)
         self.fired = False
-        self.hosts = local_hosts(sock)
+        self.pipes = pipes  # (in, out) when the connection is a pair of pipes (inetd style)
+        self.hosts = local_hosts(sock) if sock is not None else LOOPBACK_NAMES
         # Handling happens in the constructor (socketserver's design); the server object
         # is only a holder, nothing listens on it.
         super().__init__(
-            sock, _peer(sock), socketserver.BaseServer(("", 0), BaseHTTPRequestHandler)
+            cast(socket.socket, sock),  # None with pipes: setup() then does not read it
+            _peer(sock) if sock is not None else ("", 0),
+            socketserver.BaseServer(("", 0), BaseHTTPRequestHandler),
         )
+
+    @override
+    def setup(self) -> None:
+        if self.pipes is None:
+            super().setup()
+        else:
+            self.rfile, self.wfile = self.pipes
+
+    @override
+    def finish(self) -> None:
+        if self.pipes is None:
+            super().finish()
+        else:
+            self.wfile.flush()
 
     def do_GET(self) -> None:
         self._handle()
@@ -315,14 +339,18 @@ def _peer(sock: socket.socket) -> tuple[str, int]:
 
 
 def answer_on_stdin(fire: Callable[[], float]) -> bool:
-    """Answer the HTTP request on the connection systemd passed as stdin; whether it fired."""
+    """Answer the HTTP request on the connection systemd passed as stdin (a socket, or
+    stdin and stdout as pipes, inetd style); whether it fired."""
+    fd = os.dup(0)
     try:
-        sock = socket.socket(fileno=0)
+        sock = socket.socket(fileno=fd)
     except OSError as err:
-        raise GitopsError(
-            "gitops agent trigger --http answers a connection passed as its stdin "
-            f"({err.strerror}); run it from a socket unit with Accept=yes and "
-            "StandardInput=socket, as the NixOS module does"
-        ) from err
+        os.close(fd)
+        if err.errno != errno.ENOTSOCK:
+            raise GitopsError(
+                f"gitops agent trigger --http: cannot use stdin as a connection ({err.strerror})"
+            ) from err
+        with open(0, "rb", closefd=False) as rfile, open(1, "wb", closefd=False) as wfile:
+            return TriggerHandler(None, fire, (rfile, wfile)).fired
     with sock:
         return TriggerHandler(sock, fire).fired
