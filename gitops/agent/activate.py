@@ -229,17 +229,18 @@ class Deployer:
         """The cycle's outcome with what this deployer knows on top: a reboot still
         pending, a boot found healthy, an interrupted activation undone first."""
         record = self._record
-        if outcome.result in (Result.APPLIED, Result.UNCHANGED):
-            if record is not None and record.phase == Phase.AWAITING_REBOOT:
-                outcome = self._pending(outcome, record)
-            elif self._booted_healthy and outcome.result == Result.UNCHANGED:
-                outcome = replace(outcome, result=Result.APPLIED, reason=self._booted_healthy)
+        if record is not None and record.phase == Phase.AWAITING_REBOOT:
+            outcome = self._pending(outcome, record)
+        elif self._booted_healthy and outcome.result == Result.UNCHANGED:
+            outcome = replace(outcome, result=Result.APPLIED, reason=self._booted_healthy)
         if self._notes:
             outcome = replace(outcome, reason=f"{outcome.reason} ({'; '.join(self._notes)})")
         return outcome
 
     def _pending(self, outcome: Outcome, record: ActivationRecord) -> Outcome:
-        if outcome.result == Result.APPLIED:
+        """Until the reboot a boot deploy is applied, with "reboot pending" for a reason
+        (a failure meanwhile, e.g. an offline laptop, says what failed)."""
+        if outcome.result != Result.UNCHANGED:
             return replace(outcome, reboot_pending=True)
         since = format_time(record.started)
         return replace(

@@ -106,15 +106,18 @@ def _started(argv: list[str], **kwargs: object) -> Iterator[subprocess.Popen[byt
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the process group (nix then stops its builders), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the process group (nix then stops its builders), then SIGKILL to
+    whatever is left of it once the first process is gone or KILL_GRACE has passed."""
+    _signal_group(proc, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(KILL_GRACE)
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 def run(
@@ -149,8 +152,7 @@ def run(
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            _stop_group(proc)
-            raise TimedOutError(argv, timeout or 0) from None
+            raise TimedOutError(argv, timeout or 0) from None  # _started stops the group
     result = subprocess.CompletedProcess(
         argv, proc.returncode, _decode(out) if capture else None, _decode(err) if capture else None
     )
@@ -210,7 +212,6 @@ def stream(
             stdout = _pump(pipes, deadline)
             proc.wait(_remaining(deadline))
         except subprocess.TimeoutExpired:
-            _stop_group(proc)
             lines.flush()
             raise TimedOutError(argv, timeout or 0, tuple(lines.tail)) from None
         lines.flush()
