@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -680,9 +681,24 @@ def test_once_verbose_shows_each_step_and_the_build_log_as_it_goes(demo: DemoFle
             if "compiling-step-1" in line:
                 break
         assert agent.poll() is None, "the build's output arrives while it builds"
+        agent.send_signal(signal.SIGINT)  # Ctrl-C stops the build with its builders
+        assert agent.wait(timeout=30) == 130
     finally:
-        agent.terminate()
+        agent.kill()
         agent.wait(timeout=30)
     text = "\n".join(seen)
     assert text.index("fetching deploy/alpha") < text.index("building deploy ")
     assert "compiling-step-1" in seen[-1]
+    deadline = time.monotonic() + 10
+    while builder_running("sleep 3691") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not builder_running("sleep 3691")
+
+
+def builder_running(marker: str) -> bool:
+    """Whether a process whose command line contains ``marker`` runs."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                return True
+    return False
