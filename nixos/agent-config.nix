@@ -62,6 +62,7 @@ let
       commands = cfg.health.commands;
       grace = cfg.health.grace;
       timeout = cfg.health.timeout;
+      remote_grace = cfg.health.remoteGrace;
     };
     build_args = cfg.buildArgs;
     trust_on_first_use = cfg.trustOnFirstUse;
@@ -70,6 +71,8 @@ let
     watch = cfg.watch;
     keep_generations = cfg.keepGenerations;
     build_retry_interval = cfg.buildRetryInterval;
+    build_timeout = cfg.buildTimeout;
+    activation_timeout = cfg.activationTimeout;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

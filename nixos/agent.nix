@@ -40,6 +40,12 @@ let
   };
   configFile = pkgs.writeText "gitops-agent.yaml" configText;
 
+  # Longer than the agent's own time limits allow a cycle to take (see the file). Only
+  # numbers are read, so the store paths' context may go.
+  timeoutStartSec = import ./agent-timeout.nix (
+    builtins.fromJSON (builtins.unsafeDiscardStringContext configText)
+  );
+
   # `--config` belongs to the `agent` command: gitops agent --config FILE once|trigger.
   agentCommand = "${cfg.package}/bin/gitops agent --config ${configFile}";
 
@@ -187,12 +193,22 @@ in
       failedUnits = mkOption {
         type = types.bool;
         default = defaults.health.failed_units;
-        description = "After a switch, roll back if any systemd unit is failed.";
+        description = "After a switch (or the reboot into a new generation with `action = \"boot\"`), roll back if a systemd unit failed that was not failed before.";
       };
       remote = mkOption {
         type = types.bool;
         default = defaults.health.remote;
-        description = "After a switch, roll back if the git remote is no longer reachable.";
+        description = ''
+          After a switch, check that the git remote is still reachable (retried for
+          `health.remoteGrace` seconds). If it stays unreachable the agent goes back, and
+          remembers the deploy as bad only if the old system reaches the remote again; if
+          the network is simply down, the deploy is tried again at the next check.
+        '';
+      };
+      remoteGrace = mkOption {
+        type = types.ints.unsigned;
+        default = defaults.health.remote_grace;
+        description = "Seconds an unreachable git remote is retried (every 5 s) after a switch before it counts, so a network blip does not undo a good deploy.";
       };
       commands = mkOption {
         type = types.listOf (types.either types.str (types.nonEmptyListOf types.str));
@@ -259,14 +275,37 @@ in
       description = "Seconds after which a failed build of the same deploy commit is tried again (a download may have failed); 0 never retries until a new commit arrives.";
     };
 
+    buildTimeout = mkOption {
+      type = types.ints.positive;
+      default = defaults.build_timeout;
+      example = 14400;
+      description = ''
+        Seconds `nix build` may take; then the build is stopped (with its builders) and
+        reported as `build-failed: ... timed out`, and tried again after
+        `buildRetryInterval`. Raise it for hosts that compile large packages.
+      '';
+    };
+
+    activationTimeout = mkOption {
+      type = types.ints.positive;
+      default = defaults.activation_timeout;
+      description = ''
+        Seconds `switch-to-configuration` may take; then it is stopped, the agent goes back
+        to the previous generation and reports `switch-failed: ... timed out`.
+      '';
+    };
+
     trigger = {
       enable = mkOption {
         type = types.bool;
         default = true;
         description = ''
-          Listen on `trigger.address`:`trigger.port` so a local user or script can ask for a
-          check now (`curl -X POST http://127.0.0.1:51337/`). The request only starts
-          gitops-agent.service; what gets applied is still only what was signed.
+          Listen on `trigger.address`:`trigger.port` so a local user can ask for a check
+          now: open http://127.0.0.1:51337/ and press the button, or from a script
+          `curl -X POST -H 'X-Gitops-Trigger: 1' http://127.0.0.1:51337/`. Requests a web
+          page could make (cross-site, or without the header or the page's own origin)
+          are refused, and at most one request per 30 seconds is accepted. The request
+          only starts gitops-agent.service; what gets applied is still only what was signed.
         '';
       };
       address = mkOption {
@@ -344,9 +383,16 @@ in
         // config.networking.proxy.envVars;
       serviceConfig = {
         Type = "oneshot";
-        ExecStart = "${agentCommand} once";
+        # --verbose: each step, and the build log as it comes, go to the journal.
+        ExecStart = "${cfg.package}/bin/gitops --verbose agent --config ${configFile} once";
+        # A oneshot has no start time limit by default: a stuck cycle would block every
+        # later one. The agent stops a stuck build or switch itself, well before this.
+        TimeoutStartSec = timeoutStartSec;
         StateDirectory = lib.mkIf (cfg.stateDir == defaults.state_dir) "gitops-agent";
-        StateDirectoryMode = "0700";
+        # 0711: other users may open a file by name, not list the directory. Only
+        # status.json (0644) is meant for them (`gitops agent status` without sudo);
+        # state.json, the lock and activation.json are 0600.
+        StateDirectoryMode = "0711";
         # Builds and activation scripts run as children of this service: leave the
         # umask nixos-rebuild would have, or activation creates 0700 directories.
         UMask = "0022";

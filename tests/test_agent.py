@@ -44,7 +44,7 @@ def demo(tmp_path: Path) -> DemoFleet:
 def run(
     demo: DemoFleet, host: str, config: AgentConfig | None = None, **options: Any
 ) -> CycleResult:
-    return Cycle(config or demo.agent_config(host), health_sleep=False, **options).run()
+    return Cycle(config or demo.agent_config(host), **options).run()
 
 
 def remote_reports(demo: DemoFleet, host: str) -> list[Report]:
@@ -307,7 +307,7 @@ def test_boot_and_test_actions(demo: DemoFleet) -> None:
 def test_interrupted_activation_does_not_rebuild(
     demo: DemoFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def killed(path: Path, action: str) -> None:
+    def killed(path: Path, action: str, **_: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(nix, "switch_to_configuration", killed)

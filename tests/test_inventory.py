@@ -246,8 +246,8 @@ def test_the_agent_commits_an_sbom_only_when_the_running_system_changes(
     demo: DemoFleet,
 ) -> None:
     config = demo.agent_config("alpha")
-    assert Cycle(config, health_sleep=False).run().result == Result.APPLIED
-    assert Cycle(config, health_sleep=False, force_report=True).run().result == Result.UNCHANGED
+    assert Cycle(config, sleep=lambda _: None).run().result == Result.APPLIED
+    assert Cycle(config, sleep=lambda _: None, force_report=True).run().result == Result.UNCHANGED
     first, heartbeat = sboms_on_the_server(demo, "alpha")
     assert first is not None and heartbeat is None
     current = (demo.machines / "alpha" / "run" / "current-system").resolve()
@@ -273,7 +273,7 @@ def test_the_agent_commits_an_sbom_only_when_the_running_system_changes(
         "alpha: new kernel",
     )
     demo.publish()
-    assert Cycle(config, health_sleep=False).run().result == Result.APPLIED
+    assert Cycle(config, sleep=lambda _: None).run().result == Result.APPLIED
     *_, latest = sboms_on_the_server(demo, "alpha")
     assert latest is not None and sbom.read_sbom(latest).system != document.system
 
@@ -291,7 +291,7 @@ def test_a_rebased_report_keeps_its_sbom(demo: DemoFleet, tmp_path: Path) -> Non
     )
     oid = create_report_commit(other.repo, elsewhere, parent=None, key=demo.host_keys["alpha"])
     git("push", "-q", demo.server, f"{oid}:{reports_ref('alpha')}", cwd=other.path)
-    result = Cycle(demo.agent_config("alpha"), health_sleep=False).run()
+    result = Cycle(demo.agent_config("alpha"), sleep=lambda _: None).run()
     assert result.push is not None and result.push.pushed, result.push
     assert sboms_on_the_server(demo, "alpha")[0] is None  # the one written elsewhere
     rebased = sboms_on_the_server(demo, "alpha")[1]

@@ -59,6 +59,8 @@ OPTION_FOR_KEY = {
     "watch": "watch",
     "keep_generations": "keepGenerations",
     "build_retry_interval": "buildRetryInterval",
+    "build_timeout": "buildTimeout",
+    "activation_timeout": "activationTimeout",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -66,6 +68,7 @@ HEALTH_OPTION_FOR_KEY = {
     "commands": "commands",
     "grace": "grace",
     "timeout": "timeout",
+    "remote_grace": "remoteGrace",
 }
 REQUIRED = {
     "hostName": "web-1",
@@ -205,6 +208,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
             "commands": ["curl -fsS http://127.0.0.1/health", ["systemctl", "is-active", "nginx"]],
             "grace": 30,
             "timeout": 15,
+            "remoteGrace": 120,
         },
         buildArgs=["--max-jobs", "2"],
         trustOnFirstUse=False,
@@ -213,6 +217,8 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         watch=["/srv/mirror.git/refs"],
         keepGenerations=10,
         buildRetryInterval=600,
+        buildTimeout=14400,
+        activationTimeout=300,
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -239,6 +245,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
             ),
             grace=30,
             timeout=15,
+            remote_grace=120,
         ),
         build_args=("--max-jobs", "2"),
         trust_on_first_use=False,
@@ -247,7 +254,44 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         watch=(Path("/srv/mirror.git/refs"),),
         keep_generations=10,
         build_retry_interval=600,
+        build_timeout=14400,
+        activation_timeout=300,
     )
+
+
+def timeout_start_sec(tmp_path: Path, cfg: dict[str, Any]) -> int:
+    """The unit's TimeoutStartSec, as the module computes it from the rendered file."""
+    rendered = tmp_path / "rendered.json"
+    rendered.write_text(render(tmp_path, cfg))
+    expr = (
+        f"import {nix_path(NIXOS / 'agent-timeout.nix')} "
+        f"(builtins.fromJSON (builtins.readFile {nix_path(rendered)}))"
+    )
+    seconds = json.loads(nix_eval(expr).stdout)
+    assert isinstance(seconds, int)
+    return seconds
+
+
+def test_the_unit_outlasts_the_agents_own_time_limits(tmp_path: Path) -> None:
+    module = (NIXOS / "agent.nix").read_text()
+    assert "TimeoutStartSec = timeoutStartSec;" in module
+    default = timeout_start_sec(tmp_path, module_config())
+    config = parse_config(render(tmp_path, module_config()), "rendered")
+    longest_cycle = (
+        config.build_timeout
+        + 2 * config.activation_timeout
+        + config.health.grace
+        + 2 * config.health.remote_grace
+        + config.health.timeout * len(config.health.commands)
+    )
+    assert default > longest_cycle
+    # Longer limits, also through `settings` and as durations, make a longer unit limit.
+    longer = module_config(
+        buildTimeout=14400,
+        health={**module_config()["health"], "commands": ["true", "true"]},
+        settings={"activation_timeout": "1h"},
+    )
+    assert timeout_start_sec(tmp_path, longer) == default + 7200 + 2 * (3600 - 600) + 2 * 60
 
 
 def test_settings_are_merged_over_the_options(tmp_path: Path) -> None:

@@ -446,13 +446,13 @@ def test_http_token_is_not_in_argv(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[list[str]] = []
-    real_run = subprocess.run
 
-    def recording_run(args: Any, *rest: Any, **kwargs: Any) -> Any:
-        calls.append([str(a) for a in args])
-        return real_run(args, *rest, **kwargs)
+    class RecordingPopen(subprocess.Popen[bytes]):
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            calls.append([str(a) for a in args])
+            super().__init__(args, *rest, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", recording_run)
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
     env = transport.Credentials(http_token_file=token_file).env()
     mirror = Mirror(tmp_path / "agent", "web-1")
     url = http_server.url(server_repo)
@@ -700,7 +700,7 @@ def test_agent_cycle_applies_and_reports_over_the_network(
             config, remote=http_server.url(demo.server), http_token_file=token_file
         )
 
-    result = Cycle(config, health_sleep=False).run()
+    result = Cycle(config).run()
 
     assert result.result == Result.APPLIED, result.reason
     assert result.deploy_seen == str(published.commits[host])
@@ -713,7 +713,7 @@ def test_agent_cycle_applies_and_reports_over_the_network(
     trust = AllowedSigners.of([(host, PublicKey.from_crypto(demo.host_keys[host].public_key()))])
     assert verify_commit(server, pushed, trust).principal == host
     # The next cycle has nothing to do and costs one small fetch.
-    again = Cycle(config, health_sleep=False).run()
+    again = Cycle(config).run()
     assert again.result == Result.UNCHANGED, again.reason
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.protocol import is_host_name
+from gitops.system import transport
 from gitops.trust.allowed_signers import AllowedSigners
 
 DEFAULT_CONFIG = Path("/etc/gitops/agent.yaml")
@@ -36,6 +37,7 @@ class HealthConfig:
     commands: tuple[tuple[str, ...], ...] = ()  # each must exit 0
     grace: int = 10  # seconds to let units settle before checking
     timeout: int = 60  # seconds for each check command
+    remote_grace: int = 60  # seconds an unreachable remote is retried before it counts
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,25 @@ class AgentConfig:
     watch: tuple[Path, ...] = ()  # paths whose change triggers a cycle (a local mirror)
     keep_generations: int = 0  # 0 keeps all profile generations
     build_retry_interval: int = 3600  # a failed build of one commit is retried after this; 0: never
+    build_timeout: int = 7200  # nix build is stopped after this (a build that never ends)
+    activation_timeout: int = 600  # switch-to-configuration is stopped after this
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
+
+    def credentials(self) -> transport.Credentials:
+        """How this agent logs in to the git server."""
+        return transport.Credentials(
+            ssh_key=self.ssh_key,
+            known_hosts=self.known_hosts,
+            http_token_file=self.http_token_file,
+            http_username=self.http_username,
+        )
+
+    @property
+    def status_file(self) -> Path:
+        """The last cycle's summary, readable by any user (gitops.agent.status)."""
+        return self.state_dir / "status.json"
 
     @property
     def trigger_file(self) -> Path:
@@ -82,6 +100,14 @@ def _path(reader: Reader, key: str, default: Path | None = None) -> Path | None:
         reader.problem(key, f"{text!r} must be an absolute path")
         return default
     return path
+
+
+def _positive(reader: Reader, key: str, default: int) -> int:
+    seconds = reader.duration(key, default)
+    if seconds <= 0:
+        reader.problem(key, "must be longer than 0 seconds", "e.g. 30m or 2h")
+        return default
+    return seconds
 
 
 def parse_config(
@@ -127,6 +153,7 @@ def parse_config(
         commands=tuple(commands),
         grace=health.duration("grace", 10),
         timeout=health.duration("timeout", 60),
+        remote_grace=health.duration("remote_grace", 60),
     )
     health.finish()
     watch = []
@@ -160,6 +187,8 @@ def parse_config(
         watch=tuple(watch),
         keep_generations=int(top.duration("keep_generations", 0)),
         build_retry_interval=top.duration("build_retry_interval", 3600),
+        build_timeout=_positive(top, "build_timeout", 7200),
+        activation_timeout=_positive(top, "activation_timeout", 600),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

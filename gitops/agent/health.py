@@ -1,16 +1,22 @@
-"""Is the system healthy after a switch? If not, the cycle goes back to the previous one.
+"""Is the system healthy after a switch (or after the reboot into a new generation)?
 
-Checks: no *newly* failed systemd units (units already failed before the switch are not
-this deploy's fault), the git remote still reachable (a switch that breaks the network
-would otherwise strand the host, as Bento's connectivity check guards against), and the
-admin's own commands, each of which must exit 0.
+Two kinds of answer, because they call for different decisions:
+
+* **unhealthy**: *newly* failed systemd units (units already failed before the switch are
+  not this deploy's fault), or one of the admin's commands failing. The new system is
+  bad: the cycle goes back and remembers the commit.
+* **unreachable**: the git remote cannot be reached. A switch that breaks the network
+  would strand the host (Bento's connectivity check guards against the same), but so
+  does a Wi-Fi blip. The remote is retried every few seconds for ``remote_grace``
+  seconds; only a remote that stays unreachable counts, and the caller decides what it
+  means (see gitops.agent.activate).
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +27,27 @@ from gitops.system import process, transport
 
 log = logging.getLogger(__name__)
 
+REMOTE_RETRY_INTERVAL = 5  # seconds between two tries of an unreachable remote
+
 
 @dataclass(frozen=True)
 class HealthResult:
-    healthy: bool
-    problems: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # the system is unhealthy
+    unreachable: str | None = None  # the git remote stayed unreachable: why
     skipped: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems and self.unreachable is None
+
+
+@dataclass(frozen=True)
+class Remote:
+    """The git remote whose reachability is checked, and how to reach it."""
+
+    url: str
+    host: str
+    credentials: transport.Credentials
 
 
 def systemd_running(root: Path) -> bool:
@@ -50,20 +71,24 @@ def failed_units(root: Path) -> set[str] | None:
     return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
 
 
+def _settling_matters(config: HealthConfig, root: Path) -> bool:
+    """The grace period lets units settle: it is waited only when a check looks at them
+    (failed units under systemd, or the admin's commands)."""
+    return bool(config.commands) or (config.failed_units and systemd_running(root))
+
+
 def check(
     config: HealthConfig,
     *,
     root: Path,
-    remote: str,
-    host: str,
-    env: dict[str, str],
+    remote: Remote,
     failed_before: set[str] | None,
-    sleep: bool = True,
+    sleep: Callable[[float], None],
 ) -> HealthResult:
+    if config.grace and _settling_matters(config, root):
+        sleep(config.grace)
     problems: list[str] = []
     skipped: list[str] = []
-    if sleep and config.grace:
-        time.sleep(config.grace)
     if config.failed_units:
         after = failed_units(root)
         if after is None:
@@ -72,26 +97,42 @@ def check(
             new = sorted(after - (failed_before or set()))
             if new:
                 problems.append(f"units failed after the switch: {', '.join(new)}")
-    if config.remote:
-        try:
-            transport.remote_head(remote, deploy_ref(host), env=env)
-        except GitopsError as err:
-            problems.append(f"the git remote is unreachable after the switch: {err}")
-    for command in config.commands:
-        label = shlex.join(command)
-        label = label if len(label) <= 60 else label[:57] + "..."
-        try:
-            result = process.run(list(command), check=False, timeout=config.timeout)
-        except GitopsError as err:
-            problems.append(f"health command {label}: {err}")
-            continue
-        if result.returncode != 0:
-            detail = process.tail(result.stderr or result.stdout or "", 3).replace("\n", " / ")
-            problems.append(
-                f"health check failed (exit {result.returncode}): {detail}"
-                if detail
-                else f"health command {label} exited {result.returncode}"
-            )
+    problems += [p for command in config.commands if (p := _run_command(command, config.timeout))]
+    unreachable = unreachable_for(config.remote_grace, remote, sleep) if config.remote else None
     for item in skipped:
         log.info("health check skipped: %s", item)
-    return HealthResult(not problems, tuple(problems), tuple(skipped))
+    return HealthResult(tuple(problems), unreachable, tuple(skipped))
+
+
+def unreachable_for(grace: int, remote: Remote, sleep: Callable[[float], None]) -> str | None:
+    """Why the remote stayed unreachable for ``grace`` seconds of retries; None once it
+    answers."""
+    tries = 1 + grace // REMOTE_RETRY_INTERVAL
+    error = ""
+    for attempt in range(tries):
+        if attempt:
+            sleep(REMOTE_RETRY_INTERVAL)
+        try:
+            transport.remote_head(remote.url, deploy_ref(remote.host), env=remote.credentials.env())
+        except GitopsError as err:
+            error = str(err)
+            log.info("the git remote is unreachable (try %d of %d): %s", attempt + 1, tries, err)
+            continue
+        return None
+    return error
+
+
+def _run_command(command: tuple[str, ...], timeout: int) -> str | None:
+    """What is wrong according to one of the admin's health commands, if anything."""
+    label = shlex.join(command)
+    label = label if len(label) <= 60 else label[:57] + "..."
+    try:
+        result = process.run(list(command), check=False, timeout=timeout)
+    except GitopsError as err:
+        return f"health command {label}: {err}"
+    if result.returncode == 0:
+        return None
+    detail = process.tail(result.stderr or result.stdout or "", 3).replace("\n", " / ")
+    if detail:
+        return f"health check failed (exit {result.returncode}): {detail}"
+    return f"health command {label} exited {result.returncode}"

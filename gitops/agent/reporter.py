@@ -50,13 +50,17 @@ def pending_reports(mirror: Mirror) -> list[pygit2.Oid]:
 
 class Reporter:
     def __init__(
-        self, mirror: Mirror, key: PrivateKeyTypes, remote: str, env: dict[str, str]
+        self,
+        mirror: Mirror,
+        key: PrivateKeyTypes,
+        remote: str,
+        credentials: transport.Credentials,
     ) -> None:
         self.mirror = mirror
         self.repo = mirror.repo
         self.key = key
         self.remote = remote
-        self.env = env
+        self.credentials = credentials
 
     @property
     def ref(self) -> str:
@@ -80,7 +84,10 @@ class Reporter:
                 return PushOutcome(True, 0)
             try:
                 result = transport.push(
-                    self.mirror.path, self.remote, [f"{self.ref}:{self.ref}"], env=self.env
+                    self.mirror.path,
+                    self.remote,
+                    [f"{self.ref}:{self.ref}"],
+                    env=self.credentials.env(),
                 )
             except GitopsError as err:
                 log.warning("could not push reports: %s", err)
@@ -92,7 +99,7 @@ class Reporter:
             last_message = refused[0].summary if refused else result.message
             log.info("report push refused (%s), attempt %d: rebasing", last_message, attempt)
             try:
-                remote_head = self.mirror.fetch_remote_reports(self.remote, self.env)
+                remote_head = self.mirror.fetch_remote_reports(self.remote, self.credentials.env())
             except GitopsError as err:
                 return PushOutcome(False, len(self.pending()), str(err))
             self.rebase_onto(remote_head)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import select
-import sys
-from collections.abc import Callable
+import functools
+import os
 from pathlib import Path
 
 from gitops import output
 from gitops.agent import config as agent_config
+from gitops.agent import status as agent_status
+from gitops.agent import trigger as local_trigger
 from gitops.agent.config import AgentConfig, load_config, parse_config
-from gitops.agent.cycle import Cycle
-from gitops.agent.loop import run_forever
+from gitops.agent.loop import run_cycle, run_forever
 from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import pending_reports
 from gitops.agent.state import StateStore
+from gitops.errors import GitopsError
 from gitops.protocol import Result
-from gitops.system import process
 
 # Results after which `agent once` exits non-zero, so systemd shows the unit as failed.
 FAILING_RESULTS = {
@@ -61,14 +61,14 @@ def dispatch(args: argparse.Namespace) -> int:
         case "run":
             return run_forever(config())
         case "trigger":
-            return trigger(config, http=args.http, start_unit=args.start_unit)
+            return trigger(config(), http=args.http, start_unit=args.start_unit)
         case "status":
             return status(config(), as_json=args.json)
     raise AssertionError(args.agent_command)
 
 
 def once(config: AgentConfig, *, report: bool, retry: bool, as_json: bool) -> int:
-    result = Cycle(config, force_report=report, retry=retry).run()
+    result = run_cycle(config, force_report=report, retry=retry)
     if as_json:
         output.emit_json(
             {
@@ -88,75 +88,49 @@ def once(config: AgentConfig, *, report: bool, retry: bool, as_json: bool) -> in
     return 1 if result.result in FAILING_RESULTS else 0
 
 
-def _read_http_request() -> str:
-    """The request line of an HTTP request on stdin (socket activation); '' if none."""
-    ready, _, _ = select.select([sys.stdin], [], [], 5.0)
-    if not ready:
-        return ""
-    line = sys.stdin.readline(8192)
-    while True:  # drain the headers, up to the blank line
-        ready, _, _ = select.select([sys.stdin], [], [], 1.0)
-        header = sys.stdin.readline(8192) if ready else ""
-        if not header.strip():
-            break
-    return line.strip()
-
-
-def _http_response(status: bytes, body: bytes) -> None:
-    """A minimal HTTP/1.0 answer on the socket (stdout under socket activation)."""
-    head = (
-        b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\nCache-Control: no-store\r\n\r\n"
-    )
-    sys.stdout.buffer.write(head + body)
-    sys.stdout.buffer.flush()
-
-
-def trigger(config: Callable[[], AgentConfig], *, http: bool, start_unit: str | None) -> int:
+def trigger(config: AgentConfig, *, http: bool, start_unit: str | None) -> int:
     if http:
-        request = _read_http_request()
-        method = request.split(" ", 1)[0] if request else ""
-        if method not in ("GET", "POST", "HEAD"):
-            _http_response(b"405 Method Not Allowed", b"")
-            return 1
-    if start_unit:
-        process.run(["systemctl", "start", "--no-block", start_unit], check=True)
-    else:
-        settings = config()
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        settings.trigger_file.touch()
-    message = "update requested: the agent will fetch, verify and apply now\n"
-    if http:
-        _http_response(b"200 OK", message.encode())
-    else:
-        output.say(message.strip())
+        fire = functools.partial(
+            local_trigger.request_cycle,
+            config.trigger_file,
+            start_unit,
+            min_interval=local_trigger.MIN_INTERVAL,
+        )
+        return 0 if local_trigger.answer_on_stdin(fire) else 1
+    local_trigger.request_cycle(config.trigger_file, start_unit)
+    output.say(local_trigger.ACCEPTED)
     return 0
 
 
 def status(config: AgentConfig, *, as_json: bool) -> int:
-    state = StateStore(config.state_dir).load(config.host)
+    summary = agent_status.read(config.status_file) or _status_from_state(config)
+    if as_json:
+        output.emit_json(summary.to_dict())
+        return 0
+    if summary.result is None:
+        output.say(f"{config.host}: no cycle has run yet (state dir {config.state_dir})")
+    else:
+        output.say(f"{config.host}: {summary.result}: {summary.reason}")
+    for key, value in summary.to_dict().items():
+        if key not in ("host", "result", "reason", "schema"):
+            output.say(f"{key.replace('_', ' ')}: {value if value not in (None, []) else '-'}")
+    return 0
+
+
+def _status_from_state(config: AgentConfig) -> agent_status.Status:
+    """Before the first summary: what root can read from the state itself."""
+    store = StateStore(config.state_dir)
+    hidden = not os.access(config.state_dir, os.X_OK) or (
+        store.exists() and not os.access(store.path, os.R_OK)
+    )
+    if config.state_dir.exists() and hidden:
+        raise GitopsError(
+            f"{config.status_file}: no status summary yet, and the agent's state is "
+            "readable by root only; it is written after the next cycle, or run "
+            "'sudo gitops agent status'"
+        )
+    state = store.load(config.host)
     pending = 0
     if (config.state_dir / "repo.git").exists():
-        mirror = Mirror(config.state_dir, config.host)
-        pending = len(pending_reports(mirror))
-    data = {
-        "host": config.host,
-        "applied": state.applied if state else None,
-        "applied_source": state.applied_source if state else None,
-        "applied_store_path": state.applied_store_path if state else None,
-        "last_report_time": state.last_report_time if state else None,
-        "last_result": state.last_report_key.split("|")[0]
-        if state and state.last_report_key
-        else None,
-        "bad_commits": list(state.bad_commits) if state else [],
-        "pending_reports": pending,
-    }
-    if as_json:
-        output.emit_json(data)
-        return 0
-    if state is None:
-        output.say(f"{config.host}: no cycle has run yet (state dir {config.state_dir})")
-        return 0
-    for key, value in data.items():
-        output.say(f"{key.replace('_', ' ')}: {value if value not in (None, []) else '-'}")
-    return 0
+        pending = len(pending_reports(Mirror(config.state_dir, config.host)))
+    return agent_status.Status.of_state(state, config.host, pending)

@@ -292,7 +292,7 @@ class DemoFleet:
         )
 
     def run_agent(self, host: str) -> CycleResult:
-        return Cycle(self.agent_config(host), health_sleep=False).run()
+        return Cycle(self.agent_config(host)).run()
 
     def run_agents(self, hosts: list[str] | None = None) -> dict[str, CycleResult]:
         return {host: self.run_agent(host) for host in hosts or self.hosts}

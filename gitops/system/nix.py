@@ -9,12 +9,15 @@ it. Nix 2.8 (Debian's nix-bin) is the oldest Nix we support: ``nix build --json`
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitops.errors import GitopsError
 from gitops.system import process
+
+log = logging.getLogger(__name__)
 
 NIX = "nix"
 NIX_ENV = "nix-env"
@@ -42,39 +45,49 @@ class Generation:
     link: Path  # <profile>-<number>-link
 
 
-def build_flake(flake_ref: str, attr: str, *, extra_args: tuple[str, ...] = ()) -> Path:
-    """``nix build --no-link --json <flake>#<attr>``; the output path."""
-    result = process.run(
-        [
-            NIX,
-            # Hosts need not enable flakes globally for the agent to build one.
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "build",
-            "--no-link",
-            "--json",
-            "--print-build-logs",
-            *extra_args,
-            f"{flake_ref}#{attr}",
-        ],
-        check=False,
-    )
+def build_flake(
+    flake_ref: str, attr: str, *, extra_args: tuple[str, ...] = (), timeout: float | None = None
+) -> Path:
+    """``nix build --no-link --json <flake>#<attr>``; the output path.
+
+    The build log is streamed to this process's log as it comes (the journal, or stderr
+    with ``-v``); only its tail is kept, for the report. Past ``timeout`` seconds the build
+    is stopped and :class:`BuildError` says so.
+    """
+    argv = [
+        NIX,
+        # Hosts need not enable flakes globally for the agent to build one.
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "build",
+        "--no-link",
+        "--json",
+        "--print-build-logs",
+        *extra_args,
+        f"{flake_ref}#{attr}",
+    ]
+    try:
+        result = process.stream(argv, on_line=_log_line, timeout=timeout, tail_lines=LOG_TAIL_LINES)
+    except process.TimedOutError as err:
+        raise BuildError(
+            f"nix build timed out after {process.format_seconds(err.timeout)} (build_timeout)",
+            "\n".join(err.tail),
+        ) from err
     if result.returncode != 0:
-        log_tail = process.tail(result.stderr, LOG_TAIL_LINES)
         last = next(
-            (
-                line.strip()
-                for line in reversed(result.stderr.splitlines())
-                if line.startswith("error")
-            ),
+            (line.strip() for line in reversed(result.tail) if line.startswith("error")),
             f"exit {result.returncode}",
         )
-        raise BuildError(f"nix build failed: {last}", log_tail)
+        raise BuildError(f"nix build failed: {last}", "\n".join(result.tail))
     try:
         outputs = json.loads(result.stdout)[0]["outputs"]
         return Path(outputs.get("out") or next(iter(outputs.values())))
     except (ValueError, KeyError, IndexError, StopIteration) as err:
         raise GitopsError(f"nix build printed unexpected output: {result.stdout[:200]!r}") from err
+
+
+def _log_line(line: str) -> None:
+    log.info("%s", line)
 
 
 def toplevel_attr(host: str) -> str:
@@ -154,17 +167,31 @@ def keep_last_generations(profile: Path, count: int) -> None:
         process.run([NIX_ENV, "-p", profile, "--delete-generations", f"+{count}"], check=True)
 
 
-def switch_to_configuration(path: Path, action: str) -> None:
-    """Run the system's own activation; failures carry the output's tail."""
+def switch_to_configuration(path: Path, action: str, *, timeout: float | None = None) -> None:
+    """Run the system's own activation, its output streamed to the log; failures (and
+    time limits) carry the output's tail."""
     script = path / "bin" / "switch-to-configuration"
     if not script.exists():
         raise ActivationError(f"{path} has no bin/switch-to-configuration: not a NixOS system", "")
-    result = process.run([script, action], check=False, env={"NIXOS_INSTALL_BOOTLOADER": "0"})
+    try:
+        result = process.stream(
+            [script, action],
+            on_line=_log_line,
+            env={"NIXOS_INSTALL_BOOTLOADER": "0"},
+            timeout=timeout,
+            tail_lines=LOG_TAIL_LINES,
+            merge_stdout=True,
+        )
+    except process.TimedOutError as err:
+        raise ActivationError(
+            f"switch-to-configuration {action} timed out after "
+            f"{process.format_seconds(err.timeout)} (activation_timeout)",
+            "\n".join(err.tail),
+        ) from err
     if result.returncode != 0:
-        output = (result.stdout or "") + (result.stderr or "")
         raise ActivationError(
             f"switch-to-configuration {action} failed (exit {result.returncode})",
-            process.tail(output, LOG_TAIL_LINES),
+            "\n".join(result.tail),
         )
 
 
