@@ -271,7 +271,7 @@ class Cycle:
         try:
             if not isinstance(commit, pygit2.Commit):
                 raise TreeError(f"deploy commit {short} refused: it did not arrive")
-            trees.check_tree(self.mirror.repo, commit.tree_id, what=f"deploy commit {short}'s tree")
+            trees.check_tree(self.mirror.repo, commit.tree_id, what="its tree")
         except TreeError as err:
             self.mirror.forget_incoming()
             return _Outcome(Result.REJECTED, f"deploy commit {short} refused: {err}", head)

@@ -135,17 +135,25 @@ class _BadCommitError(Exception):
 
 
 def read_deploy_commit(repo: pygit2.Repository, oid: pygit2.Oid) -> DeployCommit:
-    """Raise RejectedError when the commit is missing (an incomplete history)."""
+    """Raise RejectedError when the commit is missing (an incomplete history) or unreadable."""
+    short = str(oid)[:8]
     try:
         raw = commits.read_raw(repo, oid)
-        commit = repo.get(oid)
     except (KeyError, ValueError, pygit2.GitError, GitopsError) as err:
         raise RejectedError(
-            f"commit {str(oid)[:8]} of deploy history is missing or not a commit, so the "
-            "chain cannot be checked"
+            f"commit {short} of the deploy history is missing or not a commit, so the chain "
+            "cannot be checked"
         ) from err
+    try:
+        commit = repo.get(oid)
+    except (ValueError, pygit2.GitError) as err:  # libgit2 cannot parse it
+        try:
+            commits.check_canonical(raw)
+        except SignatureError as problem:
+            raise RejectedError(f"commit {short} refused: {problem}") from err
+        raise RejectedError(f"commit {short} refused: it is not a well-formed commit") from err
     if not isinstance(commit, pygit2.Commit):
-        raise RejectedError(f"{str(oid)[:8]} in deploy history is not a commit")
+        raise RejectedError(f"{short} in the deploy history is not a commit")
     return DeployCommit(
         oid, raw, tuple(commit.parent_ids), commit.tree_id, commits.trailers(commit.message)
     )
