@@ -2,8 +2,10 @@
 
 ``state.json`` holds the last applied deploy commit (the anti-rollback floor), the
 builds already tried (nothing is built twice for one commit), and when the last report
-was written. A corrupt file, or a missing one when the local mirror shows that state
-existed, is refused: losing the floor must fail closed, not re-trust a rolled-back head.
+was written. Every field is checked when the file is read (times parsed there, once): a
+corrupt file or a wrong field is refused with one line naming it, because losing the
+floor must fail closed. A missing file is not a fresh start: the cycle recovers the floor
+from the mirror or the running system (cycle.py, ``_floors``).
 """
 
 from __future__ import annotations
