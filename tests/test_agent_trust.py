@@ -883,6 +883,8 @@ def test_state_times_are_parsed_at_load(demo: DemoFleet) -> None:
     legacy = json.loads(text)
     legacy["last_report_time"] = "2026-01-02T03:04:05.678901+00:00"  # what agents wrote before
     (state_dir(demo, "beta") / "state.json").write_text(json.dumps(legacy))
+    status = gitops("agent", "--config", config_file(demo, "beta"), "status", "--json")
+    assert json.loads(status.stdout)["last_report_time"] == "2026-01-02T03:04:05Z"
     loaded = StateStore(state_dir(demo, "beta")).load("beta")
     assert loaded is not None and loaded.last_report_time == datetime(
         2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC
@@ -892,7 +894,8 @@ def test_state_times_are_parsed_at_load(demo: DemoFleet) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"publisher@example.org ssh-ed25519 \xff\xfe\n", "trusted publishers"),
+        (b"publisher@example.org ssh-ed25519 \xff\xfe\n", "trusted publishers unusable"),
+        (b"publisher@example.org ssh-ed25519 not-base64!\n", "trusted publishers unusable"),
         (b"# nobody\n", "lists no publisher key"),
     ],
 )
@@ -905,6 +908,7 @@ def test_broken_trust_file_is_reported_as_misconfigured(
     assert (outcome.code, outcome.result) == (1, "misconfigured"), outcome
     assert message in outcome.reason and str(trust) in outcome.reason
     assert remote_results(demo, "beta")[-1].result == Result.MISCONFIGURED
+    assert not (state_dir(demo, "beta") / "quarantine.git").exists(), "nothing was fetched"
 
 
 def test_min_commit_that_is_not_a_commit_id_is_misconfigured(demo: DemoFleet) -> None:

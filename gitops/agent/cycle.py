@@ -157,10 +157,9 @@ class Cycle:
         config = self.config
         try:
             trust = config.publisher_trust()
-        except ValueError as err:  # not text: e.g. UnicodeDecodeError
-            raise GitopsError(
-                f"{config.trusted_publishers}: cannot read the trusted publishers ({err})"
-            ) from err
+        except (GitopsError, ValueError) as err:  # ValueError: not text (UnicodeDecodeError)
+            detail = err if isinstance(err, GitopsError) else f"{config.trusted_publishers}: {err}"
+            raise GitopsError(f"trusted publishers unusable: {detail}") from err
         if not trust.entries:
             raise GitopsError(
                 f"{config.trusted_publishers}: lists no publisher key, so every deploy "

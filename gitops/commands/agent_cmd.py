@@ -16,7 +16,7 @@ from gitops.agent.loop import run_forever
 from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import pending_reports
 from gitops.agent.state import StateStore
-from gitops.protocol import Result
+from gitops.protocol import Result, format_time
 from gitops.system import process
 
 # Results after which `agent once` exits non-zero, so systemd shows the unit as failed.
@@ -147,7 +147,9 @@ def status(config: AgentConfig, *, as_json: bool) -> int:
         "applied": state.applied if state else None,
         "applied_source": state.applied_source if state else None,
         "applied_store_path": state.applied_store_path if state else None,
-        "last_report_time": state.last_report_time if state else None,
+        "last_report_time": format_time(state.last_report_time)
+        if state and state.last_report_time
+        else None,
         "last_result": state.last_report_key.split("|")[0]
         if state and state.last_report_key
         else None,
