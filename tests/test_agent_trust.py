@@ -63,7 +63,7 @@ HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 @pytest.fixture
 def demo(tmp_path: Path) -> DemoFleet:
     fleet = published_demo(tmp_path / "demo", HOSTS)
-    git("config", "uploadpack.allowFilter", "true", cwd=fleet.server)
+    assert git("config", "uploadpack.allowFilter", cwd=fleet.server) == "true"
     return fleet
 
 
