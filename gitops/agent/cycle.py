@@ -269,7 +269,7 @@ class Cycle:
         commit = self.mirror.repo.get(head)
         try:
             if not isinstance(commit, pygit2.Commit):
-                raise TreeError(f"deploy commit {short} refused: it did not arrive")
+                raise TreeError("it did not arrive in full")
             trees.check_tree(self.mirror.repo, commit.tree_id, what="its tree")
         except TreeError as err:
             self.mirror.forget_incoming()
