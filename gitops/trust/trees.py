@@ -164,7 +164,8 @@ def _check_link(repo: pygit2.Repository, entry: Entry, path: str, depth: int, wh
     raw = _read(repo, entry.oid, pygit2.enums.ObjectType.BLOB, f"{what}: {path}")
     problem = _link_problem(raw, depth)
     if problem is not None:
-        raise TreeError(f"{what}: symlink {path} -> {raw[:200]!r} {problem}")
+        shown = raw[:200].decode("utf-8", "replace")
+        raise TreeError(f"{what}: symlink {path} -> {shown!r} {problem}")
 
 
 def _link_problem(target: bytes, depth: int) -> str | None:
