@@ -1,4 +1,4 @@
-"""B5: what an unsigned push costs a host: bytes downloaded and the state directory's size.
+"""B6: what an unsigned push costs a host: bytes downloaded and the state directory's size.
 
     .venv/bin/python bench/unsigned_push.py [--size-mb 200] [--pushes 2]
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     print(
-        f"B5 {args.pushes} unsigned pushes of {args.size_mb} MB each"
+        f"B6 {args.pushes} unsigned pushes of {args.size_mb} MB each"
         f"{' (server without filters)' if args.no_filter else ''}; "
         f"{bench_machine.describe([['git', '--version'], ['nix', '--version']])}"
     )

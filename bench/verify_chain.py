@@ -1,4 +1,4 @@
-"""B4: what verifying the whole chain costs the agent, against verifying only the head.
+"""B5: what verifying the whole chain costs the agent, against verifying only the head.
 
     .venv/bin/python bench/verify_chain.py [--commits 1000] [--repeat 5]
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     count: int = args.commits
     print(
-        f"B4 verify a chain of {count:,} deploy commits; "
+        f"B5 verify a chain of {count:,} deploy commits; "
         f"{bench_machine.describe([['git', '--version']], ['pygit2', 'cryptography'])}"
     )
     with tempfile.TemporaryDirectory(prefix="gitops-bench-chain-") as tmp:
