@@ -103,6 +103,11 @@ class Result(StrEnum):
     SWITCH_FAILED = "switch-failed"  # activation failed; rolled back to the previous system
     ROLLED_BACK = "rolled-back"  # activated, then unhealthy: went back to the previous system
     FETCH_FAILED = "fetch-failed"  # the remote could not be reached; nothing changed
+    # The applied deploy commit (or a new head that is otherwise valid) is past its Expires
+    # or older than max_age: the publisher stopped renewing it, or the server is frozen.
+    STALE_PUBLISHER = "stale-publisher"
+    DEPLOY_MISSING = "deploy-missing"  # deploy/<host> is gone although this host applied from it
+    MISCONFIGURED = "misconfigured"  # the agent's own configuration (e.g. its trust file) is broken
 
 
 @dataclass(frozen=True)

@@ -14,27 +14,44 @@ profile already pointing at the system gets no new generation).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import pygit2
+
 from gitops import __version__
 from gitops.agent import facts, sbom, status
 from gitops.agent.activate import RETRY_HINT, Deployer
 from gitops.agent.activate import Outcome as _Outcome
 from gitops.agent.config import AgentConfig
-from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Mirror
+from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Incoming, Mirror
 from gitops.agent.reporter import PushOutcome, Reporter
-from gitops.agent.state import AgentState, StateStore, now_text
-from gitops.agent.verify import RejectedError, check_deploy_head
+from gitops.agent.state import AgentState, StateStore
+from gitops.agent.verify import (
+    AcceptedDeploy,
+    Floor,
+    FloorKind,
+    NotDescendingError,
+    Policy,
+    RejectedError,
+    StaleError,
+    check_deploy_head,
+    check_fresh,
+    read_deploy_commit,
+)
 from gitops.errors import GitopsError
-from gitops.protocol import Report, Result
-from gitops.system import nix
-from gitops.trust import keys
+from gitops.protocol import Report, Result, deploy_ref, format_time
+from gitops.system import nix, transport
+from gitops.trust import keys, trees
+from gitops.trust.trees import TreeError
 
 log = logging.getLogger(__name__)
+
+_COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -120,15 +137,18 @@ class Cycle:
             )
 
     def _load_state(self) -> AgentState:
+        """The saved state, or an empty one when it is gone: the anti-rollback floor is
+        then recovered each cycle until something is applied (see :meth:`_floors`)."""
         state = self.store.load(self.config.host)
         if state is not None:
             return state
         if self.mirror.target(APPLIED_REF) is not None:
-            raise GitopsError(
-                f"{self.store.path} is missing but this host has applied deploy commits before "
-                f"({APPLIED_REF} in {self.mirror.path}); refusing to run, because the "
-                "anti-rollback floor is lost. Restore the state file, or pin min_commit and "
-                "remove the state directory to re-enroll (see docs/operations.md)"
+            log.warning(
+                "%s is missing although this host applied deploy commits before; the "
+                "anti-rollback floor is taken from %s in %s",
+                self.store.path,
+                APPLIED_REF,
+                self.mirror.path,
             )
         return AgentState(host=self.config.host)
 
@@ -136,47 +156,185 @@ class Cycle:
         self.durations[name] = round(self.durations.get(name, 0) + time.monotonic() - started, 3)
 
     def _apply(self) -> _Outcome:
-        config = self.config
+        try:
+            policy = self._policy()
+        except GitopsError as err:
+            return _Outcome(Result.MISCONFIGURED, f"{err}; fix the agent configuration")
+        fetched = self._fetch_commits(policy)
+        if isinstance(fetched, _Outcome):
+            return fetched
         started = time.monotonic()
         try:
-            head = self.mirror.fetch_deploy(config.remote, self.credentials.env())
+            accepted = self._verify(fetched, policy)
+        except RejectedError as err:  # nothing of a refused head is kept
+            self.mirror.drop_quarantine()
+            stale = isinstance(err, StaleError)
+            return _Outcome(
+                Result.STALE_PUBLISHER if stale else Result.REJECTED, str(err), fetched.head
+            )
+        finally:
+            self._timed("verify", started)
+        return self._download_and_apply(fetched, accepted)
+
+    # -- fetch and verify (verify before download) ---------------------------------------
+
+    def _policy(self) -> Policy:
+        """What deploy commits are checked against; GitopsError when this machine's own
+        configuration is broken (reported as misconfigured, not as a crash)."""
+        config = self.config
+        try:
+            trust = config.publisher_trust()
+        except (GitopsError, ValueError) as err:  # ValueError: not text (UnicodeDecodeError)
+            detail = err if isinstance(err, GitopsError) else f"{config.trusted_publishers}: {err}"
+            raise GitopsError(f"trusted publishers unusable: {detail}") from err
+        if not trust.entries:
+            raise GitopsError(
+                f"{config.trusted_publishers}: lists no publisher key, so every deploy "
+                "commit would be refused"
+            )
+        if config.min_commit is not None and not _COMMIT_ID.match(config.min_commit):
+            raise GitopsError(f"min_commit {config.min_commit!r} is not a full commit id")
+        return Policy(config.host, trust, self.clock(), config.max_age)
+
+    def _fetch_commits(self, policy: Policy) -> Incoming | _Outcome:
+        """The new head's commits in the quarantine, or the cycle's outcome when there is
+        nothing new (an idle poll asks the server for one ref and downloads nothing)."""
+        config = self.config
+        applied = self.state.applied
+        started = time.monotonic()
+        try:
+            head = transport.remote_head(
+                config.remote, deploy_ref(config.host), env=self.credentials.env()
+            )
+            if head is not None and head == applied and pygit2.Oid(hex=head) in self.mirror.repo:
+                return self._unchanged(self.mirror.repo, pygit2.Oid(hex=head), policy)
+            incoming = (
+                self.mirror.fetch_commits(config.remote, self.credentials.env()) if head else None
+            )
         except GitopsError as err:
             return _Outcome(Result.FETCH_FAILED, f"cannot fetch deploy/{config.host}: {err}")
         finally:
             self._timed("fetch", started)
-        if head is None:
+        if incoming is None:
+            return self._missing()
+        if str(incoming.head) == applied:
+            try:
+                return self._unchanged(incoming.repo, incoming.head, policy)
+            finally:
+                self.mirror.drop_quarantine()
+        return incoming
+
+    def _missing(self) -> _Outcome:
+        host = self.config.host
+        applied = self.state.applied or _hex(self.mirror.target(APPLIED_REF))
+        if applied is None:
             return _Outcome(
-                Result.UNCHANGED,
-                f"nothing is published for {config.host} yet (no deploy/{config.host})",
+                Result.UNCHANGED, f"nothing is published for {host} yet (no deploy/{host})"
             )
-        if str(head) == self.state.applied:
-            return _Outcome(Result.UNCHANGED, f"up to date with deploy {str(head)[:8]}", head)
+        return _Outcome(
+            Result.DEPLOY_MISSING,
+            f"deploy/{host} is missing on the server although this host applied deploy "
+            f"{applied[:8]} from it (deleted, or the server lost it); nothing changed. Restore "
+            "the branch or publish again (docs/operations.md)",
+        )
+
+    def _unchanged(self, repo: pygit2.Repository, head: pygit2.Oid, policy: Policy) -> _Outcome:
+        """Nothing new: the applied head must still be fresh (a frozen server keeps serving
+        it; expiry is checked every cycle, not only on new heads)."""
+        try:
+            check_fresh(read_deploy_commit(repo, head), policy)
+        except StaleError as err:
+            return _Outcome(Result.STALE_PUBLISHER, str(err), head)
+        except RejectedError as err:
+            return _Outcome(Result.REJECTED, str(err), head)
+        return _Outcome(Result.UNCHANGED, f"up to date with deploy {str(head)[:8]}", head)
+
+    def _verify(self, incoming: Incoming, policy: Policy) -> AcceptedDeploy:
+        """Check the head against each floor in turn: a floor it does not descend from
+        passes the question on to the next (a pinned min_commit after a revision that is
+        not in the branch's history); the last one decides."""
+        *first, last = self._floors()
+        for floor in first:
+            try:
+                return check_deploy_head(incoming.repo, incoming.head, floor=floor, policy=policy)
+            except NotDescendingError:
+                log.info("deploy head does not descend from %s", floor.describe())
+        return check_deploy_head(incoming.repo, incoming.head, floor=last, policy=policy)
+
+    def _floors(self) -> list[Floor]:
+        """What the head must descend from: the applied commit; when state.json is gone,
+        the mirror's record of it, else the running system's configurationRevision and a
+        pinned min_commit, else nothing (first use) only if the configuration allows it."""
+        config = self.config
+        applied = self.state.applied or _hex(self.mirror.target(APPLIED_REF))
+        if applied is not None:
+            return [Floor(FloorKind.APPLIED, applied)]
+        floors = []
+        revision = facts.collect_system(config.root, config.system_profile).configuration_revision
+        if revision is not None and _COMMIT_ID.match(revision):
+            floors.append(Floor(FloorKind.REVISION, revision))
+        if config.min_commit is not None:
+            floors.append(Floor(FloorKind.PINNED, config.min_commit))
+        if floors:
+            return floors
+        if config.trust_on_first_use:
+            return [Floor(FloorKind.FIRST_USE)]
+        raise RejectedError(
+            "no applied commit is recorded, the running system names no configurationRevision, "
+            "and trust_on_first_use is off; pin min_commit (the deploy commit to start from) in "
+            "the agent configuration (docs/operations.md)"
+        )
+
+    def _download_and_apply(self, incoming: Incoming, accepted: AcceptedDeploy) -> _Outcome:
+        head = incoming.head
+        short = str(head)[:8]
         started = time.monotonic()
         try:
-            accepted = check_deploy_head(
-                self.mirror.repo,
-                head,
-                host=config.host,
-                trust=config.publisher_trust(),
-                applied=self.state.applied,
-                now=self.clock(),
-                min_commit=config.min_commit,
-                max_age=config.max_age,
-                trust_on_first_use=config.trust_on_first_use,
+            self.mirror.fetch_verified(self.config.remote, self.credentials.env(), incoming)
+        except GitopsError as err:
+            return _Outcome(
+                Result.FETCH_FAILED, f"cannot download verified deploy {short}: {err}", head
             )
-        except RejectedError as err:
-            self.mirror.delete_ref(INCOMING_REF)
-            return _Outcome(Result.REJECTED, str(err), head)
         finally:
-            self._timed("verify", started)
+            self._timed("fetch", started)
+        commit = self.mirror.repo.get(head)
+        try:
+            if not isinstance(commit, pygit2.Commit):
+                raise TreeError("it did not arrive in full")
+            trees.check_tree(self.mirror.repo, commit.tree_id, what="its tree")
+        except TreeError as err:
+            self.mirror.forget_incoming()
+            return _Outcome(Result.REJECTED, f"deploy commit {short} refused: {err}", head)
         if str(head) in self.state.bad_commits and not self.retry:
             return _Outcome(
                 Result.ROLLED_BACK,
-                f"deploy {str(head)[:8]} was rolled back before and is not retried; {RETRY_HINT}",
+                f"deploy {short} was rolled back before and is not retried; {RETRY_HINT}",
                 head,
             )
+        if self._same_tree_as_applied(commit):
+            return self._renew(head, accepted)
         outcome, self.state = self.deployer.deploy(self.mirror, self.state, head, accepted)
         return outcome
+
+    def _same_tree_as_applied(self, commit: pygit2.Commit) -> bool:
+        applied = self.state.applied
+        old = self.mirror.repo.get(applied) if applied else None
+        return isinstance(old, pygit2.Commit) and old.tree_id == commit.tree_id
+
+    def _renew(self, head: pygit2.Oid, accepted: AcceptedDeploy) -> _Outcome:
+        """A heartbeat (the publisher renewed expiry; same tree): move the floor, build nothing."""
+        before = str(self.state.applied)[:8]
+        self.state = replace(self.state, applied=str(head), applied_source=accepted.source_commit)
+        self.store.save(self.state)
+        self.mirror.set_ref(APPLIED_REF, head, "renewed")
+        self.mirror.delete_ref(INCOMING_REF)
+        until = f", valid until {format_time(accepted.expires)}" if accepted.expires else ""
+        return _Outcome(
+            Result.UNCHANGED,
+            f"deploy {str(head)[:8]} renews {before} (same tree, signed by {accepted.principal}"
+            f"{until}): nothing to build",
+            head,
+        )
 
     # -- reporting -------------------------------------------------------------------
 
@@ -200,7 +358,7 @@ class Cycle:
             reporter.add(report, written.document if written else None)
             self.state = replace(
                 sbom.remember(self.state, written),
-                last_report_time=now_text(now),
+                last_report_time=now,
                 last_report_key=key,
             )
             self.store.save(self.state)
@@ -268,3 +426,7 @@ class Cycle:
             log_tail=outcome.log_tail,
             changes=outcome.changes if outcome.result == Result.APPLIED else (),
         )
+
+
+def _hex(oid: pygit2.Oid | None) -> str | None:
+    return None if oid is None else str(oid)

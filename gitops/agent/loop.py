@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 
+import pygit2
 import watchfiles
 from typing_extensions import override
 
@@ -41,6 +42,10 @@ def run_cycle(
         return Cycle(config, force_report=force_report, retry=retry).run()
     except OSError as err:
         raise GitopsError(describe_os_error(err, config)) from err
+    except pygit2.GitError as err:  # libgit2 reports a full or read-only disk as text only
+        if _errno(err) is None:
+            raise
+        raise GitopsError(describe_os_error(OSError(_errno(err), str(err)), config)) from err
 
 
 def check_can_run(config: AgentConfig) -> None:
@@ -77,9 +82,9 @@ def describe_os_error(err: OSError, config: AgentConfig) -> str:
     return f"{where}{err.strerror or err}"
 
 
-def _errno(err: OSError) -> int | None:
+def _errno(err: OSError | pygit2.GitError) -> int | None:
     """The error number; libgit2's errors (through pygit2) carry it only in their text."""
-    if err.errno is not None:
+    if isinstance(err, OSError) and err.errno is not None:
         return err.errno
     text = str(err)
     known = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)

@@ -26,6 +26,9 @@ FAILING_RESULTS = {
     Result.SWITCH_FAILED,
     Result.ROLLED_BACK,
     Result.FETCH_FAILED,
+    Result.STALE_PUBLISHER,
+    Result.DEPLOY_MISSING,
+    Result.MISCONFIGURED,
 }
 
 

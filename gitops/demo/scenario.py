@@ -183,6 +183,8 @@ class DemoFleet:
         git("add", "-A", cwd=self.repo_dir)
         self.commit("Initial fleet")
         git("init", "-q", "--bare", "-b", "main", self.server, cwd=self.root)
+        # Agents fetch commits first and verify before downloading (docs/operations.md).
+        git("config", "uploadpack.allowFilter", "true", cwd=self.server)
         git("remote", "add", "origin", self.server, cwd=self.repo_dir)
         git("push", "-q", "origin", "main", cwd=self.repo_dir)
 

@@ -26,7 +26,7 @@ from gitops.protocol import (
     deploy_ref,
     format_time,
 )
-from gitops.trust import commits
+from gitops.trust import commits, trees
 from gitops.trust.sshsig import SigningKey, public_key_of
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ def write_commits(
     updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
     changed = plan.changed
     for index, host_plan in enumerate(changed, start=1):
+        trees.check_tree(repo, host_plan.new_tree, what=f"the deploy tree of {host_plan.host}")
         oid = commits.create_signed_commit(
             repo,
             tree=host_plan.new_tree,

@@ -98,9 +98,45 @@ def fetch(
     depth: int | None = None,
 ) -> None:
     """Fetch only ``refspecs`` over protocol v2, no tags."""
+    _fetch(git_dir, remote, refspecs, env=env, extra=[f"--depth={depth}"] if depth else [])
+
+
+# git takes --filter only for a named remote, which it records as the promisor of what the
+# filter left out; the URL is set for this one command (in argv: URLs hold no secret).
+_PROMISOR_REMOTE = "gitops"
+_FILTER_IGNORED = "filtering not recognized by server"
+
+
+def fetch_commits_only(
+    git_dir: Path, remote: str, refspecs: Sequence[str], *, env: Mapping[str, str] | None = None
+) -> bool:
+    """Fetch ``refspecs`` without trees and blobs (``--filter=tree:0``); False when the
+    server does not allow filters (``uploadpack.allowFilter``) and sent everything."""
+    stderr = _fetch(
+        git_dir,
+        _PROMISOR_REMOTE,
+        refspecs,
+        env=env,
+        extra=["--filter=tree:0"],
+        config=[f"remote.{_PROMISOR_REMOTE}.url={remote}"],
+        shown=remote,
+    )
+    return _FILTER_IGNORED not in stderr
+
+
+def _fetch(
+    git_dir: Path,
+    remote: str,
+    refspecs: Sequence[str],
+    *,
+    env: Mapping[str, str] | None,
+    extra: Sequence[str] = (),
+    config: Sequence[str] = (),
+    shown: str | None = None,
+) -> str:
+    settings = [part for item in ("protocol.version=2", *config) for part in ("-c", item)]
     args: list[str | Path] = [
-        "-c",
-        "protocol.version=2",
+        *settings,
         "--git-dir",
         git_dir,
         "fetch",
@@ -108,14 +144,20 @@ def fetch(
         "--no-tags",
         "--no-write-fetch-head",
         "--no-auto-gc",
+        *extra,
     ]
-    if depth is not None:
-        args.append(f"--depth={depth}")
     result = _git([*args, remote, *refspecs], env=env, check=False)
+    shown = shown or remote
     if result.returncode != 0:
         if "couldn't find remote ref" in result.stderr:
-            raise RefNotFoundError(f"{remote} has no {', '.join(refspecs)}")
-        raise GitopsError(f"fetch from {remote} failed: {_last_line(result.stderr, env)}")
+            raise RefNotFoundError(f"{shown} has no {', '.join(refspecs)}")
+        raise GitopsError(f"fetch from {shown} failed: {_last_line(result.stderr, env)}")
+    return result.stderr
+
+
+def prune(git_dir: Path) -> None:
+    """Delete the objects no ref reaches (refused downloads), packed ones too."""
+    _git(["--git-dir", git_dir, "gc", "--quiet", "--prune=now"], env=HERMETIC_ENV)
 
 
 def remote_head(remote: str, ref: str, *, env: Mapping[str, str] | None = None) -> str | None:

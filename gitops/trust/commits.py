@@ -205,3 +205,94 @@ def update_refs(
                 txn.set_target(name, new, message=message)
     except pygit2.GitError as err:
         raise GitopsError(f"cannot update refs in {repo.path}: {err}") from err
+
+
+# -- deploy commits: one canonical encoding, checked at "now" ------------------------------
+#
+# A signature covers the commit without its ``gpgsig`` header, so the header itself can be
+# re-encoded (armor re-wrapped, an extra ``gpgsig-sha256`` header, the header moved)
+# without breaking the signature: a twin with another commit id that ``git verify-commit``
+# accepts. A host that applied the twin would refuse every later real publish as "not a
+# descendant". Deploy commits therefore have exactly one encoding, the one git and
+# :func:`create_signed_commit` write; anything else is refused (docs/protocol.md).
+
+_CANONICAL_HEADERS = re.compile(rb"^tree (parent )*author committer gpgsig $")
+_OBJECT_ID = re.compile(rb"^[0-9a-f]{40}$")
+_IDENTITY = re.compile(rb"^[^<>\n]*<[^<>\n]*> [0-9]+ [+-][0-9]{4}$")
+_KNOWN_HEADERS = frozenset({"tree", "parent", "author", "committer", "gpgsig"})
+
+
+def _headers(raw: bytes) -> tuple[list[tuple[bytes, list[bytes]]], bytes]:
+    """The header fields (name, value lines) and the rest of the object after the blank line."""
+    end = raw.find(b"\n\n")
+    if end < 0:
+        raise SignatureError("commit is not in canonical form: no blank line after its headers")
+    fields: list[tuple[bytes, list[bytes]]] = []
+    for line in raw[:end].split(b"\n"):
+        if line.startswith(b" ") and fields:
+            fields[-1][1].append(line[1:])
+            continue
+        name, _, value = line.partition(b" ")
+        fields.append((name, [value]))
+    return fields, raw[end + 2 :]
+
+
+def check_canonical(raw: bytes) -> None:
+    """Raise SignatureError unless ``raw`` is encoded exactly as git (and our signer)
+    write a signed commit: headers ``tree``, ``parent``..., ``author``, ``committer``,
+    ``gpgsig`` in that order and nothing else, and the signature armored at 70 columns."""
+    fields, _ = _headers(raw)
+    names = b"".join(name + b" " for name, _ in fields)
+    if not _CANONICAL_HEADERS.match(names):
+        extra = sorted({n.decode("ascii", "replace") for n, _ in fields} - _KNOWN_HEADERS)
+        detail = f"an extra {extra[0]!r} header" if extra else "headers out of order or repeated"
+        raise SignatureError(
+            f"commit is not in canonical form: {detail} (git writes tree, parent, author, "
+            "committer, gpgsig; a re-encoded copy of a signed commit is refused)"
+        )
+    for name, value in fields:
+        if not _canonical_field(name, value):
+            armor = " (the signature armor wrapped at 70 columns)" if name == b"gpgsig" else ""
+            raise SignatureError(
+                f"commit is not in canonical form: its {name.decode()} header is not written "
+                f"as git writes it{armor}; a re-encoded copy of a signed commit is refused"
+            )
+
+
+def _canonical_field(name: bytes, value: list[bytes]) -> bool:
+    if name in (b"tree", b"parent"):
+        return len(value) == 1 and _OBJECT_ID.match(value[0]) is not None
+    if name in (b"author", b"committer"):
+        return len(value) == 1 and _IDENTITY.match(value[0]) is not None
+    armored = b"\n".join(value)
+    return armored == sshsig.armor(sshsig.dearmor(armored)).rstrip("\n").encode("ascii")
+
+
+def signed_payload(raw: bytes) -> bytes:
+    """What the signature covers: two encodings of one signed commit share it."""
+    return split_signature(raw).payload
+
+
+def verify_commit_now(
+    repo: pygit2.Repository, oid: pygit2.Oid | str, trust: AllowedSigners, *, now: datetime
+) -> Verified:
+    """:func:`verify_commit` at the committer date and at ``now``, the signing certificate
+    (if the key is one) included: its validity is otherwise checked at the committer date
+    only, which the signer chooses, so a backdated commit would pass an expired certificate."""
+    verified = verify_commit(repo, oid, trust, now=now)
+    if verified.key.is_certificate:
+        cert = verified.key.certificate()
+        if not cert.valid_after <= now.timestamp() < cert.valid_before:
+            raise SignatureError(
+                f"signed with certificate {verified.key.fingerprint}, which is not valid now "
+                f"(valid from {_cert_time(cert.valid_after)} to {_cert_time(cert.valid_before)})",
+                Refusal.NOT_ALLOWED,
+            )
+    return verified
+
+
+def _cert_time(stamp: int) -> str:
+    try:
+        return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "forever"
