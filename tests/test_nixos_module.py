@@ -23,6 +23,7 @@ from typing import Any
 import pygit2
 import pytest
 
+from gitops.agent import config as agent_config
 from gitops.agent.config import AgentConfig, HealthConfig, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
@@ -139,11 +140,25 @@ def test_every_default_is_a_setting_the_agent_accepts() -> None:
     )
 
 
+# The real defaults, read at import: the autouse guard in conftest moves them away from the
+# real system for every test, and these tests compare against the real ones.
+REAL_DEFAULTS = {
+    "DEFAULT_STATE_DIR": agent_config.DEFAULT_STATE_DIR,
+    "DEFAULT_PROFILE": agent_config.DEFAULT_PROFILE,
+}
+
+
+@pytest.fixture
+def real_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in REAL_DEFAULTS.items():
+        monkeypatch.setattr(agent_config, name, value)
+
+
+@pytest.mark.usefixtures("real_defaults")
 def test_module_defaults_are_the_agent_defaults() -> None:
     """A host with the module's defaults behaves like an agent with no settings at all."""
     required = {"host": "web-1", "remote": "/srv/fleet.git", "trusted_publishers": "/etc/p"}
     with_defaults = parse_config(json.dumps({**DEFAULTS, **required}), "module defaults")
-    # The dataclass's own defaults (conftest points parse_config's fallbacks elsewhere).
     assert with_defaults == AgentConfig(
         host="web-1", remote="/srv/fleet.git", trusted_publishers=Path("/etc/p")
     )
@@ -176,6 +191,7 @@ def test_renderer_uses_only_declared_options() -> None:
 # -- the rendered file ---------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("real_defaults")
 def test_defaults_render_to_a_config_the_agent_parses(tmp_path: Path) -> None:
     text = render(tmp_path, module_config())
     data = json.loads(text)

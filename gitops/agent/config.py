@@ -6,6 +6,7 @@ configuration only: the publisher keys are a file pinned here, never read from t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -46,8 +47,10 @@ class AgentConfig:
     remote: str
     trusted_publishers: Path
     signing_key: Path = DEFAULT_HOST_KEY
-    state_dir: Path = DEFAULT_STATE_DIR
-    system_profile: Path = DEFAULT_PROFILE
+    # Factories, not values: read at construction, so tests can move the defaults away
+    # from the real system (tests/conftest.py) and no default escapes that.
+    state_dir: Path = field(default_factory=lambda: DEFAULT_STATE_DIR)
+    system_profile: Path = field(default_factory=lambda: DEFAULT_PROFILE)
     action: Action = Action.SWITCH
     poll_interval: int = 300
     poll_jitter: int = 60
@@ -110,30 +113,30 @@ def _positive(reader: Reader, key: str, default: int) -> int:
     return seconds
 
 
-def parse_config(
-    text: bytes | str, where: str, overrides: dict[str, object] | None = None
-) -> AgentConfig:
-    problems = Problems()
-    data = load_yaml(text, where, problems) or {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    top = Reader(data, where, problems)
-    host = top.string("host", required=True)
-    if host and not is_host_name(host):
-        top.problem("host", f"{host!r} is not a valid host name", "use an RFC 1123 label")
-    remote = top.string("remote", required=True)
-    trusted = _path(top, "trusted_publishers")
-    if trusted is None:
-        top.problem(
-            "trusted_publishers",
-            "is missing",
-            "point it at an allowed-signers file with the publisher keys",
-        )
-    action_text = top.string("action", "switch")
+def _default(cls: type[AgentConfig] | type[HealthConfig], name: str) -> object:
+    """A field's default, so parse_config never writes a default a second time."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def _seconds(reader: Reader, key: str, cls: type[AgentConfig] | type[HealthConfig]) -> int:
+    default = _default(cls, key)
+    assert isinstance(default, int)  # a field declared int
+    return reader.duration(key, default)
+
+
+def _action(top: Reader) -> Action:
+    text = top.string("action", str(_default(AgentConfig, "action")))
     try:
-        action = Action(action_text)
+        return Action(text)
     except ValueError:
-        top.problem("action", f"{action_text!r} is not switch, boot or test")
-        action = Action.SWITCH
+        top.problem("action", f"{text!r} is not switch, boot or test")
+        return Action.SWITCH
+
+
+def _health(top: Reader) -> HealthConfig:
     health = top.mapping("health")
     commands = []
     for index, command in enumerate(health.get("commands") or []):
@@ -147,48 +150,83 @@ def parse_config(
             health.problem(f"commands[{index}]", "must be a command line or a list of arguments")
             continue
         commands.append(tuple(command))
-    health_config = HealthConfig(
-        failed_units=health.boolean("failed_units", True),
-        remote=health.boolean("remote", True),
+    config = HealthConfig(
+        failed_units=health.boolean("failed_units", HealthConfig.failed_units),
+        remote=health.boolean("remote", HealthConfig.remote),
         commands=tuple(commands),
-        grace=health.duration("grace", 10),
-        timeout=health.duration("timeout", 60),
-        remote_grace=health.duration("remote_grace", 60),
+        grace=_seconds(health, "grace", HealthConfig),
+        timeout=_seconds(health, "timeout", HealthConfig),
+        remote_grace=_seconds(health, "remote_grace", HealthConfig),
     )
     health.finish()
+    return config
+
+
+def _watch(top: Reader) -> tuple[Path, ...]:
     watch = []
     for item in top.strings("watch"):
         if not item.startswith("/"):
             top.problem("watch", f"{item!r} must be an absolute path")
         else:
             watch.append(Path(item))
-    max_age = top.optional_duration("max_age")
+    return tuple(watch)
+
+
+def _required(top: Reader) -> tuple[str, str, Path]:
+    host = top.string("host", required=True)
+    if host and not is_host_name(host):
+        top.problem("host", f"{host!r} is not a valid host name", "use an RFC 1123 label")
+    remote = top.string("remote", required=True)
+    trusted = _path(top, "trusted_publishers")
+    if trusted is None:
+        top.problem(
+            "trusted_publishers",
+            "is missing",
+            "point it at an allowed-signers file with the publisher keys",
+        )
+    return host, remote, trusted or Path("/nonexistent")
+
+
+def _default_path(top: Reader, key: str) -> Path:
+    default = _default(AgentConfig, key)
+    assert isinstance(default, Path)  # a field declared Path
+    return _path(top, key, default) or default
+
+
+def parse_config(
+    text: bytes | str, where: str, overrides: dict[str, object] | None = None
+) -> AgentConfig:
+    problems = Problems()
+    data = load_yaml(text, where, problems) or {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    top = Reader(data, where, problems)
+    host, remote, trusted = _required(top)
     config = AgentConfig(
         host=host,
         remote=remote,
-        trusted_publishers=trusted or Path("/nonexistent"),
-        signing_key=_path(top, "signing_key", DEFAULT_HOST_KEY) or DEFAULT_HOST_KEY,
-        state_dir=_path(top, "state_dir", DEFAULT_STATE_DIR) or DEFAULT_STATE_DIR,
-        system_profile=_path(top, "system_profile", DEFAULT_PROFILE) or DEFAULT_PROFILE,
-        action=action,
-        poll_interval=top.duration("poll_interval", 300),
-        poll_jitter=top.duration("poll_jitter", 60),
-        report_interval=top.duration("report_interval", 3600),
+        trusted_publishers=trusted,
+        signing_key=_default_path(top, "signing_key"),
+        state_dir=_default_path(top, "state_dir"),
+        system_profile=_default_path(top, "system_profile"),
+        action=_action(top),
+        poll_interval=_seconds(top, "poll_interval", AgentConfig),
+        poll_jitter=_seconds(top, "poll_jitter", AgentConfig),
+        report_interval=_seconds(top, "report_interval", AgentConfig),
         ssh_key=_path(top, "ssh_key"),
         known_hosts=_path(top, "known_hosts"),
         http_token_file=_path(top, "http_token_file"),
-        http_username=top.string("http_username", "gitops"),
-        health=health_config,
-        root=_path(top, "root", Path("/")) or Path("/"),
+        http_username=top.string("http_username", AgentConfig.http_username),
+        health=_health(top),
+        root=_default_path(top, "root"),
         build_args=top.strings("build_args"),
-        trust_on_first_use=top.boolean("trust_on_first_use", True),
+        trust_on_first_use=top.boolean("trust_on_first_use", AgentConfig.trust_on_first_use),
         min_commit=top.string("min_commit") or None,
-        max_age=max_age,
-        watch=tuple(watch),
-        keep_generations=int(top.duration("keep_generations", 0)),
-        build_retry_interval=top.duration("build_retry_interval", 3600),
-        build_timeout=_positive(top, "build_timeout", 7200),
-        activation_timeout=_positive(top, "activation_timeout", 600),
+        max_age=top.optional_duration("max_age"),
+        watch=_watch(top),
+        keep_generations=_seconds(top, "keep_generations", AgentConfig),
+        build_retry_interval=_seconds(top, "build_retry_interval", AgentConfig),
+        build_timeout=_positive(top, "build_timeout", AgentConfig.build_timeout),
+        activation_timeout=_positive(top, "activation_timeout", AgentConfig.activation_timeout),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:
