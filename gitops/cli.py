@@ -176,16 +176,17 @@ def execute(argv: Sequence[str]) -> int:
             return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
         case "publish":
             from gitops.commands import publish_cmd
+            from gitops.publish.run import Request
 
-            return publish_cmd.publish(
-                args.repo,
-                args.source,
-                args.host,
+            request = Request(
+                repo=args.repo,
+                source=args.source,
+                hosts=tuple(args.host),
                 key_path=args.key,
                 push=args.push,
                 remote=args.remote,
-                as_json=args.json,
             )
+            return publish_cmd.publish(request, as_json=args.json)
         case "verify":
             from gitops.commands import verify_cmd
 

@@ -19,7 +19,6 @@ from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
-    DEPLOY_PREFIX,
     TRAILER_EXPIRES,
     TRAILER_HOST,
     TRAILER_SOURCE,
@@ -242,20 +241,3 @@ def write_commits(
             progress(f"signed {index}/{len(changed)} deploy commits")
     commits.update_refs(repo, updates, message=f"gitops publish {plan.source.short_id}")
     return Published(plan, written)
-
-
-def rollback_refs(repo: pygit2.Repository, published: Published) -> None:
-    """Put the local deploy refs back where they were (after a refused push)."""
-    updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
-    deletes = []
-    for plan in published.plan.changed:
-        new = published.commits[plan.host]
-        if plan.old_head is None:
-            deletes.append(deploy_ref(plan.host))
-        else:
-            updates[deploy_ref(plan.host)] = (new, plan.old_head)
-    commits.update_refs(repo, updates, message="gitops publish: push refused, rolled back")
-    for name in deletes:
-        ref = repo.references.get(name)
-        if ref is not None and ref.target == published.commits[name.removeprefix(DEPLOY_PREFIX)]:
-            ref.delete()
