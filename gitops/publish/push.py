@@ -29,6 +29,35 @@ def tracking_prefix(remote: str) -> str:
     return f"refs/gitops/publish/{hashlib.sha256(remote.encode()).hexdigest()[:16]}/"
 
 
+def remote_heads(
+    repository: pygit2.Repository, remote: str, *, progress: Progress = quiet
+) -> dict[str, pygit2.Oid]:
+    """The server's deploy heads (host -> commit), with their history in ``repository``.
+
+    One ``ls-remote`` says where they are; the fetch, which writes a tracking ref per
+    host, runs only when some head is not here yet (a fresh clone, another publisher).
+    """
+    git_dir = Path(repository.path)
+    listed = transport.list_refs(git_dir, remote, f"{DEPLOY_PREFIX}*")
+    heads = {
+        name.removeprefix(DEPLOY_PREFIX): pygit2.Oid(hex=sha)
+        for name, sha in listed.items()
+        if name.startswith(DEPLOY_PREFIX)
+    }
+    if all(oid in repository for oid in heads.values()):
+        return heads
+    tracking = tracking_prefix(remote)
+    progress(f"fetching deploy branches from {remote}")
+    transport.fetch(git_dir, remote, [f"+{DEPLOY_PREFIX}*:{tracking}*"], prune=True)
+    fetched = {}
+    for name in repository.references:
+        if name.startswith(tracking):
+            target = commits.ref_target(repository, name)
+            assert target is not None
+            fetched[name.removeprefix(tracking)] = target
+    return fetched
+
+
 def sync_from_remote(
     repository: pygit2.Repository,
     remote: str,
@@ -38,18 +67,10 @@ def sync_from_remote(
 ) -> None:
     """Start from the remote's deploy heads, refusing any that were rewound or that a
     publisher did not sign (someone pushed to a deploy branch by hand)."""
-    tracking = tracking_prefix(remote)
-    progress(f"fetching deploy branches from {remote}")
-    transport.fetch(Path(repository.path), remote, [f"+{DEPLOY_PREFIX}*:{tracking}*"])
     updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
-    for name in list(repository.references):
-        if not name.startswith(tracking):
-            continue
-        host = name.removeprefix(tracking)
+    for host, remote_head in sorted(remote_heads(repository, remote, progress=progress).items()):
         local_name = deploy_ref(host)
-        remote_head = commits.ref_target(repository, name)
         local_head = commits.ref_target(repository, local_name)
-        assert remote_head is not None
         if local_head == remote_head:
             continue
         _check_remote_head(repository, remote, host, remote_head, local_head, trust)
@@ -93,10 +114,10 @@ def push_published(
     lands and the local refs go back to where they were."""
     if not published.commits:
         return
-    refspecs = [f"{published.commits[h]}:{deploy_ref(h)}" for h in sorted(published.commits)]
-    progress(f"pushing {len(refspecs)} deploy branches to {remote} (atomic)")
+    updates = {deploy_ref(host): str(oid) for host, oid in sorted(published.commits.items())}
+    progress(f"pushing {len(updates)} deploy branches to {remote} (atomic)")
     try:
-        pushed = transport.push(Path(repository.path), remote, refspecs, atomic=True)
+        pushed = transport.push_commits(Path(repository.path), remote, updates, atomic=True)
     except GitopsError:
         rollback_refs(repository, published)
         raise

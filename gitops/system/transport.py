@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,9 @@ def _git(
     env: Mapping[str, str] | None,
     check: bool = True,
     timeout: float | None = 600,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    return process.run(["git", *args], check=check, env=env, timeout=timeout)
+    return process.run(["git", *args], check=check, env=env, timeout=timeout, input=input)
 
 
 class RefNotFoundError(GitopsError):
@@ -96,8 +98,10 @@ def fetch(
     *,
     env: Mapping[str, str] | None = None,
     depth: int | None = None,
+    prune: bool = False,
 ) -> None:
-    """Fetch only ``refspecs`` over protocol v2, no tags."""
+    """Fetch only ``refspecs`` over protocol v2, no tags; ``prune`` drops the local refs
+    a wildcard refspec maps to that the remote no longer has."""
     args: list[str | Path] = [
         "-c",
         "protocol.version=2",
@@ -111,6 +115,8 @@ def fetch(
     ]
     if depth is not None:
         args.append(f"--depth={depth}")
+    if prune:
+        args.append("--prune")
     result = _git([*args, remote, *refspecs], env=env, check=False)
     if result.returncode != 0:
         if "couldn't find remote ref" in result.stderr:
@@ -156,6 +162,110 @@ class PushResult:
         return [s for s in self.statuses if not s.ok]
 
 
+def _parse_push(
+    result: subprocess.CompletedProcess[str], remote: str, env: Mapping[str, str] | None
+) -> PushResult:
+    statuses = []
+    for line in result.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and len(parts[0]) == 1:
+            statuses.append(RefStatus(parts[1].split(":")[-1], parts[0], parts[2]))
+    message = _last_line(result.stderr, env)
+    if not statuses and result.returncode != 0:
+        raise GitopsError(f"push to {remote} failed: {message}")
+    return PushResult(tuple(statuses), message)
+
+
+def list_refs(
+    git_dir: Path, remote: str, pattern: str, *, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Every ref on ``remote`` matching ``pattern`` (e.g. ``refs/heads/deploy/*``) and the
+    commit it points to; protocol v2 asks the server for that prefix only."""
+    result = _git(
+        ["-c", "protocol.version=2", "--git-dir", git_dir, "ls-remote", "--refs", remote, pattern],
+        env=env,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise GitopsError(f"cannot reach {remote}: {_last_line(result.stderr, env)}")
+    found = {}
+    for line in result.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
+    return found
+
+
+def push_commits(
+    git_dir: Path,
+    remote: str,
+    updates: Mapping[str, str],
+    *,
+    env: Mapping[str, str] | None = None,
+    atomic: bool = False,
+) -> PushResult:
+    """Push ``updates`` (full ref name -> commit id) with one refspec whatever their number.
+
+    git matches every refspec against every ref, so one refspec per ref costs O(refs^2)
+    (~100 s at 10,000 refs) and a command line that grows with them (~700 KB). Instead the
+    refs are written, as one packed-refs file, into a throwaway repository that borrows
+    ``git_dir``'s objects (alternates) and configuration (include), and pushed from there
+    with ``refs/*:refs/*``: nothing is written in ``git_dir``. Never raises for a refusal,
+    like :func:`push`.
+    """
+    if not updates:
+        return PushResult()
+    url = _remote_url(git_dir, remote, env)
+    with tempfile.TemporaryDirectory(prefix="gitops-push-") as tmp:
+        scratch = Path(tmp) / "push.git"
+        _scratch_repository(scratch, git_dir, updates)
+        args: list[str | Path] = ["--git-dir", scratch, "push", "--porcelain", "--no-verify"]
+        if atomic:
+            args.append("--atomic")
+        # The URL, not the remote's name: pushing to a named remote would also write a
+        # remote-tracking ref per pushed ref in the scratch repository.
+        result = _git([*args, url, "refs/*:refs/*"], env=env, check=False)
+    return _parse_push(result, remote, env)
+
+
+def _remote_url(git_dir: Path, remote: str, env: Mapping[str, str] | None) -> str:
+    """The push URL of the remote named ``remote`` in ``git_dir``, or ``remote`` itself."""
+    for key in (f"remote.{remote}.pushurl", f"remote.{remote}.url"):
+        found = _git(["--git-dir", git_dir, "config", "--get", key], env=env, check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip()
+    return remote
+
+
+def _common_dir(git_dir: Path) -> Path:
+    """Where a repository's objects and configuration live (a linked work tree's git
+    directory points there with a ``commondir`` file)."""
+    resolved = git_dir.resolve()
+    pointer = resolved / "commondir"
+    if pointer.is_file():
+        return (resolved / pointer.read_text(encoding="utf-8").strip()).resolve()
+    return resolved
+
+
+def _scratch_repository(path: Path, borrow_from: Path, refs: Mapping[str, str]) -> None:
+    for ref in refs:
+        if not ref.startswith("refs/") or any(c.isspace() for c in ref):
+            raise ValueError(f"not a full ref name: {ref!r}")
+    (path / "objects" / "info").mkdir(parents=True)
+    (path / "refs").mkdir()
+    (path / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+    origin = _common_dir(borrow_from)
+    # The include brings the user's url.*.insteadOf, http.* and credential settings;
+    # bare = true after it overrides the work tree setting it may carry.
+    (path / "config").write_text(
+        f"[include]\n\tpath = {origin / 'config'}\n[core]\n\tbare = true\n", encoding="utf-8"
+    )
+    (path / "objects" / "info" / "alternates").write_text(f"{origin / 'objects'}\n", "utf-8")
+    lines = "".join(f"{refs[ref]} {ref}\n" for ref in sorted(refs, key=str.encode))
+    (path / "packed-refs").write_text(
+        "# pack-refs with: peeled fully-peeled sorted \n" + lines, encoding="utf-8"
+    )
+
+
 def push(
     git_dir: Path,
     remote: str,
@@ -169,15 +279,7 @@ def push(
     if atomic:
         args.append("--atomic")
     result = _git([*args, remote, *refspecs], env=env, check=False)
-    statuses = []
-    for line in result.stdout.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and len(parts[0]) == 1:
-            statuses.append(RefStatus(parts[1].split(":")[-1], parts[0], parts[2]))
-    message = _last_line(result.stderr, env)
-    if not statuses and result.returncode != 0:
-        raise GitopsError(f"push to {remote} failed: {message}")
-    return PushResult(tuple(statuses), message)
+    return _parse_push(result, remote, env)
 
 
 # What ssh and git say when the cause is not git's own: shown instead of git's generic
