@@ -155,6 +155,8 @@ def generate_fleet(root: Path, count: int) -> Fleet:
             "utf-8",
         )
     git(root, "init", "-q", "-b", "main")
+    # No background gc: it would repack while a contender runs (or while the fleet is copied).
+    git(root, "config", "gc.auto", "0")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", f"Initial fleet of {count} hosts")
     return Fleet(root, hosts, kiosks, root.parent / f"{root.name}-publisher")
@@ -256,6 +258,7 @@ def _copy_fleet(pristine: Fleet, into: Path) -> tuple[Fleet, Path]:
     shutil.copytree(pristine.root, root, symlinks=True)
     server = into / "server.git"
     git(into, "init", "-q", "--bare", "-b", "main", server)
+    git(server, "config", "gc.auto", "0")
     git(root, "remote", "add", "origin", server)  # a named remote, as an admin's clone has
     git(root, "push", "-q", "origin", "main")
     return Fleet(root, pristine.hosts, pristine.kiosk_hosts, pristine.publisher_key), server

@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--remote", default="origin", help="remote to push to (default: origin)"
             )
+            sub.add_argument(
+                "--recover",
+                action="store_true",
+                help="after the server's deploy/<host> was rewritten (restored from a backup): "
+                "push a signed commit on top of it that supersedes what the host applied "
+                "(needs exactly one --host; implies --push)",
+            )
+            sub.add_argument(
+                "--applied",
+                metavar="SHA",
+                help="with --recover: the deploy commit the host runs, when its reports "
+                "cannot say (default: read from its newest verified report)",
+            )
 
     verify = commands.add_parser(
         "verify", help="verify a commit's signature like git verify-commit"
@@ -153,6 +166,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gitops.commands import publish_cmd
+    from gitops.publish import recover, run
+
+    if args.applied is not None and not args.recover:
+        parser.error("--applied goes with --recover")
+    if args.recover:
+        if len(args.host) != 1:
+            parser.error("--recover needs exactly one --host")
+        return publish_cmd.recover(
+            recover.Request(
+                repo=args.repo,
+                source=args.source,
+                host=args.host[0],
+                key_path=args.key,
+                remote=args.remote,
+                applied=args.applied,
+            ),
+            as_json=args.json,
+        )
+    request = run.Request(
+        repo=args.repo,
+        source=args.source,
+        hosts=tuple(args.host),
+        key_path=args.key,
+        push=args.push,
+        remote=args.remote,
+    )
+    return publish_cmd.publish(request, as_json=args.json)
+
+
 def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,18 +219,7 @@ def execute(argv: Sequence[str]) -> int:
 
             return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
         case "publish":
-            from gitops.commands import publish_cmd
-            from gitops.publish.run import Request
-
-            request = Request(
-                repo=args.repo,
-                source=args.source,
-                hosts=tuple(args.host),
-                key_path=args.key,
-                push=args.push,
-                remote=args.remote,
-            )
-            return publish_cmd.publish(request, as_json=args.json)
+            return _publish(parser, args)
         case "verify":
             from gitops.commands import verify_cmd
 

@@ -1,21 +1,19 @@
-"""Publishing against the git server: start from its deploy heads, push atomically, and
-put the local refs back when the server refuses."""
+"""Publishing against the git server: read its deploy heads, push atomically, and put
+the local refs back when the server refuses."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.protocol import DEPLOY_PREFIX, branch_name, deploy_ref
+from gitops.protocol import DEPLOY_PREFIX, deploy_ref
 from gitops.publish.plan import Published
 from gitops.system import transport
 from gitops.trust import commits
-from gitops.trust.allowed_signers import AllowedSigners
-from gitops.trust.sshsig import SignatureError
 
 Progress = Callable[[str], None]
 
@@ -58,49 +56,46 @@ def remote_heads(
     return fetched
 
 
-def sync_from_remote(
-    repository: pygit2.Repository,
-    remote: str,
-    trust: AllowedSigners,
-    *,
-    progress: Progress = quiet,
+def adopt(
+    repository: pygit2.Repository, heads: Mapping[str, pygit2.Oid | None], *, remote: str
 ) -> None:
-    """Start from the remote's deploy heads, refusing any that were rewound or that a
-    publisher did not sign (someone pushed to a deploy branch by hand)."""
+    """Make the local deploy refs of ``heads``' hosts point where the server's do (after
+    those were checked): what this clone knows next time. None deletes the local ref."""
     updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
-    for host, remote_head in sorted(remote_heads(repository, remote, progress=progress).items()):
-        local_name = deploy_ref(host)
-        local_head = commits.ref_target(repository, local_name)
-        if local_head == remote_head:
+    for host, head in heads.items():
+        local = commits.ref_target(repository, deploy_ref(host))
+        if local == head:
             continue
-        _check_remote_head(repository, remote, host, remote_head, local_head, trust)
-        updates[local_name] = (local_head, remote_head)
-    commits.update_refs(repository, updates, message=f"gitops publish: sync from {remote}")
+        if head is None:
+            repository.references.delete(deploy_ref(host))
+        else:
+            updates[deploy_ref(host)] = (local, head)
+    commits.update_refs(repository, updates, message=f"gitops publish: as on {remote}")
 
 
-def _check_remote_head(
-    repository: pygit2.Repository,
-    remote: str,
-    host: str,
-    remote_head: pygit2.Oid,
-    local_head: pygit2.Oid | None,
-    trust: AllowedSigners,
-) -> None:
-    branch = branch_name(deploy_ref(host))
-    try:
-        commits.verify_commit(repository, remote_head, trust)
-    except SignatureError as err:
-        raise GitopsError(
-            f"{branch} on {remote} has a head {str(remote_head)[:8]} that no publisher "
-            f"signed ({err}): someone pushed to it by hand. Investigate, then put the last "
-            f"good commit back with 'git push --force {remote} <good>:{deploy_ref(host)}'"
-        ) from err
-    if local_head is not None and not repository.descendant_of(remote_head, local_head):
-        raise GitopsError(
-            f"{branch} on {remote} does not descend from the local one "
-            f"({str(remote_head)[:8]} vs {str(local_head)[:8]}): it was rewound or rewritten; "
-            "hosts will refuse it. Investigate before publishing"
-        )
+class PushRaceError(GitopsError):
+    """The server's deploy branches moved between reading and pushing (another publish);
+    nothing landed and the local refs are rolled back: read them again and retry."""
+
+
+# How git says a ref moved under us: on the client "fetch first" or "non-fast-forward";
+# on the server, when a ref's value changed between the advertisement and the locked
+# update, "failed to update ref" or, for an atomic push, "atomic transaction failed" on
+# every ref. The client marks the others of an atomic push "atomic push failed".
+_RACE = (
+    "fetch first",
+    "non-fast-forward",
+    "stale info",
+    "failed to update ref",
+    "cannot lock",
+    "atomic transaction failed",
+)
+_ATOMIC = "atomic push failed"
+
+
+def _is_race(refused: Sequence[transport.RefStatus]) -> bool:
+    raced = [s for s in refused if any(marker in s.summary for marker in _RACE)]
+    return bool(raced) and all(s in raced or _ATOMIC in s.summary for s in refused)
 
 
 def push_published(
@@ -125,6 +120,8 @@ def push_published(
         rollback_refs(repository, published)
         refused = pushed.refused()
         details = "; ".join(f"{s.ref}: {s.summary}" for s in refused[:5]) or pushed.message
+        if _is_race(refused):
+            raise PushRaceError(f"{remote}'s deploy branches moved while publishing: {details}")
         raise GitopsError(
             f"{remote} refused the push, so nothing was published (local refs rolled back): {details}"
         )

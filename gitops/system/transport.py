@@ -15,7 +15,8 @@ import base64
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,9 +100,11 @@ def fetch(
     env: Mapping[str, str] | None = None,
     depth: int | None = None,
     prune: bool = False,
+    stdin: bool = False,
 ) -> None:
     """Fetch only ``refspecs`` over protocol v2, no tags; ``prune`` drops the local refs
-    a wildcard refspec maps to that the remote no longer has."""
+    a wildcard refspec maps to that the remote no longer has; ``stdin`` passes the
+    refspecs on standard input, for lists that grow with the fleet."""
     args: list[str | Path] = [
         "-c",
         "protocol.version=2",
@@ -117,7 +120,11 @@ def fetch(
         args.append(f"--depth={depth}")
     if prune:
         args.append("--prune")
-    result = _git([*args, remote, *refspecs], env=env, check=False)
+    if stdin:
+        args.append("--stdin")
+    arguments = [*args, remote, *([] if stdin else refspecs)]
+    listed = "".join(f"{refspec}\n" for refspec in refspecs) if stdin else None
+    result = _git(arguments, env=env, check=False, input=listed)
     if result.returncode != 0:
         if "couldn't find remote ref" in result.stderr:
             raise RefNotFoundError(f"{remote} has no {', '.join(refspecs)}")
@@ -207,17 +214,14 @@ def push_commits(
 
     git matches every refspec against every ref, so one refspec per ref costs O(refs^2)
     (~100 s at 10,000 refs) and a command line that grows with them (~700 KB). Instead the
-    refs are written, as one packed-refs file, into a throwaway repository that borrows
-    ``git_dir``'s objects (alternates) and configuration (include), and pushed from there
-    with ``refs/*:refs/*``: nothing is written in ``git_dir``. Never raises for a refusal,
-    like :func:`push`.
+    refs are written, as one packed-refs file, into a :func:`scratch_repository` that
+    borrows ``git_dir``'s objects, and pushed from there with ``refs/*:refs/*``: nothing is
+    written in ``git_dir``. Never raises for a refusal, like :func:`push`.
     """
     if not updates:
         return PushResult()
-    url = _remote_url(git_dir, remote, env)
-    with tempfile.TemporaryDirectory(prefix="gitops-push-") as tmp:
-        scratch = Path(tmp) / "push.git"
-        _scratch_repository(scratch, git_dir, updates)
+    url = remote_url(git_dir, remote, env=env)
+    with scratch_repository(git_dir, updates) as scratch:
         args: list[str | Path] = ["--git-dir", scratch, "push", "--porcelain", "--no-verify"]
         if atomic:
             args.append("--atomic")
@@ -227,7 +231,7 @@ def push_commits(
     return _parse_push(result, remote, env)
 
 
-def _remote_url(git_dir: Path, remote: str, env: Mapping[str, str] | None) -> str:
+def remote_url(git_dir: Path, remote: str, *, env: Mapping[str, str] | None = None) -> str:
     """The push URL of the remote named ``remote`` in ``git_dir``, or ``remote`` itself."""
     for key in (f"remote.{remote}.pushurl", f"remote.{remote}.url"):
         found = _git(["--git-dir", git_dir, "config", "--get", key], env=env, check=False)
@@ -246,24 +250,32 @@ def _common_dir(git_dir: Path) -> Path:
     return resolved
 
 
-def _scratch_repository(path: Path, borrow_from: Path, refs: Mapping[str, str]) -> None:
+@contextmanager
+def scratch_repository(borrow_from: Path, refs: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """A throwaway bare repository that reads ``borrow_from``'s objects (alternates) and
+    configuration (include: url.*.insteadOf, http.*, credentials), holding ``refs`` (full
+    name -> commit id) in one packed-refs file; removed on exit."""
+    refs = refs or {}
     for ref in refs:
         if not ref.startswith("refs/") or any(c.isspace() for c in ref):
             raise ValueError(f"not a full ref name: {ref!r}")
-    (path / "objects" / "info").mkdir(parents=True)
-    (path / "refs").mkdir()
-    (path / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
     origin = _common_dir(borrow_from)
-    # The include brings the user's url.*.insteadOf, http.* and credential settings;
-    # bare = true after it overrides the work tree setting it may carry.
-    (path / "config").write_text(
-        f"[include]\n\tpath = {origin / 'config'}\n[core]\n\tbare = true\n", encoding="utf-8"
-    )
-    (path / "objects" / "info" / "alternates").write_text(f"{origin / 'objects'}\n", "utf-8")
-    lines = "".join(f"{refs[ref]} {ref}\n" for ref in sorted(refs, key=str.encode))
-    (path / "packed-refs").write_text(
-        "# pack-refs with: peeled fully-peeled sorted \n" + lines, encoding="utf-8"
-    )
+    with tempfile.TemporaryDirectory(prefix="gitops-scratch-") as tmp:
+        path = Path(tmp) / "scratch.git"
+        (path / "objects" / "info").mkdir(parents=True)
+        (path / "refs").mkdir()
+        (path / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+        # bare = true after the include overrides the work tree setting it may carry.
+        (path / "config").write_text(
+            f"[include]\n\tpath = {origin / 'config'}\n[core]\n\tbare = true\n",
+            encoding="utf-8",
+        )
+        (path / "objects" / "info" / "alternates").write_text(f"{origin / 'objects'}\n", "utf-8")
+        lines = "".join(f"{refs[ref]} {ref}\n" for ref in sorted(refs, key=str.encode))
+        (path / "packed-refs").write_text(
+            "# pack-refs with: peeled fully-peeled sorted \n" + lines, encoding="utf-8"
+        )
+        yield path
 
 
 def push(
