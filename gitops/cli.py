@@ -1,13 +1,15 @@
 """``gitops``: the command line. Arguments are parsed here into typed values, each command
 gets explicit arguments, and only ``main`` turns errors into exit codes:
 0 success, 1 an expected failure (its message says what to do), 2 usage,
-3 an unexpected error (a bug: rerun with --debug for a traceback), 130 interrupted.
+3 an unexpected error (a bug: rerun with --debug for a traceback), 130 interrupted,
+141 the reader of our output went away (a closed pipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ log = logging.getLogger("gitops")
 EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +243,13 @@ def execute(argv: Sequence[str]) -> int:
     return EXIT_USAGE  # pragma: no cover - parser.error exits
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments
@@ -253,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("gitops: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output stopped (`gitops plan --json | head -1`): stop quietly,
+        # with the status a program killed by SIGPIPE has, as git does.
+        _discard_stdout()
+        code = EXIT_BROKEN_PIPE
     except Exception as err:
         if debug:
             raise

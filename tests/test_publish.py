@@ -3,6 +3,7 @@ changed hosts, atomic pushes that roll back locally when refused."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -260,3 +261,21 @@ def test_render_is_deterministic_and_cheap(fleet: Fleet) -> None:
     assert [h.new_tree for h in plan_a.hosts] == [h.new_tree for h in plan_b.hosts]
     with pytest.raises(GitopsError, match="no such revision"):
         publish.make_plan(repo, "does-not-exist")
+
+
+def test_plan_json_into_a_closed_pipe_stops_quietly(fleet: Fleet) -> None:
+    """``gitops plan --json | head -1``: the reader goes away before we write."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gitops", "plan", "--repo", str(fleet.root), "--json"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.stderr == ""
+    assert done.returncode == 141
