@@ -236,10 +236,10 @@ class Timed:
     cpu: float  # of this process and every child it waited for (git, the server side)
 
 
-def _timed_run(command: list[str], env: dict[str, str]) -> tuple[Timed, str]:
+def _timed_run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[Timed, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -290,7 +290,8 @@ def run_cli(fleet: Fleet, server: Path, code: Path) -> list[Timed]:
             "origin",
             "--json",
         ]
-        timed, stdout = _timed_run(command, env)
+        # In ``code``: ``python -m`` looks in the working directory before PYTHONPATH.
+        timed, stdout = _timed_run(command, env, code)
         written = len(json.loads(stdout)["commits"])
         if written != _expected(fleet, step):
             raise SystemExit(
