@@ -112,7 +112,13 @@ def push_published(
     updates = {deploy_ref(host): str(oid) for host, oid in sorted(published.commits.items())}
     progress(f"pushing {len(updates)} deploy branches to {remote} (atomic)")
     try:
-        pushed = transport.push_commits(Path(repository.path), remote, updates, atomic=True)
+        pushed = transport.push_commits(
+            Path(repository.path),
+            remote,
+            updates,
+            atomic=True,
+            outside=str(published.plan.source.id),
+        )
     except GitopsError:
         rollback_refs(repository, published)
         raise

@@ -209,6 +209,7 @@ def push_commits(
     *,
     env: Mapping[str, str] | None = None,
     atomic: bool = False,
+    outside: str | None = None,
 ) -> PushResult:
     """Push ``updates`` (full ref name -> commit id) with one refspec whatever their number.
 
@@ -217,11 +218,18 @@ def push_commits(
     refs are written, as one packed-refs file, into a :func:`scratch_repository` that
     borrows ``git_dir``'s objects, and pushed from there with ``refs/*:refs/*``: nothing is
     written in ``git_dir``. Never raises for a refusal, like :func:`push`.
+
+    ``outside``: a commit that none of the pushed commits descends from (e.g. the main
+    commit they were made from). The scratch repository is made shallow at it, which
+    changes nothing about what is pushed, but makes git's pack-objects leave out every
+    object reachable from the *server's* refs, not only from the pushed commits' parents:
+    deploy trees share most of their objects with main, so a first publish sends 30,000
+    objects instead of 70,000 at 10,000 hosts.
     """
     if not updates:
         return PushResult()
     url = remote_url(git_dir, remote, env=env)
-    with scratch_repository(git_dir, updates) as scratch:
+    with scratch_repository(git_dir, updates, shallow=outside) as scratch:
         args: list[str | Path] = ["--git-dir", scratch, "push", "--porcelain", "--no-verify"]
         if atomic:
             args.append("--atomic")
@@ -251,10 +259,12 @@ def _common_dir(git_dir: Path) -> Path:
 
 
 @contextmanager
-def scratch_repository(borrow_from: Path, refs: Mapping[str, str] | None = None) -> Iterator[Path]:
+def scratch_repository(
+    borrow_from: Path, refs: Mapping[str, str] | None = None, *, shallow: str | None = None
+) -> Iterator[Path]:
     """A throwaway bare repository that reads ``borrow_from``'s objects (alternates) and
     configuration (include: url.*.insteadOf, http.*, credentials), holding ``refs`` (full
-    name -> commit id) in one packed-refs file; removed on exit."""
+    name -> commit id) in one packed-refs file, shallow at ``shallow``; removed on exit."""
     refs = refs or {}
     for ref in refs:
         if not ref.startswith("refs/") or any(c.isspace() for c in ref):
@@ -275,6 +285,8 @@ def scratch_repository(borrow_from: Path, refs: Mapping[str, str] | None = None)
         (path / "packed-refs").write_text(
             "# pack-refs with: peeled fully-peeled sorted \n" + lines, encoding="utf-8"
         )
+        if shallow is not None:
+            (path / "shallow").write_text(f"{shallow}\n", encoding="utf-8")
         yield path
 
 
