@@ -1,6 +1,6 @@
 """B2: ``gitops publish`` on generated fleets of 100 and 1,000 hosts.
 
-    .venv/bin/python bench/publish.py [--hosts 100 1000] [--cli-hosts 1000]
+    .venv/bin/python bench/publish.py [--hosts 100 1000] [--cli-hosts 1000] [--before REV]
 
 For each size, a fleet repository is generated and committed with git: fleet.yaml with a
 publisher key, ``hosts/<host>/`` (host.yaml with the host's own real Ed25519 key,
@@ -17,10 +17,20 @@ The plain-tool comparison: writing the same signed commits (same trees, same par
 ``git commit-tree -S`` (gpg.format=ssh: one ssh-keygen per commit), as a shell script
 around git would.
 
-Then, once, for ``--cli-hosts`` (1,000 by default): the real CLI end to end,
-``python -m gitops publish --push`` into a bare repository, for the first publish and for
-the kiosk change (fetching deploy/*, verifying the remote heads, planning, signing,
-an atomic push).
+Then, for ``--cli-hosts`` hosts (1,000 by default), one generated fleet copied once per
+contender, the same two steps (first publish; the kiosk change, 10 % of the hosts) through:
+
+* the library path: ``make_plan`` + ``write_commits`` in this process;
+* the real CLI end to end, ``python -m gitops publish --push --json`` into a bare
+  repository (checks the server's deploy heads, plans, signs, one atomic push);
+* with ``--before REV``, the CLI of an older commit (its ``gitops/`` extracted with
+  ``git archive``), to show a change's effect measured in the same run.
+
+Wall seconds are printed with CPU seconds (of the process and every child it waited for,
+so the git processes and the receiving server are counted): on a shared machine wall time
+varies with the load, CPU time much less.
+
+    .venv/bin/python bench/publish.py --hosts 1000 --cli-hosts 10000 --before 0ea409c
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gitops.publish import plan as publish
 from gitops.trust import keys
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 PUBLISHER = "ci@example.org"
 CHANGED_PROFILE = "kiosk"
 ROLES = ("workstation", "server", "developer")
@@ -142,6 +155,8 @@ def generate_fleet(root: Path, count: int) -> Fleet:
             "utf-8",
         )
     git(root, "init", "-q", "-b", "main")
+    # No background gc: it would repack while a contender runs (or while the fleet is copied).
+    git(root, "config", "gc.auto", "0")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", f"Initial fleet of {count} hosts")
     return Fleet(root, hosts, kiosks, root.parent / f"{root.name}-publisher")
@@ -215,14 +230,50 @@ def run_library(fleet: Fleet) -> list[Step]:
     return steps
 
 
-def run_cli(fleet: Fleet, server: Path) -> list[tuple[str, float, int]]:
-    git(server.parent, "init", "-q", "--bare", "-b", "main", server)
-    # A named remote, as an admin's clone has.
-    git(fleet.root, "remote", "add", "origin", server)
-    git(fleet.root, "push", "-q", "origin", "main")
+@dataclass(frozen=True)
+class Timed:
+    wall: float
+    cpu: float  # of this process and every child it waited for (git, the server side)
+
+
+def _timed_run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[Timed, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=cwd)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if result.returncode != 0:
+        raise SystemExit(f"gitops publish failed:\n{result.stderr}")
+    return Timed(wall, cpu), result.stdout
+
+
+STEPS = ("first publish", f"{CHANGED_PROFILE} changed (10 %)")
+
+
+def _copy_fleet(pristine: Fleet, into: Path) -> tuple[Fleet, Path]:
+    """A copy of the generated fleet with its own empty bare server, pushed main."""
+    into.mkdir()
+    root = into / "fleet"
+    shutil.copytree(pristine.root, root, symlinks=True)
+    server = into / "server.git"
+    git(into, "init", "-q", "--bare", "-b", "main", server)
+    git(server, "config", "gc.auto", "0")
+    git(root, "remote", "add", "origin", server)  # a named remote, as an admin's clone has
+    git(root, "push", "-q", "origin", "main")
+    return Fleet(root, pristine.hosts, pristine.kiosk_hosts, pristine.publisher_key), server
+
+
+def _expected(fleet: Fleet, step: str) -> int:
+    return len(fleet.hosts) if step == STEPS[0] else len(fleet.kiosk_hosts)
+
+
+def run_cli(fleet: Fleet, server: Path, code: Path) -> list[Timed]:
+    """``python -m gitops publish --push`` with the package found in ``code``."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
     results = []
-    for name in ("first publish", f"publish after a {CHANGED_PROFILE} change"):
-        if name != "first publish":
+    for step in STEPS:
+        if step != STEPS[0]:
             change_profile(fleet)
             git(fleet.root, "push", "-q", "origin", "main")
         command = [
@@ -239,26 +290,78 @@ def run_cli(fleet: Fleet, server: Path) -> list[tuple[str, float, int]]:
             "origin",
             "--json",
         ]
-        started = time.perf_counter()
-        result = subprocess.run(command, check=False, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if result.returncode != 0:
-            raise SystemExit(f"gitops publish failed:\n{result.stderr}")
-        written = len(json.loads(result.stdout)["commits"])
-        expected = len(fleet.hosts) if name == "first publish" else len(fleet.kiosk_hosts)
-        if written != expected:
-            raise SystemExit(f"CLI {name}: wrote {written} commits, expected {expected}")
+        # In ``code``: ``python -m`` looks in the working directory before PYTHONPATH.
+        timed, stdout = _timed_run(command, env, code)
+        written = len(json.loads(stdout)["commits"])
+        if written != _expected(fleet, step):
+            raise SystemExit(
+                f"CLI {step}: wrote {written} commits, expected {_expected(fleet, step)}"
+            )
         pushed = git(server, "for-each-ref", "--format=%(refname)", "refs/heads/deploy/")
         if len(pushed.splitlines()) != len(fleet.hosts):
             raise SystemExit("CLI: the server does not have every deploy branch")
-        results.append((name, seconds, written))
+        results.append(timed)
     return results
+
+
+def run_library_path(fleet: Fleet) -> list[Timed]:
+    """What the CLI is compared with: make_plan + write_commits in this process."""
+    key = keys.load_signing_key(fleet.publisher_key)
+    results = []
+    for step in STEPS:
+        if step != STEPS[0]:
+            change_profile(fleet)
+        started, cpu = time.perf_counter(), time.process_time()
+        repo = pygit2.Repository(str(fleet.root))
+        published = publish.write_commits(repo, publish.make_plan(repo, "main"), key)
+        results.append(Timed(time.perf_counter() - started, time.process_time() - cpu))
+        if len(published.commits) != _expected(fleet, step):
+            raise SystemExit(f"library {step}: wrote {len(published.commits)} commits")
+    return results
+
+
+def _old_code(rev: str, into: Path) -> Path:
+    """The gitops package as of ``rev``, extracted from this repository."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "archive", rev, "gitops"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def compare_cli(work: Path, count: int, before: str | None) -> None:
+    pristine = generate_fleet(work / "pristine" / "fleet", count)
+    variants: list[tuple[str, Path | None]] = [("library", None), ("CLI", REPOSITORY)]
+    if before:
+        variants.append((f"CLI {before}", _old_code(before, work / "before")))
+    figures: dict[str, list[Timed]] = {}
+    for name, code in variants:
+        fleet, server = _copy_fleet(pristine, work / name.replace(" ", "-"))
+        figures[name] = run_library_path(fleet) if code is None else run_cli(fleet, server, code)
+    print(f"\nCLI vs library path, {count:,} hosts: wall s (CPU s, git and the server included)")
+    header = f"{'step':<22}" + "".join(f"{name:>20}" for name, _ in variants)
+    print(header + "".join(f"{name + ' / lib':>20}" for name, _ in variants[1:]))
+    for index, step in enumerate(STEPS):
+        library = figures["library"][index]
+        row = f"{step:<22}"
+        for name, _ in variants:
+            timed = figures[name][index]
+            row += f"{timed.wall:>12.2f} ({timed.cpu:>5.1f})"
+        for name, _ in variants[1:]:
+            row += f"{figures[name][index].wall / library.wall:>19.2f}x"
+        print(row)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--hosts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--cli-hosts", type=int, default=1000, help="0 to skip the CLI run")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run the CLI of this commit (e.g. the last one before a change), same fleet",
+    )
     args = parser.parse_args(argv)
     print(f"B2 publish; {machine()}")
     with tempfile.TemporaryDirectory(prefix="gitops-bench-publish-") as tmp:
@@ -285,10 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{step.commits:>8,} {plain} {ratio}"
                 )
         if args.cli_hosts:
-            fleet = generate_fleet(work / f"cli-fleet-{args.cli_hosts}", args.cli_hosts)
-            print(f"\nCLI end to end, {args.cli_hosts:,} hosts: python -m gitops publish --push")
-            for name, seconds, written in run_cli(fleet, work / "server.git"):
-                print(f"  {name:<32} {seconds:>7.2f} s  {written:>6,} commits pushed")
+            compare_cli(work / "cli", args.cli_hosts, args.before)
     return 0
 
 

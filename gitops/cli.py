@@ -1,13 +1,15 @@
 """``gitops``: the command line. Arguments are parsed here into typed values, each command
 gets explicit arguments, and only ``main`` turns errors into exit codes:
 0 success, 1 an expected failure (its message says what to do), 2 usage,
-3 an unexpected error (a bug: rerun with --debug for a traceback), 130 interrupted.
+3 an unexpected error (a bug: rerun with --debug for a traceback), 130 interrupted,
+141 the reader of our output went away (a closed pipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ log = logging.getLogger("gitops")
 EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.add_argument(
                 "--remote", default="origin", help="remote to push to (default: origin)"
+            )
+            sub.add_argument(
+                "--recover",
+                action="store_true",
+                help="after the server's deploy/<host> was rewritten (restored from a backup): "
+                "push a signed commit on top of it that supersedes what the host applied "
+                "(needs exactly one --host; implies --push)",
+            )
+            sub.add_argument(
+                "--applied",
+                metavar="SHA",
+                help="with --recover: the deploy commit the host runs, when its reports "
+                "cannot say (default: read from its newest verified report)",
             )
 
     verify = commands.add_parser(
@@ -191,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gitops.commands import publish_cmd
+    from gitops.publish import recover, run
+
+    if args.applied is not None and not args.recover:
+        parser.error("--applied goes with --recover")
+    if args.recover:
+        if len(args.host) != 1:
+            parser.error("--recover needs exactly one --host")
+        return publish_cmd.recover(
+            recover.Request(
+                repo=args.repo,
+                source=args.source,
+                host=args.host[0],
+                key_path=args.key,
+                remote=args.remote,
+                applied=args.applied,
+            ),
+            as_json=args.json,
+        )
+    request = run.Request(
+        repo=args.repo,
+        source=args.source,
+        hosts=tuple(args.host),
+        key_path=args.key,
+        push=args.push,
+        remote=args.remote,
+    )
+    return publish_cmd.publish(request, as_json=args.json)
+
+
 def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -213,17 +260,7 @@ def execute(argv: Sequence[str]) -> int:
 
             return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
         case "publish":
-            from gitops.commands import publish_cmd
-
-            return publish_cmd.publish(
-                args.repo,
-                args.source,
-                args.host,
-                key_path=args.key,
-                push=args.push,
-                remote=args.remote,
-                as_json=args.json,
-            )
+            return _publish(parser, args)
         case "verify":
             from gitops.commands import verify_cmd
 
@@ -254,6 +291,13 @@ def execute(argv: Sequence[str]) -> int:
     return EXIT_USAGE  # pragma: no cover - parser.error exits
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments
@@ -267,6 +311,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("gitops: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output stopped (`gitops plan --json | head -1`): stop quietly,
+        # with the status a program killed by SIGPIPE has, as git does.
+        _discard_stdout()
+        code = EXIT_BROKEN_PIPE
     except Exception as err:
         if debug:
             raise

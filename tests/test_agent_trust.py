@@ -144,17 +144,27 @@ def deploy_commit(
     trailers: Mapping[str, str] | None = None,
     signed: bool = True,
     when: datetime | None = None,
+    inherit_generation: bool = True,
 ) -> str:
     """A deploy commit written by hand (signed by the publisher unless ``signed`` is off),
     addressed to ``host`` unless ``trailers`` say otherwise."""
     repo = demo.repository()
     parent_ids = [pygit2.Oid(hex=p) for p in parents]
+    first = repo.get(parent_ids[0]) if parent_ids else None
+    assert first is None or isinstance(first, pygit2.Commit)
     if tree is None:
-        first = repo.get(parent_ids[0])
-        assert isinstance(first, pygit2.Commit)
+        assert first is not None
         tree = first.tree_id
+    # Like publish, carry the source generation on (a commit without it after one with it
+    # is refused, which is not what most of these tests are about).
+    inherited: dict[str, str] = {}
+    if first is not None and inherit_generation:
+        inherited = commits.trailers(first.message)
+    generation: dict[str, str] = {}
+    if TRAILER_SOURCE_GENERATION in inherited:
+        generation[TRAILER_SOURCE_GENERATION] = inherited[TRAILER_SOURCE_GENERATION]
     message = commits.format_message(
-        f"deploy {host}: by hand", "", {TRAILER_HOST: host, **(trailers or {})}
+        f"deploy {host}: by hand", "", {TRAILER_HOST: host, **generation, **(trailers or {})}
     )
     author = commits.signature_of("publisher", PUBLISHER, when)
     if not signed:
@@ -259,7 +269,7 @@ def test_source_generation_never_goes_down(demo: DemoFleet) -> None:
     older = deploy_commit(demo, "alpha", [newer], trailers={TRAILER_SOURCE_GENERATION: "5"})
     push(demo, "alpha", older)
     assert_refused(once(demo, "alpha"), "rendered from an older main", "5 < 7")
-    missing = deploy_commit(demo, "alpha", [newer])
+    missing = deploy_commit(demo, "alpha", [newer], inherit_generation=False)
     push(demo, "alpha", missing)
     assert_refused(once(demo, "alpha"), "no Source-Generation trailer")
     same = deploy_commit(demo, "alpha", [newer], trailers={TRAILER_SOURCE_GENERATION: "7"})

@@ -3,6 +3,7 @@ changed hosts, atomic pushes that roll back locally when refused."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ def test_first_publish_writes_one_signed_branch_per_host(fleet: Fleet) -> None:
         )
         assert verify.returncode == 0, verify.stderr
         trailers = commits.trailers(git_out("log", "-1", "--format=%B", head, cwd=fleet.root))
-        assert trailers == {"Source-Commit": main, "Gitops-Host": host}
+        assert trailers == {"Source-Commit": main, "Source-Generation": "1", "Gitops-Host": host}
     assert _tree_paths(fleet.repo, deploy_ref("dev-ws-1")) == {
         "flake.nix",
         "modules/default.nix",
@@ -216,7 +217,10 @@ def test_push_refuses_rewound_or_unsigned_remote_heads(fleet: Fleet, tmp_path: P
     commit_all(fleet.root, "server: acme")
     done = _publish(fleet, "--push")
     assert done.returncode == 1
-    assert "deploy/web-1 on origin does not descend from the local one" in done.stderr
+    assert "1 host not published (web-1)" in done.stderr
+    assert "deploy/web-1 on origin was rewound or rewritten" in done.stderr
+    assert fleet.head("web-1", fleet.remote) == first, "nothing built on the rewound branch"
+    assert fleet.head("web-2", fleet.remote) == fleet.head("web-2"), "web-2 was published"
     # Put it back, then someone pushes an unsigned commit on web-2.
     git(
         "push",
@@ -231,9 +235,12 @@ def test_push_refuses_rewound_or_unsigned_remote_heads(fleet: Fleet, tmp_path: P
         "commit-tree", tree, "-p", deploy_ref("web-2"), "-m", "sneaky", cwd=fleet.root
     )
     git("push", "-q", "origin", f"{unsigned}:{deploy_ref('web-2')}", cwd=fleet.root)
+    (fleet.root / "profiles" / "server.nix").write_text(standin.profile_file("server", ["acme"]))
+    commit_all(fleet.root, "server: only acme")
     done = _publish(fleet, "--push")
     assert done.returncode == 1
-    assert "that no publisher signed (not signed)" in done.stderr
+    assert "deploy/web-2 on origin: its head is not signed by a publisher" in done.stderr
+    assert fleet.head("web-2", fleet.remote) == unsigned
 
 
 def test_expires_trailer(fleet: Fleet) -> None:
@@ -254,3 +261,21 @@ def test_render_is_deterministic_and_cheap(fleet: Fleet) -> None:
     assert [h.new_tree for h in plan_a.hosts] == [h.new_tree for h in plan_b.hosts]
     with pytest.raises(GitopsError, match="no such revision"):
         publish.make_plan(repo, "does-not-exist")
+
+
+def test_plan_json_into_a_closed_pipe_stops_quietly(fleet: Fleet) -> None:
+    """``gitops plan --json | head -1``: the reader goes away before we write."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gitops", "plan", "--repo", str(fleet.root), "--json"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.stderr == ""
+    assert done.returncode == 141

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import pygit2
-
 from gitops import output
-from gitops.errors import GitopsError
-from gitops.protocol import DEPLOY_PREFIX
+from gitops.errors import ProblemsError
+from gitops.protocol import branch_name, deploy_ref
 from gitops.publish import plan as publishing
-from gitops.system import transport
-from gitops.trust import commits, keys
-from gitops.trust.allowed_signers import AllowedSigners
-from gitops.trust.sshsig import SignatureError
+from gitops.publish import recover as recovery
+from gitops.publish import run
+from gitops.publish.checks import Refusal
+from gitops.trust import commits
 
 
 def _plan_json(plan: publishing.Plan) -> dict[str, object]:
@@ -24,6 +21,7 @@ def _plan_json(plan: publishing.Plan) -> dict[str, object]:
             {
                 "host": h.host,
                 "changed": h.changed,
+                "why": str(h.why),
                 "previous": str(h.old_head) if h.old_head else None,
                 "paths": list(h.changed_paths),
             }
@@ -40,9 +38,9 @@ def _print_plan(plan: publishing.Plan) -> None:
     for host_plan in changed:
         listed = ", ".join(host_plan.changed_paths[:8])
         more = len(host_plan.changed_paths) - 8
-        note = "new branch" if host_plan.old_head is None else "changed"
         output.say(
-            f"  {host_plan.host} ({note}): {listed}" + (f", and {more} more" if more > 0 else "")
+            f"  {host_plan.host} ({host_plan.why}): {listed}"
+            + (f", and {more} more" if more > 0 else "")
         )
 
 
@@ -56,83 +54,54 @@ def plan(repo: Path, source: str, hosts: list[str], *, as_json: bool) -> int:
     return 0
 
 
-def _sync_from_remote(repository: pygit2.Repository, remote: str, trust: AllowedSigners) -> None:
-    """Start from the remote's deploy heads, refusing any that were rewound or that a
-    publisher did not sign (someone pushed to a deploy branch by hand)."""
-    tracking = f"refs/gitops/publish/{hashlib.sha256(remote.encode()).hexdigest()[:16]}/"
-    output.progress(f"fetching deploy branches from {remote}")
-    transport.fetch(Path(repository.path), remote, [f"+{DEPLOY_PREFIX}*:{tracking}*"])
-    updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
-    for name in list(repository.references):
-        if not name.startswith(tracking):
-            continue
-        local_name = DEPLOY_PREFIX + name.removeprefix(tracking)
-        remote_head = commits.ref_target(repository, name)
-        local_head = commits.ref_target(repository, local_name)
-        assert remote_head is not None
-        if local_head == remote_head:
-            continue
-        try:
-            commits.verify_commit(repository, remote_head, trust)
-        except SignatureError as err:
-            raise GitopsError(
-                f"{local_name} on {remote} has a head {str(remote_head)[:8]} that no publisher "
-                f"signed ({err}): someone pushed to it by hand. Investigate, then put the last "
-                f"good commit back with 'git push --force {remote} <good>:{local_name}'"
-            ) from err
-        if local_head is not None and not repository.descendant_of(remote_head, local_head):
-            raise GitopsError(
-                f"{local_name} on {remote} does not descend from the local one "
-                f"({str(remote_head)[:8]} vs {str(local_head)[:8]}): it was rewound or rewritten; "
-                "hosts will refuse it. Investigate before publishing"
-            )
-        updates[local_name] = (local_head, remote_head)
-    commits.update_refs(repository, updates, message=f"gitops publish: sync from {remote}")
-
-
-def publish_command_result(published: publishing.Published) -> dict[str, object]:
-    data = _plan_json(published.plan)
-    data["commits"] = {host: str(oid) for host, oid in published.commits.items()}
+def publish_command_result(outcome: run.Outcome) -> dict[str, object]:
+    data = _plan_json(outcome.published.plan)
+    data["commits"] = {host: str(oid) for host, oid in outcome.published.commits.items()}
+    data["refused"] = [{"hosts": list(r.hosts), "reason": r.text} for r in outcome.refused]
     return data
 
 
-def publish(
-    repo: Path,
-    source: str,
-    hosts: list[str],
-    *,
-    key_path: Path,
-    push: bool,
-    remote: str,
-    as_json: bool,
-) -> int:
-    key = keys.load_signer(key_path)
-    repository = commits.open_repository(repo)
-    fleet = publishing.load_fleet_at(repository, commits.resolve_commit(repository, source))
-    if push:
-        _sync_from_remote(repository, remote, fleet.settings.publisher_trust())
-    result = publishing.make_plan(repository, source, only=hosts, fleet=fleet)
-    if not as_json:
-        _print_plan(result)
-    published = publishing.write_commits(repository, result, key, progress=output.progress)
-    if push and published.commits:
-        refspecs = [f"{published.commits[h]}:{DEPLOY_PREFIX}{h}" for h in sorted(published.commits)]
-        output.progress(f"pushing {len(refspecs)} deploy branches to {remote} (atomic)")
-        try:
-            pushed = transport.push(Path(repository.path), remote, refspecs, atomic=True)
-        except GitopsError:
-            publishing.rollback_refs(repository, published)
-            raise
-        if not pushed.ok:
-            publishing.rollback_refs(repository, published)
-            refused = pushed.refused()
-            details = "; ".join(f"{s.ref}: {s.summary}" for s in refused[:5]) or pushed.message
-            raise GitopsError(
-                f"{remote} refused the push, so nothing was published (local refs rolled back): {details}"
-            )
+def publish(request: run.Request, *, as_json: bool) -> int:
+    outcome = run.publish(request, progress=output.progress)
+    published = outcome.published
     if as_json:
-        output.emit_json(publish_command_result(published))
+        output.emit_json(publish_command_result(outcome))
     else:
-        where = f" and pushed to {remote}" if push and published.commits else ""
+        _print_plan(published.plan)
+        where = f" and pushed to {request.remote}" if request.push and published.commits else ""
         output.say(f"published {len(published.commits)} deploy commits{where}")
+    _raise_if_refused(outcome.refused)
+    return 0
+
+
+def _raise_if_refused(refused: tuple[Refusal, ...]) -> None:
+    if not refused:
+        return
+    hosts = sorted(host for refusal in refused for host in refusal.hosts)
+    shown = ", ".join(hosts[:10]) + (f" and {len(hosts) - 10} more" if len(hosts) > 10 else "")
+    raise ProblemsError(
+        f"{len(hosts)} host{'s' if len(hosts) != 1 else ''} not published ({shown}):",
+        [refusal.text for refusal in refused],
+    )
+
+
+def recover(request: recovery.Request, *, as_json: bool) -> int:
+    done = recovery.recover(request, progress=output.progress)
+    if as_json:
+        output.emit_json(
+            {
+                "host": request.host,
+                "commit": str(done.commit),
+                "recovers": done.supersedes,
+                "parent": str(done.on_top_of) if done.on_top_of else None,
+            }
+        )
+        return 0
+    base = str(done.on_top_of)[:8] if done.on_top_of else "nothing (a new branch)"
+    output.say(
+        f"recovery commit {str(done.commit)[:8]} pushed to "
+        f"{branch_name(deploy_ref(request.host))} on "
+        f"{request.remote}, on top of {base}: it supersedes {done.supersedes[:8]}, which "
+        f"{request.host} applied"
+    )
     return 0

@@ -8,9 +8,10 @@ thousand hosts writes a few small tree objects each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from enum import StrEnum
 
 import pygit2
 
@@ -19,13 +20,16 @@ from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
-    DEPLOY_PREFIX,
     TRAILER_EXPIRES,
     TRAILER_HOST,
+    TRAILER_RECOVERS,
     TRAILER_SOURCE,
+    TRAILER_SOURCE_GENERATION,
     deploy_ref,
     format_time,
 )
+from gitops.publish import heartbeat
+from gitops.publish.lineage import Generations
 from gitops.trust import commits, trees
 from gitops.trust.sshsig import SigningKey, public_key_of
 
@@ -37,16 +41,37 @@ _Entry = tuple[pygit2.Oid, int]  # object id and file mode
 _Nested = dict[str, "_Nested | _Entry"]
 
 
+class Why(StrEnum):
+    """Why a host gets a new deploy commit, or that it gets none."""
+
+    UNCHANGED = "unchanged"
+    NEW = "new branch"
+    CHANGED = "changed"
+    RENEW = "renews expiry"  # same tree; the head expires soon (a heartbeat commit)
+    RECOVER = "recovery"  # supersedes an applied commit the server lost (Recovers trailer)
+
+
 @dataclass(frozen=True)
 class HostPlan:
     host: str
-    old_head: pygit2.Oid | None
+    old_head: pygit2.Oid | None  # the commit the new one goes on top of
     new_tree: pygit2.Oid
     changed_paths: tuple[str, ...]
+    renew: bool = False
+    recovers: pygit2.Oid | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.changed_paths)
+        """Whether this host gets a new deploy commit."""
+        return self.why is not Why.UNCHANGED
+
+    @property
+    def why(self) -> Why:
+        if self.recovers is not None:
+            return Why.RECOVER
+        if self.changed_paths:
+            return Why.NEW if self.old_head is None else Why.CHANGED
+        return Why.RENEW if self.renew else Why.UNCHANGED
 
 
 @dataclass(frozen=True)
@@ -154,8 +179,16 @@ def make_plan(
     *,
     only: Iterable[str] = (),
     fleet: Fleet | None = None,
+    heads: Mapping[str, pygit2.Oid | None] | None = None,
+    now: datetime | None = None,
 ) -> Plan:
-    """What publishing ``source_rev`` would write; ``fleet`` when the caller loaded it already."""
+    """What publishing ``source_rev`` would write; ``fleet`` when the caller loaded it already.
+
+    Each host's commit goes on top of ``heads[host]`` (the server's deploy heads; None: a
+    first commit) or, for a host not in ``heads``, of the local ``deploy/<host>``. With ``deploy.expires_after``
+    set, a host whose tree did not change gets a heartbeat commit when its head expires
+    within the renewal window at ``now``.
+    """
     source = commits.resolve_commit(repo, source_rev)
     fleet = fleet or load_fleet_at(repo, source)
     tree_source = TreeSource(repo, source.tree)
@@ -165,31 +198,82 @@ def make_plan(
         raise GitopsError(
             f"unknown host(s): {', '.join(sorted(unknown))}; hosts are the directories in hosts/"
         )
+    expires_after = fleet.settings.expires_after
+    moment = now or datetime.now(UTC)
     plans = []
     for name in sorted(fleet.hosts):
         if wanted and name not in wanted:
             continue
-        host = fleet.hosts[name]
-        head = commits.ref_target(repo, deploy_ref(name))
-        old_tree = None
-        if head is not None:
-            head_commit = repo.get(head)
-            assert isinstance(head_commit, pygit2.Commit)
-            old_tree = head_commit.tree_id
-        new_tree = render_host_tree(repo, source, fleet, host, tree_source)
-        plans.append(HostPlan(name, head, new_tree, changed_paths(repo, old_tree, new_tree)))
+        if heads is not None and name in heads:
+            head: pygit2.Oid | None = heads[name]
+        else:
+            head = commits.ref_target(repo, deploy_ref(name))
+        head_commit = _commit(repo, head) if head is not None else None
+        old_tree = head_commit.tree_id if head_commit is not None else None
+        new_tree = render_host_tree(repo, source, fleet, fleet.hosts[name], tree_source)
+        paths = changed_paths(repo, old_tree, new_tree)
+        renew = (
+            not paths
+            and head_commit is not None
+            and expires_after is not None
+            and heartbeat.needs_renewal(head_commit, moment, expires_after)
+        )
+        plans.append(HostPlan(name, head, new_tree, paths, renew=renew))
     return Plan(source, fleet, tuple(plans))
 
 
-def deploy_message(plan: HostPlan, source: pygit2.Commit, expires: datetime | None) -> str:
-    subject = source.message.strip().splitlines()[0] if source.message.strip() else "update"
-    listed = list(plan.changed_paths[:MAX_LISTED_PATHS])
-    more = len(plan.changed_paths) - len(listed)
-    body = "Changed: " + ", ".join(listed) + (f", and {more} more" if more > 0 else "")
-    trailers = {TRAILER_SOURCE: str(source.id), TRAILER_HOST: plan.host}
+def _commit(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Commit:
+    commit = repo.get(oid)
+    if not isinstance(commit, pygit2.Commit):
+        raise GitopsError(f"{oid}: not a commit in {repo.path}")
+    return commit
+
+
+@dataclass(frozen=True)
+class Source:
+    """The main commit a publish renders from, and its generation number."""
+
+    commit: pygit2.Commit
+    generation: int
+
+
+_SUBJECTS = {
+    Why.RENEW: "renew expiry",
+    Why.RECOVER: "recover after the server's history was rewritten",
+}
+
+
+def deploy_message(plan: HostPlan, source: Source, expires: datetime | None) -> str:
+    main_subject = (
+        source.commit.message.strip().splitlines()[0] if source.commit.message.strip() else ""
+    )
+    subject = _SUBJECTS.get(plan.why) or main_subject or "update"
+    paragraphs = []
+    if plan.recovers is not None:
+        paragraphs.append(
+            f"Supersedes {plan.recovers}, which this host applied and the server's "
+            "deploy branch no longer holds (restored from a backup, or rewritten)."
+        )
+    if plan.changed_paths:
+        listed = list(plan.changed_paths[:MAX_LISTED_PATHS])
+        more = len(plan.changed_paths) - len(listed)
+        paragraphs.append(
+            "Changed: " + ", ".join(listed) + (f", and {more} more" if more > 0 else "")
+        )
+    elif plan.renew:
+        paragraphs.append("Nothing changed; a new expiry keeps the host accepting this tree.")
+    trailers = {
+        TRAILER_SOURCE: str(source.commit.id),
+        TRAILER_SOURCE_GENERATION: str(source.generation),
+        TRAILER_HOST: plan.host,
+    }
     if expires is not None:
         trailers[TRAILER_EXPIRES] = format_time(expires)
-    return commits.format_message(f"deploy {plan.host}: {subject}", body, trailers)
+    if plan.recovers is not None:
+        trailers[TRAILER_RECOVERS] = str(plan.recovers)
+    return commits.format_message(
+        f"deploy {plan.host}: {subject}", "\n\n".join(paragraphs), trailers
+    )
 
 
 def publisher_principal(fleet: Fleet, key: SigningKey) -> str:
@@ -216,13 +300,18 @@ def write_commits(
     *,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
+    generations: Generations | None = None,
 ) -> Published:
-    """Write a signed commit for every changed host and move all their refs at once."""
+    """Write a signed commit for every host that gets one and move all their refs at once.
+
+    ``generations`` caches main's generation numbers for a publish run that calls this
+    more than once."""
     principal = publisher_principal(plan.fleet, key)
     moment = now or datetime.now(UTC)
     expires = None
     if plan.fleet.settings.expires_after is not None:
-        expires = moment + timedelta(seconds=plan.fleet.settings.expires_after)
+        expires = heartbeat.expiry(moment, plan.fleet.settings.expires_after)
+    source = Source(plan.source, (generations or Generations(repo)).of(plan.source.id))
     identity = commits.signature_of(principal.split("@")[0] or principal, principal, moment)
     written: dict[str, pygit2.Oid] = {}
     updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
@@ -233,7 +322,7 @@ def write_commits(
             repo,
             tree=host_plan.new_tree,
             parents=[host_plan.old_head] if host_plan.old_head is not None else [],
-            message=deploy_message(host_plan, plan.source, expires),
+            message=deploy_message(host_plan, source, expires),
             author=identity,
             key=key,
         )
@@ -243,20 +332,3 @@ def write_commits(
             progress(f"signed {index}/{len(changed)} deploy commits")
     commits.update_refs(repo, updates, message=f"gitops publish {plan.source.short_id}")
     return Published(plan, written)
-
-
-def rollback_refs(repo: pygit2.Repository, published: Published) -> None:
-    """Put the local deploy refs back where they were (after a refused push)."""
-    updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
-    deletes = []
-    for plan in published.plan.changed:
-        new = published.commits[plan.host]
-        if plan.old_head is None:
-            deletes.append(deploy_ref(plan.host))
-        else:
-            updates[deploy_ref(plan.host)] = (new, plan.old_head)
-    commits.update_refs(repo, updates, message="gitops publish: push refused, rolled back")
-    for name in deletes:
-        ref = repo.references.get(name)
-        if ref is not None and ref.target == published.commits[name.removeprefix(DEPLOY_PREFIX)]:
-            ref.delete()
