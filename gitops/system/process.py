@@ -13,6 +13,7 @@ import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from gitops.errors import GitopsError
 
@@ -91,3 +92,19 @@ def run(
             + (f"\n{detail}" if detail else "")
         )
     return result
+
+
+def replace_process(args: Sequence[str | Path], *, env: Mapping[str, str]) -> NoReturn:
+    """Replace this process with ``args`` (``execvpe``), whose environment is exactly ``env``.
+
+    For sshd's forced command (``gitops server serve``): once the request is authorized,
+    git itself must own stdin and stdout, with no Python process in between.
+    """
+    argv = [str(a) for a in args]
+    log.debug("exec %s%s", _describe_env(env), shlex.join(argv))
+    try:
+        os.execvpe(argv[0], argv, dict(env))
+    except FileNotFoundError as err:
+        raise GitopsError(f"{argv[0]}: command not found; install it or put it on PATH") from err
+    except OSError as err:
+        raise GitopsError(f"{argv[0]}: cannot run it ({err.strerror})") from err

@@ -1,0 +1,94 @@
+"""sshd's forced command: one key, one identity, one repository, one git service.
+
+Every key in the generated authorized_keys runs ``gitops server serve --as ROLE:NAME``
+whatever the client asked for; the request is in ``SSH_ORIGINAL_COMMAND``
+(``git-upload-pack '/hosts/web-1.git'``). Anything but git's two services on the one
+repository this identity may use is refused with one line; otherwise this process
+becomes ``git upload-pack`` / ``git receive-pack`` (no Python left in the data path), with
+the identity in the environment for the hooks, which check what is pushed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NoReturn
+
+from gitops.errors import GitopsError
+from gitops.server.layout import FLEET, IDENTITY_ENV, Identity, Layout, RepoName, Role
+from gitops.server.layout import parse_repo_name as parse_repo
+from gitops.system import process
+
+# git's own configuration files play no part: each repository's config says everything.
+_HERMETIC_GIT = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+
+
+class Service(StrEnum):
+    UPLOAD = "git-upload-pack"  # fetch, ls-remote
+    RECEIVE = "git-receive-pack"  # push
+
+
+class RefusedError(GitopsError):
+    """The request is not one this identity may make; the text says what it may do."""
+
+
+@dataclass(frozen=True)
+class Request:
+    service: Service
+    repo: RepoName
+
+
+def parse_request(command: str | None) -> Request:
+    """``git-upload-pack '/hosts/web-1.git'`` (or ``git upload-pack ...``) → a Request."""
+    if not command:
+        raise RefusedError("this key only serves git (fetch and push); no shell is offered")
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = []
+    if len(words) == 3 and words[0] == "git":
+        words = [f"git-{words[1]}", words[2]]
+    if len(words) != 2 or words[0] not in set(Service):
+        shown = command if len(command) <= 80 else command[:77] + "..."
+        raise RefusedError(f"only git-upload-pack and git-receive-pack are served, not {shown!r}")
+    repo = parse_repo(words[1])
+    if repo is None:
+        raise RefusedError(f"no repository {words[1]!r} here; use fleet.git or hosts/<host>.git")
+    return Request(Service(words[0]), repo)
+
+
+def allowed_repo(identity: Identity) -> RepoName:
+    """The one repository an identity may fetch from and push to."""
+    return RepoName(identity.name) if identity.role is Role.HOST else FLEET
+
+
+def authorize(identity: Identity, request: Request) -> None:
+    mine = allowed_repo(identity)
+    if request.repo != mine:
+        raise RefusedError(f"{identity} may use only {mine}, not {request.repo}")
+
+
+def git_command(layout: Layout, request: Request) -> list[str]:
+    path = str(layout.path_of(request.repo))
+    if request.service is Service.UPLOAD:
+        return ["git", "upload-pack", "--strict", path]
+    return ["git", "receive-pack", path]
+
+
+def git_environment(environ: Mapping[str, str], identity: Identity) -> dict[str, str]:
+    return {**environ, **_HERMETIC_GIT, IDENTITY_ENV: str(identity)}
+
+
+def serve(
+    layout: Layout, identity: Identity, command: str | None, environ: Mapping[str, str]
+) -> NoReturn:
+    request = parse_request(command)
+    authorize(identity, request)
+    if not layout.path_of(request.repo).is_dir():
+        raise RefusedError(
+            f"{request.repo} does not exist on this server; it is created by "
+            "'gitops server sync' once the host is in main"
+        )
+    process.replace_process(git_command(layout, request), env=git_environment(environ, identity))
