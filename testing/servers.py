@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -227,6 +228,13 @@ def sshd(
         )
     finally:
         stop_process(process)
+
+
+def gitops_command() -> str:
+    """How sshd's forced commands and git's hooks run the gitops under test: this Python,
+    with this checkout on its path (sshd passes no PYTHONPATH of ours)."""
+    root = Path(__file__).resolve().parent.parent
+    return f"env PYTHONPATH={root} {sys.executable} -m gitops"
 
 
 # -- git-http-backend behind Basic auth ----------------------------------------------------
