@@ -359,7 +359,10 @@ def _bad_report(world: World, client: pygit2.Repository, kind: str) -> tuple[str
             return f"{new}:{ref}", "is not signed by web-1's key in main's hosts/web-1/host.yaml"
         case "signed-by-another-host":
             new = report_commit(client, world.host_key("web-2"), "web-1", parent)
-            return f"{new}:{ref}", "web-1's key in main's hosts/web-1/host.yaml (signed by unknown key"
+            return (
+                f"{new}:{ref}",
+                "web-1's key in main's hosts/web-1/host.yaml (signed by unknown key",
+            )
         case "malformed":
             new = files_commit(
                 client, {"status.json": b"{not json"}, parent=parent, message="r\n", key=key
