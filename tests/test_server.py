@@ -269,7 +269,8 @@ def test_host_reaches_no_other_repository(
         args = ["push", world.url(repo), f"{_any_commit(client)}:refs/heads/reports/web-1"]
     done = client_git(world, world.host_key("web-1"), *args, cwd=client_dir(client))
     assert_refused(done, expected)
-    assert world.head(deploy_ref("web-2")) not in client
+    secret = world.head(deploy_ref("web-2"))
+    assert secret is not None and secret not in client
 
 
 def _any_commit(client: pygit2.Repository) -> str:
@@ -313,6 +314,7 @@ def test_a_shared_repository_leaks_any_object_by_id_over_protocol_v2(
     hosts' refs (as namespaces do) does not stop protocol v2 from serving their objects
     to whoever names them (gitnamespaces(7) warns of this)."""
     secret = world.head(deploy_ref("web-2"))
+    assert secret is not None
     shared = tmp_path / "shared.git"
     subprocess.run(["git", "clone", "-q", "--bare", world.demo.server, shared], check=True)
     subprocess.run(
