@@ -8,6 +8,7 @@ through the generated hooks. The git CLI is the client, as an attacker's would b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,14 +20,21 @@ from pathlib import Path
 
 import pygit2
 import pytest
+import yaml
 
+from gitops.agent.mirror import Mirror
+from gitops.agent.reporter import Reporter
+from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
 from gitops.protocol import MAIN_REF, TRAILER_HOST, Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import create_report_commit
 from gitops.server.layout import Layout
 from gitops.system import transport
 from gitops.trust import commits, keys
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import PublicKey
 from testing import servers
+from testing.env import needs_nix
 from testing.helpers import published_demo
 
 HOSTS = {"web-1": ["server"], "web-2": ["server"], "db-1": ["server"]}
@@ -598,3 +606,88 @@ def test_a_push_that_bypasses_serve_is_refused(world: World, client: pygit2.Repo
         cwd=client_dir(client), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert_refused(done, "pushes are accepted only through sshd's forced command")
+
+
+# -- the agent and the publisher, end to end ------------------------------------------------
+
+
+def test_a_gitops_refusal_reaches_the_agent_and_is_not_retried(
+    world: World, tmp_path: Path
+) -> None:
+    """The agent's report signed with the wrong key: the server's own line is the
+    outcome's message, and the agent does not try again (the answer would not change)."""
+    mirror = Mirror(tmp_path / "state", "web-1")
+    waits: list[float] = []
+    reporter = Reporter(
+        mirror,
+        keys.load_signing_key(world.host_key("web-2")),
+        world.url("hosts/web-1.git"),
+        world.env(world.host_key("web-1")),
+        sleep=waits.append,
+    )
+    reporter.add(report("web-1"))
+    outcome = reporter.push()
+    assert not outcome.pushed and outcome.pending == 1
+    assert outcome.message.startswith("remote: gitops: reports/web-1: commit "), outcome.message
+    assert "is not signed by web-1's key" in outcome.message
+    assert waits == []
+
+
+def _agent_config(world: World, host: str, path: Path) -> Path:
+    config = world.demo.agent_config(host)
+    data = {
+        "host": host,
+        "remote": world.url(f"hosts/{host}.git"),
+        "ssh_key": str(world.host_key(host)),
+        "known_hosts": str(world.known_hosts),
+        "trusted_publishers": str(config.trusted_publishers),
+        "signing_key": str(config.signing_key),
+        "state_dir": str(config.state_dir),
+        "system_profile": str(config.system_profile),
+        "root": str(config.root),
+        "health": {"grace": 0, "remote": True, "commands": [list(config.health.commands[0])]},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@needs_nix
+@pytest.mark.slow
+def test_agent_and_publisher_work_through_the_server(world: World, tmp_path: Path) -> None:
+    """``gitops agent once`` against its own repository over ssh applies and reports;
+    ``gitops publish --push`` to fleet.git over ssh reaches the host; the site's copy
+    in fleet.git holds the host's signed reports."""
+    host = "db-1"
+    config = _agent_config(world, host, tmp_path / "agent.yaml")
+    first = gitops("agent", "--config", config, "once", "--json")
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert result["result"] == "applied" and result["pushed"], result
+    assert world.head(reports_ref(host)) == world.head(reports_ref(host), host) is not None
+
+    demo = world.demo
+    demo.merge_change(
+        {"profiles/server.nix": standin.profile_file("server", ["ripgrep"])}, "server: ripgrep"
+    )
+    publisher_ssh = transport.Credentials(
+        ssh_key=world.publisher_key, known_hosts=world.known_hosts
+    ).env()["GIT_SSH_COMMAND"]
+    published = gitops(
+        "publish", "--repo", demo.repo_dir, "--key", world.publisher_key, "--host", host,
+        "--push", "--remote", world.url("fleet.git"),
+        env={**os.environ, "GIT_SSH_COMMAND": publisher_ssh},
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    new = world.head(deploy_ref(host))
+    assert new == world.head(deploy_ref(host), host)
+
+    second = gitops("agent", "--config", config, "once", "--json")
+    assert second.returncode == 0, second.stderr
+    result = json.loads(second.stdout)
+    assert result["result"] == "applied" and result["deploy_seen"] == new, result
+    fleet = world.repo()
+    head = commits.ref_target(fleet, reports_ref(host))
+    assert head is not None
+    trust = world.demo.host_keys[host]
+    signers = AllowedSigners.of([(host, PublicKey.from_crypto(trust.public_key()))])
+    assert commits.verify_commit(fleet, head, signers).principal == host
