@@ -8,6 +8,7 @@ through the generated hooks. The git CLI is the client, as an attacker's would b
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -691,3 +692,27 @@ def test_agent_and_publisher_work_through_the_server(world: World, tmp_path: Pat
     trust = world.demo.host_keys[host]
     signers = AllowedSigners.of([(host, PublicKey.from_crypto(trust.public_key()))])
     assert commits.verify_commit(fleet, head, signers).principal == host
+
+
+def test_a_push_waits_for_a_free_slot_and_is_told_so(
+    world: World, client: pygit2.Repository
+) -> None:
+    """While every push slot is taken the server refuses at once, saying it is busy (the
+    agent retries after a jittered wait); a fetch is not limited."""
+    held = []
+    try:
+        for slot in sorted(world.layout.slots_dir.iterdir()):
+            handle = slot.open("r+")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(handle)
+        assert held
+        parent = reports_head(world, client)  # fetching still works
+        new = report_commit(client, world.host_key("web-1"), "web-1", parent)
+        ref = reports_ref("web-1")
+        busy = push(world, client, world.host_key("web-1"), "hosts/web-1.git", f"{new}:{ref}")
+        assert_refused(busy, f"the gitops server is busy (all {len(held)} push slots in use)")
+    finally:
+        for handle in held:
+            handle.close()
+    done = push(world, client, world.host_key("web-1"), "hosts/web-1.git", f"{new}:{ref}")
+    assert done.returncode == 0, done.stderr

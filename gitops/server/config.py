@@ -7,6 +7,7 @@ here is who may change ``main`` and how gitops is run by sshd and by git's hooks
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,6 +39,10 @@ class ServerConfig:
     main: MainPolicy = MainPolicy.SIGNED
     upstream: str | None = None  # with main: mirror, where main is fetched from
     admins: tuple[Admin, ...] = ()
+    max_pushes: int | None = None  # pushes checked at once; default: 2 per CPU
+
+    def push_slots(self) -> int:
+        return self.max_pushes or 2 * (os.cpu_count() or 1)
 
     def admin_trust(self) -> AllowedSigners:
         return AllowedSigners.of((a.principal, a.key) for a in self.admins)
@@ -50,6 +55,8 @@ class ServerConfig:
         if self.upstream:
             data["upstream"] = self.upstream
         data["admins"] = [{"principal": a.principal, "key": a.key.openssh()} for a in self.admins]
+        if self.max_pushes is not None:
+            data["max_pushes"] = self.max_pushes
         return (
             "# gitops server settings (gitops server init wrote this; see docs/server.md).\n"
             "# Hosts and publishers come from main, never from here.\n"
@@ -86,9 +93,15 @@ class ServerConfig:
                 item.problem("principal", f"{principal!r}: use letters, digits and . _ @ + -")
             elif principal and key is not None:
                 admins.append(Admin(principal, key))
+        max_pushes = top.get("max_pushes")
+        if max_pushes is not None and (
+            not isinstance(max_pushes, int) or isinstance(max_pushes, bool) or max_pushes < 1
+        ):
+            top.problem("max_pushes", "must be a whole number of at least 1")
+            max_pushes = None
         top.finish()
         problems.raise_if_any(f"{where}: invalid server settings")
-        return cls(tuple(command), main, upstream, tuple(admins))
+        return cls(tuple(command), main, upstream, tuple(admins), max_pushes)
 
     @classmethod
     def load(cls, path: Path) -> ServerConfig:

@@ -25,6 +25,7 @@ AUTHORIZED_KEYS: Final = "authorized_keys"
 CONFIG_FILE: Final = "server.yaml"
 SSHD_SNIPPET: Final = "sshd_config"
 LOCK_FILE: Final = ".sync.lock"
+SLOTS_DIR: Final = "slots"  # one lock file per push that may run at once
 
 # Set by ``serve`` (sshd's forced command) for git and its hooks; a client cannot set it:
 # sshd passes on only what AcceptEnv names (GIT_PROTOCOL).
@@ -133,6 +134,10 @@ class Layout:
     @property
     def sshd_snippet(self) -> Path:
         return self.root / SSHD_SNIPPET
+
+    @property
+    def slots_dir(self) -> Path:
+        return self.root / SLOTS_DIR
 
     @property
     def lock_file(self) -> Path:

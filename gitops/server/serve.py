@@ -10,6 +10,9 @@ the identity in the environment for the hooks, which check what is pushed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +35,11 @@ class Service(StrEnum):
 
 class RefusedError(GitopsError):
     """The request is not one this identity may make; the text says what it may do."""
+
+
+class BusyError(GitopsError):
+    """Every push slot is taken. The agent treats "the gitops server is busy" as a
+    transient failure and tries again after a jittered wait."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,31 @@ def git_environment(environ: Mapping[str, str], identity: Identity) -> dict[str,
     return {**environ, **_HERMETIC_GIT, IDENTITY_ENV: str(identity)}
 
 
+def take_push_slot(layout: Layout) -> int:
+    """Lock one of the slot files (``gitops server sync`` makes ``max_pushes`` of them)
+    and return its descriptor, which git and its hooks inherit: the slot is free again
+    when the last of them exits. A push costs two Python hooks (about 40 MB each); the
+    slots bound how many run at once, whatever sshd lets in."""
+    try:
+        slots = sorted(layout.slots_dir.iterdir())
+    except OSError:
+        slots = []
+    for slot in slots:
+        fd = os.open(slot, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        os.set_inheritable(fd, True)
+        return fd
+    if not slots:
+        return -1  # no slots made (a server from before they existed): no limit
+    raise BusyError(
+        f"the gitops server is busy (all {len(slots)} push slots in use); try again shortly"
+    )
+
+
 def serve(
     layout: Layout, identity: Identity, command: str | None, environ: Mapping[str, str]
 ) -> NoReturn:
@@ -91,4 +124,12 @@ def serve(
             f"{request.repo} does not exist on this server; it is created by "
             "'gitops server sync' once the host is in main"
         )
-    process.replace_process(git_command(layout, request), env=git_environment(environ, identity))
+    slot = take_push_slot(layout) if request.service is Service.RECEIVE else -1
+    try:
+        process.replace_process(
+            git_command(layout, request), env=git_environment(environ, identity)
+        )
+    finally:  # only if exec failed
+        if slot >= 0:
+            with contextlib.suppress(OSError):
+                os.close(slot)

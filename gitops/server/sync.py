@@ -332,7 +332,21 @@ def _fetch_upstream(layout: Layout, config: ServerConfig) -> None:
         ) from err
 
 
+def _write_slots(config: ServerConfig, layout: Layout) -> None:
+    """``max_pushes`` slot files (serve locks one per push); extra ones go."""
+    layout.slots_dir.mkdir(exist_ok=True)
+    wanted = {f"push-{n:03d}.lock" for n in range(config.push_slots())}
+    for name in sorted(wanted):
+        slot = layout.slots_dir / name
+        if not slot.exists():
+            slot.touch()
+    for extra in layout.slots_dir.iterdir():
+        if extra.name not in wanted:
+            extra.unlink()
+
+
 def write_support_files(config: ServerConfig, layout: Layout) -> None:
+    _write_slots(config, layout)
     layout.hooks_dir.mkdir(exist_ok=True)
     for hook in HOOKS:
         _write_if_changed(layout.hooks_dir / hook, hook_script(config, layout, hook), mode=0o755)

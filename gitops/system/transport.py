@@ -105,6 +105,7 @@ _TRANSIENT = (
     "returned error: 502",
     "returned error: 503",
     "returned error: 504",
+    "the gitops server is busy",  # gitops server serve: every push slot is taken
 )
 
 
