@@ -87,7 +87,7 @@ def serve(directory: Path, identity: str) -> int:
 
 def hook(name: str, directory: Path) -> int:
     from gitops.server import hooks
-    from gitops.server.checks import parse_updates
+    from gitops.server.updates import parse_updates
 
     layout = Layout(directory.absolute())
     git_dir = Path(os.environ.get("GIT_DIR", "."))

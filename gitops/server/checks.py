@@ -16,59 +16,30 @@ pusher can act on (the hook prints ``gitops: <branch>: <reason>``). The rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import pygit2
 
 from gitops.protocol import (
-    DEPLOY_PREFIX,
     MAIN_REF,
     STATUS_FILE,
     TRAILER_HOST,
     Report,
     branch_name,
-    is_host_name,
     reports_ref,
 )
 from gitops.server.config import MainPolicy, ServerConfig
+from gitops.server.updates import Update, deploy_host
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey, SignatureError
 
-ZERO = "0" * 40
 # One push may bring this many new commits on a branch: more than a year of hourly
 # reports, and a bound on the work one push can ask of the server.
 MAX_NEW_COMMITS = 10_000
 MAX_STATUS_BYTES = 1 << 20  # a status.json holds a log tail and a closure diff, not more
 
 CommitCheck = Callable[[pygit2.Repository, pygit2.Commit], str | None]
-
-
-@dataclass(frozen=True)
-class Update:
-    """One line of a pre-/post-receive hook's input: ``<old> <new> <ref>``."""
-
-    old: pygit2.Oid | None  # None: the ref is created
-    new: pygit2.Oid | None  # None: the ref is deleted
-    ref: str
-
-    @property
-    def branch(self) -> str:
-        return branch_name(self.ref)
-
-    @classmethod
-    def parse(cls, line: str) -> Update:
-        old, new, ref = line.split(" ", 2)
-        return cls(
-            None if old == ZERO else pygit2.Oid(hex=old),
-            None if new == ZERO else pygit2.Oid(hex=new),
-            ref.strip(),
-        )
-
-
-def parse_updates(text: str) -> list[Update]:
-    return [Update.parse(line) for line in text.splitlines() if line.strip()]
 
 
 def _short(oid: pygit2.Oid) -> str:
@@ -181,14 +152,6 @@ def check_report_update(
 
 
 # -- publishers: deploy branches -----------------------------------------------------------
-
-
-def deploy_host(ref: str) -> str | None:
-    """``refs/heads/deploy/web-1`` → ``web-1``; None for any other ref."""
-    if not ref.startswith(DEPLOY_PREFIX):
-        return None
-    host = ref.removeprefix(DEPLOY_PREFIX)
-    return host if is_host_name(host) else None
 
 
 def check_deploy_update(

@@ -20,12 +20,12 @@ import pygit2
 
 from gitops.errors import GitopsError
 from gitops.protocol import MAIN_REF, deploy_ref, reports_ref
-from gitops.server import checks, sync
-from gitops.server.checks import Update
-from gitops.server.config import ServerConfig
 from gitops.server.layout import IDENTITY_ENV, Identity, Layout, RepoName, Role
-from gitops.server.mainview import MainView
 from gitops.server.transfer import Move, fast_forward
+from gitops.server.updates import Update, deploy_host
+
+# The checks (signatures, YAML, the fleet model) are imported where they are used: a
+# report's post-receive, a new process on every push, needs none of them.
 
 Rule = Callable[[Update], str | None]
 _QUARANTINE_ENV = "GIT_QUARANTINE_PATH"  # where receive-pack keeps the pushed objects
@@ -43,6 +43,9 @@ def _open_pushed(git_dir: Path, environ: Mapping[str, str]) -> pygit2.Repository
 def _host_rule(
     layout: Layout, repo: pygit2.Repository, name: RepoName, who: Identity, now: datetime
 ) -> Rule:
+    from gitops.server import checks
+    from gitops.server.mainview import MainView
+
     host = name.host
     assert host is not None
     if who != Identity(Role.HOST, host):
@@ -52,6 +55,10 @@ def _host_rule(
 
 
 def _fleet_rule(layout: Layout, repo: pygit2.Repository, who: Identity, now: datetime) -> Rule:
+    from gitops.server import checks
+    from gitops.server.config import ServerConfig
+    from gitops.server.mainview import MainView
+
     match who.role:
         case Role.HOST:
             return lambda _: f"host {who.name} pushes its reports to hosts/{who.name}.git"
@@ -87,12 +94,14 @@ def pre_receive(
     now: datetime | None = None,
 ) -> list[str]:
     """One line per refused update; an empty list accepts the push."""
+    from gitops.server.checks import refusal_lines
+
     try:
         rule = _rule(layout, git_dir, environ, now or datetime.now(UTC))
         refused = [(update, reason) for update in updates if (reason := rule(update))]
     except GitopsError as err:
         refused = [(update, str(err)) for update in updates]
-    return checks.refusal_lines(refused)
+    return refusal_lines(refused)
 
 
 # -- post-receive ----------------------------------------------------------------------
@@ -119,7 +128,7 @@ def _hand_over(layout: Layout, updates: list[Update]) -> list[str]:
     handed: list[str] = []
     waiting: list[str] = []
     for update in updates:
-        host = checks.deploy_host(update.ref)
+        host = deploy_host(update.ref)
         if host is None or update.new is None:
             continue
         path = layout.host_repo(host)
@@ -134,8 +143,8 @@ def _hand_over(layout: Layout, updates: list[Update]) -> list[str]:
         lines.append(f"gitops: {len(handed)} deploy branches handed to their hosts' repositories")
     if waiting:
         lines.append(
-            f"gitops: no repository yet for {sync.few_names(waiting)}: 'gitops server sync' creates "
-            "one when the host is in main"
+            f"gitops: no repository yet for {', '.join(waiting)}: 'gitops server sync' "
+            "creates one when the host is in main"
         )
     return lines
 
@@ -149,6 +158,8 @@ def post_receive(layout: Layout, git_dir: Path, updates: list[Update]) -> list[s
         return _fan_in(layout, name.host, updates)
     lines = _hand_over(layout, updates)
     if any(u.ref == MAIN_REF and u.new is not None for u in updates):
+        from gitops.server import sync
+
         result = sync.sync(layout, fetch=False)
         lines += [f"gitops: {line}" for line in result.lines()]
     return lines

@@ -18,9 +18,12 @@ from enum import StrEnum
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.trust import commits
 
 _CAS_ATTEMPTS = 3
+
+
+class _MovedError(Exception):
+    """The ref is no longer where we read it."""
 
 
 class Move(StrEnum):
@@ -86,21 +89,41 @@ def copy_history(source: pygit2.Repository, target: pygit2.Repository, head: pyg
     return len(missing)
 
 
+def ref_target(repo: pygit2.Repository, ref: str) -> pygit2.Oid | None:
+    reference = repo.references.get(ref)
+    if reference is None:
+        return None
+    target = reference.resolve().target
+    return target if isinstance(target, pygit2.Oid) else None
+
+
+def _swap(repo: pygit2.Repository, ref: str, old: pygit2.Oid | None, new: pygit2.Oid) -> None:
+    """Move ``ref`` from ``old`` to ``new`` under its lock; _MovedError if it moved."""
+    try:
+        with repo.transaction() as txn:
+            txn.lock_ref(ref)
+            if ref_target(repo, ref) != old:
+                raise _MovedError(ref)
+            txn.set_target(ref, new, message="gitops server")
+    except pygit2.GitError as err:  # locked by someone else right now
+        raise _MovedError(ref) from err
+
+
 def fast_forward(
     source: pygit2.Repository, target: pygit2.Repository, ref: str, new: pygit2.Oid
 ) -> Move:
     """Make ``ref`` in ``target`` point at ``new`` (from ``source``) if that is a
     fast-forward; compare-and-swap, so a concurrent move is seen, never overwritten."""
     for _ in range(_CAS_ATTEMPTS):
-        current = commits.ref_target(target, ref)
+        current = ref_target(target, ref)
         if current == new:
             return Move.UNCHANGED
         copy_history(source, target, new)
         if current is not None and not target.descendant_of(new, current):
             return Move.BEHIND if target.descendant_of(current, new) else Move.DIVERGED
         try:
-            commits.update_refs(target, {ref: (current, new)}, message="gitops server")
-        except GitopsError:
+            _swap(target, ref, current, new)
+        except _MovedError:
             continue  # moved meanwhile: look again
         return Move.UPDATED
     raise GitopsError(f"{ref} in {target.path} kept moving; try again")
