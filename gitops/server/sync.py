@@ -165,12 +165,14 @@ def _configure(layout: Layout, git_dir: Path) -> None:
 
 
 def create_repo(layout: Layout, git_dir: Path, head: str) -> None:
-    """A bare repository at ``git_dir``, made beside it and renamed into place."""
+    """A bare repository at ``git_dir``, made beside it and renamed into place: it
+    appears whole or not at all. (Its files are not fsynced one by one, as git's own
+    ``init`` does not; the caller syncs the directory that holds the new names.)"""
     staging = git_dir.with_name(f".{git_dir.name}.new-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     pygit2.init_repository(str(staging), bare=True, initial_head=head)
     (staging / "description").unlink(missing_ok=True)
-    _configure(layout, staging)
+    (staging / "config").write_text(repo_config(layout), encoding="utf-8")
     staging.rename(git_dir)
 
 
@@ -388,6 +390,8 @@ def _sync_locked(
         _reconcile(fleet, _open(path), host, result)
         if count % 1000 == 0:
             progress(f"  {count} of {len(hosts)} hosts")
+    if result.added:
+        atomic.sync_directory(layout.hosts_dir)
     granted = _unique(_identities(config, view, problems, hosts), result)
     _write_keys(config, layout, view.short_id, granted, result)
     for host in sorted(existing - set(hosts)):
