@@ -32,17 +32,19 @@ from gitops.trust.sshsig import PrivateKeyTypes
 
 log = logging.getLogger(__name__)
 
-MAX_PUSH_ATTEMPTS = 6
+MAX_PUSH_ATTEMPTS = 8
 REMOTE_HISTORY_SCAN = 1000  # how far back to look for Report-Ids already pushed
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Waits between push attempts: random in [0, min(cap, base * 2**(n-1))] before the
-    n-th retry. The defaults wait at most 2+4+8+16+30 s over six attempts."""
+    n-th retry. The defaults wait at most 2+4+8+16+32+60+60 s (about 3 minutes, half that
+    on average) over eight attempts: long enough to spread a thousand agents that all
+    failed at once over the minutes a busy server needs (docs/server.md)."""
 
     base: float = 2.0
-    cap: float = 30.0
+    cap: float = 60.0
     attempts: int = MAX_PUSH_ATTEMPTS
 
     def delay(self, retry: int, rng: random.Random) -> float:

@@ -39,10 +39,12 @@ class ServerConfig:
     main: MainPolicy = MainPolicy.SIGNED
     upstream: str | None = None  # with main: mirror, where main is fetched from
     admins: tuple[Admin, ...] = ()
-    max_pushes: int | None = None  # pushes checked at once; default: 2 per CPU
+    max_pushes: int | None = None  # pushes checked at once; default: 4 per CPU
 
     def push_slots(self) -> int:
-        return self.max_pushes or 2 * (os.cpu_count() or 1)
+        # A push is mostly CPU (its two hooks) with some waiting on the disk: a few per
+        # CPU keep the CPUs busy; each costs about 80 MB while it runs.
+        return self.max_pushes or 4 * (os.cpu_count() or 1)
 
     def admin_trust(self) -> AllowedSigners:
         return AllowedSigners.of((a.principal, a.key) for a in self.admins)
