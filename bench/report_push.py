@@ -294,8 +294,10 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 def bench_storm(work: Path, agents: int, concurrency: int) -> None:
     fleet = make_fleet(work, agents, with_keys=agents, reports=False)
     server, init_seconds = init_server(fleet, work / "server-storm")
+    slots = len(list((server / "slots").iterdir()))
     print(
-        f"\nStorm: {agents} agents, {concurrency} pushing at once; server made in {init_seconds:.1f}s"
+        f"\nStorm: {agents} agents, {concurrency} pushing at once; server made in "
+        f"{init_seconds:.1f}s; {slots} push slots; sshd: {', '.join(SSHD_SETTINGS)}"
     )
     with proxied_sshd(work, "sshd-storm", server / "authorized_keys") as (ssh, _proxy, known):
         reporters = []
