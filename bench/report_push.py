@@ -62,8 +62,9 @@ from gitops.trust import keys
 from testing import servers
 
 PUBLISHER = "publisher@example.org"
-# The shipped snippet's global settings (gitops/server/sync.py SSHD_SNIPPET).
-SSHD_SETTINGS = ("MaxStartups 1000:30:2000", "LoginGraceTime 60")
+# Stock sshd's pre-authentication limit, for the plain repository (the set-up before the
+# server); the server's sshd gets the snippet the server ships (server/sshd_config).
+STOCK_SSHD = ("MaxStartups 10:30:100",)
 _ADVERTISED = re.compile(r"push< [0-9a-f]{40} (refs/\S+)")
 
 
@@ -165,12 +166,16 @@ def report(host: str) -> Report:
     )
 
 
+def snippet(server: Path) -> list[str]:
+    return (server / "sshd_config").read_text().splitlines()
+
+
 @contextmanager
 def proxied_sshd(
-    work: Path, name: str, authorized_keys: Path | None = None
+    work: Path, name: str, authorized_keys: Path | None = None, settings: Sequence[str] = STOCK_SSHD
 ) -> Iterator[tuple[servers.SshServer, servers.CountingProxy, Path]]:
     with (
-        servers.sshd(work / name, authorized_keys=authorized_keys, settings=SSHD_SETTINGS) as ssh,
+        servers.sshd(work / name, authorized_keys=authorized_keys, settings=settings) as ssh,
         servers.CountingProxy(ssh.port) as proxy,
     ):
         known = work / f"{name}-known_hosts"
@@ -240,7 +245,11 @@ def bench_cost(work: Path, count: int) -> tuple[list[Cost], float]:
                 work, ssh, proxy, known, layout="old", path=str(fleet.source), host=host, key=key
             )
         )
-    with proxied_sshd(work, f"sshd-new-{count}", server / "authorized_keys") as (ssh, proxy, known):
+    with proxied_sshd(work, f"sshd-new-{count}", server / "authorized_keys", snippet(server)) as (
+        ssh,
+        proxy,
+        known,
+    ):
         costs.append(
             measure(
                 work, ssh, proxy, known, layout="new", path=f"/hosts/{host}.git", host=host, key=key
@@ -297,9 +306,13 @@ def bench_storm(work: Path, agents: int, concurrency: int) -> None:
     slots = len(list((server / "slots").iterdir()))
     print(
         f"\nStorm: {agents} agents, {concurrency} pushing at once; server made in "
-        f"{init_seconds:.1f}s; {slots} push slots; sshd: {', '.join(SSHD_SETTINGS)}"
+        f"{init_seconds:.1f}s; {slots} push slots; sshd: the shipped snippet (MaxStartups 1000:30:2000)"
     )
-    with proxied_sshd(work, "sshd-storm", server / "authorized_keys") as (ssh, _proxy, known):
+    with proxied_sshd(work, "sshd-storm", server / "authorized_keys", snippet(server)) as (
+        ssh,
+        _proxy,
+        known,
+    ):
         reporters = []
         ids = {}
         for host in fleet.hosts:

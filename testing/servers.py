@@ -173,7 +173,8 @@ def sshd(
     back to protocol v0 (the whole ref advertisement) whatever the client asks for.
     ``authorized_keys``: the file sshd reads keys from (a gitops server's generated one);
     by default an empty file of its own that :meth:`SshServer.authorize` appends to.
-    ``settings``: more sshd_config lines (e.g. ``MaxStartups``).
+    ``settings``: more sshd_config lines (e.g. ``MaxStartups``, or a gitops server's
+    generated snippet, which ends in a ``Match`` block).
     """
     program = find_sshd()
     if program is None:
@@ -202,10 +203,10 @@ def sshd(
         "StrictModes no",
         f"PidFile {root / 'sshd.pid'}",
         "LogLevel VERBOSE",
-        *settings,
     ]
     if accept_git_protocol:
         lines.append("AcceptEnv GIT_PROTOCOL")
+    lines += settings  # last: they may end in a Match block
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     log = root / "sshd.log"
     with log.open("wb") as log_file:

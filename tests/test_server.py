@@ -104,7 +104,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     demo = published_demo(work / "demo", HOSTS)
     keys.new_keypair(work / "alice", ADMIN)
     layout = init_server(work / "srv", demo.server, "--admin", f"{ADMIN}={work / 'alice.pub'}")
-    with servers.sshd(work / "sshd", authorized_keys=layout.authorized_keys) as ssh:
+    # sshd configured with the snippet the server ships (its Match block for this user).
+    snippet = layout.sshd_snippet.read_text().splitlines()
+    with servers.sshd(
+        work / "sshd", authorized_keys=layout.authorized_keys, settings=snippet
+    ) as ssh:
         yield World(demo, layout, ssh, ssh.write_known_hosts(work / "known_hosts"), work / "alice")
 
 
