@@ -19,6 +19,7 @@ from gitops.demo.scenario import DemoFleet
 from gitops.protocol import MAIN_REF, Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import create_report_commit
 from gitops.server.layout import Layout
+from gitops.server.sync import sshd_snippet
 from gitops.trust import commits, keys
 from testing.helpers import git, published_demo
 
@@ -277,3 +278,9 @@ def test_a_mirrored_main_takes_no_push(demo: DemoFleet, tmp_path: Path) -> None:
     assert pushed.returncode == 1
     assert f"remote: gitops: main: main is mirrored from {demo.server}" in pushed.stderr
     assert head(layout.fleet, MAIN_REF) == head(demo.server, MAIN_REF)
+
+
+def test_the_docs_show_the_sshd_snippet_the_server_writes() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "server.md").read_text()
+    snippet = sshd_snippet(Layout(Path("/srv/gitops")), "git")
+    assert f"```\n{snippet}```" in page
