@@ -7,10 +7,13 @@ the remote branch, re-create only the reports whose ``Report-Id`` it lacks on to
 re-sign them, and push again.
 
 When the server is busy (sshd drops connections beyond ``MaxStartups`` before the
-handshake), or refuses again after a rebase, we wait before the next attempt: a random
-time up to a limit that doubles each attempt ("full jitter"), so a thousand agents that
-failed together do not all come back together. Attempts are bounded; what is not pushed
-stays committed locally and goes with the next cycle.
+handshake; a gitops server says "the gitops server is busy" when its push slots are
+taken), or refuses again after a rebase, we wait before the next attempt: a random time
+up to a limit that doubles each attempt ("full jitter"), so a thousand agents that failed
+together do not all come back together. Attempts are bounded; what is not pushed stays
+committed locally and goes with the next cycle. A gitops server that checked the reports
+and refused them (its ``gitops:`` line says why) is not asked again: the answer would not
+change.
 """
 
 from __future__ import annotations

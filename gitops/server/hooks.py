@@ -127,6 +127,7 @@ def _hand_over(layout: Layout, updates: list[Update]) -> list[str]:
     fleet = pygit2.Repository(str(layout.fleet))
     handed: list[str] = []
     waiting: list[str] = []
+    diverged: list[str] = []
     for update in updates:
         host = deploy_host(update.ref)
         if host is None or update.new is None:
@@ -138,9 +139,17 @@ def _hand_over(layout: Layout, updates: list[Update]) -> list[str]:
         moved = fast_forward(fleet, pygit2.Repository(str(path)), deploy_ref(host), update.new)
         if moved is Move.UPDATED:
             handed.append(host)
+        elif moved is Move.DIVERGED:
+            diverged.append(host)
     lines = []
     if handed:
         lines.append(f"gitops: {len(handed)} deploy branches handed to their hosts' repositories")
+    if diverged:
+        lines.append(
+            f"gitops: warning: deploy/ of {', '.join(diverged)} differs from the host's "
+            "repository and neither descends from the other: not handed over; an admin "
+            "runs 'gitops server sync' to see why"
+        )
     if waiting:
         lines.append(
             f"gitops: no repository yet for {', '.join(waiting)}: 'gitops server sync' "

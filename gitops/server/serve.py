@@ -99,7 +99,10 @@ def take_push_slot(layout: Layout) -> int:
     except OSError:
         slots = []
     for slot in slots:
-        fd = os.open(slot, os.O_RDWR)
+        try:
+            fd = os.open(slot, os.O_RDWR)
+        except OSError:  # removed by a sync that lowered max_pushes
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
