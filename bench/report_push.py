@@ -150,7 +150,12 @@ def init_server(fleet: Fleet, directory: Path) -> tuple[Path, float]:
 
 
 def server_cpu(pid: int) -> float:
-    """CPU seconds of a process and its waited-for descendants (/proc/<pid>/stat)."""
+    """CPU seconds of a process and its waited-for descendants (/proc/<pid>/stat), once
+    the connections it served are over: a child counts only after sshd has reaped it."""
+    deadline = time.monotonic() + 10
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    while children.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.02)
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
