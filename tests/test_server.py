@@ -9,6 +9,7 @@ through the generated hooks. The git CLI is the client, as an attacker's would b
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import subprocess
@@ -720,3 +721,25 @@ def test_a_push_waits_for_a_free_slot_and_is_told_so(
             handle.close()
     done = push(world, client, world.host_key("web-1"), "hosts/web-1.git", f"{new}:{ref}")
     assert done.returncode == 0, done.stderr
+
+
+def test_an_admins_signed_merge_vouches_for_a_pull_requests_commits(
+    world: World, tmp_path: Path
+) -> None:
+    """``main: signed`` checks main's first-parent line: a contributor's unsigned commits
+    come in through the admin's signed merge; the same merge unsigned is refused."""
+    work = _admin_clone(world, tmp_path)
+    run = functools.partial(subprocess.run, cwd=work, check=True)
+    run(["git", "switch", "-q", "-c", "pr"])
+    run(["git", "-c", "user.email=carol@example.org", "commit", "-q", "--allow-empty", "-m", "c"])
+    run(["git", "switch", "-q", "main"])
+    run(["git", "merge", "-q", "--no-ff", "--no-gpg-sign", "-m", "Merge pr", "pr"])
+    refused = _admin_push(world, work, "HEAD:main")
+    assert_refused(refused, "gitops: main: commit", "is not signed by an admin key")
+    run(["git", "commit", "-q", "--amend", "-S", "--no-edit"])
+    accepted = _admin_push(world, work, "HEAD:main")
+    assert accepted.returncode == 0, accepted.stderr
+    assert (
+        world.head(MAIN_REF)
+        == run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    )

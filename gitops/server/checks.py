@@ -8,8 +8,9 @@ pusher can act on (the hook prints ``gitops: <branch>: <reason>``). The rules:
   report about that host;
 - a publisher pushes only ``deploy/<host>``: fast-forward commits, each signed by a
   publisher in main's ``fleet.yaml`` and addressed to that host (``Gitops-Host``);
-- an admin pushes only ``main``, fast-forward, each commit signed by an admin key of the
-  server (``main: signed``), or not at all (``main: mirror``);
+- an admin pushes only ``main``, fast-forward, each commit on its first-parent line (the
+  admin's own commits and merges) signed by an admin key of the server (``main:
+  signed``), or not at all (``main: mirror``);
 - nobody deletes a branch or rewrites one.
 """
 
@@ -191,12 +192,37 @@ def check_main_update(
         )
     if not config.admins:
         return "server.yaml lists no admin keys, so no push to main can be checked"
+    problem = _shape_problem(repo, update)
+    if problem is not None:
+        return problem
     trust = config.admin_trust()
+    line = _first_parent_line(repo, update)
+    if isinstance(line, str):
+        return line
+    for commit in line:
+        problem = _signature_problem(repo, commit, trust, "an admin key in server.yaml", now)
+        if problem is not None:
+            return problem
+    return None
 
-    def check(repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
-        return _signature_problem(repo, commit, trust, "an admin key in server.yaml", now)
 
-    return _check_commits(repo, update, check)
+def _first_parent_line(repo: pygit2.Repository, update: Update) -> list[pygit2.Commit] | str:
+    """The new commits along main's first-parent line: an admin's own commits and merges.
+    A signed merge vouches for its whole tree, so the commits a pull request brought in
+    (the merge's other parents) need not carry an admin's signature themselves."""
+    assert update.new is not None
+    found: list[pygit2.Commit] = []
+    oid: pygit2.Oid | None = update.new
+    while oid is not None:
+        if update.old is not None and (oid == update.old or repo.descendant_of(update.old, oid)):
+            break
+        if len(found) == MAX_NEW_COMMITS:
+            return f"more than {MAX_NEW_COMMITS} new commits in one push"
+        commit = repo.get(oid)
+        assert isinstance(commit, pygit2.Commit)
+        found.append(commit)
+        oid = commit.parent_ids[0] if commit.parent_ids else None
+    return found
 
 
 def refusal_lines(refusals: Sequence[tuple[Update, str]]) -> list[str]:
