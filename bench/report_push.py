@@ -306,6 +306,8 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def bench_storm(work: Path, agents: int, concurrency: int) -> None:
+    work = work / "storm"
+    work.mkdir()
     fleet = make_fleet(work, agents, with_keys=agents, reports=False)
     server, init_seconds = init_server(fleet, work / "server-storm")
     slots = len(list((server / "slots").iterdir()))
