@@ -48,6 +48,7 @@ from pathlib import Path
 
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the testing/ package
 
@@ -105,6 +106,16 @@ def _write_main(repo: Path, lines: dict[str, str], publisher_line: str) -> None:
     _fast_import(repo, b"".join(parts))
 
 
+def _write_key(path: Path, key: ed25519.Ed25519PrivateKey) -> Path:
+    """The key pair ssh reads (not fsynced: a thousand of them, thrown away after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    path.write_bytes(private)
+    path.chmod(0o600)
+    path.with_name(path.name + ".pub").write_text(keys.public_line(key))
+    return path
+
+
 def make_fleet(work: Path, count: int, *, with_keys: int, reports: bool) -> Fleet:
     """``count`` hosts; the first ``with_keys`` (from the middle of the fleet) get key files."""
     hosts = servers.host_names(count)
@@ -129,8 +140,7 @@ def make_fleet(work: Path, count: int, *, with_keys: int, reports: bool) -> Flee
         key = ed25519.Ed25519PrivateKey.generate()
         lines[host] = keys.public_line(key).strip()
         if host in keyed:
-            key_files[host] = key_dir / host
-            keys.write_keypair(key_files[host], key, f"root@{host}")
+            key_files[host] = _write_key(key_dir / host, key)
     publisher = ed25519.Ed25519PrivateKey.generate()
     _write_main(source, lines, keys.public_line(publisher).strip())
     return Fleet(source, hosts, key_files)
