@@ -208,6 +208,7 @@ class Cost:
     advertised: int  # refs the server advertised to that push
     poll_down: int  # bytes from the server for one idle poll
     cpu_ms: float  # server CPU for the push
+    poll_cpu_ms: float  # server CPU for the idle poll
 
 
 def measure(
@@ -244,8 +245,12 @@ def measure(
     spec = f"+{deploy_ref(host)}:refs/gitops/incoming"
     transport.fetch(client, url, [spec], env=env)
     proxy.reset()
+    poll_cpu = server_cpu(ssh.process.pid)
     transport.fetch(client, url, [spec], env=env)  # nothing new: the idle poll
-    return Cost(layout, push_down, push_up, advertised, proxy.from_server, cpu * 1000)
+    poll_cpu = server_cpu(ssh.process.pid) - poll_cpu
+    return Cost(
+        layout, push_down, push_up, advertised, proxy.from_server, cpu * 1000, poll_cpu * 1000
+    )
 
 
 def bench_cost(work: Path, count: int) -> tuple[list[Cost], float]:
@@ -415,13 +420,13 @@ def main(argv: list[str] | None = None) -> int:
                 "\nBytes per report push and per idle poll, from the server, on the wire (ssh included)"
             )
             print(
-                f"{'hosts':>7} {'layout':<6} {'refs adv.':>9} {'push down':>10} {'push up':>8} {'poll down':>9} {'srv CPU ms':>10}"
+                f"{'hosts':>7} {'layout':<6} {'refs adv.':>9} {'push down':>10} {'push up':>8} {'poll down':>9} {'push CPU ms':>11} {'poll CPU ms':>11}"
             )
             for count, costs, _ in rows:
                 for cost in costs:
                     print(
                         f"{count:>7,} {cost.layout:<6} {cost.advertised:>9,} {cost.push_down:>10,} "
-                        f"{cost.push_up:>8,} {cost.poll_down:>9,} {cost.cpu_ms:>10.0f}"
+                        f"{cost.push_up:>8,} {cost.poll_down:>9,} {cost.cpu_ms:>11.0f} {cost.poll_cpu_ms:>11.0f}"
                     )
             print(f"\n{'hosts':>7} {'gitops server init (s)':>22}")
             for count, _, init_seconds in rows:

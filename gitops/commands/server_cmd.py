@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from gitops.server.layout import Identity, Layout
 def default_command() -> tuple[str, ...]:
     """How sshd and git's hooks run this gitops: its ``gitops`` program, or the Python
     running now with ``-m gitops``."""
+    import shutil  # here: sshd starts ``serve`` for every connection, and it needs none
+
     found = shutil.which("gitops")
     if found:
         return (str(Path(found).resolve()),)
