@@ -14,11 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import pygit2
 import pytest
@@ -699,28 +702,50 @@ def test_agent_and_publisher_work_through_the_server(world: World, tmp_path: Pat
     assert commits.verify_commit(fleet, head, signers).principal == host
 
 
-def test_a_push_waits_for_a_free_slot_and_is_told_so(
+def _hold(paths: list[Path]) -> list[IO[str]]:
+    held: list[IO[str]] = []
+    for path in paths:
+        handle = path.open("r+")
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(handle)
+    return held
+
+
+def test_a_push_with_no_slot_and_no_place_in_the_queue_is_told_the_server_is_busy(
     world: World, client: pygit2.Repository
 ) -> None:
-    """While every push slot is taken the server refuses at once, saying it is busy (the
-    agent retries after a jittered wait); a fetch is not limited."""
-    held = []
+    """The agent retries "busy" after a jittered wait; a fetch is not limited."""
+    held = _hold(sorted(world.layout.slots_dir.iterdir()))
     try:
-        for slot in sorted(world.layout.slots_dir.iterdir()):
-            handle = slot.open("r+")
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held.append(handle)
-        assert held
+        slots = len([h for h in held if Path(h.name).name.startswith("push-")])
         parent = reports_head(world, client)  # fetching still works
         new = report_commit(client, world.host_key("web-1"), "web-1", parent)
         ref = reports_ref("web-1")
         busy = push(world, client, world.host_key("web-1"), "hosts/web-1.git", f"{new}:{ref}")
-        assert_refused(busy, f"the gitops server is busy (all {len(held)} push slots in use)")
+        assert_refused(busy, f"the gitops server is busy (all {slots} push slots in use)")
     finally:
         for handle in held:
             handle.close()
     done = push(world, client, world.host_key("web-1"), "hosts/web-1.git", f"{new}:{ref}")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_push_waits_in_the_queue_for_a_free_slot(world: World, client: pygit2.Repository) -> None:
+    held = _hold(sorted(world.layout.slots_dir.glob("push-*")))
+    parent = reports_head(world, client)
+    new = report_commit(client, world.host_key("web-1"), "web-1", parent)
+    ref = reports_ref("web-1")
+    with ThreadPoolExecutor(1) as pool:
+        pushing = pool.submit(
+            push, world, client, world.host_key("web-1"), "hosts/web-1.git", f"{new}:{ref}"
+        )
+        time.sleep(2)
+        assert not pushing.done()  # waiting for a slot, not sent away
+        for handle in held:
+            handle.close()
+        done = pushing.result(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert world.head(ref, "web-1") == str(new)
 
 
 def test_an_admins_signed_merge_vouches_for_a_pull_requests_commits(

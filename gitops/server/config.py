@@ -40,11 +40,17 @@ class ServerConfig:
     upstream: str | None = None  # with main: mirror, where main is fetched from
     admins: tuple[Admin, ...] = ()
     max_pushes: int | None = None  # pushes checked at once; default: 4 per CPU
+    push_queue: int | None = None  # pushes that may wait for one; default: 32 per CPU
 
     def push_slots(self) -> int:
         # A push is mostly CPU (its two hooks) with some waiting on the disk: a few per
         # CPU keep the CPUs busy; each costs about 80 MB while it runs.
         return self.max_pushes or 4 * (os.cpu_count() or 1)
+
+    def queue_places(self) -> int:
+        # A waiting push holds its ssh session and a small Python process (about 25 MB
+        # together) and no CPU.
+        return self.push_queue or 32 * (os.cpu_count() or 1)
 
     def admin_trust(self) -> AllowedSigners:
         return AllowedSigners.of((a.principal, a.key) for a in self.admins)
@@ -59,6 +65,8 @@ class ServerConfig:
         data["admins"] = [{"principal": a.principal, "key": a.key.openssh()} for a in self.admins]
         if self.max_pushes is not None:
             data["max_pushes"] = self.max_pushes
+        if self.push_queue is not None:
+            data["push_queue"] = self.push_queue
         return (
             "# gitops server settings (gitops server init wrote this; see docs/server.md).\n"
             "# Hosts and publishers come from main, never from here.\n"
@@ -95,15 +103,11 @@ class ServerConfig:
                 item.problem("principal", f"{principal!r}: use letters, digits and . _ @ + -")
             elif principal and key is not None:
                 admins.append(Admin(principal, key))
-        max_pushes = top.get("max_pushes")
-        if max_pushes is not None and (
-            not isinstance(max_pushes, int) or isinstance(max_pushes, bool) or max_pushes < 1
-        ):
-            top.problem("max_pushes", "must be a whole number of at least 1")
-            max_pushes = None
+        max_pushes = _count(top, "max_pushes", least=1)
+        push_queue = _count(top, "push_queue", least=0)
         top.finish()
         problems.raise_if_any(f"{where}: invalid server settings")
-        return cls(tuple(command), main, upstream, tuple(admins), max_pushes)
+        return cls(tuple(command), main, upstream, tuple(admins), max_pushes, push_queue)
 
     @classmethod
     def load(cls, path: Path) -> ServerConfig:
@@ -112,3 +116,13 @@ class ServerConfig:
         except OSError as err:
             raise GitopsError(f"{path}: cannot read the server settings ({err.strerror})") from err
         return cls.parse(text, str(path))
+
+
+def _count(top: Reader, key: str, *, least: int) -> int | None:
+    value = top.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        top.problem(key, f"must be a whole number of at least {least}")
+        return None
+    return value

@@ -25,7 +25,9 @@ AUTHORIZED_KEYS: Final = "authorized_keys"
 CONFIG_FILE: Final = "server.yaml"
 SSHD_SNIPPET: Final = "sshd_config"
 LOCK_FILE: Final = ".sync.lock"
-SLOTS_DIR: Final = "slots"  # one lock file per push that may run at once
+SLOTS_DIR: Final = "slots"  # lock files: pushes that may run, and pushes that may wait
+SLOT_PREFIX: Final = "push-"
+QUEUE_PREFIX: Final = "queue-"
 
 # Set by ``serve`` (sshd's forced command) for git and its hooks; a client cannot set it:
 # sshd passes on only what AcceptEnv names (GIT_PROTOCOL).

@@ -14,15 +14,28 @@ import contextlib
 import fcntl
 import os
 import shlex
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NoReturn
 
 from gitops.errors import GitopsError
-from gitops.server.layout import FLEET, IDENTITY_ENV, Identity, Layout, RepoName, Role
+from gitops.server.layout import (
+    FLEET,
+    IDENTITY_ENV,
+    QUEUE_PREFIX,
+    SLOT_PREFIX,
+    Identity,
+    Layout,
+    RepoName,
+    Role,
+)
 from gitops.server.layout import parse_repo_name as parse_repo
 from gitops.system import process
+
+QUEUE_WAIT = 60.0  # seconds a queued push waits for a slot before it is refused
+QUEUE_POLL = 0.05  # how often a queued push looks for a free slot
 
 # git's own configuration files play no part: each repository's config says everything.
 _HERMETIC_GIT = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
@@ -89,32 +102,79 @@ def git_environment(environ: Mapping[str, str], identity: Identity) -> dict[str,
     return {**environ, **_HERMETIC_GIT, IDENTITY_ENV: str(identity)}
 
 
-def take_push_slot(layout: Layout) -> int:
-    """Lock one of the slot files (``gitops server sync`` makes ``max_pushes`` of them)
-    and return its descriptor, which git and its hooks inherit: the slot is free again
-    when the last of them exits. A push costs two Python hooks (about 40 MB each); the
-    slots bound how many run at once, whatever sshd lets in."""
+def _open_slots(layout: Layout, prefix: str) -> list[int]:
     try:
-        slots = sorted(layout.slots_dir.iterdir())
+        names = sorted(p for p in layout.slots_dir.iterdir() if p.name.startswith(prefix))
     except OSError:
-        slots = []
-    for slot in slots:
-        try:
-            fd = os.open(slot, os.O_RDWR)
-        except OSError:  # removed by a sync that lowered max_pushes
-            continue
+        return []
+    fds = []
+    for name in names:
+        with contextlib.suppress(OSError):  # removed by a sync that lowered the count
+            fds.append(os.open(name, os.O_RDWR))
+    return fds
+
+
+def _lock_one(fds: list[int]) -> int | None:
+    for fd in fds:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)
             continue
-        os.set_inheritable(fd, True)
         return fd
+    return None
+
+
+def _close_except(fds: list[int], keep: int | None) -> None:
+    for fd in fds:
+        if fd != keep:
+            os.close(fd)
+
+
+def take_push_slot(
+    layout: Layout, *, wait: float = QUEUE_WAIT, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """Lock one of the ``push-*`` slot files and return its descriptor, which git and
+    its hooks inherit: the slot is free again when the last of them exits. A push costs
+    two Python hooks (about 40 MB each); the slots bound how many run at once, whatever
+    sshd lets in.
+
+    When every slot is taken, the push waits for one (up to ``wait`` seconds) if it can
+    take a place in the queue (the ``queue-*`` files): a connection that waits costs a
+    little memory and no CPU, where one sent away makes the agent come back through a
+    whole new ssh handshake. With the queue full too, or after the wait, it is refused.
+    """
+    slots = _open_slots(layout, SLOT_PREFIX)
     if not slots:
         return -1  # no slots made (a server from before they existed): no limit
-    raise BusyError(
-        f"the gitops server is busy (all {len(slots)} push slots in use); try again shortly"
-    )
+    taken = _lock_one(slots)
+    if taken is None:
+        taken = _wait_in_queue(layout, slots, wait, clock)
+    _close_except(slots, taken)
+    if taken is None:
+        raise BusyError(
+            f"the gitops server is busy (all {len(slots)} push slots in use); try again shortly"
+        )
+    os.set_inheritable(taken, True)
+    return taken
+
+
+def _wait_in_queue(
+    layout: Layout, slots: list[int], wait: float, clock: Callable[[], float]
+) -> int | None:
+    places = _open_slots(layout, QUEUE_PREFIX)
+    place = _lock_one(places)
+    try:
+        if place is None:
+            return None
+        deadline = clock() + wait
+        while clock() < deadline:
+            time.sleep(QUEUE_POLL)
+            taken = _lock_one(slots)
+            if taken is not None:
+                return taken
+        return None
+    finally:
+        _close_except(places, None)  # closing the place's descriptor frees it
 
 
 def serve(

@@ -27,7 +27,7 @@ from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems
 from gitops.protocol import MAIN_REF, deploy_ref, reports_ref
 from gitops.server.config import MainPolicy, ServerConfig
-from gitops.server.layout import Identity, Layout, Role
+from gitops.server.layout import QUEUE_PREFIX, SLOT_PREFIX, Identity, Layout, Role
 from gitops.server.mainview import MainView
 from gitops.server.transfer import Move, fast_forward
 from gitops.system import atomic, transport
@@ -335,9 +335,11 @@ def _fetch_upstream(layout: Layout, config: ServerConfig) -> None:
 
 
 def _write_slots(config: ServerConfig, layout: Layout) -> None:
-    """``max_pushes`` slot files (serve locks one per push); extra ones go."""
+    """``max_pushes`` slot files and ``push_queue`` queue files (serve locks one per
+    push that runs or waits); extra ones go."""
     layout.slots_dir.mkdir(exist_ok=True)
-    wanted = {f"push-{n:03d}.lock" for n in range(config.push_slots())}
+    wanted = {f"{SLOT_PREFIX}{n:03d}.lock" for n in range(config.push_slots())}
+    wanted |= {f"{QUEUE_PREFIX}{n:03d}.lock" for n in range(config.queue_places())}
     for name in sorted(wanted):
         slot = layout.slots_dir / name
         if not slot.exists():

@@ -98,7 +98,8 @@ class TransientError(GitopsError):
 _TRANSIENT = (
     "kex_exchange_identification",
     "ssh_exchange_identification",
-    "Connection reset by peer",
+    "Connection reset by",  # "... by peer", "... by 192.0.2.1 port 22"
+    "Broken pipe",
     "Connection timed out",
     "Connection closed by",
     "returned error: 429",
@@ -258,5 +259,14 @@ def _last_line(text: str, env: Mapping[str, str] | None = None) -> str:
     for marker, cause in _CAUSES:
         if marker in text:
             return cause
-    useful = [line for line in lines if line.startswith(("fatal:", "error:", "remote:"))]
-    return (useful or lines or ["no output"])[-1]
+    # git's closing words after ssh failed say nothing; ssh's own line before them does.
+    specific = [line for line in lines if not line.startswith(_GIT_GENERIC)]
+    useful = [line for line in specific if line.startswith(("fatal:", "error:", "remote:"))]
+    return (useful or specific or lines or ["no output"])[-1]
+
+
+_GIT_GENERIC = (
+    "fatal: Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
+)
