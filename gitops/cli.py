@@ -34,6 +34,48 @@ def _add_repo(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = commands.add_parser(
+        "server", help="the git server hosts talk to: per-host repositories, sshd, hooks"
+    )
+    actions = server.add_subparsers(dest="server_command", required=True, metavar="ACTION")
+    init = actions.add_parser("init", help="create a server directory from a fleet repository")
+    init.add_argument(
+        "--repo", required=True, help="the fleet repository (path or URL) to take main from"
+    )
+    init.add_argument(
+        "--mirror",
+        action="store_true",
+        help="main is mirrored from --repo on every sync; nobody pushes main over ssh",
+    )
+    init.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        metavar="PRINCIPAL=KEY.pub",
+        help="an admin who may push main (signed commits); repeatable",
+    )
+    init.add_argument(
+        "--command",
+        dest="gitops_command",
+        help="how sshd and git's hooks run gitops (default: this gitops)",
+    )
+    sync = actions.add_parser(
+        "sync", help="make the server agree with main: repositories, keys, hooks (idempotent)"
+    )
+    sync.add_argument(
+        "--no-fetch", action="store_true", help="with main: mirror, do not fetch main first"
+    )
+    serve = actions.add_parser("serve", help="sshd's forced command (authorized_keys)")
+    serve.add_argument(
+        "--as", dest="identity", required=True, help="host:NAME, publisher:NAME or admin:NAME"
+    )
+    hook = actions.add_parser("hook", help="git's pre-receive and post-receive hooks")
+    hook.add_argument("hook", choices=["pre-receive", "post-receive"])
+    for sub in (init, sync, serve, hook):
+        sub.add_argument("--dir", type=Path, required=True, help="the server directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitops",
@@ -195,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--serve", action="store_true", help="then serve it on localhost")
     build.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
 
+    _add_server(commands)
+
     demo = commands.add_parser(
         "demo", help="a whole fleet on this machine: publish, agents, reports, site"
     )
@@ -283,6 +327,24 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import site_cmd
 
             return site_cmd.build(args.repo, args.out, serve=args.serve, port=args.port)
+        case "server":
+            from gitops.commands import server_cmd
+
+            match args.server_command:
+                case "init":
+                    return server_cmd.init(
+                        args.dir,
+                        args.repo,
+                        mirror=args.mirror,
+                        admins=args.admin,
+                        command=args.gitops_command,
+                    )
+                case "sync":
+                    return server_cmd.sync_server(args.dir, fetch=not args.no_fetch)
+                case "serve":
+                    return server_cmd.serve(args.dir, args.identity)
+                case _:
+                    return server_cmd.hook(args.hook, args.dir)
         case "demo":
             from gitops.demo import scenario as demo
 

@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -159,11 +160,21 @@ def _host_public_key(key_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def sshd(root: Path, *, accept_git_protocol: bool = True) -> Iterator[SshServer]:
+def sshd(
+    root: Path,
+    *,
+    accept_git_protocol: bool = True,
+    authorized_keys: Path | None = None,
+    settings: Sequence[str] = ("MaxStartups 100",),
+) -> Iterator[SshServer]:
     """A real sshd on 127.0.0.1 with its own ed25519 host key.
 
     ``accept_git_protocol``: ``AcceptEnv GIT_PROTOCOL``, without which git over ssh falls
     back to protocol v0 (the whole ref advertisement) whatever the client asks for.
+    ``authorized_keys``: the file sshd reads keys from (a gitops server's generated one);
+    by default an empty file of its own that :meth:`SshServer.authorize` appends to.
+    ``settings``: more sshd_config lines (e.g. ``MaxStartups``, or a gitops server's
+    generated snippet, which ends in a ``Match`` block).
     """
     program = find_sshd()
     if program is None:
@@ -173,8 +184,9 @@ def sshd(root: Path, *, accept_git_protocol: bool = True) -> Iterator[SshServer]
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
     host_key = root / "ssh_host_ed25519_key"
     keys.new_keypair(host_key, "sshd-test-host-key")
-    authorized = root / "authorized_keys"
-    authorized.touch(mode=0o600)
+    authorized = authorized_keys or root / "authorized_keys"
+    if authorized_keys is None:
+        authorized.touch(mode=0o600)
     port = free_port()
     config = root / "sshd_config"
     lines = [
@@ -191,10 +203,10 @@ def sshd(root: Path, *, accept_git_protocol: bool = True) -> Iterator[SshServer]
         "StrictModes no",
         f"PidFile {root / 'sshd.pid'}",
         "LogLevel VERBOSE",
-        "MaxStartups 100",
     ]
     if accept_git_protocol:
         lines.append("AcceptEnv GIT_PROTOCOL")
+    lines += settings  # last: they may end in a Match block
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     log = root / "sshd.log"
     with log.open("wb") as log_file:
@@ -217,6 +229,13 @@ def sshd(root: Path, *, accept_git_protocol: bool = True) -> Iterator[SshServer]
         )
     finally:
         stop_process(process)
+
+
+def gitops_command() -> str:
+    """How sshd's forced commands and git's hooks run the gitops under test: this Python,
+    with this checkout on its path (sshd passes no PYTHONPATH of ours)."""
+    root = Path(__file__).resolve().parent.parent
+    return f"env PYTHONPATH={root} {sys.executable} -m gitops"
 
 
 # -- git-http-backend behind Basic auth ----------------------------------------------------

@@ -46,3 +46,8 @@ def replace_symlink(link: Path, target: str | Path) -> None:
     tmp.symlink_to(target)
     tmp.replace(link)
     _fsync_dir(link.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the names just created or renamed in ``directory`` durable."""
+    _fsync_dir(directory)

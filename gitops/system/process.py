@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from gitops.errors import GitopsError
 
@@ -273,3 +273,19 @@ class _Lines:
         text = _decode(raw).rstrip("\r")
         self.on_line(text)
         self.tail.append(text[:MAX_LINE])
+
+
+def replace_process(args: Sequence[str | Path], *, env: Mapping[str, str]) -> NoReturn:
+    """Replace this process with ``args`` (``execvpe``), whose environment is exactly ``env``.
+
+    For sshd's forced command (``gitops server serve``): once the request is authorized,
+    git itself must own stdin and stdout, with no Python process in between.
+    """
+    argv = [str(a) for a in args]
+    log.debug("exec %s%s", _describe_env(env), shlex.join(argv))
+    try:
+        os.execvpe(argv[0], argv, dict(env))
+    except FileNotFoundError as err:
+        raise GitopsError(f"{argv[0]}: command not found; install it or put it on PATH") from err
+    except OSError as err:
+        raise GitopsError(f"{argv[0]}: cannot run it ({err.strerror})") from err

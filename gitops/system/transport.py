@@ -92,6 +92,31 @@ class RefNotFoundError(GitopsError):
     """The remote has no such ref (e.g. nothing published for this host yet)."""
 
 
+class TransientError(GitopsError):
+    """The server could not take the connection just now (busy, restarting): try again
+    after a pause. sshd drops connections beyond ``MaxStartups`` before the handshake."""
+
+
+# What a busy or restarting server makes ssh, git or curl say.
+_TRANSIENT = (
+    "kex_exchange_identification",
+    "ssh_exchange_identification",
+    "Connection reset by",  # "... by peer", "... by 192.0.2.1 port 22"
+    "Broken pipe",
+    "Connection timed out",
+    "Connection closed by",
+    "returned error: 429",
+    "returned error: 502",
+    "returned error: 503",
+    "returned error: 504",
+    "the gitops server is busy",  # gitops server serve: every push slot is taken
+)
+
+
+def _is_transient(stderr: str) -> bool:
+    return any(marker in stderr for marker in _TRANSIENT)
+
+
 def fetch(
     git_dir: Path,
     remote: str,
@@ -221,7 +246,8 @@ def _parse_push(
             statuses.append(RefStatus(parts[1].split(":")[-1], parts[0], parts[2]))
     message = _last_line(result.stderr, env)
     if not statuses and result.returncode != 0:
-        raise GitopsError(f"push to {remote} failed: {message}")
+        error = TransientError if _is_transient(result.stderr) else GitopsError
+        raise error(f"push to {remote} failed: {message}")
     return PushResult(tuple(statuses), message)
 
 
@@ -352,6 +378,10 @@ def push(
 # "Could not read from remote repository", which hides why.
 _CAUSES = (
     (
+        "kex_exchange_identification",
+        "the git server closed the connection before the ssh handshake (busy: sshd MaxStartups)",
+    ),
+    (
         "REMOTE HOST IDENTIFICATION HAS CHANGED",
         "the server's ssh host key is not the one in known_hosts (refused)",
     ),
@@ -389,9 +419,22 @@ def _last_line(text: str, env: Mapping[str, str] | None = None) -> str:
             if sent_token
             else "the server asks for credentials; set http_token_file"
         )
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # A gitops server says why it refused in a line of its own: that line, not git's.
+    refusals = [line for line in lines if line.startswith(("gitops:", "remote: gitops:"))]
+    if refusals:
+        return refusals[0]
     for marker, cause in _CAUSES:
         if marker in text:
             return cause
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    useful = [line for line in lines if line.startswith(("fatal:", "error:", "remote:"))]
-    return (useful or lines or ["no output"])[-1]
+    # git's closing words after ssh failed say nothing; ssh's own line before them does.
+    specific = [line for line in lines if not line.startswith(_GIT_GENERIC)]
+    useful = [line for line in specific if line.startswith(("fatal:", "error:", "remote:"))]
+    return (useful or specific or lines or ["no output"])[-1]
+
+
+_GIT_GENERIC = (
+    "fatal: Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
+)

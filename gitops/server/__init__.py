@@ -1,0 +1,9 @@
+"""The gitops server: OpenSSH forced commands and git hooks that enforce the protocol.
+
+Layout of a server directory (``gitops server init``): ``fleet.git`` holds ``main``, every
+``deploy/<host>`` and a fan-in copy of every ``reports/<host>`` (for the publisher and the
+site); ``hosts/<host>.git`` holds only that host's two branches (read isolation: a host
+cannot obtain an object its repository does not hold, and a report push receives a
+two-ref advertisement whatever the fleet's size). ``authorized_keys`` maps each key to one
+identity; ``hooks/`` checks every push. See docs/server.md.
+"""
