@@ -21,8 +21,10 @@ from datetime import datetime
 
 import pygit2
 
+from gitops.inventory.sbom import read_sbom
 from gitops.protocol import (
     MAIN_REF,
+    SBOM_FILE,
     STATUS_FILE,
     TRAILER_HOST,
     Report,
@@ -107,14 +109,16 @@ def _report_content_problem(commit: pygit2.Commit, host: str) -> str | None:
     short = _short(commit.id)
     if len(commit.parent_ids) > 1:
         return f"commit {short} is a merge; a reports branch is a straight line"
-    entries = list(commit.tree)
-    if (
-        len(entries) != 1
-        or entries[0].name != STATUS_FILE
-        or not isinstance(entries[0], pygit2.Blob)
-    ):
-        return f"commit {short} must hold exactly one file, {STATUS_FILE}"
-    blob = entries[0]
+    entries = {entry.name: entry for entry in commit.tree}
+    blob = entries.pop(STATUS_FILE, None)
+    sbom = entries.pop(SBOM_FILE, None)
+    if entries or not isinstance(blob, pygit2.Blob) or not isinstance(sbom, pygit2.Blob | None):
+        return f"commit {short} must hold {STATUS_FILE} and, optionally, {SBOM_FILE}: nothing else"
+    if sbom is not None:
+        try:
+            read_sbom(bytes(sbom.data))
+        except ValueError as err:
+            return f"commit {short}: {SBOM_FILE} is not a valid SBOM ({err})"
     if blob.size > MAX_STATUS_BYTES:
         return f"commit {short}: {STATUS_FILE} is {blob.size} bytes (at most {MAX_STATUS_BYTES})"
     try:
