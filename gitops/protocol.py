@@ -134,13 +134,16 @@ class Report:
     changes: tuple[str, ...] = ()  # `nix store diff-closures` of the previous and new system
     schema: int = SCHEMA
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
+        """The report as status.json holds it (JSON types only, ``schema`` first)."""
         data = asdict(self)
         data["time"] = format_time(self.time)
         data["result"] = str(self.result)
         data["changes"] = list(self.changes)
-        ordered = {"schema": data.pop("schema"), **data}
-        return json.dumps(ordered, indent=2, sort_keys=False) + "\n"
+        return {"schema": data.pop("schema"), **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: bytes | str) -> Report:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+
+from gitops.protocol import Report, Result
 
 
 class Trust(StrEnum):
@@ -31,17 +32,26 @@ class State(StrEnum):
     UNVERIFIED = "unverified"
 
 
+class Flag(StrEnum):
+    """True beside any state (docs/dashboard.md, "Host states")."""
+
+    REBOOT_NEEDED = "reboot needed"
+    DRIFT = "drift"
+    DEPLOY_UNVERIFIED = "deploy head unverified"
+    REPORT_UNVERIFIED = "unverified report"
+
+
 # Most urgent first (the order of the overview's problem list and of the drift page).
-URGENCY: tuple[str, ...] = (
+URGENCY: tuple[State | Flag, ...] = (
     State.FAILED,
     State.ROLLED_BACK,
     State.REJECTED,
-    "drift",
+    Flag.DRIFT,
     State.UNVERIFIED,
     State.STALE,
     State.OFFLINE,
     State.PENDING,
-    "reboot needed",
+    Flag.REBOOT_NEEDED,
     State.NEVER,
 )
 
@@ -68,7 +78,7 @@ class ReportEntry:
     trust: Trust
     trust_detail: str  # why not verified, or the verified principal
     time: datetime | None = None  # the report's own time (None when it did not parse)
-    result: str | None = None
+    result: Result | None = None
     reason: str = ""
     deploy_seen: str | None = None
     deploy_applied: str | None = None
@@ -120,10 +130,10 @@ class HostData:
     deploy_head: str | None
     reports: tuple[ReportEntry, ...] = ()  # newest first; older heartbeats thinned to one a day
     deploys: tuple[DeployEntry, ...] = ()  # newest first
-    latest_status: dict[str, Any] | None = None  # status.json of the newest verified report
+    latest: Report | None = None  # the newest verified report, parsed
     truncated: bool = False  # older reports exist beyond what was read
     report_count: int = 0
-    trust_counts: tuple[tuple[str, int], ...] = ()
+    trust_counts: tuple[tuple[Trust, int], ...] = ()
 
     @property
     def newest_verified(self) -> ReportEntry | None:
@@ -154,10 +164,10 @@ class HostStatus:
 
     name: str
     state: State
-    flags: tuple[str, ...]  # "reboot needed", "drift", "deploy head unverified"
+    flags: tuple[Flag, ...]
     reason: str  # one line: why this state
     last_seen: datetime | None  # time of the newest verified report
-    last_result: str | None
+    last_result: Result | None
     applied: str | None  # deploy commit the host last applied (verified reports only)
     applied_source: str | None
     published: str | None  # verified head of deploy/<host>
@@ -169,11 +179,22 @@ class HostStatus:
 
     @property
     def urgency(self) -> int:
-        keys = [str(self.state), *self.flags]
-        ranks = [URGENCY.index(k) for k in keys if k in URGENCY]
+        """The rank in URGENCY of the state or flag that matters most (lower: more urgent)."""
+        ranks = [URGENCY.index(k) for k in (self.state, *self.flags) if k in URGENCY]
         if self.state is State.UP_TO_DATE and not ranks:
             return len(URGENCY) + 1
         return min(ranks) if ranks else len(URGENCY)
+
+    @property
+    def most_urgent(self) -> State | Flag:
+        """The state or flag that decides the urgency (the state when nothing ranks)."""
+        keys: tuple[State | Flag, ...] = (self.state, *self.flags)
+        found: State | Flag = self.state
+        rank = len(URGENCY)
+        for key in keys:
+            if key in URGENCY and URGENCY.index(key) < rank:
+                found, rank = key, URGENCY.index(key)
+        return found
 
 
 @dataclass(frozen=True)
@@ -181,10 +202,18 @@ class Problem:
     """A line in the overview's "most urgent first" list."""
 
     rank: int
-    kind: str
+    kind: State | Flag
     host: str
     text: str
     since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DriftGroup:
+    """A section of the drift page: the hosts with one state or flag, longest first."""
+
+    kind: State | Flag
+    hosts: tuple[HostStatus, ...]
 
 
 @dataclass(frozen=True)

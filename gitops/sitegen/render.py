@@ -13,11 +13,11 @@ import jinja2
 from markupsafe import Markup, escape
 
 from gitops.fleet.model import Host, SiteSettings
-from gitops.fleet.policies import Policy
+from gitops.fleet.policies import Outcome, Policy
 from gitops.protocol import format_time as protocol_time
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
-from gitops.sitegen.compliance import Answer
+from gitops.sitegen.compliance import Answer, Exempt, Verdict
 from gitops.sitegen.model import DeployEntry, HostStatus, ReportEntry
 from gitops.sitegen.states import describe_age
 
@@ -173,9 +173,9 @@ class Renderer:
                     f"exemption expired {a.expired_exemption.expires} "
                     f"({escape(a.expired_exemption.reason)})"
                 )
-            elif a.outcome == "fail":
+            elif a.outcome is Outcome.FAIL:
                 note = str(escape(policies[a.policy].resolution))
-            elif a.outcome == "unknown" and not verified:
+            elif a.outcome is Outcome.UNKNOWN and not verified:
                 note = "no verified report"
             else:
                 note = ""
@@ -231,7 +231,12 @@ class Renderer:
         )
 
 
-_ANSWER_LABELS = {"pass": "Yes", "fail": "No", "unknown": "Unknown", "exempt": "Exempt"}
+_ANSWER_LABELS: dict[Verdict, str] = {
+    Outcome.PASS: "Yes",
+    Outcome.FAIL: "No",
+    Outcome.UNKNOWN: "Unknown",
+    Exempt.EXEMPT: "Exempt",
+}
 
 
 def _fact_value(value: object) -> str:

@@ -15,14 +15,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from gitops.protocol import Result
-from gitops.sitegen.model import DeployEntry, HostData, HostStatus, ReportEntry, State
+from gitops.sitegen.model import DeployEntry, Flag, HostData, HostStatus, ReportEntry, State
 
-FLAG_REBOOT = "reboot needed"
-FLAG_DRIFT = "drift"
-FLAG_DEPLOY_UNVERIFIED = "deploy head unverified"
-FLAG_REPORT_UNVERIFIED = "unverified report"
-
-_BY_RESULT: dict[str, State] = {
+_BY_RESULT: dict[Result | None, State] = {
     Result.BUILD_FAILED: State.FAILED,
     Result.SWITCH_FAILED: State.FAILED,
     Result.ROLLED_BACK: State.ROLLED_BACK,
@@ -63,7 +58,7 @@ def _state_of(
         return State.UNVERIFIED if any_reports else State.NEVER
     if (moment - report.when).total_seconds() > stale_after:
         return State.STALE
-    by_result = _BY_RESULT.get(report.result or "")
+    by_result = _BY_RESULT.get(report.result)
     if by_result is not None:
         return by_result
     if published is not None and report.deploy_applied == published.oid:
@@ -89,69 +84,81 @@ def _failing_since(data: HostData, state: State) -> datetime | None:
     for entry in data.reports:
         if not entry.verified:
             continue
-        if _BY_RESULT.get(entry.result or "") is not state:
+        if _BY_RESULT.get(entry.result) is not state:
             break
         since = entry.when
     return since
+
+
+def _flags(
+    data: HostData, newest: ReportEntry | None, published: DeployEntry | None
+) -> tuple[tuple[Flag, ...], str]:
+    """The flags beside the state, and what the drift is when there is drift."""
+    flags: list[Flag] = []
+    drift_detail = ""
+    if newest is not None:
+        if newest.reboot_required:
+            flags.append(Flag.REBOOT_NEEDED)
+        running, built = newest.current_system, newest.store_path
+        if running and built and running != built:
+            flags.append(Flag.DRIFT)
+            drift_detail = (
+                f"running {short_path(running)}, not "
+                f"{short_path(built)} built from the applied deploy commit"
+            )
+    if data.deploy_head is not None and published is None:
+        flags.append(Flag.DEPLOY_UNVERIFIED)
+    if data.reports and not data.reports[0].verified and newest is not None:
+        flags.append(Flag.REPORT_UNVERIFIED)
+    return tuple(flags), drift_detail
+
+
+def _explain(
+    data: HostData,
+    state: State,
+    newest: ReportEntry | None,
+    published: DeployEntry | None,
+    missing: tuple[DeployEntry, ...],
+    stale_after: int,
+) -> tuple[str, datetime | None]:
+    """Why the host is in ``state`` (one line), and since when."""
+    if state is State.NEVER:
+        return "no report on reports/" + data.name, None
+    if state is State.UNVERIFIED:
+        first = data.reports[0]
+        reason = (
+            f"{data.report_count} report(s), none verifies: {first.trust_detail or first.error}"
+        )
+        return reason, data.reports[-1].commit_time
+    assert newest is not None  # every other state is judged from a verified report
+    applied = newest.deploy_applied
+    match state:
+        case State.STALE:
+            when = newest.when.strftime("%Y-%m-%d %H:%M UTC")
+            reason = f"no verified report since {when} (stale after {describe_age(stale_after)})"
+            return reason, newest.when
+        case State.FAILED | State.ROLLED_BACK | State.REJECTED | State.OFFLINE:
+            return newest.reason or str(newest.result), _failing_since(data, state)
+        case State.PENDING:
+            since = missing[-1].time if missing else None
+            if published is None:
+                return "no verified deploy commit to apply", since
+            return f"published {short(published.oid)}, applied {short(applied)}", since
+    return f"applied {short(applied)}", None
 
 
 def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
     newest = data.newest_verified
     published = data.published
     state = _state_of(newest, published, now, stale_after, bool(data.reports))
-    flags: list[str] = []
-    drift_detail = ""
-    if newest is not None:
-        if newest.reboot_required:
-            flags.append(FLAG_REBOOT)
-        if (
-            newest.current_system
-            and newest.store_path
-            and newest.current_system != newest.store_path
-        ):
-            flags.append(FLAG_DRIFT)
-            drift_detail = (
-                f"running {short_path(newest.current_system)}, not "
-                f"{short_path(newest.store_path)} built from the applied deploy commit"
-            )
-    if data.deploy_head is not None and published is None:
-        flags.append(FLAG_DEPLOY_UNVERIFIED)
-    if data.reports and not data.reports[0].verified and newest is not None:
-        flags.append(FLAG_REPORT_UNVERIFIED)
+    flags, drift_detail = _flags(data, newest, published)
     applied = newest.deploy_applied if newest is not None else None
     missing = missing_publishes(data, applied) if state is not State.UP_TO_DATE else ()
-    since: datetime | None = None
-    reason = ""
-    if state is State.NEVER:
-        reason = "no report on reports/" + data.name
-    elif state is State.UNVERIFIED:
-        first = data.reports[0]
-        reason = (
-            f"{data.report_count} report(s), none verifies: {first.trust_detail or first.error}"
-        )
-        since = data.reports[-1].commit_time
-    elif newest is not None:
-        if state is State.STALE:
-            since = newest.when
-            reason = (
-                f"no verified report since {newest.when.strftime('%Y-%m-%d %H:%M UTC')} "
-                f"(stale after {describe_age(stale_after)})"
-            )
-        elif state in (State.FAILED, State.ROLLED_BACK, State.REJECTED, State.OFFLINE):
-            since = _failing_since(data, state)
-            reason = newest.reason or str(newest.result)
-        elif state is State.PENDING:
-            since = missing[-1].time if missing else None
-            if published is None:
-                reason = "no verified deploy commit to apply"
-            else:
-                reason = f"published {short(published.oid)}, applied {short(applied)}"
-        else:
-            reason = f"applied {short(applied)}"
+    reason, since = _explain(data, state, newest, published, missing, stale_after)
     return HostStatus(
         name=data.name,
         state=state,
-        flags=tuple(flags),
+        flags=flags,
         reason=reason,
         last_seen=newest.when if newest is not None else None,
         last_result=newest.result if newest is not None else None,
@@ -166,15 +173,6 @@ def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
     )
 
 
-def state_at(data: HostData, moment: datetime, stale_after: int) -> tuple[State, str | None]:
-    """The host's state as the site would have shown it at ``moment``, and its NixOS version."""
-    report = next((r for r in data.reports if r.verified and r.when <= moment), None)
-    published = next((d for d in data.deploys if d.verified and d.time <= moment), None)
-    any_reports = any(r.commit_time <= moment for r in data.reports)
-    state = _state_of(report, published, moment, stale_after, any_reports)
-    return state, (report.nixos_version if report is not None else None)
-
-
 def day_ends(now: datetime, days: int = 30) -> list[datetime]:
     """The end of each of the last ``days`` UTC days, the last one being ``now``."""
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -185,9 +183,11 @@ def day_ends(now: datetime, days: int = 30) -> list[datetime]:
 def samples(
     data: HostData, ends: Sequence[datetime], stale_after: int
 ) -> tuple[tuple[State, str | None], ...]:
-    """``state_at`` for each moment of ``ends`` (ascending), in one pass over the history."""
+    """The host's state as the site would have shown it at each moment of ``ends``
+    (ascending), and its NixOS version then, in one pass over the history: only the
+    reports and deploy commits that existed at that moment count."""
     # Ascending by time; on equal times the newer commit (lower index) comes last and wins,
-    # as in state_at, which takes the first match in newest-first order.
+    # as it would newest-first.
     reports = [
         r for _, _, r in sorted((r.when, -i, r) for i, r in enumerate(data.reports) if r.verified)
     ]
