@@ -135,49 +135,198 @@ class Report:
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as status.json holds it (JSON types only, ``schema`` first)."""
-        data = asdict(self)
+        """The report as status.json holds it (JSON types only, ``schema`` first). Shallow:
+        ``facts`` and ``durations`` are this report's own dicts, not copies."""
+        data: dict[str, Any] = {"schema": self.schema}
+        data.update((name, getattr(self, name)) for name in REPORT_FIELDS[1:])
         data["time"] = format_time(self.time)
         data["result"] = str(self.result)
+        data["system"] = asdict(self.system)
         data["changes"] = list(self.changes)
-        return {"schema": data.pop("schema"), **data}
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: bytes | str) -> Report:
-        """Parse a status.json; ValueError says what is wrong."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        schema = data.get("schema")
-        if schema != SCHEMA:
+        """Parse a status.json, checking every field's type and bounding its size and
+        nesting (it comes from a host: the site must survive anything in it); ValueError
+        says what is wrong."""
+        fields = _Fields(_load_object(text))
+        schema = fields.data.get("schema")
+        if type(schema) is not int or schema != SCHEMA:
             raise ValueError(f"unknown report schema {schema!r} (this version reads {SCHEMA})")
+        host = fields.string("host")
+        if not is_host_name(host):
+            raise ValueError(f"host: {host[:80]!r} is not a host name")
+        return cls(
+            host=host,
+            time=fields.time("time"),
+            agent_version=fields.string("agent_version", ""),
+            result=fields.result("result"),
+            reason=fields.string("reason", ""),
+            report_id=fields.string("report_id"),
+            deploy_seen=fields.commit("deploy_seen"),
+            deploy_applied=fields.commit("deploy_applied"),
+            source_commit=fields.commit("source_commit"),
+            action=fields.string("action", "switch"),
+            system=_system(fields.mapping("system")),
+            facts=fields.mapping("facts"),
+            durations=fields.numbers("durations"),
+            log_tail=fields.string("log_tail", ""),
+            changes=fields.strings("changes")[:MAX_CHANGES],
+        )
+
+
+# -- reading status.json: strict types, bounded size and depth ---------------------------
+
+MAX_REPORT_BYTES: Final = 1 << 20  # a larger status.json is refused unread
+MAX_DEPTH: Final = 32  # objects and arrays nested deeper are refused
+_COMMIT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256
+_REQUIRED = object()
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _load_object(text: bytes | str) -> dict[str, Any]:
+    if len(text) > MAX_REPORT_BYTES:
+        raise ValueError(f"larger than {MAX_REPORT_BYTES} bytes")
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
+    except RecursionError as err:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
+    except ValueError as err:  # not UTF-8, a number too long to read, NaN or Infinity
+        raise ValueError(f"not JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if _too_deep(data, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _too_deep(value: object, levels: int) -> bool:
+    if isinstance(value, dict):
+        return levels <= 0 or any(_too_deep(v, levels - 1) for v in value.values())
+    if isinstance(value, list):
+        return levels <= 0 or any(_too_deep(v, levels - 1) for v in value)
+    return False
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true/false"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+class _Fields:
+    """Typed access to one JSON object's fields; ValueError names the field."""
+
+    def __init__(self, data: dict[str, Any], prefix: str = "") -> None:
+        self.data = data
+        self.prefix = prefix
+
+    def _get(self, key: str, default: object) -> object:
+        value = self.data.get(key, default)
+        if value is _REQUIRED:
+            raise ValueError(f"{self.prefix}{key}: missing")
+        return value
+
+    def _wrong(self, key: str, value: object, wanted: str) -> ValueError:
+        return ValueError(f"{self.prefix}{key}: {_type_name(value)}, not {wanted}")
+
+    def string(self, key: str, default: object = _REQUIRED) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self._wrong(key, value, "a string")
+        return value
+
+    def time(self, key: str) -> datetime:
+        value = self.string(key)
         try:
-            system = SystemInfo(**(data.get("system") or {}))
-            return cls(
-                host=str(data["host"]),
-                time=parse_time(data["time"]),
-                agent_version=str(data.get("agent_version", "")),
-                result=Result(data["result"]),
-                reason=str(data.get("reason", "")),
-                report_id=str(data["report_id"]),
-                deploy_seen=data.get("deploy_seen"),
-                deploy_applied=data.get("deploy_applied"),
-                source_commit=data.get("source_commit"),
-                action=str(data.get("action", "switch")),
-                system=system,
-                facts=dict(data.get("facts") or {}),
-                durations={k: float(v) for k, v in (data.get("durations") or {}).items()},
-                log_tail=str(data.get("log_tail", "")),
-                changes=tuple(str(line) for line in (data.get("changes") or [])[:MAX_CHANGES]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"malformed report: {err}") from err
+            return parse_time(value)
+        except ValueError as err:
+            raise ValueError(
+                f"{self.prefix}{key}: {value[:40]!r} is not a real UTC time YYYY-MM-DDTHH:MM:SSZ"
+            ) from err
+
+    def optional_string(self, key: str) -> str | None:
+        value = self._get(key, None)
+        if value is not None and not isinstance(value, str):
+            raise self._wrong(key, value, "a string or null")
+        return value
+
+    def commit(self, key: str) -> str | None:
+        value = self.optional_string(key)
+        if value is not None and not _COMMIT_ID.match(value):
+            raise ValueError(f"{self.prefix}{key}: {value[:80]!r} is not a commit id")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self._get(key, None)
+        if value is not None and (type(value) is not int):
+            raise self._wrong(key, value, "an integer or null")
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value = self._get(key, None)
+        if value is not None and not isinstance(value, bool):
+            raise self._wrong(key, value, "true, false or null")
+        return value
+
+    def result(self, key: str) -> Result:
+        value = self.string(key)
+        try:
+            return Result(value)
+        except ValueError as err:
+            raise ValueError(f"{self.prefix}{key}: {value[:80]!r} is not a result") from err
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._get(key, None)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._wrong(key, value, "an object")
+        return value
+
+    def numbers(self, key: str) -> dict[str, float]:
+        found = {}
+        for name, value in self.mapping(key).items():
+            if type(value) not in (int, float):
+                raise self._wrong(f"{key}.{name}", value, "a number")
+            found[name] = float(value)
+        return found
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, None)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self._wrong(key, value, "an array of strings")
+        for item in value:
+            if not isinstance(item, str):
+                raise self._wrong(f"{key}[{value.index(item)}]", item, "a string")
+        return tuple(value)
+
+
+def _system(data: dict[str, Any]) -> SystemInfo:
+    """``system``; keys this version does not know are ignored, as at the top level."""
+    system = _Fields(data, "system.")
+    return SystemInfo(
+        store_path=system.optional_string("store_path"),
+        generation=system.integer("generation"),
+        current_system=system.optional_string("current_system"),
+        booted_system=system.optional_string("booted_system"),
+        nixos_version=system.optional_string("nixos_version"),
+        configuration_revision=system.optional_string("configuration_revision"),
+        current_kernel=system.optional_string("current_kernel"),
+        booted_kernel=system.optional_string("booted_kernel"),
+        reboot_required=system.boolean("reboot_required"),
+    )
 
 
 # The top-level fields of status.json, in order: what policies may name (plus ``report``,
