@@ -507,6 +507,7 @@ def test_chart_samples_equal_the_state_at_each_moment(tmp_path: Path) -> None:
             publishers=publishers,
             publishers_id=trust_id(publishers),
             previous=None,
+            now=NOW,
         )
         expected = tuple(_state_at(data, m, 86400) for m in moments)
         assert states.samples(data, moments, 86400) == expected, name

@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,35 @@ class BuildStats:
     pages_reused: int = 0
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)  # hosts by state
+    invalid_reports: dict[str, int] = field(default_factory=dict)  # host -> refused reports
+    flagged: dict[str, list[str]] = field(default_factory=dict)  # host -> its flags
+
+    def count(self, derived: Mapping[str, Derived]) -> None:
+        """What the hosts came to, for the summary."""
+        self.states = dict(Counter(str(d.status.state) for d in derived.values()))
+        self.invalid_reports = {
+            n: d.invalid_reports for n, d in derived.items() if d.invalid_reports
+        }
+        self.flagged = {
+            n: [str(f) for f in d.status.flags] for n, d in derived.items() if d.status.flags
+        }
+
+    def to_json(self) -> dict[str, object]:
+        """``gitops site build --json`` (docs/dashboard.md, "Build summary")."""
+        return {
+            "schema": 1,
+            "hosts": self.hosts,
+            "states": self.states,
+            "invalid_reports": self.invalid_reports,
+            "flagged_hosts": self.flagged,
+            "hosts_read": self.hosts_read,
+            "signatures_checked": self.verified_now,
+            "pages_rendered": self.pages_rendered,
+            "pages_reused": self.pages_reused,
+            "seconds": round(self.seconds, 3),
+            "phases": self.phases,
+        }
 
     def summary(self) -> str:
         return (
@@ -137,6 +167,7 @@ def build(
         )
         mark = stats.phase("read main", mark)
         derived = _hosts(repo_path, main, tmp, cache, processes, stats, progress)
+        stats.count(derived)
         mark = stats.phase("hosts", mark)
         _write_site(main, derived, tmp, cache)
         stats.phase("aggregate pages", mark)

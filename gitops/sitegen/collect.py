@@ -31,12 +31,24 @@ from gitops.protocol import (
     REPORTS_PREFIX,
     STATUS_FILE,
     TRAILER_EXPIRES,
+    TRAILER_RECOVERS,
     TRAILER_SOURCE,
     Report,
     Result,
     branch_name,
 )
-from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
+from gitops.sitegen.model import (
+    CLOCK_SKEW,
+    DeployEntry,
+    DroppedReport,
+    HostData,
+    MainCommit,
+    Orphan,
+    Parsed,
+    ReportEntry,
+    Rewind,
+    Trust,
+)
 from gitops.sitegen.verify import verdict
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
@@ -47,6 +59,9 @@ MAX_DEPLOYS = 100  # newest deploy commits read per host
 MAIN_HISTORY = 300  # newest main commits in the audit trail
 PARALLEL_FLEET_MIN = 2000  # hosts from which host.yaml files are parsed in parallel
 LOG_TAIL_LIMIT = 8000  # characters of a failure's log kept
+MAX_ERROR = 300  # characters of why a report is invalid
+MAX_DROPPED = 50  # reports remembered as dropped from a rewritten branch
+MAX_PARSED = 10  # verified reports parsed and kept, newest first, when the newest are future
 FAILURES = frozenset({Result.BUILD_FAILED, Result.SWITCH_FAILED, Result.ROLLED_BACK})
 _PULL_REQUEST = (
     re.compile(r"^Merge pull request #(\d+)\b"),
@@ -209,8 +224,22 @@ def pull_request_number(message: str) -> int | None:
     return None
 
 
+_LAST_TIMESTAMP = 253402128000  # 9999-12-30: later dates cannot be computed with
+
+
 def _utc(timestamp: int) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
+    """A commit's time (the signer's choice: any 64-bit number), kept computable."""
+    return datetime.fromtimestamp(min(max(timestamp, 0), _LAST_TIMESTAMP), UTC)
+
+
+def _descends(repo: pygit2.Repository, head: str, oid: str) -> bool:
+    """Whether ``oid`` is ``head`` or below it (False when either cannot be read)."""
+    if head == oid:
+        return True
+    try:
+        return bool(repo.descendant_of(head, oid))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
 
 
 def main_commit_info(commit: pygit2.Commit) -> MainCommit:
@@ -274,9 +303,19 @@ def orphans(
 @dataclass(frozen=True)
 class _ReportsRead:
     entries: tuple[ReportEntry, ...]  # newest first
-    latest: Report | None  # the newest verified report
+    latest: tuple[Parsed, ...]  # HostData.latest
     truncated: bool  # older reports exist beyond what was read
     reached_stop: bool = True  # False: the old head is not below the new one
+
+
+def _until_counted(parsed: Iterable[Parsed], now: datetime) -> tuple[Parsed, ...]:
+    """``parsed`` (newest first) down to the first report not dated in the future."""
+    kept = []
+    for item in parsed:
+        kept.append(item)
+        if item.report.time <= now + CLOCK_SKEW:
+            break
+    return tuple(kept)
 
 
 @dataclass
@@ -306,15 +345,24 @@ class HostReader:
         publishers: AllowedSigners,
         publishers_id: str,
         previous: HostData | None,
+        now: datetime,
     ) -> HostData:
         key_id = host.key.fingerprint if host is not None and host.key is not None else ""
         trust = host.trust() if host is not None else AllowedSigners()
         reuse_reports = previous is not None and previous.key_id == key_id
         reuse_deploys = previous is not None and previous.publishers_id == publishers_id
-        reports = self._reports(reports_head, trust, key_id, previous if reuse_reports else None)
+        reports = self._reports(
+            reports_head, trust, key_id, previous if reuse_reports else None, now
+        )
         deploys = self._deploys(
             deploy_head, publishers, publishers_id, previous if reuse_deploys else None
         )
+        newest = next((r for r in reports.entries if r.verified), None)
+        floor = previous.deploy_floor if previous is not None else None
+        rewind = self._rewind(deploy_head, deploys, newest, floor)
+        head = deploys[0] if deploys and deploys[0].oid == deploy_head else None
+        if rewind is None and head is not None and head.verified:
+            floor = head.oid
         counts: dict[Trust, int] = {}
         for entry in reports.entries:
             counts[entry.trust] = counts.get(entry.trust, 0) + 1
@@ -330,7 +378,46 @@ class HostReader:
             truncated=reports.truncated,
             report_count=len(reports.entries),
             trust_counts=tuple(sorted(counts.items())),
+            dropped=self._dropped(reports_head, previous) if previous is not None else (),
+            deploy_floor=floor,
+            rewind=rewind,
         )
+
+    def _dropped(self, head: str | None, previous: HostData) -> tuple[DroppedReport, ...]:
+        """The reports the site saw that ``head`` no longer holds (the branch was rewritten
+        or deleted), with those found before."""
+        old = previous.reports_head
+        if old is None or (head is not None and _descends(self.repo, head, old)):
+            return previous.dropped
+        gone = [
+            DroppedReport(e.oid, e.when, e.result, e.trust)
+            for e in previous.reports
+            if head is None or not _descends(self.repo, head, e.oid)
+        ]
+        seen = {d.oid for d in gone}
+        return (*gone, *(d for d in previous.dropped if d.oid not in seen))[:MAX_DROPPED]
+
+    def _rewind(
+        self,
+        head: str | None,
+        deploys: tuple[DeployEntry, ...],
+        newest: ReportEntry | None,
+        floor: str | None,
+    ) -> Rewind | None:
+        """Whether ``deploy/<host>`` is below what the host applied or what the site saw
+        published before (a rollback the agent refuses)."""
+        if head is None:
+            return None
+        applied = newest.deploy_applied if newest is not None else None
+        chain = {d.oid for d in deploys}
+        recovered = {d.recovers for d in deploys if d.verified and d.recovers}
+        for commit, why in ((applied, "applied by the host"), (floor, "published before")):
+            if commit is None or commit in chain or commit in recovered:
+                continue
+            if len(deploys) >= MAX_DEPLOYS and _descends(self.repo, head, commit):
+                continue  # further down than we read
+            return Rewind(head, commit, why)
+        return None
 
     # -- reports ------------------------------------------------------------------
 
@@ -340,32 +427,33 @@ class HostReader:
         trust: AllowedSigners,
         key_id: str,
         previous: HostData | None,
+        now: datetime,
     ) -> _ReportsRead:
         if head is None:
-            return _ReportsRead((), None, False)
+            return _ReportsRead((), (), False)
         if previous is not None and previous.reports_head == head:
             return _ReportsRead(previous.reports, previous.latest, previous.truncated)
         stop = previous.reports_head if previous is not None else None
-        read = self._read_reports(head, stop, trust, key_id)
+        read = self._read_reports(head, stop, trust, key_id, now)
         if previous is None:
             return read
         if not read.reached_stop:
             # The branch was rewritten: what we cached is not below the new head.
-            return self._reports(head, trust, key_id, None)
+            return self._reports(head, trust, key_id, None, now)
         merged = thin([*read.entries, *previous.reports])
         return _ReportsRead(
             merged,
-            read.latest or previous.latest,
+            _until_counted((*read.latest, *previous.latest), now),
             previous.truncated or len(merged) < len(read.entries) + len(previous.reports),
         )
 
     def _read_reports(
-        self, head: str, stop: str | None, trust: AllowedSigners, key_id: str
+        self, head: str, stop: str | None, trust: AllowedSigners, key_id: str, now: datetime
     ) -> _ReportsRead:
         """The reports above ``stop`` (all when None: the newest MAX_DETAILED, then one a
         day back to WINDOW before the newest)."""
         entries: list[ReportEntry] = []
-        latest: Report | None = None
+        parsed: list[Parsed] = []
         days: set[int] = set()
         newest_time: datetime | None = None
         truncated = False
@@ -376,15 +464,16 @@ class HostReader:
             if index >= MAX_DETAILED and stop is None and when < newest_time - WINDOW:
                 truncated = True
                 break
-            day = commit.commit_time // 86400  # the UTC day
+            day = _day(when)
             if index < MAX_DETAILED or day not in days:
                 entry, report = self._report_entry(commit, when, trust, key_id)
                 entries.append(entry)
-                if latest is None and entry.verified:
-                    latest = report
+                if entry.verified and report is not None and len(parsed) < MAX_PARSED:
+                    parsed.append(Parsed(entry.oid, report))
             days.add(day)
             last = commit
         reached = stop is None or _stopped_at(last, stop)
+        latest = _until_counted(parsed, now)
         return _ReportsRead(tuple(entries), latest, truncated, reached)
 
     def _report_entry(
@@ -398,7 +487,8 @@ class HostReader:
         try:
             report = Report.from_json(status)  # the one parse of this status.json
         except ValueError as err:
-            return ReportEntry(sha, when, state, detail, error=str(err)), None
+            error = str(err)[:MAX_ERROR]  # the host's bytes may be in it: keep it short
+            return ReportEntry(sha, when, state, detail, error=error), None
         return report_entry(sha, when, state, detail, report), report
 
     # -- deploys ------------------------------------------------------------------
@@ -445,6 +535,7 @@ class HostReader:
                     source_commit=trailers.get(TRAILER_SOURCE),
                     subject=subject(commit.message),
                     expires=trailers.get(TRAILER_EXPIRES),
+                    recovers=trailers.get(TRAILER_RECOVERS),
                 )
             )
             last = commit
@@ -473,6 +564,7 @@ def report_entry(
         current_system=intern(system.current_system) if system.current_system else None,
         nixos_version=intern(system.nixos_version) if system.nixos_version else None,
         reboot_required=system.reboot_required,
+        action=intern(report.action),
         log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
         changes=report.changes,
     )

@@ -18,9 +18,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Condition, Policy
 from gitops.protocol import Result
-from gitops.sitegen import compliance, export
+from gitops.sitegen import compliance, export, states
 from gitops.sitegen.audit import ApplyRef, DeployRef
-from gitops.sitegen.model import HostData, HostStatus, State, Trust
+from gitops.sitegen.model import CLOCK_SKEW, HostData, HostStatus, State, Trust
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
 
@@ -94,6 +94,7 @@ class Derived:
     applies: tuple[ApplyRef, ...]
     deploys: tuple[DeployRef, ...]
     samples: str  # encode_samples
+    invalid_reports: int  # report commits read whose status.json was refused
     pages: tuple[PageFile, ...] = ()
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
@@ -148,7 +149,11 @@ def age_flips(policies: Sequence[Policy]) -> tuple[int, ...] | None:
 def valid_until(data: HostData, host: Host, status: HostStatus, rules: Rules) -> datetime | None:
     """The first moment after ``rules.now`` at which this host's state or answers may change."""
     moments = [rules.window_ends_at]
-    newest = data.newest_verified
+    newest = states.counted(data, rules.now)
+    # A report dated ahead counts from the moment it is no longer ahead.
+    moments += [
+        r.when - CLOCK_SKEW for r in data.reports if r.verified and r.when > rules.now + CLOCK_SKEW
+    ]
     if newest is not None and status.state is not State.STALE:
         moments.append(newest.when + timedelta(seconds=rules.stale_after + 1))
     if newest is not None:
@@ -207,4 +212,5 @@ def derive(
         applies=apply_refs(data),
         deploys=deploy_refs(data),
         samples=samples,
+        invalid_reports=sum(1 for r in data.reports if r.error),
     )

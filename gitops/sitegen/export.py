@@ -16,6 +16,7 @@ from typing import Any
 
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Outcome, Policy
+from gitops.protocol import Report
 from gitops.sitegen import compliance
 from gitops.sitegen.audit import Event
 from gitops.sitegen.model import (
@@ -84,6 +85,8 @@ def status_json(status: HostStatus) -> dict[str, Any]:
         "missing": [d.oid for d in status.missing],
         "nixos_version": status.nixos_version,
         "drift": status.drift_detail or None,
+        "notes": {str(n.flag): n.text for n in status.notes},
+        "reboot_pending_since": _time(status.reboot_pending_since),
     }
 
 
@@ -142,19 +145,36 @@ def answer_json(answer: compliance.Answer) -> dict[str, Any]:
 
 
 def host_detail(
-    host: Host, data: HostData, status: HostStatus, answers: Sequence[compliance.Answer]
+    host: Host,
+    data: HostData,
+    status: HostStatus,
+    answers: Sequence[compliance.Answer],
+    report: Report | None,
 ) -> dict[str, Any]:
-    """hosts/<host>.json."""
-    latest = data.latest
+    """hosts/<host>.json; ``report``: the one the host is judged by."""
     return {
         "schema": SCHEMA,
         "host": inventory_json(host, status, compliance.failing(answers)),
         "policies": [answer_json(a) for a in answers],
-        "facts": latest.facts if latest is not None else None,
-        "system": dataclasses.asdict(latest.system) if latest is not None else None,
+        "facts": report.facts if report is not None else None,
+        "system": dataclasses.asdict(report.system) if report is not None else None,
         "reports": [report_json(r) for r in data.reports],
         "deploys": [deploy_json(d) for d in data.deploys],
         "history_truncated": data.truncated,
+        "dropped_reports": [
+            {
+                "commit": d.oid,
+                "time": _time(d.when),
+                "result": str(d.result) if d.result else None,
+                "trust": str(d.trust),
+            }
+            for d in data.dropped
+        ],
+        "deploy_rewound": (
+            {"head": data.rewind.head, "floor": data.rewind.floor, "why": data.rewind.why}
+            if data.rewind is not None
+            else None
+        ),
     }
 
 
@@ -206,6 +226,7 @@ def drift_json(groups: Iterable[DriftGroup], sources: Mapping[str, MainCommit]) 
                     "applied": s.applied,
                     "missing": [d.oid for d in s.missing],
                     "drift": s.drift_detail or None,
+                    "why": group.why(s),
                 }
                 for s in group.hosts
             ]

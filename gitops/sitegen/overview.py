@@ -21,6 +21,7 @@ from gitops.sitegen.audit import ApplyRef
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
 from gitops.sitegen.derived import Derived, decode_samples
 from gitops.sitegen.model import (
+    QUIET_FLAGS,
     STATE_ORDER,
     URGENCY,
     DriftGroup,
@@ -37,9 +38,18 @@ CHART_DAYS = 30
 MAX_PROBLEMS = 200  # listed on the overview; the drift page has them all
 MAX_VERSIONS = 5  # NixOS releases charted by name; the rest are "other"
 _SECOND = timedelta(seconds=1)
-# The drift page's sections, most urgent first: every state but up to date, and drift.
+# Flags that get a section on the drift page beside the states.
+GROUPED_FLAGS = frozenset({Flag.DEPLOY_REWOUND, Flag.REPORTS_REWRITTEN, Flag.DRIFT})
+# The drift page's sections, most urgent first: every state but up to date, and those flags.
 DRIFT_ORDER: tuple[State | Flag, ...] = tuple(
-    k for k in URGENCY if isinstance(k, State) or k is Flag.DRIFT
+    k for k in URGENCY if isinstance(k, State) or k in GROUPED_FLAGS
+)
+# The overview's flag tiles, in this order (a flag no host has is left out).
+FLAG_TILES: tuple[Flag, ...] = (
+    *(k for k in URGENCY if isinstance(k, Flag)),
+    Flag.REBOOT_PENDING,
+    Flag.DEPLOY_UNVERIFIED,
+    Flag.REPORT_UNVERIFIED,
 )
 
 
@@ -77,16 +87,12 @@ def problems(view: Overview) -> list[Problem]:
     longest-standing."""
     found = []
     for name, status in view.statuses.items():
-        if status.state is State.UP_TO_DATE and not status.flags:
+        if status.quiet:
             continue
-        kind: State | Flag = status.state
-        text = f"{status.state}: {status.reason}"
-        if status.state is State.UP_TO_DATE:
-            kind = status.flags[0]
-            text = status.drift_detail or str(status.flags[0])
-        elif status.most_urgent is Flag.DRIFT:
-            kind = Flag.DRIFT
-            text = status.drift_detail
+        kind = status.most_urgent
+        if kind is State.UP_TO_DATE:  # only flags that rank nowhere: the first of them
+            kind = next(f for f in status.flags if f not in QUIET_FLAGS)
+        text = status.note(kind) if isinstance(kind, Flag) else f"{kind}: {status.reason}"
         found.append(Problem(status.urgency, kind, name, text, status.since))
     found.sort(key=lambda p: (p.rank, p.since or view.now, p.host))
     return found
@@ -98,8 +104,8 @@ def drift_groups(view: Overview) -> list[DriftGroup]:
     for status in view.statuses.values():
         if status.state is not State.UP_TO_DATE:
             groups.setdefault(status.state, []).append(status)
-        if Flag.DRIFT in status.flags:
-            groups.setdefault(Flag.DRIFT, []).append(status)
+        for flag in GROUPED_FLAGS.intersection(status.flags):
+            groups.setdefault(flag, []).append(status)
     return [
         DriftGroup(kind, tuple(sorted(groups[kind], key=lambda s: (s.since or view.now, s.name))))
         for kind in DRIFT_ORDER
@@ -212,6 +218,7 @@ def _index_page(
     sources: Sources,
     summaries: Sequence[compliance.PolicySummary],
     found: Sequence[Problem],
+    drift: Sequence[DriftGroup],
 ) -> AggregatePage:
     statuses = view.statuses.values()
     counts = Counter(s.state for s in statuses)
@@ -223,6 +230,8 @@ def _index_page(
         "counts": counts,
         "states_order": STATE_ORDER,
         "flag_counts": flag_counts,
+        "flag_tiles": [f for f in FLAG_TILES if flag_counts[f]],
+        "drift_kinds": {g.kind for g in drift},
         "failing_counts": failing,
         "problems": found[:MAX_PROBLEMS],
         "problem_total": len(found),
@@ -255,7 +264,7 @@ def aggregate_pages(view: Overview, sources: Sources) -> tuple[AggregatePage, ..
     deploys = {name: d.deploys for name, d in view.derived.items()}
     events = audit.timeline(sources.history, view.applies(), deploys, sources.commits)
     return (
-        _index_page(view, sources, summaries, problems(view)),
+        _index_page(view, sources, summaries, problems(view), drift),
         _inventory_page(view, sources),
         AggregatePage(
             "drift",

@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Policy
+from gitops.protocol import Report
 from gitops.sitegen import compliance, export, states
 from gitops.sitegen.model import HostData, HostStatus
 from gitops.sitegen.render import Renderer
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A host at build time: its state and flags, its policy answers, and the report they
+    were judged from."""
+
+    status: HostStatus
+    answers: tuple[compliance.Answer, ...]
+    report: Report | None  # the counted report, parsed (None: none counts)
+
+
 def judge(
     data: HostData, host: Host, policies: Sequence[Policy], now: datetime, stale_after: int
-) -> tuple[HostStatus, tuple[compliance.Answer, ...]]:
+) -> Judged:
     status = states.judge(data, now=now, stale_after=stale_after)
-    answers = compliance.answer(policies, host, data.latest, now)
-    return status, answers
+    newest = states.counted(data, now)
+    report = data.report_of(newest) if newest is not None else None
+    return Judged(status, compliance.answer(policies, host, report, now), report)
 
 
 def generations(data: HostData) -> list[dict[str, Any]]:
@@ -53,19 +66,17 @@ class HostPages:
         self.renderer = renderer
         self.policy_by_name = {p.name: p for p in policies}
 
-    def context(
-        self, host: Host, data: HostData, status: HostStatus, answers: tuple[compliance.Answer, ...]
-    ) -> dict[str, Any]:
-        latest = data.latest
+    def context(self, host: Host, data: HostData, judged: Judged) -> dict[str, Any]:
+        report = judged.report
         changes = next((r.changes for r in data.reports if r.verified and r.changes), ())
         return {
             "host": host,
             "data": data,
-            "status": status,
-            "newest": data.newest_verified,
-            "facts": sorted(latest.facts.items()) if latest is not None else [],
-            "system": dataclasses.asdict(latest.system) if latest is not None else {},
-            "answers": answers,
+            "status": judged.status,
+            "newest": states.counted(data, self.renderer.now),
+            "facts": sorted(report.facts.items()) if report is not None else [],
+            "system": dataclasses.asdict(report.system) if report is not None else {},
+            "answers": judged.answers,
             "policies": self.policy_by_name,
             "generations": generations(data),
             "changes": changes,
@@ -73,14 +84,11 @@ class HostPages:
             "published": data.published,
         }
 
-    def html(
-        self, host: Host, data: HostData, status: HostStatus, answers: tuple[compliance.Answer, ...]
-    ) -> str:
-        context = self.context(host, data, status, answers)
+    def html(self, host: Host, data: HostData, judged: Judged) -> str:
+        context = self.context(host, data, judged)
         return self.renderer.render("host.html", root="../", current="", title=host.name, **context)
 
     @staticmethod
-    def json(
-        host: Host, data: HostData, status: HostStatus, answers: tuple[compliance.Answer, ...]
-    ) -> str:
-        return export.dumps(export.host_detail(host, data, status, answers))
+    def json(host: Host, data: HostData, judged: Judged) -> str:
+        detail = export.host_detail(host, data, judged.status, judged.answers, judged.report)
+        return export.dumps(detail)

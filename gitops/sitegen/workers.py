@@ -22,19 +22,18 @@ import pygit2
 
 from gitops.fleet.model import Fleet, Host, SiteSettings
 from gitops.sitegen import collect, states
-from gitops.sitegen.cache import CacheReader
+from gitops.sitegen.cache import CacheReader, collector_paused
 from gitops.sitegen.collect import HostReader
-from gitops.sitegen.compliance import Answer, failing
+from gitops.sitegen.compliance import failing
 from gitops.sitegen.derived import Derived, PageFile, Rules, derive, encode_samples
-from gitops.sitegen.model import STATE_ORDER, HostData, HostStatus
+from gitops.sitegen.model import HostData
 from gitops.sitegen.outdir import PageStore
-from gitops.sitegen.pages import HostPages, judge
+from gitops.sitegen.pages import HostPages, Judged, judge
 from gitops.sitegen.render import Renderer
 from gitops.trust.allowed_signers import AllowedSigners
 
 PARALLEL_MIN = 64  # below this many hosts to refresh, stay in one process
 GIT_CACHE_BYTES = 16 << 20
-_STATE_ORDER = [str(s) for s in STATE_ORDER]
 
 
 @dataclass(frozen=True)
@@ -111,29 +110,29 @@ class Worker:
             publishers=job.publishers,
             publishers_id=job.publishers_id,
             previous=previous,
+            now=job.rules.now,
         )
         rules = job.rules
-        status, answers = judge(data, host, rules.policies, rules.now, rules.stale_after)
+        judged = judge(data, host, rules.policies, rules.now, rules.stale_after)
+        status, answers = judged.status, judged.answers
         samples = encode_samples(states.samples(data, rules.window, rules.stale_after))
-        row = self.renderer.inventory_row(host, status, failing(answers), _STATE_ORDER)
+        row = self.renderer.inventory_row(host, status, failing(answers))
         derived = derive(data, host, status, answers, rules, samples=samples, row_html=str(row))
         pages = self.store.link(host_paths(name), derived.page_key, job.old_pages)
         rendered = pages is None
         if pages is None:
-            pages = self._render(host, data, status, answers, derived.page_key)
+            pages = self._render(host, data, judged, derived.page_key)
         changed = previous is None or previous != data
         cache_row = (
             (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None
         )
         return Refreshed(replace(derived, pages=pages), cache_row, rendered)
 
-    def _render(
-        self, host: Host, data: HostData, status: HostStatus, answers: tuple[Answer, ...], key: str
-    ) -> tuple[PageFile, ...]:
+    def _render(self, host: Host, data: HostData, judged: Judged, key: str) -> tuple[PageFile, ...]:
         html, json = host_paths(host.name)
         return (
-            self.store.write(html, key, self.pages.html(host, data, status, answers).encode()),
-            self.store.write(json, key, self.pages.json(host, data, status, answers).encode()),
+            self.store.write(html, key, self.pages.html(host, data, judged).encode()),
+            self.store.write(json, key, self.pages.json(host, data, judged).encode()),
         )
 
 
@@ -169,5 +168,8 @@ def run(job: Job, names: Sequence[str], workers: int) -> Iterator[Batch]:
     size = max(16, min(100, len(names) // (workers * 8) or 1))
     chunks = [names[i : i + size] for i in range(0, len(names), size)]
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_PoolProcess.start, initargs=(job,)) as pool:
+    with (
+        context.Pool(workers, initializer=_PoolProcess.start, initargs=(job,)) as pool,
+        collector_paused(),  # here the main process only receives rows
+    ):
         yield from pool.imap_unordered(_PoolProcess.refresh, chunks)
