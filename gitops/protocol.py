@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import NoneType
 from typing import Any, Final
 
 # -- refs -------------------------------------------------------------------------------
@@ -114,6 +115,10 @@ class SystemInfo:
     booted_kernel: str | None = None
     reboot_required: bool | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``system`` object of status.json (every value is a JSON scalar)."""
+        return dict(vars(self))
+
 
 @dataclass(frozen=True)
 class Report:
@@ -141,7 +146,7 @@ class Report:
         data.update((name, getattr(self, name)) for name in REPORT_FIELDS[1:])
         data["time"] = format_time(self.time)
         data["result"] = str(self.result)
-        data["system"] = asdict(self.system)
+        data["system"] = self.system.to_dict()
         data["changes"] = list(self.changes)
         return data
 
@@ -153,29 +158,42 @@ class Report:
         """Parse a status.json, checking every field's type and bounding its size and
         nesting (it comes from a host: the site must survive anything in it); ValueError
         says what is wrong."""
-        fields = _Fields(_load_object(text))
-        schema = fields.data.get("schema")
+        data = _load_object(text)
+        schema = data.get("schema")
         if type(schema) is not int or schema != SCHEMA:
             raise ValueError(f"unknown report schema {schema!r} (this version reads {SCHEMA})")
-        host = fields.string("host")
+        top = _typed(data, _TOP_FIELDS, "")
+        host = top["host"]
         if not is_host_name(host):
             raise ValueError(f"host: {host[:80]!r} is not a host name")
+        for key in ("deploy_seen", "deploy_applied", "source_commit"):
+            if top[key] is not None and not _COMMIT_ID.match(top[key]):
+                raise ValueError(f"{key}: {top[key][:80]!r} is not a commit id")
+        facts, durations, changes = top["facts"] or {}, top["durations"] or {}, top["changes"]
+        if _too_deep(facts, MAX_DEPTH - 1):
+            raise ValueError(f"facts: nested deeper than {MAX_DEPTH} levels")
+        for name, value in durations.items():
+            if type(value) not in _NUMBER:
+                raise ValueError(f"durations.{name}: {_type_name(value)}, not a number")
+        for index, line in enumerate(changes or ()):
+            if type(line) is not str:
+                raise ValueError(f"changes[{index}]: {_type_name(line)}, not a string")
         return cls(
             host=host,
-            time=fields.time("time"),
-            agent_version=fields.string("agent_version", ""),
-            result=fields.result("result"),
-            reason=fields.string("reason", ""),
-            report_id=fields.string("report_id"),
-            deploy_seen=fields.commit("deploy_seen"),
-            deploy_applied=fields.commit("deploy_applied"),
-            source_commit=fields.commit("source_commit"),
-            action=fields.string("action", "switch"),
-            system=_system(fields.mapping("system")),
-            facts=fields.mapping("facts"),
-            durations=fields.numbers("durations"),
-            log_tail=fields.string("log_tail", ""),
-            changes=fields.strings("changes")[:MAX_CHANGES],
+            time=_report_time(top["time"]),
+            agent_version=top["agent_version"],
+            result=_result(top["result"]),
+            reason=top["reason"],
+            report_id=top["report_id"],
+            deploy_seen=top["deploy_seen"],
+            deploy_applied=top["deploy_applied"],
+            source_commit=top["source_commit"],
+            action=top["action"],
+            system=SystemInfo(**_typed(top["system"] or {}, _SYSTEM_FIELDS, "system.")),
+            facts=facts,
+            durations={name: float(value) for name, value in durations.items()},
+            log_tail=top["log_tail"],
+            changes=tuple(changes[:MAX_CHANGES]) if changes else (),
         )
 
 
@@ -184,149 +202,123 @@ class Report:
 MAX_REPORT_BYTES: Final = 1 << 20  # a larger status.json is refused unread
 MAX_DEPTH: Final = 32  # objects and arrays nested deeper are refused
 _COMMIT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256
-_REQUIRED = object()
+_REQUIRED: Final = object()
+_NUMBER: Final = frozenset({int, float})
+_STR: Final[frozenset[type]] = frozenset({str})
+_OPTIONAL_STR: Final[frozenset[type]] = frozenset({str, NoneType})
+
+
+# Field -> the JSON types it may have (exactly: true is not a number) and its default.
+_Spec = dict[str, tuple[frozenset[type], object]]
+_TOP_FIELDS: Final[_Spec] = {
+    "host": (_STR, _REQUIRED),
+    "time": (_STR, _REQUIRED),
+    "agent_version": (_STR, ""),
+    "result": (_STR, _REQUIRED),
+    "reason": (_STR, ""),
+    "report_id": (_STR, _REQUIRED),
+    "deploy_seen": (_OPTIONAL_STR, None),
+    "deploy_applied": (_OPTIONAL_STR, None),
+    "source_commit": (_OPTIONAL_STR, None),
+    "action": (_STR, "switch"),
+    "system": (frozenset({dict, NoneType}), None),
+    "facts": (frozenset({dict, NoneType}), None),
+    "durations": (frozenset({dict, NoneType}), None),
+    "log_tail": (_STR, ""),
+    "changes": (frozenset({list, NoneType}), None),
+}
+_SYSTEM_FIELDS: Final[_Spec] = {
+    **{f.name: (_OPTIONAL_STR, None) for f in fields(SystemInfo)},
+    "generation": (frozenset({int, NoneType}), None),
+    "reboot_required": (frozenset({bool, NoneType}), None),
+}
+
+
+def _typed(data: dict[str, Any], spec: _Spec, prefix: str) -> dict[str, Any]:
+    """The fields of ``spec`` from ``data``, each of one of its types; keys not in
+    ``spec`` are ignored."""
+    found = {}
+    for name, (types, default) in spec.items():
+        value = data.get(name, default)
+        if type(value) not in types:
+            if value is _REQUIRED:
+                raise ValueError(f"{prefix}{name}: missing")
+            wanted = " or ".join(sorted(_TYPE_NAMES[t] for t in types))
+            raise ValueError(f"{prefix}{name}: {_type_name(value)}, not {wanted}")
+        found[name] = value
+    return found
+
+
+def _report_time(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise ValueError(
+            f"time: {text[:40]!r} is not a real UTC time YYYY-MM-DDTHH:MM:SSZ"
+        ) from err
+
+
+def _result(text: str) -> Result:
+    try:
+        return Result(text)
+    except ValueError as err:
+        raise ValueError(f"result: {text[:80]!r} is not a result") from err
 
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# One decoder, made once (json.loads with any option makes a new one per call).
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _load_object(text: bytes | str) -> dict[str, Any]:
     if len(text) > MAX_REPORT_BYTES:
         raise ValueError(f"larger than {MAX_REPORT_BYTES} bytes")
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
     except json.JSONDecodeError as err:
         raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 (byte {err.start})") from err
     except RecursionError as err:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
-    except ValueError as err:  # not UTF-8, a number too long to read, NaN or Infinity
+    except ValueError as err:  # a number too long to read, NaN or Infinity
         raise ValueError(f"not JSON ({err})") from err
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    if _too_deep(data, MAX_DEPTH):
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return data
 
 
-def _too_deep(value: object, levels: int) -> bool:
-    if isinstance(value, dict):
-        return levels <= 0 or any(_too_deep(v, levels - 1) for v in value.values())
-    if isinstance(value, list):
-        return levels <= 0 or any(_too_deep(v, levels - 1) for v in value)
-    return False
+def _too_deep(value: dict[str, Any], levels: int) -> bool:
+    """Whether objects and arrays nest more than ``levels`` deep below ``value``."""
+    level: list[Any] = [value]
+    for _ in range(levels + 1):
+        below = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        if not below:
+            return False
+        level = below
+    return True
+
+
+_TYPE_NAMES: Final[dict[type, str]] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "true/false",
+    int: "an integer",
+    float: "a number",
+    NoneType: "null",
+}
 
 
 def _type_name(value: object) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "true/false"}.get(
-        type(value), "null" if value is None else "a number"
-    )
-
-
-class _Fields:
-    """Typed access to one JSON object's fields; ValueError names the field."""
-
-    def __init__(self, data: dict[str, Any], prefix: str = "") -> None:
-        self.data = data
-        self.prefix = prefix
-
-    def _get(self, key: str, default: object) -> object:
-        value = self.data.get(key, default)
-        if value is _REQUIRED:
-            raise ValueError(f"{self.prefix}{key}: missing")
-        return value
-
-    def _wrong(self, key: str, value: object, wanted: str) -> ValueError:
-        return ValueError(f"{self.prefix}{key}: {_type_name(value)}, not {wanted}")
-
-    def string(self, key: str, default: object = _REQUIRED) -> str:
-        value = self._get(key, default)
-        if not isinstance(value, str):
-            raise self._wrong(key, value, "a string")
-        return value
-
-    def time(self, key: str) -> datetime:
-        value = self.string(key)
-        try:
-            return parse_time(value)
-        except ValueError as err:
-            raise ValueError(
-                f"{self.prefix}{key}: {value[:40]!r} is not a real UTC time YYYY-MM-DDTHH:MM:SSZ"
-            ) from err
-
-    def optional_string(self, key: str) -> str | None:
-        value = self._get(key, None)
-        if value is not None and not isinstance(value, str):
-            raise self._wrong(key, value, "a string or null")
-        return value
-
-    def commit(self, key: str) -> str | None:
-        value = self.optional_string(key)
-        if value is not None and not _COMMIT_ID.match(value):
-            raise ValueError(f"{self.prefix}{key}: {value[:80]!r} is not a commit id")
-        return value
-
-    def integer(self, key: str) -> int | None:
-        value = self._get(key, None)
-        if value is not None and (type(value) is not int):
-            raise self._wrong(key, value, "an integer or null")
-        return value
-
-    def boolean(self, key: str) -> bool | None:
-        value = self._get(key, None)
-        if value is not None and not isinstance(value, bool):
-            raise self._wrong(key, value, "true, false or null")
-        return value
-
-    def result(self, key: str) -> Result:
-        value = self.string(key)
-        try:
-            return Result(value)
-        except ValueError as err:
-            raise ValueError(f"{self.prefix}{key}: {value[:80]!r} is not a result") from err
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        value = self._get(key, None)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self._wrong(key, value, "an object")
-        return value
-
-    def numbers(self, key: str) -> dict[str, float]:
-        found = {}
-        for name, value in self.mapping(key).items():
-            if type(value) not in (int, float):
-                raise self._wrong(f"{key}.{name}", value, "a number")
-            found[name] = float(value)
-        return found
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self._get(key, None)
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise self._wrong(key, value, "an array of strings")
-        for item in value:
-            if not isinstance(item, str):
-                raise self._wrong(f"{key}[{value.index(item)}]", item, "a string")
-        return tuple(value)
-
-
-def _system(data: dict[str, Any]) -> SystemInfo:
-    """``system``; keys this version does not know are ignored, as at the top level."""
-    system = _Fields(data, "system.")
-    return SystemInfo(
-        store_path=system.optional_string("store_path"),
-        generation=system.integer("generation"),
-        current_system=system.optional_string("current_system"),
-        booted_system=system.optional_string("booted_system"),
-        nixos_version=system.optional_string("nixos_version"),
-        configuration_revision=system.optional_string("configuration_revision"),
-        current_kernel=system.optional_string("current_kernel"),
-        booted_kernel=system.optional_string("booted_kernel"),
-        reboot_required=system.boolean("reboot_required"),
-    )
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 # The top-level fields of status.json, in order: what policies may name (plus ``report``,

@@ -112,7 +112,7 @@ def test_a_malformed_report_is_an_invalid_entry_and_every_other_host_renders(
     errors = {r["commit"]: r["error"] for r in detail["reports"]}
     assert all(errors[sha] for sha in bad.values())
     assert "system.generation: a string, not an integer" in errors[bad["generation is a word"]]
-    assert "deploy_seen: a number" in errors[bad["deploy_seen is a number"]]
+    assert "deploy_seen: an integer, not a string" in errors[bad["deploy_seen is a number"]]
     assert "nested deeper than 32" in errors[bad["facts nested 900 deep"]]
     assert "Infinity" in errors[bad["Infinity"]]
     page = (out / "hosts" / "web.html").read_text()

@@ -7,7 +7,6 @@ takes values and returns JSON-ready data: what the site computed, never how.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -157,7 +156,7 @@ def host_detail(
         "host": inventory_json(host, status, compliance.failing(answers)),
         "policies": [answer_json(a) for a in answers],
         "facts": report.facts if report is not None else None,
-        "system": dataclasses.asdict(report.system) if report is not None else None,
+        "system": report.system.to_dict() if report is not None else None,
         "reports": [report_json(r) for r in data.reports],
         "deploys": [deploy_json(d) for d in data.deploys],
         "history_truncated": data.truncated,

@@ -6,7 +6,6 @@ aggregate pages are built from derived rows instead (:mod:`gitops.sitegen.overvi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,7 +74,7 @@ class HostPages:
             "status": judged.status,
             "newest": states.counted(data, self.renderer.now),
             "facts": sorted(report.facts.items()) if report is not None else [],
-            "system": dataclasses.asdict(report.system) if report is not None else {},
+            "system": report.system.to_dict() if report is not None else {},
             "answers": judged.answers,
             "policies": self.policy_by_name,
             "generations": generations(data),
