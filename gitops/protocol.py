@@ -8,6 +8,7 @@ agree. Change anything here only on purpose, in one commit that updates every si
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -164,10 +165,10 @@ class Report:
             raise ValueError(f"unknown report schema {schema!r} (this version reads {SCHEMA})")
         top = _typed(data, _TOP_FIELDS, "")
         host = top["host"]
-        if not is_host_name(host):
+        if not _is_host_name_cached(host):
             raise ValueError(f"host: {host[:80]!r} is not a host name")
         for key in ("deploy_seen", "deploy_applied", "source_commit"):
-            if top[key] is not None and not _COMMIT_ID.match(top[key]):
+            if top[key] is not None and not _is_commit_id(top[key]):
                 raise ValueError(f"{key}: {top[key][:80]!r} is not a commit id")
         facts, durations, changes = top["facts"] or {}, top["durations"] or {}, top["changes"]
         if _too_deep(facts, MAX_DEPTH - 1):
@@ -201,7 +202,18 @@ class Report:
 
 MAX_REPORT_BYTES: Final = 1 << 20  # a larger status.json is refused unread
 MAX_DEPTH: Final = 32  # objects and arrays nested deeper are refused
-_COMMIT_ID = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256
+
+# A host's reports all carry its name: check each name once.
+_is_host_name_cached: Final = functools.lru_cache(maxsize=4096)(is_host_name)
+
+
+_COMMIT_ID: Final = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256
+
+
+def _is_commit_id(text: str) -> bool:
+    return _COMMIT_ID.match(text) is not None
+
+
 _REQUIRED: Final = object()
 _NUMBER: Final = frozenset({int, float})
 _STR: Final[frozenset[type]] = frozenset({str})

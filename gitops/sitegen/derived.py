@@ -18,9 +18,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Condition, Policy
 from gitops.protocol import Result
-from gitops.sitegen import compliance, export, states
+from gitops.sitegen import compliance, export
 from gitops.sitegen.audit import ApplyRef, DeployRef
-from gitops.sitegen.model import CLOCK_SKEW, HostData, HostStatus, State, Trust
+from gitops.sitegen.model import CLOCK_SKEW, Flag, HostData, HostStatus, State, Trust
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
 
@@ -149,20 +149,20 @@ def age_flips(policies: Sequence[Policy]) -> tuple[int, ...] | None:
 def valid_until(data: HostData, host: Host, status: HostStatus, rules: Rules) -> datetime | None:
     """The first moment after ``rules.now`` at which this host's state or answers may change."""
     moments = [rules.window_ends_at]
-    newest = states.counted(data, rules.now)
-    # A report dated ahead counts from the moment it is no longer ahead.
-    moments += [
-        r.when - CLOCK_SKEW for r in data.reports if r.verified and r.when > rules.now + CLOCK_SKEW
-    ]
-    if newest is not None and status.state is not State.STALE:
-        moments.append(newest.when + timedelta(seconds=rules.stale_after + 1))
-    if newest is not None:
+    if Flag.FUTURE_REPORT in status.flags:
+        # A report dated ahead counts from the moment it is no longer ahead.
+        limit = rules.now + CLOCK_SKEW
+        moments += [r.when - CLOCK_SKEW for r in data.reports if r.verified and r.when > limit]
+    seen = status.last_seen  # the counted report's time
+    if seen is not None and status.state is not State.STALE:
+        moments.append(seen + timedelta(seconds=rules.stale_after + 1))
+    if seen is not None:
         if rules.flips is None:
             return rules.now  # re-judge on every build
-        age = int((rules.now - newest.when).total_seconds())
+        age = int((rules.now - seen).total_seconds())
         later = [f for f in rules.flips if f > age]
         if later:
-            moments.append(newest.when + timedelta(seconds=later[0]))
+            moments.append(seen + timedelta(seconds=later[0]))
     today: date = rules.now.date()
     for exemption in host.exemptions:
         if exemption.expires >= today:

@@ -15,7 +15,7 @@ from gitops.fleet.model import Host
 from gitops.fleet.policies import Policy
 from gitops.protocol import Report
 from gitops.sitegen import compliance, export, states
-from gitops.sitegen.model import HostData, HostStatus
+from gitops.sitegen.model import HostData, HostStatus, ReportEntry
 from gitops.sitegen.render import Renderer
 
 
@@ -26,7 +26,8 @@ class Judged:
 
     status: HostStatus
     answers: tuple[compliance.Answer, ...]
-    report: Report | None  # the counted report, parsed (None: none counts)
+    newest: ReportEntry | None  # the counted report (None: none counts)
+    report: Report | None  # and its status.json, parsed
 
 
 def judge(
@@ -35,7 +36,7 @@ def judge(
     status = states.judge(data, now=now, stale_after=stale_after)
     newest = states.counted(data, now)
     report = data.report_of(newest) if newest is not None else None
-    return Judged(status, compliance.answer(policies, host, report, now), report)
+    return Judged(status, compliance.answer(policies, host, report, now), newest, report)
 
 
 def generations(data: HostData) -> list[dict[str, Any]]:
@@ -72,7 +73,7 @@ class HostPages:
             "host": host,
             "data": data,
             "status": judged.status,
-            "newest": states.counted(data, self.renderer.now),
+            "newest": judged.newest,
             "facts": sorted(report.facts.items()) if report is not None else [],
             "system": report.system.to_dict() if report is not None else {},
             "answers": judged.answers,
