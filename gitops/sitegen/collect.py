@@ -13,6 +13,7 @@ import itertools
 import multiprocessing
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -300,6 +301,17 @@ def orphans(
     return tuple(found)
 
 
+def _next_floor(
+    floor: str | None, deploys: tuple[DeployEntry, ...], head: str | None, rewind: Rewind | None
+) -> str | None:
+    """The deploy head this site saw verified, which later heads must descend from: the
+    current head once it verifies and is not rewound."""
+    top = deploys[0] if deploys else None
+    if rewind is None and top is not None and top.oid == head and top.verified:
+        return top.oid
+    return floor
+
+
 @dataclass(frozen=True)
 class _ReportsRead:
     entries: tuple[ReportEntry, ...]  # newest first
@@ -360,12 +372,7 @@ class HostReader:
         newest = next((r for r in reports.entries if r.verified), None)
         floor = previous.deploy_floor if previous is not None else None
         rewind = self._rewind(deploy_head, deploys, newest, floor)
-        head = deploys[0] if deploys and deploys[0].oid == deploy_head else None
-        if rewind is None and head is not None and head.verified:
-            floor = head.oid
-        counts: dict[Trust, int] = {}
-        for entry in reports.entries:
-            counts[entry.trust] = counts.get(entry.trust, 0) + 1
+        counts = Counter(entry.trust for entry in reports.entries)
         return HostData(
             name=name,
             key_id=key_id,
@@ -379,7 +386,7 @@ class HostReader:
             report_count=len(reports.entries),
             trust_counts=tuple(sorted(counts.items())),
             dropped=self._dropped(reports_head, previous) if previous is not None else (),
-            deploy_floor=floor,
+            deploy_floor=_next_floor(floor, deploys, deploy_head, rewind),
             rewind=rewind,
         )
 
