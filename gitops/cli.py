@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, required=True, help="output directory")
     build.add_argument("--serve", action="store_true", help="then serve it on localhost")
     build.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    build.add_argument(
+        "--json", action="store_true", help="print a build summary for CI instead of the path"
+    )
 
     _add_server(commands)
 
@@ -326,7 +329,9 @@ def execute(argv: Sequence[str]) -> int:
         case "site":
             from gitops.commands import site_cmd
 
-            return site_cmd.build(args.repo, args.out, serve=args.serve, port=args.port)
+            return site_cmd.build(
+                args.repo, args.out, serve=args.serve, port=args.port, as_json=args.json
+            )
         case "server":
             from gitops.commands import server_cmd
 

@@ -8,11 +8,13 @@ agree. Change anything here only on purpose, in one commit that updates every si
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import NoneType
 from typing import Any, Final
 
 # -- refs -------------------------------------------------------------------------------
@@ -122,6 +124,10 @@ class SystemInfo:
     booted_kernel: str | None = None
     reboot_required: bool | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``system`` object of status.json (every value is a JSON scalar)."""
+        return dict(vars(self))
+
 
 @dataclass(frozen=True)
 class Report:
@@ -142,47 +148,197 @@ class Report:
     changes: tuple[str, ...] = ()  # `nix store diff-closures` of the previous and new system
     schema: int = SCHEMA
 
-    def to_json(self) -> str:
-        data = asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The report as status.json holds it (JSON types only, ``schema`` first). Shallow:
+        ``facts`` and ``durations`` are this report's own dicts, not copies."""
+        data: dict[str, Any] = {"schema": self.schema}
+        data.update((name, getattr(self, name)) for name in REPORT_FIELDS[1:])
         data["time"] = format_time(self.time)
         data["result"] = str(self.result)
+        data["system"] = self.system.to_dict()
         data["changes"] = list(self.changes)
-        ordered = {"schema": data.pop("schema"), **data}
-        return json.dumps(ordered, indent=2, sort_keys=False) + "\n"
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: bytes | str) -> Report:
-        """Parse a status.json; ValueError says what is wrong."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        """Parse a status.json, checking every field's type and bounding its size and
+        nesting (it comes from a host: the site must survive anything in it); ValueError
+        says what is wrong."""
+        data = _load_object(text)
         schema = data.get("schema")
-        if schema != SCHEMA:
+        if type(schema) is not int or schema != SCHEMA:
             raise ValueError(f"unknown report schema {schema!r} (this version reads {SCHEMA})")
-        try:
-            system = SystemInfo(**(data.get("system") or {}))
-            return cls(
-                host=str(data["host"]),
-                time=parse_time(data["time"]),
-                agent_version=str(data.get("agent_version", "")),
-                result=Result(data["result"]),
-                reason=str(data.get("reason", "")),
-                report_id=str(data["report_id"]),
-                deploy_seen=data.get("deploy_seen"),
-                deploy_applied=data.get("deploy_applied"),
-                source_commit=data.get("source_commit"),
-                action=str(data.get("action", "switch")),
-                system=system,
-                facts=dict(data.get("facts") or {}),
-                durations={k: float(v) for k, v in (data.get("durations") or {}).items()},
-                log_tail=str(data.get("log_tail", "")),
-                changes=tuple(str(line) for line in (data.get("changes") or [])[:MAX_CHANGES]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"malformed report: {err}") from err
+        top = _typed(data, _TOP_FIELDS, "")
+        host = top["host"]
+        if not _is_host_name_cached(host):
+            raise ValueError(f"host: {host[:80]!r} is not a host name")
+        for key in ("deploy_seen", "deploy_applied", "source_commit"):
+            if top[key] is not None and not _is_commit_id(top[key]):
+                raise ValueError(f"{key}: {top[key][:80]!r} is not a commit id")
+        facts, durations, changes = top["facts"] or {}, top["durations"] or {}, top["changes"]
+        if _too_deep(facts, MAX_DEPTH - 1):
+            raise ValueError(f"facts: nested deeper than {MAX_DEPTH} levels")
+        for name, value in durations.items():
+            if type(value) not in _NUMBER:
+                raise ValueError(f"durations.{name}: {_type_name(value)}, not a number")
+        for index, line in enumerate(changes or ()):
+            if type(line) is not str:
+                raise ValueError(f"changes[{index}]: {_type_name(line)}, not a string")
+        return cls(
+            host=host,
+            time=_report_time(top["time"]),
+            agent_version=top["agent_version"],
+            result=_result(top["result"]),
+            reason=top["reason"],
+            report_id=top["report_id"],
+            deploy_seen=top["deploy_seen"],
+            deploy_applied=top["deploy_applied"],
+            source_commit=top["source_commit"],
+            action=top["action"],
+            system=SystemInfo(**_typed(top["system"] or {}, _SYSTEM_FIELDS, "system.")),
+            facts=facts,
+            durations={name: float(value) for name, value in durations.items()},
+            log_tail=top["log_tail"],
+            changes=tuple(changes[:MAX_CHANGES]) if changes else (),
+        )
+
+
+# -- reading status.json: strict types, bounded size and depth ---------------------------
+
+MAX_REPORT_BYTES: Final = 1 << 20  # a larger status.json is refused unread
+MAX_DEPTH: Final = 32  # objects and arrays nested deeper are refused
+
+# A host's reports all carry its name: check each name once.
+_is_host_name_cached: Final = functools.lru_cache(maxsize=4096)(is_host_name)
+
+
+_COMMIT_ID: Final = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")  # SHA-1 or SHA-256
+
+
+def _is_commit_id(text: str) -> bool:
+    return _COMMIT_ID.match(text) is not None
+
+
+_REQUIRED: Final = object()
+_NUMBER: Final = frozenset({int, float})
+_STR: Final[frozenset[type]] = frozenset({str})
+_OPTIONAL_STR: Final[frozenset[type]] = frozenset({str, NoneType})
+
+
+# Field -> the JSON types it may have (exactly: true is not a number) and its default.
+_Spec = dict[str, tuple[frozenset[type], object]]
+_TOP_FIELDS: Final[_Spec] = {
+    "host": (_STR, _REQUIRED),
+    "time": (_STR, _REQUIRED),
+    "agent_version": (_STR, ""),
+    "result": (_STR, _REQUIRED),
+    "reason": (_STR, ""),
+    "report_id": (_STR, _REQUIRED),
+    "deploy_seen": (_OPTIONAL_STR, None),
+    "deploy_applied": (_OPTIONAL_STR, None),
+    "source_commit": (_OPTIONAL_STR, None),
+    "action": (_STR, "switch"),
+    "system": (frozenset({dict, NoneType}), None),
+    "facts": (frozenset({dict, NoneType}), None),
+    "durations": (frozenset({dict, NoneType}), None),
+    "log_tail": (_STR, ""),
+    "changes": (frozenset({list, NoneType}), None),
+}
+_SYSTEM_FIELDS: Final[_Spec] = {
+    **{f.name: (_OPTIONAL_STR, None) for f in fields(SystemInfo)},
+    "generation": (frozenset({int, NoneType}), None),
+    "reboot_required": (frozenset({bool, NoneType}), None),
+}
+
+
+def _typed(data: dict[str, Any], spec: _Spec, prefix: str) -> dict[str, Any]:
+    """The fields of ``spec`` from ``data``, each of one of its types; keys not in
+    ``spec`` are ignored."""
+    found = {}
+    for name, (types, default) in spec.items():
+        value = data.get(name, default)
+        if type(value) not in types:
+            if value is _REQUIRED:
+                raise ValueError(f"{prefix}{name}: missing")
+            wanted = " or ".join(sorted(_TYPE_NAMES[t] for t in types))
+            raise ValueError(f"{prefix}{name}: {_type_name(value)}, not {wanted}")
+        found[name] = value
+    return found
+
+
+def _report_time(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise ValueError(
+            f"time: {text[:40]!r} is not a real UTC time YYYY-MM-DDTHH:MM:SSZ"
+        ) from err
+
+
+def _result(text: str) -> Result:
+    try:
+        return Result(text)
+    except ValueError as err:
+        raise ValueError(f"result: {text[:80]!r} is not a result") from err
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# One decoder, made once (json.loads with any option makes a new one per call).
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _load_object(text: bytes | str) -> dict[str, Any]:
+    if len(text) > MAX_REPORT_BYTES:
+        raise ValueError(f"larger than {MAX_REPORT_BYTES} bytes")
+    try:
+        data = _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 (byte {err.start})") from err
+    except RecursionError as err:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
+    except ValueError as err:  # a number too long to read, NaN or Infinity
+        raise ValueError(f"not JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _too_deep(value: dict[str, Any], levels: int) -> bool:
+    """Whether objects and arrays nest more than ``levels`` deep below ``value``."""
+    level: list[Any] = [value]
+    for _ in range(levels + 1):
+        below = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        if not below:
+            return False
+        level = below
+    return True
+
+
+_TYPE_NAMES: Final[dict[type, str]] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "true/false",
+    int: "an integer",
+    float: "a number",
+    NoneType: "null",
+}
+
+
+def _type_name(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 # The top-level fields of status.json, in order: what policies may name (plus ``report``,

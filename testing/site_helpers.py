@@ -158,6 +158,7 @@ class Fleet:
         log_tail: str = "",
         version: str = "25.05.20250601.abcdef0",
         move_ref: bool = True,
+        action: str = "switch",
     ) -> str:
         """Write a signed report on reports/<host>; ``applied`` defaults to the deploy head."""
         deploy = applied if applied is not None else self.deploy_head(host)
@@ -187,12 +188,39 @@ class Fleet:
             ),
             facts=dict(GOOD_FACTS if facts is None else facts),
             log_tail=log_tail,
+            action=action,
         )
         ref = reports_ref(host)
         parent = commits.ref_target(self.repo, ref)
         oid = create_report_commit(self.repo, report, parent=parent, key=key or self.keys[host])
         if move_ref:
             self.repo.references.create(ref, oid, force=True)
+        return str(oid)
+
+    def raw_report(self, host: str, status: bytes, when: datetime, *, signed: bool = True) -> str:
+        """A commit on reports/<host> holding ``status`` as its status.json, whatever it is:
+        signed with the host's key, or not signed at all."""
+        builder = self.repo.TreeBuilder()
+        builder.insert("status.json", self.repo.create_blob(status), pygit2.enums.FileMode.BLOB)
+        ref = reports_ref(host)
+        parent = commits.ref_target(self.repo, ref)
+        parents = [parent] if parent is not None else []
+        identity = commits.signature_of(f"gitops-agent {host}", f"{host}@example.org", when)
+        message = f"report {host}: by hand\n"
+        if signed:
+            oid = commits.create_signed_commit(
+                self.repo,
+                tree=builder.write(),
+                parents=parents,
+                message=message,
+                author=identity,
+                key=self.keys[host],
+            )
+        else:
+            oid = self.repo.create_commit(
+                None, identity, identity, message, builder.write(), parents
+            )
+        self.repo.references.create(ref, oid, force=True)
         return str(oid)
 
     def set_ref(self, ref: str, oid: str) -> None:
@@ -324,7 +352,8 @@ def broken_links(site: Path) -> list[str]:
             if not target.exists():
                 broken.append(f"{page.relative_to(site.resolve())}: {link}")
                 continue
-            if parts.fragment and target.suffix == ".html":
+            # "#q=..." is the inventory filter (assets/table.js), not an anchor.
+            if parts.fragment and not parts.fragment.startswith("q=") and target.suffix == ".html":
                 ids = parsed[target].ids if target in parsed else set()
                 if parts.fragment not in ids:
                     broken.append(f"{page.relative_to(site.resolve())}: {link} (no such anchor)")

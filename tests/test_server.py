@@ -393,7 +393,10 @@ def _bad_report(world: World, client: pygit2.Repository, kind: str) -> tuple[str
         case "extra-file":
             files = {"status.json": status, "evil.nix": b"{}"}
             new = files_commit(client, files, parent=parent, message="r\n", key=key)
-            return f"{new}:{ref}", "must hold status.json and, optionally, sbom.cdx.json: nothing else"
+            return (
+                f"{new}:{ref}",
+                "must hold status.json and, optionally, sbom.cdx.json: nothing else",
+            )
         case "rewind":
             first = report_commit(client, key, "web-1", parent)
             second = report_commit(client, key, "web-1", str(first))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ from gitops import cli
 from gitops.errors import GitopsError
 from gitops.protocol import Result, deploy_ref, reports_ref
 from gitops.sitegen import build as site_build
-from gitops.sitegen import resources
+from gitops.sitegen import resources, workers
 from gitops.sitegen.cache import cache_dir_for
+from gitops.sitegen.model import HostData, State
 from gitops.trust import commits
 from testing.site_helpers import NOW, Fleet, broken_links, standard_fleet
 
@@ -288,16 +289,14 @@ def test_a_new_host_key_re_verifies_that_host(tmp_path: Path) -> None:
     assert states(out)["web"]["state"] == "unverified"
 
 
-def test_parallel_build_equals_single_process(tmp_path: Path) -> None:
+def test_parallel_build_equals_single_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet = standard_fleet(tmp_path / "fleet.git")
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     build(fleet, serial, use_cache=False)
-    old = site_build.PARALLEL_MIN
-    site_build.PARALLEL_MIN = 1
-    try:
-        site_build.build(fleet.path, parallel, now=NOW, workers=2)
-    finally:
-        site_build.PARALLEL_MIN = old
+    monkeypatch.setattr(workers, "PARALLEL_MIN", 1)
+    site_build.build(fleet.path, parallel, now=NOW, workers=2)
     for name in ("inventory.json", "audit.json", "index.json", "hosts/failed.json"):
         assert load(serial, name) == load(parallel, name), name
 
@@ -476,6 +475,18 @@ def test_tree_source_answers_like_pygit2_path_lookups(tmp_path: Path) -> None:
             assert source.read(path) == bytes(expected.data), path
 
 
+def _state_at(data: HostData, moment: datetime, stale_after: int) -> tuple[State, str | None]:
+    """The host's state at ``moment`` the slow way: from the reports and deploy commits that
+    existed then, newest first."""
+    from gitops.sitegen import states
+
+    report = next((r for r in data.reports if r.verified and r.when <= moment), None)
+    published = next((d for d in data.deploys if d.verified and d.time <= moment), None)
+    any_reports = any(r.commit_time <= moment for r in data.reports)
+    state = states._state_of(report, published, moment, stale_after, any_reports)
+    return state, (report.nixos_version if report is not None else None)
+
+
 def test_chart_samples_equal_the_state_at_each_moment(tmp_path: Path) -> None:
     from gitops.sitegen import collect, states
     from gitops.sitegen.verify import trust_id
@@ -496,8 +507,9 @@ def test_chart_samples_equal_the_state_at_each_moment(tmp_path: Path) -> None:
             publishers=publishers,
             publishers_id=trust_id(publishers),
             previous=None,
+            now=NOW,
         )
-        expected = tuple(states.state_at(data, m, 86400) for m in moments)
+        expected = tuple(_state_at(data, m, 86400) for m in moments)
         assert states.samples(data, moments, 86400) == expected, name
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from typing_extensions import override
 
 from gitops.sitegen import build as site_build
 from gitops.system import process
-from testing.site_helpers import NOW, ROOT, broken_links, standard_fleet
+from testing.site_helpers import GOOD_FACTS, NOW, ROOT, broken_links, standard_fleet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
 CHROMEDRIVER = shutil.which("chromedriver") or ""
@@ -38,10 +39,32 @@ needs_java = pytest.mark.skipif(
 )
 
 
+HOSTS = 15  # the standard fleet's 13, and two more below
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("browser")
     fleet = standard_fleet(root / "fleet.git")
+    # "units" is up to date but fails the policy no-failed-units: the word "failed" must
+    # still find only the failed host. "laptop" waits for a reboot into what it applied.
+    fleet.add_host("units")
+    fleet.add_host("laptop")
+    # (the standard fleet's last change to main, kept, so that only the new hosts publish)
+    fleet.commit_main(
+        "Add units and laptop", NOW - timedelta(hours=6), extra={"workstation": "# tuned\n"}
+    )
+    fleet.publish(NOW - timedelta(hours=6))
+    fleet.report(
+        "units", NOW - timedelta(hours=1), facts={**GOOD_FACTS, "failed_units": ["x.service"]}
+    )
+    fleet.report(
+        "laptop",
+        NOW - timedelta(hours=1),
+        action="boot",
+        running="/nix/store/0000aaaa-nixos-system-laptop-24.11",
+        reboot=True,
+    )
     out = root / "site"
     site_build.build(fleet.path, out, now=NOW, workers=1)
     return out
@@ -67,7 +90,9 @@ def served(site: Path) -> Iterator[str]:
         server.server_close()
 
 
-def _chromium(profile: Path, *, javascript: bool = True) -> Any:
+def _chromium(
+    profile: Path, *, javascript: bool = True, width: int = 1280, height: int = 1600
+) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -82,7 +107,7 @@ def _chromium(profile: Path, *, javascript: bool = True) -> Any:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1280,1600",
+        f"--window-size={width},{height}",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
@@ -111,50 +136,117 @@ def _visible_rows(driver: object) -> int:
     return sum(1 for row in rows if row.is_displayed())
 
 
+def _filter(driver: Any, text: str, expected: int) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    box = driver.find_element(By.ID, "filter")
+    box.clear()
+    box.send_keys(text)
+    WebDriverWait(driver, 5).until(lambda d: _visible_rows(d) == expected)
+    assert driver.find_element(By.ID, "shown").text == f"{expected} of {HOSTS} hosts"
+
+
+def _visible_hosts(driver: Any) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#inventory tbody tr")
+    return [row.find_element(By.CSS_SELECTOR, "td a").text for row in rows if row.is_displayed()]
+
+
 @needs_browser
-def test_inventory_filter_and_sort(browser: object, served: str) -> None:
+def test_inventory_filter_matches_the_fields_it_names(browser: object, served: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     browser.get(served + "inventory.html")
-    assert _visible_rows(browser) == 13
-    box = browser.find_element(By.ID, "filter")
-    assert box.is_displayed()  # the script revealed it
-    box.send_keys("rolled")
-    WebDriverWait(browser, 5).until(lambda d: _visible_rows(d) == 1)
-    assert browser.find_element(By.ID, "shown").text == "1 of 13 hosts"
-    box.clear()
-    box.send_keys("up to date")
-    WebDriverWait(browser, 5).until(lambda d: 0 < _visible_rows(d) < 13)
-    box.clear()
-    box.send_keys(" ")  # an input event with no words: every row again
-    WebDriverWait(browser, 5).until(lambda d: _visible_rows(d) == 13)
-    header = browser.find_elements(By.CSS_SELECTOR, "#inventory thead th")[0]
-    header.click()
-    header.click()  # descending by host name
-    first = browser.find_element(By.CSS_SELECTOR, "#inventory tbody tr td a").text
-    assert first == "up"
-    assert header.get_attribute("aria-sort") == "descending"
+    assert _visible_rows(browser) == HOSTS
+    assert browser.find_element(By.ID, "filter").is_displayed()  # the script revealed it
+    _filter(browser, "rolled", 1)
+    # "failed" is a state and a host here, and part of the policy name no-failed-units,
+    # which "units" fails: the policy column is not searched by plain words.
+    _filter(browser, "failed", 1)
+    assert _visible_hosts(browser) == ["failed"]
+    _filter(browser, "policy:no-failed-units", 1)
+    assert _visible_hosts(browser) == ["units"]
+    _filter(browser, "state:failed", 1)
+    _filter(browser, 'state:"up to date"', 7)
+    _filter(browser, 'flag:"reboot pending"', 1)
+    assert _visible_hosts(browser) == ["laptop"]
+    _filter(browser, "tag:rack", 1)
+    _filter(browser, " ", HOSTS)  # an input event with no words: every row again
+
+
+@needs_browser
+def test_inventory_sorts_by_host_and_by_urgency(browser: object, served: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(browser, WebDriver)
+    browser.get(served + "inventory.html")
+    host, state = browser.find_elements(By.CSS_SELECTOR, "#inventory thead th")[:2]
+    host.click()
+    host.click()  # descending by host name
+    assert _visible_hosts(browser)[0] == "up"
+    assert host.get_attribute("aria-sort") == "descending"
+    state.click()  # most urgent first
+    assert _visible_hosts(browser)[:3] == ["failed", "rolledback", "rejected"]
+    assert _visible_hosts(browser)[-1] in {"up", "exempt", "server", "laptop", "units"}
+
+
+def _screens(driver: Any, served: str, suffix: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    OUTPUT.mkdir(exist_ok=True)
+    driver.get(served + "index.html")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Test fleet"
+    charts = driver.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 2 and charts[0].size["height"] > 100
+    urgent = driver.find_element(By.ID, "urgent").location["y"]
+    assert urgent < driver.find_element(By.ID, "trend").location["y"]
+    assert driver.save_screenshot(str(OUTPUT / f"site-overview{suffix}.png"))
+    driver.get(served + "hosts/failed.html")
+    assert "failed with exit code 1" in driver.page_source
+    assert driver.save_screenshot(str(OUTPUT / f"site-host{suffix}.png"))
+    assert (OUTPUT / f"site-overview{suffix}.png").stat().st_size > 10_000
 
 
 @needs_browser
 def test_screenshots_of_overview_and_host_page(browser: object, served: str) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.remote.webdriver import WebDriver
+    _screens(browser, served, "")
 
-    assert isinstance(browser, WebDriver)
-    OUTPUT.mkdir(exist_ok=True)
-    browser.get(served + "index.html")
-    assert browser.find_element(By.TAG_NAME, "h1").text == "Test fleet"
-    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
-    assert len(charts) == 2 and charts[0].size["height"] > 100
-    assert browser.save_screenshot(str(OUTPUT / "site-overview.png"))
-    browser.get(served + "hosts/failed.html")
-    assert "failed with exit code 1" in browser.page_source
-    assert browser.save_screenshot(str(OUTPUT / "site-host.png"))
-    assert (OUTPUT / "site-overview.png").stat().st_size > 10_000
+
+@needs_browser
+def test_a_phone_sees_the_urgent_list_and_the_inventory_state(served: str, tmp_path: Path) -> None:
+    """At 390 px: the urgent list is on the first screen, the inventory's State column
+    is on screen, and screenshots of the overview and a host page are kept."""
+    from selenium.webdriver.common.by import By
+
+    driver = _chromium(tmp_path / "profile", width=390, height=844)
+    try:
+        # A window cannot be narrower than 500 px: emulate the phone's screen instead.
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+        )
+        driver.get(served + "index.html")
+        width = driver.execute_script("return document.documentElement.clientWidth")
+        assert width <= 390
+        driver.get(served + "index.html")
+        assert driver.find_element(By.ID, "urgent").location["y"] < 844
+        driver.get(served + "inventory.html")
+        state = driver.find_elements(By.CSS_SELECTOR, "#inventory thead th")[1]
+        assert state.text == "State"
+        right = state.location["x"] + state.size["width"]
+        assert state.is_displayed() and right <= width, (right, width)
+        first_state = driver.find_element(By.CSS_SELECTOR, "#inventory tbody tr td:nth-child(2)")
+        assert first_state.location["x"] + first_state.size["width"] <= width
+        OUTPUT.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(OUTPUT / "site-inventory-390px.png"))
+        _screens(driver, served, "-390px")
+    finally:
+        driver.quit()
 
 
 @needs_browser
@@ -166,7 +258,7 @@ def test_pages_read_without_javascript(served: str, tmp_path: Path) -> None:
     try:
         driver.get(served + "inventory.html")
         rows = driver.find_elements(By.CSS_SELECTOR, "#inventory tbody tr")
-        assert len(rows) == 13 and all(row.is_displayed() for row in rows)
+        assert len(rows) == HOSTS and all(row.is_displayed() for row in rows)
         assert not driver.find_element(By.ID, "filter").is_displayed()
         driver.get(served + "hosts/failed.html")
         assert "failed with exit code 1" in driver.find_element(By.TAG_NAME, "main").text

@@ -14,11 +14,15 @@ from gitops.sitegen.serve import serve_site
 log = logging.getLogger(__name__)
 
 
-def build(repo: Path, out: Path, *, serve: bool, port: int) -> int:
+def build(repo: Path, out: Path, *, serve: bool, port: int, as_json: bool = False) -> int:
     stats = site_build.build(repo, out, background_cleanup=True, progress=output.progress)
     output.progress(stats.summary())
     log.info("site: phases (s): %s", json.dumps(stats.phases))
-    output.say(str((out / "index.html").absolute()))
+    index = (out / "index.html").absolute()
+    if as_json:
+        output.emit_json({"site": str(index), **stats.to_json()})
+    else:
+        output.say(str(index))
     if serve:
         serve_site(out, port)
     return 0

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import hashlib
 import os
 import pickle
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,20 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB)",
     "CREATE TABLE IF NOT EXISTS derived_delta (name TEXT PRIMARY KEY, data BLOB)",
 )
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Unpickling the cache (or workers' results) makes hundreds of thousands of objects
+    and no garbage: the cycle collector would only scan them again and again (most of a
+    load's time)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def cache_dir_for(out: Path) -> Path:
@@ -116,7 +131,8 @@ class Cache:
         if row is None:
             return None
         try:
-            return pickle.loads(row[0])
+            with collector_paused():
+                return pickle.loads(row[0])
         except Exception:
             return None
 
@@ -134,11 +150,12 @@ class Cache:
     def load_derived(self) -> dict[str, Any]:
         snapshot = self.get_blob("derived")
         rows: dict[str, Any] = dict(snapshot) if isinstance(snapshot, dict) else {}
-        for name, blob in self.db.execute("SELECT name, data FROM derived_delta"):
-            try:
-                rows[name] = pickle.loads(blob)
-            except Exception:
-                rows.pop(name, None)  # unreadable: the host is simply refreshed
+        with collector_paused():
+            for name, blob in self.db.execute("SELECT name, data FROM derived_delta"):
+                try:
+                    rows[name] = pickle.loads(blob)
+                except Exception:
+                    rows.pop(name, None)  # unreadable: the host is simply refreshed
         return rows
 
     def save_derived(
@@ -190,11 +207,12 @@ class CacheReader:
             chunk = list(names[start : start + 500])
             marks = ",".join("?" * len(chunk))
             query = f"SELECT name, data FROM hosts WHERE name IN ({marks})"
-            for name, blob in self.db.execute(query, chunk):
-                with contextlib.suppress(Exception):
-                    value = pickle.loads(blob)
-                    if isinstance(value, HostData):
-                        found[name] = value
+            with collector_paused():
+                for name, blob in self.db.execute(query, chunk):
+                    with contextlib.suppress(Exception):
+                        value = pickle.loads(blob)
+                        if isinstance(value, HostData):
+                            found[name] = value
         return found
 
     def close(self) -> None:

@@ -9,15 +9,15 @@ commits above its old heads are read and verified.
 
 from __future__ import annotations
 
-import json
+import itertools
 import multiprocessing
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pygit2
 
@@ -32,12 +32,24 @@ from gitops.protocol import (
     REPORTS_PREFIX,
     STATUS_FILE,
     TRAILER_EXPIRES,
+    TRAILER_RECOVERS,
     TRAILER_SOURCE,
     Report,
     Result,
     branch_name,
 )
-from gitops.sitegen.model import DeployEntry, HostData, MainCommit, Orphan, ReportEntry, Trust
+from gitops.sitegen.model import (
+    CLOCK_SKEW,
+    DeployEntry,
+    DroppedReport,
+    HostData,
+    MainCommit,
+    Orphan,
+    Parsed,
+    ReportEntry,
+    Rewind,
+    Trust,
+)
 from gitops.sitegen.verify import verdict
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
@@ -48,7 +60,10 @@ MAX_DEPLOYS = 100  # newest deploy commits read per host
 MAIN_HISTORY = 300  # newest main commits in the audit trail
 PARALLEL_FLEET_MIN = 2000  # hosts from which host.yaml files are parsed in parallel
 LOG_TAIL_LIMIT = 8000  # characters of a failure's log kept
-FAILURES = {str(Result.BUILD_FAILED), str(Result.SWITCH_FAILED), str(Result.ROLLED_BACK)}
+MAX_ERROR = 300  # characters of why a report is invalid
+MAX_DROPPED = 50  # reports remembered as dropped from a rewritten branch
+MAX_PARSED = 10  # verified reports parsed and kept, newest first, when the newest are future
+FAILURES = frozenset({Result.BUILD_FAILED, Result.SWITCH_FAILED, Result.ROLLED_BACK})
 _PULL_REQUEST = (
     re.compile(r"^Merge pull request #(\d+)\b"),
     re.compile(r"\(#(\d+)\)\s*$"),
@@ -130,16 +145,21 @@ class _SomeHosts:
         return self.inner.describe(path)
 
 
-_FLEET_JOB: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _FleetPart:
+    """Parse a share of ``hosts/`` at one main commit, in a pool process."""
 
+    path: str
+    commit: str
+    label: str
 
-def _load_fleet_part(hosts: Sequence[str]) -> tuple[Fleet, list[Problem]]:
-    repo = pygit2.Repository(_FLEET_JOB["path"])
-    commit = repo.get(_FLEET_JOB["commit"])
-    assert isinstance(commit, pygit2.Commit)
-    problems = Problems()
-    source = _SomeHosts(TreeSource(repo, commit.tree, _FLEET_JOB["label"]), hosts)
-    return load_fleet(source, problems), problems.items
+    def load(self, hosts: Sequence[str]) -> tuple[Fleet, list[Problem]]:
+        repo = pygit2.Repository(self.path)
+        commit = repo.get(self.commit)
+        assert isinstance(commit, pygit2.Commit)
+        problems = Problems()
+        source = _SomeHosts(TreeSource(repo, commit.tree, self.label), hosts)
+        return load_fleet(source, problems), problems.items
 
 
 def _load_fleet_parallel(
@@ -149,12 +169,11 @@ def _load_fleet_parallel(
     workers: int,
     problems: Problems,
 ) -> Fleet:
-    _FLEET_JOB.update(path=repo.path, commit=str(commit.id), label=f"main ({commit.short_id})")
+    part = _FleetPart(repo.path, str(commit.id), f"main ({commit.short_id})")
     size = (len(names) + workers * 4 - 1) // (workers * 4)
     parts = [names[i : i + size] for i in range(0, len(names), size)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        results = pool.map(_load_fleet_part, parts)
-    _FLEET_JOB.clear()
+        results = pool.map(part.load, parts)  # a small value: sent with each part
     seen_problems: set[Problem] = set()
     hosts: dict[str, Host] = {}
     for fleet, items in results:
@@ -191,42 +210,77 @@ def list_heads(repo: pygit2.Repository) -> tuple[dict[str, str], dict[str, str]]
     return deploys, reports
 
 
+def subject(message: str | None) -> str:
+    """A commit message's first line ("" when empty)."""
+    text = (message or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
 def pull_request_number(message: str) -> int | None:
-    subject = message.strip().splitlines()[0] if message.strip() else ""
+    first = subject(message)
     for pattern in _PULL_REQUEST:
-        match = pattern.search(subject)
+        match = pattern.search(first)
         if match:
             return int(match.group(1))
     return None
 
 
+_LAST_TIMESTAMP = 253402128000  # 9999-12-30: later dates cannot be computed with
+
+
 def _utc(timestamp: int) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
+    """A commit's time (the signer's choice: any 64-bit number), kept computable."""
+    return datetime.fromtimestamp(min(max(timestamp, 0), _LAST_TIMESTAMP), UTC)
+
+
+def _descends(repo: pygit2.Repository, head: str, oid: str) -> bool:
+    """Whether ``oid`` is ``head`` or below it (False when either cannot be read)."""
+    if head == oid:
+        return True
+    try:
+        return bool(repo.descendant_of(head, oid))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
 
 
 def main_commit_info(commit: pygit2.Commit) -> MainCommit:
     message = commit.message or ""
-    subject = message.strip().splitlines()[0] if message.strip() else ""
     return MainCommit(
         sha=str(commit.id),
         time=_utc(commit.commit_time),
         author=commit.author.name,
         email=commit.author.email,
-        subject=subject,
+        subject=subject(message),
         pull_request=pull_request_number(message),
         merge=len(commit.parent_ids) > 1,
     )
 
 
+def first_parents(
+    repo: pygit2.Repository, head: str | pygit2.Oid, *, stop: str | None = None
+) -> Iterable[pygit2.Commit]:
+    """``head`` and its first parents, newest first, leaving out ``stop`` and everything
+    below it; nothing when ``head`` cannot be read."""
+    try:
+        walker = repo.walk(pygit2.Oid(hex=head) if isinstance(head, str) else head)
+        walker.simplify_first_parent()
+        if stop is not None:
+            walker.hide(pygit2.Oid(hex=stop))
+    except (KeyError, ValueError, pygit2.GitError):
+        return ()
+    return walker
+
+
+def _stopped_at(last: pygit2.Commit | None, stop: str) -> bool:
+    """Whether a walk down to ``stop`` ended on it (else ``stop`` is not below the head:
+    the branch was rewritten)."""
+    return last is not None and bool(last.parent_ids) and str(last.parent_ids[0]) == stop
+
+
 def read_main_history(repo: pygit2.Repository, head: pygit2.Commit) -> tuple[MainCommit, ...]:
     """The newest main commits along first parents (merges are how pull requests land)."""
-    result: list[MainCommit] = []
-    commit: pygit2.Commit | None = head
-    while commit is not None and len(result) < MAIN_HISTORY:
-        result.append(main_commit_info(commit))
-        parent = repo.get(commit.parent_ids[0]) if commit.parent_ids else None
-        commit = parent if isinstance(parent, pygit2.Commit) else None
-    return tuple(result)
+    chain = itertools.islice(first_parents(repo, head.id), MAIN_HISTORY)
+    return tuple(main_commit_info(commit) for commit in chain)
 
 
 def find_main_commit(repo: pygit2.Repository, sha: str) -> MainCommit | None:
@@ -245,6 +299,35 @@ def orphans(
         for name in sorted(heads.keys() - hosts):
             found.append(Orphan(f"{branch_name(prefix)}{name}", "no hosts/<host>/host.yaml"))
     return tuple(found)
+
+
+def _next_floor(
+    floor: str | None, deploys: tuple[DeployEntry, ...], head: str | None, rewind: Rewind | None
+) -> str | None:
+    """The deploy head this site saw verified, which later heads must descend from: the
+    current head once it verifies and is not rewound."""
+    top = deploys[0] if deploys else None
+    if rewind is None and top is not None and top.oid == head and top.verified:
+        return top.oid
+    return floor
+
+
+@dataclass(frozen=True)
+class _ReportsRead:
+    entries: tuple[ReportEntry, ...]  # newest first
+    latest: tuple[Parsed, ...]  # HostData.latest
+    truncated: bool  # older reports exist beyond what was read
+    reached_stop: bool = True  # False: the old head is not below the new one
+
+
+def _until_counted(parsed: Iterable[Parsed], now: datetime) -> tuple[Parsed, ...]:
+    """``parsed`` (newest first) down to the first report not dated in the future."""
+    kept = []
+    for item in parsed:
+        kept.append(item)
+        if item.report.time <= now + CLOCK_SKEW:
+            break
+    return tuple(kept)
 
 
 @dataclass
@@ -274,33 +357,74 @@ class HostReader:
         publishers: AllowedSigners,
         publishers_id: str,
         previous: HostData | None,
+        now: datetime,
     ) -> HostData:
         key_id = host.key.fingerprint if host is not None and host.key is not None else ""
         trust = host.trust() if host is not None else AllowedSigners()
         reuse_reports = previous is not None and previous.key_id == key_id
         reuse_deploys = previous is not None and previous.publishers_id == publishers_id
-        reports, latest, truncated = self._reports(
-            reports_head, trust, key_id, previous if reuse_reports else None
+        reports = self._reports(
+            reports_head, trust, key_id, previous if reuse_reports else None, now
         )
         deploys = self._deploys(
             deploy_head, publishers, publishers_id, previous if reuse_deploys else None
         )
-        counts: dict[str, int] = {}
-        for entry in reports:
-            counts[str(entry.trust)] = counts.get(str(entry.trust), 0) + 1
+        newest = next((r for r in reports.entries if r.verified), None)
+        floor = previous.deploy_floor if previous is not None else None
+        rewind = self._rewind(deploy_head, deploys, newest, floor)
+        counts = Counter(entry.trust for entry in reports.entries)
         return HostData(
             name=name,
             key_id=key_id,
             publishers_id=publishers_id,
             reports_head=reports_head,
             deploy_head=deploy_head,
-            reports=reports,
+            reports=reports.entries,
             deploys=deploys,
-            latest_status=latest,
-            truncated=truncated,
-            report_count=len(reports),
+            latest=reports.latest,
+            truncated=reports.truncated,
+            report_count=len(reports.entries),
             trust_counts=tuple(sorted(counts.items())),
+            dropped=self._dropped(reports_head, previous) if previous is not None else (),
+            deploy_floor=_next_floor(floor, deploys, deploy_head, rewind),
+            rewind=rewind,
         )
+
+    def _dropped(self, head: str | None, previous: HostData) -> tuple[DroppedReport, ...]:
+        """The reports the site saw that ``head`` no longer holds (the branch was rewritten
+        or deleted), with those found before."""
+        old = previous.reports_head
+        if old is None or (head is not None and _descends(self.repo, head, old)):
+            return previous.dropped
+        gone = [
+            DroppedReport(e.oid, e.when, e.result, e.trust)
+            for e in previous.reports
+            if head is None or not _descends(self.repo, head, e.oid)
+        ]
+        seen = {d.oid for d in gone}
+        return (*gone, *(d for d in previous.dropped if d.oid not in seen))[:MAX_DROPPED]
+
+    def _rewind(
+        self,
+        head: str | None,
+        deploys: tuple[DeployEntry, ...],
+        newest: ReportEntry | None,
+        floor: str | None,
+    ) -> Rewind | None:
+        """Whether ``deploy/<host>`` is below what the host applied or what the site saw
+        published before (a rollback the agent refuses)."""
+        if head is None:
+            return None
+        applied = newest.deploy_applied if newest is not None else None
+        chain = {d.oid for d in deploys}
+        recovered = {d.recovers for d in deploys if d.verified and d.recovers}
+        for commit, why in ((applied, "applied by the host"), (floor, "published before")):
+            if commit is None or commit in chain or commit in recovered:
+                continue
+            if len(deploys) >= MAX_DEPLOYS and _descends(self.repo, head, commit):
+                continue  # further down than we read
+            return Rewind(head, commit, why)
+        return None
 
     # -- reports ------------------------------------------------------------------
 
@@ -310,68 +434,69 @@ class HostReader:
         trust: AllowedSigners,
         key_id: str,
         previous: HostData | None,
-    ) -> tuple[tuple[ReportEntry, ...], dict[str, Any] | None, bool]:
+        now: datetime,
+    ) -> _ReportsRead:
         if head is None:
-            return (), None, False
+            return _ReportsRead((), (), False)
         if previous is not None and previous.reports_head == head:
-            return previous.reports, previous.latest_status, previous.truncated
+            return _ReportsRead(previous.reports, previous.latest, previous.truncated)
         stop = previous.reports_head if previous is not None else None
+        read = self._read_reports(head, stop, trust, key_id, now)
+        if previous is None:
+            return read
+        if not read.reached_stop:
+            # The branch was rewritten: what we cached is not below the new head.
+            return self._reports(head, trust, key_id, None, now)
+        merged = thin([*read.entries, *previous.reports])
+        return _ReportsRead(
+            merged,
+            _until_counted((*read.latest, *previous.latest), now),
+            previous.truncated or len(merged) < len(read.entries) + len(previous.reports),
+        )
+
+    def _read_reports(
+        self, head: str, stop: str | None, trust: AllowedSigners, key_id: str, now: datetime
+    ) -> _ReportsRead:
+        """The reports above ``stop`` (all when None: the newest MAX_DETAILED, then one a
+        day back to WINDOW before the newest)."""
         entries: list[ReportEntry] = []
-        latest: dict[str, Any] | None = None
+        parsed: list[Parsed] = []
         days: set[int] = set()
         newest_time: datetime | None = None
-        reached_stop = stop is None
         truncated = False
-        oid: pygit2.Oid | None = pygit2.Oid(hex=head)
-        index = 0
-        while oid is not None:
-            if stop is not None and str(oid) == stop:
-                reached_stop = True
-                break
-            commit = self.repo.get(oid)
-            if not isinstance(commit, pygit2.Commit):
-                break
+        last: pygit2.Commit | None = None
+        for index, commit in enumerate(first_parents(self.repo, head, stop=stop)):
             when = _utc(commit.commit_time)
             newest_time = newest_time or when
             if index >= MAX_DETAILED and stop is None and when < newest_time - WINDOW:
                 truncated = True
                 break
-            day = commit.commit_time // 86400  # the UTC day
+            day = _day(when)
             if index < MAX_DETAILED or day not in days:
-                entry, status = self._report_entry(commit, when, trust, key_id)
+                entry, report = self._report_entry(commit, when, trust, key_id)
                 entries.append(entry)
-                if latest is None and entry.verified and status is not None:
-                    latest = json.loads(status)
+                if entry.verified and report is not None and len(parsed) < MAX_PARSED:
+                    parsed.append(Parsed(entry.oid, report))
             days.add(day)
-            index += 1
-            oid = commit.parent_ids[0] if commit.parent_ids else None
-        if previous is not None and not reached_stop:
-            # The branch was rewritten: what we cached is not below the new head.
-            return self._reports(head, trust, key_id, None)
-        if previous is not None:
-            merged = thin(entries + list(previous.reports))
-            if latest is None:
-                latest = previous.latest_status
-            return (
-                merged,
-                latest,
-                previous.truncated or len(merged) < len(entries) + len(previous.reports),
-            )
-        return tuple(entries), latest, truncated
+            last = commit
+        reached = stop is None or _stopped_at(last, stop)
+        latest = _until_counted(parsed, now)
+        return _ReportsRead(tuple(entries), latest, truncated, reached)
 
     def _report_entry(
         self, commit: pygit2.Commit, when: datetime, trust: AllowedSigners, key_id: str
-    ) -> tuple[ReportEntry, bytes | None]:
+    ) -> tuple[ReportEntry, Report | None]:
         sha = str(commit.id)
         state, detail, _principal = self._verdict(sha, trust, key_id)
         status = _status_json(commit)
         if status is None:
             return ReportEntry(sha, when, state, detail, error="no status.json in the commit"), None
         try:
-            report = Report.from_json(status)
+            report = Report.from_json(status)  # the one parse of this status.json
         except ValueError as err:
-            return ReportEntry(sha, when, state, detail, error=str(err)), None
-        return report_entry(sha, when, state, detail, report), status
+            error = str(err)[:MAX_ERROR]  # the host's bytes may be in it: keep it short
+            return ReportEntry(sha, when, state, detail, error=error), None
+        return report_entry(sha, when, state, detail, report), report
 
     # -- deploys ------------------------------------------------------------------
 
@@ -387,20 +512,26 @@ class HostReader:
         if previous is not None and previous.deploy_head == head:
             return previous.deploys
         stop = previous.deploy_head if previous is not None else None
+        entries, reached = self._read_deploys(head, stop, publishers, publishers_id)
+        if previous is None:
+            return entries
+        if reached:
+            return (*entries, *previous.deploys)[:MAX_DEPLOYS]
+        if len(entries) < MAX_DEPLOYS:  # rewritten: read it all again
+            return self._deploys(head, publishers, publishers_id, None)
+        return entries
+
+    def _read_deploys(
+        self, head: str, stop: str | None, publishers: AllowedSigners, publishers_id: str
+    ) -> tuple[tuple[DeployEntry, ...], bool]:
+        """The newest MAX_DEPLOYS deploy commits above ``stop``, and whether the walk
+        ended on ``stop``."""
         entries: list[DeployEntry] = []
-        oid: pygit2.Oid | None = pygit2.Oid(hex=head)
-        reached_stop = stop is None
-        while oid is not None and len(entries) < MAX_DEPLOYS:
-            if stop is not None and str(oid) == stop:
-                reached_stop = True
-                break
-            commit = self.repo.get(oid)
-            if not isinstance(commit, pygit2.Commit):
-                break
-            sha = str(oid)
+        last: pygit2.Commit | None = None
+        for commit in itertools.islice(first_parents(self.repo, head, stop=stop), MAX_DEPLOYS):
+            sha = str(commit.id)
             state, detail, principal = self._verdict(sha, publishers, publishers_id)
-            message = commit.message or ""
-            trailers = commits.trailers(message)
+            trailers = commits.trailers(commit.message or "")
             entries.append(
                 DeployEntry(
                     oid=sha,
@@ -409,22 +540,19 @@ class HostReader:
                     trust_detail=detail,
                     principal=principal,
                     source_commit=trailers.get(TRAILER_SOURCE),
-                    subject=message.strip().splitlines()[0] if message.strip() else "",
+                    subject=subject(commit.message),
                     expires=trailers.get(TRAILER_EXPIRES),
+                    recovers=trailers.get(TRAILER_RECOVERS),
                 )
             )
-            oid = commit.parent_ids[0] if commit.parent_ids else None
-        if previous is not None and not reached_stop and len(entries) < MAX_DEPLOYS:
-            return self._deploys(head, publishers, publishers_id, None)
-        if previous is not None and reached_stop:
-            return tuple(entries + list(previous.deploys))[:MAX_DEPLOYS]
-        return tuple(entries)
+            last = commit
+        return tuple(entries), stop is not None and _stopped_at(last, stop)
 
 
 def report_entry(
     sha: str, when: datetime, state: Trust, detail: str, report: Report
 ) -> ReportEntry:
-    result = str(report.result)
+    result = report.result
     system = report.system
     intern = sys.intern
     return ReportEntry(
@@ -433,7 +561,7 @@ def report_entry(
         trust=state,
         trust_detail=detail,
         time=report.time,
-        result=intern(result),
+        result=result,
         reason=report.reason,
         deploy_seen=intern(report.deploy_seen) if report.deploy_seen else None,
         deploy_applied=intern(report.deploy_applied) if report.deploy_applied else None,
@@ -443,6 +571,7 @@ def report_entry(
         current_system=intern(system.current_system) if system.current_system else None,
         nixos_version=intern(system.nixos_version) if system.nixos_version else None,
         reboot_required=system.reboot_required,
+        action=intern(report.action),
         log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
         changes=report.changes,
     )

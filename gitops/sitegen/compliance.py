@@ -11,18 +11,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Any
 
 from gitops.fleet.model import Exemption, Host
 from gitops.fleet.policies import Outcome, Policy, evaluate
+from gitops.protocol import Report
 
-EXEMPT = "exempt"
+
+class Exempt(StrEnum):
+    """The answer of a host exempt from a policy (beside the policy's own outcomes)."""
+
+    EXEMPT = "exempt"
+
+
+Verdict = Outcome | Exempt  # what the site answers for a host and a policy that applies
+VERDICTS: tuple[Verdict, ...] = (Outcome.PASS, Outcome.FAIL, Outcome.UNKNOWN, Exempt.EXEMPT)
 
 
 @dataclass(frozen=True)
 class Answer:
     policy: str
-    outcome: str  # pass, fail, unknown, exempt (n/a answers are not listed)
+    outcome: Verdict  # policies that do not apply to the host are not listed
     exemption: Exemption | None = None
     expired_exemption: Exemption | None = None
 
@@ -30,20 +40,17 @@ class Answer:
 @dataclass
 class PolicySummary:
     policy: Policy
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"pass": 0, "fail": 0, "unknown": 0, EXEMPT: 0}
-    )
+    counts: dict[Verdict, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))
     failing: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     exempt: list[str] = field(default_factory=list)
 
 
-def context(status: Mapping[str, Any], report_time: datetime, now: datetime) -> dict[str, Any]:
-    """What a policy's ``fact`` paths look into: the report, plus ``report.*`` the site adds."""
-    return {
-        **status,
-        "report": {"age_seconds": int((now - report_time).total_seconds()), "verified": True},
-    }
+def context(report: Report, now: datetime) -> dict[str, Any]:
+    """What a policy's ``fact`` paths look into: the report as status.json has it, plus
+    ``report.*`` the site adds."""
+    age = int((now - report.time).total_seconds())
+    return {**report.to_dict(), "report": {"age_seconds": age, "verified": True}}
 
 
 def applies(policy: Policy, host: Host) -> bool:
@@ -51,33 +58,36 @@ def applies(policy: Policy, host: Host) -> bool:
 
 
 def answer(
-    policies: Iterable[Policy],
-    host: Host,
-    status: Mapping[str, Any] | None,
-    report_time: datetime | None,
-    now: datetime,
+    policies: Iterable[Policy], host: Host, report: Report | None, now: datetime
 ) -> tuple[Answer, ...]:
+    """Each policy that applies to ``host``, asked of its newest verified ``report``
+    (unknown to all without one)."""
     today: date = now.date()
     exemptions = {e.policy: e for e in host.exemptions}
-    ctx = context(status, report_time, now) if status is not None and report_time else None
+    ctx = context(report, now) if report is not None else None
     answers = []
     for policy in policies:
         if not applies(policy, host):
             continue
         exemption = exemptions.get(policy.name)
         if exemption is not None and exemption.expires >= today:
-            answers.append(Answer(policy.name, EXEMPT, exemption=exemption))
+            answers.append(Answer(policy.name, Exempt.EXEMPT, exemption=exemption))
             continue
-        outcome = str(evaluate(policy.condition, ctx)) if ctx is not None else str(Outcome.UNKNOWN)
+        outcome = evaluate(policy.condition, ctx) if ctx is not None else Outcome.UNKNOWN
         answers.append(Answer(policy.name, outcome, expired_exemption=exemption))
     return tuple(answers)
 
 
 def failing(answers: Iterable[Answer]) -> list[str]:
-    return [a.policy for a in answers if a.outcome == str(Outcome.FAIL)]
+    return [a.policy for a in answers if a.outcome is Outcome.FAIL]
 
 
-CODES = {"pass": "p", "fail": "f", "unknown": "u", EXEMPT: "e"}
+CODES: dict[Verdict, str] = {
+    Outcome.PASS: "p",
+    Outcome.FAIL: "f",
+    Outcome.UNKNOWN: "u",
+    Exempt.EXEMPT: "e",
+}
 OUTCOMES = {code: outcome for outcome, code in CODES.items()}
 NOT_APPLICABLE_CODE = "-"
 
@@ -88,7 +98,7 @@ def encode(policies: Sequence[Policy], answers: Iterable[Answer]) -> str:
     return "".join(found.get(p.name, NOT_APPLICABLE_CODE) for p in policies)
 
 
-def decode(policies: Sequence[Policy], codes: str) -> dict[str, str]:
+def decode(policies: Sequence[Policy], codes: str) -> dict[str, Verdict]:
     """policy name -> outcome, for the policies that apply."""
     return {p.name: OUTCOMES[c] for p, c in zip(policies, codes, strict=True) if c != "-"}
 
@@ -103,10 +113,10 @@ def summarize_codes(policies: Sequence[Policy], codes: Mapping[str, str]) -> lis
                 continue
             outcome = OUTCOMES[code]
             summary.counts[outcome] += 1
-            if code == "f":
+            if outcome is Outcome.FAIL:
                 summary.failing.append(host)
-            elif code == "u":
+            elif outcome is Outcome.UNKNOWN:
                 summary.unknown.append(host)
-            elif code == "e":
+            elif outcome is Exempt.EXEMPT:
                 summary.exempt.append(host)
     return summaries

@@ -10,24 +10,22 @@ reads no git object and no host history: only these rows.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Condition, Policy
 from gitops.protocol import Result
-from gitops.sitegen import compliance
-from gitops.sitegen.audit import Event
-from gitops.sitegen.model import HostData, HostStatus, State
-from gitops.sitegen.render import Renderer
+from gitops.sitegen import compliance, export
+from gitops.sitegen.audit import ApplyRef, DeployRef
+from gitops.sitegen.model import CLOCK_SKEW, Flag, HostData, HostStatus, State, Trust
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
+
+_AGE_FACT = "report.age_seconds"
+_NUMERIC_OPS = ("at_least", "at_most", "equals", "not_equals")
 
 
 def encode_samples(samples: Iterable[tuple[object, str | None]]) -> str:
@@ -46,11 +44,40 @@ def decode_samples(text: str) -> Samples:
     return tuple((state, version or None) for state, version in pairs)
 
 
-DeployRef = tuple[str, str, str, datetime, str]  # source, signer, trust, time, commit
-ApplyRef = tuple[datetime, str, str, str, str | None]  # time, commit, applied, trust, source
+@dataclass(frozen=True)
+class Rules:
+    """What every host is judged and derived against in one build."""
 
-_AGE_FACT = "report.age_seconds"
-_NUMERIC_OPS = ("at_least", "at_most", "equals", "not_equals")
+    policies: Sequence[Policy]
+    now: datetime
+    stale_after: int  # seconds
+    global_id: str  # the code, templates, settings and policies
+    main_sha: str
+    window: tuple[datetime, ...]  # the past day ends the chart samples
+    flips: tuple[int, ...] | None  # age_flips(policies)
+
+    @property
+    def window_id(self) -> str:
+        return self.window[0].isoformat() if self.window else ""
+
+    @property
+    def window_ends_at(self) -> datetime:
+        """The chart window moves at the next UTC midnight."""
+        tomorrow = self.now.date() + timedelta(days=1)
+        return datetime.combine(tomorrow, time(0), tzinfo=UTC)
+
+    def identity(self, host: str, reports_head: str | None, deploy_head: str | None) -> str:
+        """Everything a host's derived row depends on, except time."""
+        return f"{self.main_sha}:{self.global_id}:{host}:{reports_head}:{deploy_head}"
+
+
+@dataclass(frozen=True)
+class PageFile:
+    """A page written into the site: its path, the key it was rendered for, its digest."""
+
+    path: str
+    key: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -63,11 +90,12 @@ class Derived:
     page_key: str
     row_html: str  # the inventory row
     row_json: str  # the inventory.json entry, serialized
-    trust_counts: tuple[tuple[str, int], ...]
+    trust_counts: tuple[tuple[Trust, int], ...]
     applies: tuple[ApplyRef, ...]
     deploys: tuple[DeployRef, ...]
     samples: str  # encode_samples
-    pages: tuple[tuple[str, str, str], ...] = ()  # (path, key, content digest) of its pages
+    invalid_reports: int  # report commits read whose status.json was refused
+    pages: tuple[PageFile, ...] = ()
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
@@ -77,13 +105,6 @@ class Derived:
         )
 
 
-def identity(
-    main_sha: str, global_id: str, host: str, reports_head: str | None, deploy_head: str | None
-) -> str:
-    """Everything a host's derived row depends on, except time."""
-    return f"{main_sha}:{global_id}:{host}:{reports_head}:{deploy_head}"
-
-
 def page_key(
     global_id: str,
     data: HostData,
@@ -91,6 +112,7 @@ def page_key(
     status: HostStatus,
     answers: tuple[compliance.Answer, ...],
 ) -> str:
+    """What a host's pages depend on: equal keys, equal pages (HTML and JSON)."""
     # repr, not pickle: pickle's bytes depend on object identity (a cached copy differs).
     ident = (data.reports_head, data.deploy_head, data.key_id, data.publishers_id)
     text = repr((global_id, ident, host, status, answers))
@@ -124,28 +146,24 @@ def age_flips(policies: Sequence[Policy]) -> tuple[int, ...] | None:
     return tuple(sorted(flips))
 
 
-def valid_until(
-    data: HostData,
-    host: Host,
-    status: HostStatus,
-    now: datetime,
-    stale_after: int,
-    flips: tuple[int, ...] | None,
-    window_ends_at: datetime,
-) -> datetime | None:
-    """The first moment after ``now`` at which this host's state or answers may change."""
-    moments = [window_ends_at]
-    newest = data.newest_verified
-    if newest is not None and status.state is not State.STALE:
-        moments.append(newest.when + timedelta(seconds=stale_after + 1))
-    if newest is not None:
-        if flips is None:
-            return now  # re-judge on every build
-        age = int((now - newest.when).total_seconds())
-        later = [f for f in flips if f > age]
+def valid_until(data: HostData, host: Host, status: HostStatus, rules: Rules) -> datetime | None:
+    """The first moment after ``rules.now`` at which this host's state or answers may change."""
+    moments = [rules.window_ends_at]
+    if Flag.FUTURE_REPORT in status.flags:
+        # A report dated ahead counts from the moment it is no longer ahead.
+        limit = rules.now + CLOCK_SKEW
+        moments += [r.when - CLOCK_SKEW for r in data.reports if r.verified and r.when > limit]
+    seen = status.last_seen  # the counted report's time
+    if seen is not None and status.state is not State.STALE:
+        moments.append(seen + timedelta(seconds=rules.stale_after + 1))
+    if seen is not None:
+        if rules.flips is None:
+            return rules.now  # re-judge on every build
+        age = int((rules.now - seen).total_seconds())
+        later = [f for f in rules.flips if f > age]
         if later:
-            moments.append(newest.when + timedelta(seconds=later[0]))
-    today: date = now.date()
+            moments.append(seen + timedelta(seconds=later[0]))
+    today: date = rules.now.date()
     for exemption in host.exemptions:
         if exemption.expires >= today:
             day_after = exemption.expires + timedelta(days=1)
@@ -155,110 +173,44 @@ def valid_until(
 
 def deploy_refs(data: HostData) -> tuple[DeployRef, ...]:
     return tuple(
-        (d.source_commit or "", d.principal or d.trust_detail, str(d.trust), d.time, d.oid)
+        DeployRef(d.source_commit or "", d.principal or d.trust_detail, d.trust, d.time, d.oid)
         for d in data.deploys
     )
 
 
 def apply_refs(data: HostData) -> tuple[ApplyRef, ...]:
     return tuple(
-        (entry.when, entry.oid, entry.deploy_applied or "", str(entry.trust), entry.source_commit)
+        ApplyRef(
+            entry.when, entry.oid, entry.deploy_applied or "", entry.trust, entry.source_commit
+        )
         for entry in data.reports
-        if entry.result == str(Result.APPLIED)
+        if entry.result is Result.APPLIED
     )
-
-
-def apply_event(host: str, ref: ApplyRef) -> Event:
-    moment, sha, applied, trust, source = ref
-    return Event(
-        kind="apply",
-        time=moment,
-        sha=sha,
-        title=f"{host} applied {applied[:8]}",
-        who=host,
-        trust=trust,
-        hosts=(host,),
-        host_count=1,
-        source=source,
-    )
-
-
-def inventory_json(host: Host, status: HostStatus, failing: list[str]) -> dict[str, Any]:
-    from gitops.sitegen.export import status_json
-
-    return {
-        "name": host.name,
-        "profiles": list(host.profiles),
-        "tags": list(host.tags),
-        "owner": host.owner,
-        "failing_policies": failing,
-        **status_json(status),
-    }
 
 
 def derive(
-    *,
     data: HostData,
     host: Host,
     status: HostStatus,
     answers: tuple[compliance.Answer, ...],
-    policies: Sequence[Policy],
-    ident: str,
-    window: str,
-    window_ends_at: datetime,
-    global_id: str,
-    now: datetime,
-    stale_after: int,
-    flips: tuple[int, ...] | None,
+    rules: Rules,
+    *,
     samples: str,
-    renderer: Renderer,
-    state_order: list[str],
+    row_html: str,
 ) -> Derived:
     failing = compliance.failing(answers)
-    row = json.dumps(
-        inventory_json(host, status, failing), separators=(",", ":"), ensure_ascii=False
-    )
     return Derived(
-        identity=ident,
-        window=window,
-        valid_until=valid_until(data, host, status, now, stale_after, flips, window_ends_at),
+        identity=rules.identity(data.name, data.reports_head, data.deploy_head),
+        window=rules.window_id,
+        valid_until=valid_until(data, host, status, rules),
         status=status,
-        outcomes=compliance.encode(policies, answers),
-        page_key=page_key(global_id, data, host, status, answers),
-        row_html=str(renderer.inventory_row(host, status, failing, state_order)),
-        row_json=row,
+        outcomes=compliance.encode(rules.policies, answers),
+        page_key=page_key(rules.global_id, data, host, status, answers),
+        row_html=row_html,
+        row_json=export.compact(export.inventory_json(host, status, failing)),
         trust_counts=data.trust_counts,
         applies=apply_refs(data),
         deploys=deploy_refs(data),
         samples=samples,
+        invalid_reports=sum(1 for r in data.reports if r.error),
     )
-
-
-@dataclass(frozen=True)
-class Overview:
-    """The whole fleet for the aggregate pages, from derived rows only."""
-
-    policies: list[Policy]
-    now: datetime
-    derived: Mapping[str, Derived]
-
-    @property
-    def statuses(self) -> dict[str, HostStatus]:
-        return {name: d.status for name, d in self.derived.items()}
-
-    @property
-    def outcomes(self) -> dict[str, str]:
-        return {name: d.outcomes for name, d in self.derived.items()}
-
-    def applies(self) -> Iterator[tuple[tuple[datetime, str], Callable[[], Event]]]:
-        """((time, commit), make_event) for every apply: events are built on demand."""
-        for name, d in self.derived.items():
-            for ref in d.applies:
-                yield (ref[0], ref[1]), functools.partial(apply_event, name, ref)
-
-    def trust_counts(self) -> Counter[str]:
-        counts = Counter[str]()
-        for d in self.derived.values():
-            for trust, count in d.trust_counts:
-                counts[trust] += count
-        return counts

@@ -1,7 +1,8 @@
 """The same data as the pages, as JSON files next to them (docs/dashboard.md, "JSON").
 
 Every file is an object with ``"schema": 1`` and ``"built"``; times are UTC
-``YYYY-MM-DDTHH:MM:SSZ``; commit ids are full 40-character hex strings.
+``YYYY-MM-DDTHH:MM:SSZ``; commit ids are full 40-character hex strings. Each function here
+takes values and returns JSON-ready data: what the site computed, never how.
 """
 
 from __future__ import annotations
@@ -10,16 +11,25 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gitops.fleet.model import Host
+from gitops.fleet.policies import Outcome, Policy
+from gitops.protocol import Report
 from gitops.sitegen import compliance
 from gitops.sitegen.audit import Event
-from gitops.sitegen.model import HostData, HostStatus, MainCommit, Problem, ReportEntry
+from gitops.sitegen.model import (
+    DeployEntry,
+    DriftGroup,
+    Flag,
+    HostData,
+    HostStatus,
+    MainCommit,
+    Problem,
+    ReportEntry,
+    State,
+)
 from gitops.sitegen.render import iso
-
-if TYPE_CHECKING:
-    from gitops.sitegen.derived import Overview
-    from gitops.sitegen.pages import Pages
 
 SCHEMA = 1
 
@@ -50,6 +60,11 @@ def dumps(data: Any) -> str:
     return text + "\n"
 
 
+def compact(data: Any) -> str:
+    """One value as compact JSON text (a RawList item)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
 def _time(moment: datetime | None) -> str | None:
     return iso(moment) or None
 
@@ -57,11 +72,11 @@ def _time(moment: datetime | None) -> str | None:
 def status_json(status: HostStatus) -> dict[str, Any]:
     return {
         "state": str(status.state),
-        "flags": list(status.flags),
+        "flags": [str(f) for f in status.flags],
         "reason": status.reason,
         "since": _time(status.since),
         "last_seen": _time(status.last_seen),
-        "last_result": status.last_result,
+        "last_result": str(status.last_result) if status.last_result else None,
         "applied": status.applied,
         "applied_source": status.applied_source,
         "published": status.published,
@@ -69,6 +84,20 @@ def status_json(status: HostStatus) -> dict[str, Any]:
         "missing": [d.oid for d in status.missing],
         "nixos_version": status.nixos_version,
         "drift": status.drift_detail or None,
+        "notes": {str(n.flag): n.text for n in status.notes},
+        "reboot_pending_since": _time(status.reboot_pending_since),
+    }
+
+
+def inventory_json(host: Host, status: HostStatus, failing: list[str]) -> dict[str, Any]:
+    """A host object (inventory.json, and ``host`` in hosts/<host>.json)."""
+    return {
+        "name": host.name,
+        "profiles": list(host.profiles),
+        "tags": list(host.tags),
+        "owner": host.owner,
+        "failing_policies": failing,
+        **status_json(status),
     }
 
 
@@ -80,7 +109,7 @@ def report_json(entry: ReportEntry) -> dict[str, Any]:
         "time": _time(entry.time),
         "commit_time": _time(entry.commit_time),
         # Unverified data is shown for what it is, never as the host's state.
-        "result": entry.result,
+        "result": str(entry.result) if entry.result else None,
         "reason": entry.reason,
         "deploy_applied": entry.deploy_applied,
         "deploy_seen": entry.deploy_seen,
@@ -91,140 +120,162 @@ def report_json(entry: ReportEntry) -> dict[str, Any]:
     }
 
 
+def deploy_json(entry: DeployEntry) -> dict[str, Any]:
+    return {
+        "commit": entry.oid,
+        "time": _time(entry.time),
+        "trust": str(entry.trust),
+        "signer": entry.principal or None,
+        "source_commit": entry.source_commit,
+    }
+
+
+def answer_json(answer: compliance.Answer) -> dict[str, Any]:
+    exemption = answer.exemption
+    return {
+        "policy": answer.policy,
+        "outcome": str(answer.outcome),
+        "exemption": (
+            {"reason": exemption.reason, "expires": exemption.expires.isoformat()}
+            if exemption
+            else None
+        ),
+    }
+
+
+def host_detail(
+    host: Host,
+    data: HostData,
+    status: HostStatus,
+    answers: Sequence[compliance.Answer],
+    report: Report | None,
+) -> dict[str, Any]:
+    """hosts/<host>.json; ``report``: the one the host is judged by."""
+    return {
+        "schema": SCHEMA,
+        "host": inventory_json(host, status, compliance.failing(answers)),
+        "policies": [answer_json(a) for a in answers],
+        "facts": report.facts if report is not None else None,
+        "system": report.system.to_dict() if report is not None else None,
+        "reports": [report_json(r) for r in data.reports],
+        "deploys": [deploy_json(d) for d in data.deploys],
+        "history_truncated": data.truncated,
+        "dropped_reports": [
+            {
+                "commit": d.oid,
+                "time": _time(d.when),
+                "result": str(d.result) if d.result else None,
+                "trust": str(d.trust),
+            }
+            for d in data.dropped
+        ],
+        "deploy_rewound": (
+            {"head": data.rewind.head, "floor": data.rewind.floor, "why": data.rewind.why}
+            if data.rewind is not None
+            else None
+        ),
+    }
+
+
+# -- the aggregate files: each without its "schema" and "built" head -------------------
+
+
+def index_json(
+    *,
+    hosts: int,
+    counts: Counter[State],
+    flag_counts: Counter[Flag],
+    summaries: Sequence[compliance.PolicySummary],
+    problems: Sequence[Problem],
+    chart_data: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "hosts": hosts,
+        "states": {str(k): n for k, n in counts.items()},
+        "flags": {str(k): n for k, n in flag_counts.items()},
+        "failing_policies": {s.policy.name: s.counts[Outcome.FAIL] for s in summaries},
+        "problems": [
+            {"host": p.host, "kind": str(p.kind), "text": p.text, "since": _time(p.since)}
+            for p in problems
+        ],
+        "history": chart_data,
+    }
+
+
+def inventory_file(rows_json: Iterable[str]) -> dict[str, Any]:
+    return {"hosts": RawList(rows_json)}
+
+
 def _pull_request(sources: Mapping[str, MainCommit], sha: str | None) -> int | None:
     found = sources.get(sha) if sha else None
     return found.pull_request if found is not None else None
 
 
-def host_detail(pages: Pages, name: str) -> dict[str, Any]:
-    from gitops.sitegen.derived import inventory_json
-
-    data: HostData = pages.hosts[name]
+def drift_json(groups: Iterable[DriftGroup], sources: Mapping[str, MainCommit]) -> dict[str, Any]:
     return {
-        "schema": SCHEMA,
-        "host": inventory_json(
-            pages.fleet.hosts[name],
-            pages.statuses[name],
-            compliance.failing(pages.answers[name]),
-        ),
-        "policies": [
-            {
-                "policy": a.policy,
-                "outcome": a.outcome,
-                "exemption": (
-                    {
-                        "reason": a.exemption.reason,
-                        "expires": a.exemption.expires.isoformat(),
-                    }
-                    if a.exemption
-                    else None
-                ),
-            }
-            for a in pages.answers[name]
-        ],
-        "facts": (data.latest_status or {}).get("facts"),
-        "system": (data.latest_status or {}).get("system"),
-        "reports": [report_json(r) for r in data.reports],
-        "deploys": [
-            {
-                "commit": d.oid,
-                "time": _time(d.time),
-                "trust": str(d.trust),
-                "signer": d.principal or None,
-                "source_commit": d.source_commit,
-            }
-            for d in data.deploys
-        ],
-        "history_truncated": data.truncated,
+        "groups": {
+            str(group.kind): [
+                {
+                    "host": s.name,
+                    "since": _time(s.since),
+                    "reason": s.reason,
+                    "published": s.published,
+                    "published_source": s.published_source,
+                    "pull_request": _pull_request(sources, s.published_source),
+                    "applied": s.applied,
+                    "missing": [d.oid for d in s.missing],
+                    "drift": s.drift_detail or None,
+                    "why": group.why(s),
+                }
+                for s in group.hosts
+            ]
+            for group in groups
+        },
     }
 
 
-def aggregate_files(
-    pages: Overview,
-    *,
-    counts: Counter[str],
-    flag_counts: Counter[str],
-    problems: Sequence[Problem],
-    chart_data: Mapping[str, Any],
-    drift: Sequence[tuple[str, Sequence[HostStatus]]],
+def compliance_json(
+    policies: Sequence[Policy],
     summaries: Sequence[compliance.PolicySummary],
-    events: Sequence[Event],
-    sources: Mapping[str, MainCommit],
+    outcomes: Mapping[str, str],
 ) -> dict[str, Any]:
-    head = {"schema": SCHEMA, "built": _time(pages.now)}
+    """``outcomes``: host -> its encoded answers (compliance.encode)."""
     return {
-        "index.json": {
-            **head,
-            "hosts": len(pages.statuses),
-            "states": dict(counts),
-            "flags": dict(flag_counts),
-            "failing_policies": {s.policy.name: s.counts["fail"] for s in summaries},
-            "problems": [
-                {"host": p.host, "kind": p.kind, "text": p.text, "since": _time(p.since)}
-                for p in problems
-            ],
-            "history": chart_data,
+        "policies": [
+            {
+                "name": s.policy.name,
+                "description": s.policy.description,
+                "severity": s.policy.severity,
+                "file": s.policy.path,
+                "counts": {str(k): n for k, n in s.counts.items()},
+                "failing": s.failing,
+                "unknown": s.unknown,
+                "exempt": s.exempt,
+            }
+            for s in summaries
+        ],
+        "hosts": {
+            name: {p: str(v) for p, v in compliance.decode(policies, codes).items()}
+            for name, codes in sorted(outcomes.items())
         },
-        "inventory.json": {
-            **head,
-            "hosts": RawList(pages.derived[name].row_json for name in sorted(pages.derived)),
-        },
-        "drift.json": {
-            **head,
-            "groups": {
-                reason: [
-                    {
-                        "host": s.name,
-                        "since": _time(s.since),
-                        "reason": s.reason,
-                        "published": s.published,
-                        "published_source": s.published_source,
-                        "pull_request": _pull_request(sources, s.published_source),
-                        "applied": s.applied,
-                        "missing": [d.oid for d in s.missing],
-                        "drift": s.drift_detail or None,
-                    }
-                    for s in statuses
-                ]
-                for reason, statuses in drift
-            },
-        },
-        "compliance.json": {
-            **head,
-            "policies": [
-                {
-                    "name": s.policy.name,
-                    "description": s.policy.description,
-                    "severity": s.policy.severity,
-                    "file": s.policy.path,
-                    "counts": s.counts,
-                    "failing": s.failing,
-                    "unknown": s.unknown,
-                    "exempt": s.exempt,
-                }
-                for s in summaries
-            ],
-            "hosts": {
-                name: compliance.decode(pages.policies, codes)
-                for name, codes in sorted(pages.outcomes.items())
-            },
-        },
-        "audit.json": {
-            **head,
-            "events": [
-                {
-                    "kind": e.kind,
-                    "time": _time(e.time),
-                    "commit": e.sha,
-                    "title": e.title,
-                    "who": e.who,
-                    "trust": e.trust or None,
-                    "hosts": list(e.hosts),
-                    "host_count": e.host_count,
-                    "source_commit": e.source,
-                    "pull_request": e.pull_request,
-                }
-                for e in events
-            ],
-        },
+    }
+
+
+def audit_json(events: Sequence[Event]) -> dict[str, Any]:
+    return {
+        "events": [
+            {
+                "kind": str(e.kind),
+                "time": _time(e.time),
+                "commit": e.sha,
+                "title": e.title,
+                "who": e.who,
+                "trust": str(e.trust) if e.trust else None,
+                "hosts": list(e.hosts),
+                "host_count": e.host_count,
+                "source_commit": e.source,
+                "pull_request": e.pull_request,
+            }
+            for e in events
+        ],
     }

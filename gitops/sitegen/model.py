@@ -8,9 +8,10 @@ host's collected data can be cached by the ids of the commits it was read from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+
+from gitops.protocol import Report, Result
 
 
 class Trust(StrEnum):
@@ -31,19 +32,41 @@ class State(StrEnum):
     UNVERIFIED = "unverified"
 
 
+class Flag(StrEnum):
+    """True beside any state (docs/dashboard.md, "Host states")."""
+
+    DEPLOY_REWOUND = "deploy head rewound"  # not above what was verified or applied before
+    REPORTS_REWRITTEN = "reports rewritten"  # reports the site saw are gone from the branch
+    DRIFT = "drift"  # running something other than what it last applied
+    INVALID_REPORT = "invalid report"  # the newest report commit does not parse
+    FUTURE_REPORT = "report from the future"  # dated ahead of the build: not counted
+    REBOOT_NEEDED = "reboot needed"  # kernel, initrd or modules changed under it
+    REBOOT_PENDING = "reboot pending"  # a boot-mode host waits to boot what it applied
+    DEPLOY_UNVERIFIED = "deploy head unverified"
+    REPORT_UNVERIFIED = "unverified report"
+
+
 # Most urgent first (the order of the overview's problem list and of the drift page).
-URGENCY: tuple[str, ...] = (
+URGENCY: tuple[State | Flag, ...] = (
     State.FAILED,
     State.ROLLED_BACK,
     State.REJECTED,
-    "drift",
+    Flag.DEPLOY_REWOUND,
+    Flag.REPORTS_REWRITTEN,
+    Flag.DRIFT,
     State.UNVERIFIED,
+    Flag.INVALID_REPORT,
+    Flag.FUTURE_REPORT,
     State.STALE,
     State.OFFLINE,
     State.PENDING,
-    "reboot needed",
+    Flag.REBOOT_NEEDED,
     State.NEVER,
 )
+# How far ahead of the build a report may be dated (clocks differ) and still count.
+CLOCK_SKEW = timedelta(minutes=5)
+# Flags that are expected, not a problem: shown, never listed as urgent.
+QUIET_FLAGS: frozenset[Flag] = frozenset({Flag.REBOOT_PENDING})
 
 # The order states are counted and charted in.
 STATE_ORDER: tuple[State, ...] = (
@@ -68,7 +91,7 @@ class ReportEntry:
     trust: Trust
     trust_detail: str  # why not verified, or the verified principal
     time: datetime | None = None  # the report's own time (None when it did not parse)
-    result: str | None = None
+    result: Result | None = None
     reason: str = ""
     deploy_seen: str | None = None
     deploy_applied: str | None = None
@@ -78,6 +101,7 @@ class ReportEntry:
     current_system: str | None = None
     nixos_version: str | None = None
     reboot_required: bool | None = None
+    action: str = "switch"  # switch, boot or test
     log_tail: str = ""
     changes: tuple[str, ...] = ()  # what changed between the last two systems, if reported
     error: str = ""  # why status.json could not be read
@@ -103,10 +127,38 @@ class DeployEntry:
     source_commit: str | None
     subject: str
     expires: str | None = None
+    recovers: str | None = None  # the applied commit a recovery commit supersedes
 
     @property
     def verified(self) -> bool:
         return self.trust is Trust.VERIFIED
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A verified report commit's parsed report (what policies and the host page read)."""
+
+    oid: str
+    report: Report
+
+
+@dataclass(frozen=True)
+class DroppedReport:
+    """A report commit the site saw on ``reports/<host>`` that the branch no longer holds."""
+
+    oid: str
+    when: datetime
+    result: Result | None
+    trust: Trust
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """``deploy/<host>`` no longer descends from a commit it must descend from."""
+
+    head: str
+    floor: str  # the commit it should contain
+    why: str  # "applied by the host" or "published before"
 
 
 @dataclass(frozen=True)
@@ -120,21 +172,38 @@ class HostData:
     deploy_head: str | None
     reports: tuple[ReportEntry, ...] = ()  # newest first; older heartbeats thinned to one a day
     deploys: tuple[DeployEntry, ...] = ()  # newest first
-    latest_status: dict[str, Any] | None = None  # status.json of the newest verified report
+    # The newest verified reports, parsed, newest first, down to the first that was not
+    # dated in the future when read (the one counted then; usually the only one).
+    latest: tuple[Parsed, ...] = ()
     truncated: bool = False  # older reports exist beyond what was read
     report_count: int = 0
-    trust_counts: tuple[tuple[str, int], ...] = ()
+    trust_counts: tuple[tuple[Trust, int], ...] = ()
+    dropped: tuple[DroppedReport, ...] = ()  # reports the branch lost since the site saw them
+    deploy_floor: str | None = None  # the newest verified deploy head seen: never below it
+    rewind: Rewind | None = None  # set when the deploy head is below what it must contain
 
     @property
     def newest_verified(self) -> ReportEntry | None:
         return next((r for r in self.reports if r.verified), None)
 
+    def report_of(self, entry: ReportEntry) -> Report | None:
+        return next((p.report for p in self.latest if p.oid == entry.oid), None)
+
     @property
     def published(self) -> DeployEntry | None:
-        """The head of deploy/<host> when its signature verifies, else None."""
-        if self.deploys and self.deploys[0].oid == self.deploy_head and self.deploys[0].verified:
-            return self.deploys[0]
-        return None
+        """The head of deploy/<host> when its signature verifies and it is not rewound."""
+        head = self.deploys[0] if self.deploys else None
+        if head is None or head.oid != self.deploy_head or not head.verified or self.rewind:
+            return None
+        return head
+
+
+@dataclass(frozen=True)
+class FlagNote:
+    """What a flag means for this host, in one line."""
+
+    flag: Flag
+    text: str
 
 
 @dataclass(frozen=True)
@@ -154,10 +223,10 @@ class HostStatus:
 
     name: str
     state: State
-    flags: tuple[str, ...]  # "reboot needed", "drift", "deploy head unverified"
+    flags: tuple[Flag, ...]
     reason: str  # one line: why this state
     last_seen: datetime | None  # time of the newest verified report
-    last_result: str | None
+    last_result: Result | None
     applied: str | None  # deploy commit the host last applied (verified reports only)
     applied_source: str | None
     published: str | None  # verified head of deploy/<host>
@@ -166,14 +235,35 @@ class HostStatus:
     missing: tuple[DeployEntry, ...] = ()  # verified publishes the host has not applied
     nixos_version: str | None = None
     drift_detail: str = ""
+    notes: tuple[FlagNote, ...] = ()
+    reboot_pending_since: datetime | None = None
+
+    def note(self, flag: Flag) -> str:
+        return next((n.text for n in self.notes if n.flag is flag), str(flag))
+
+    @property
+    def quiet(self) -> bool:
+        """Up to date, with nothing to look at (expected flags only)."""
+        return self.state is State.UP_TO_DATE and all(f in QUIET_FLAGS for f in self.flags)
 
     @property
     def urgency(self) -> int:
-        keys = [str(self.state), *self.flags]
-        ranks = [URGENCY.index(k) for k in keys if k in URGENCY]
+        """The rank in URGENCY of the state or flag that matters most (lower: more urgent)."""
+        ranks = [URGENCY.index(k) for k in (self.state, *self.flags) if k in URGENCY]
         if self.state is State.UP_TO_DATE and not ranks:
             return len(URGENCY) + 1
         return min(ranks) if ranks else len(URGENCY)
+
+    @property
+    def most_urgent(self) -> State | Flag:
+        """The state or flag that decides the urgency (the state when nothing ranks)."""
+        keys: tuple[State | Flag, ...] = (self.state, *self.flags)
+        found: State | Flag = self.state
+        rank = len(URGENCY)
+        for key in keys:
+            if key in URGENCY and URGENCY.index(key) < rank:
+                found, rank = key, URGENCY.index(key)
+        return found
 
 
 @dataclass(frozen=True)
@@ -181,10 +271,21 @@ class Problem:
     """A line in the overview's "most urgent first" list."""
 
     rank: int
-    kind: str
+    kind: State | Flag
     host: str
     text: str
     since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DriftGroup:
+    """A section of the drift page: the hosts with one state or flag, longest first."""
+
+    kind: State | Flag
+    hosts: tuple[HostStatus, ...]
+
+    def why(self, status: HostStatus) -> str:
+        return status.note(self.kind) if isinstance(self.kind, Flag) else status.reason
 
 
 @dataclass(frozen=True)

@@ -1,113 +1,94 @@
-"""Per-host values for the templates, and the host pages themselves.
+"""A host judged, and its pages: ``hosts/<host>.html`` and ``hosts/<host>.json``.
 
-A worker process builds a :class:`Pages` for the hosts it has just read (full data) and
-renders their pages; the aggregate pages are built from derived rows instead
-(:mod:`gitops.sitegen.derived`).
+A worker process judges and renders the hosts it has just read (full data); the
+aggregate pages are built from derived rows instead (:mod:`gitops.sitegen.overview`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gitops.fleet.model import Fleet, Host
+from gitops.fleet.model import Host
 from gitops.fleet.policies import Policy
+from gitops.protocol import Report
 from gitops.sitegen import compliance, export, states
-from gitops.sitegen.derived import page_key
-from gitops.sitegen.model import HostData, HostStatus
+from gitops.sitegen.model import HostData, HostStatus, ReportEntry
 from gitops.sitegen.render import Renderer
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A host at build time: its state and flags, its policy answers, and the report they
+    were judged from."""
+
+    status: HostStatus
+    answers: tuple[compliance.Answer, ...]
+    newest: ReportEntry | None  # the counted report (None: none counts)
+    report: Report | None  # and its status.json, parsed
+
+
 def judge(
-    data: HostData, host: Host, policies: list[Policy], now: datetime, stale_after: int
-) -> tuple[HostStatus, tuple[compliance.Answer, ...]]:
+    data: HostData, host: Host, policies: Sequence[Policy], now: datetime, stale_after: int
+) -> Judged:
     status = states.judge(data, now=now, stale_after=stale_after)
-    newest = data.newest_verified
-    answers = compliance.answer(
-        policies, host, data.latest_status, newest.when if newest is not None else None, now
-    )
-    return status, answers
+    newest = states.counted(data, now)
+    report = data.report_of(newest) if newest is not None else None
+    return Judged(status, compliance.answer(policies, host, report, now), newest, report)
 
 
-class Pages:
-    """Everything the templates need, computed once per build."""
+def generations(data: HostData) -> list[dict[str, Any]]:
+    """The system generations the verified reports name, newest first."""
+    seen: dict[int, dict[str, Any]] = {}
+    for entry in reversed(data.reports):
+        if not entry.verified or entry.generation is None:
+            continue
+        if entry.generation not in seen:
+            seen[entry.generation] = {
+                "generation": entry.generation,
+                "store_path": entry.store_path,
+                "nixos_version": entry.nixos_version,
+                "deploy": entry.deploy_applied,
+                "first_seen": entry.when,
+                "last_seen": entry.when,
+            }
+        else:
+            seen[entry.generation]["last_seen"] = entry.when
+    return sorted(seen.values(), key=lambda g: int(g["generation"]), reverse=True)
 
-    def __init__(
-        self,
-        renderer: Renderer,
-        fleet: Fleet,
-        policies: list[Policy],
-        hosts: dict[str, HostData],
-        statuses: dict[str, HostStatus],
-        answers: dict[str, tuple[compliance.Answer, ...]],
-        global_id: str,
-        now: datetime,
-    ) -> None:
+
+class HostPages:
+    """Renders host pages; one per worker process."""
+
+    def __init__(self, renderer: Renderer, policies: Sequence[Policy]) -> None:
         self.renderer = renderer
-        self.fleet = fleet
-        self.policies = policies
         self.policy_by_name = {p.name: p for p in policies}
-        self.hosts = hosts
-        self.statuses = statuses
-        self.answers = answers
-        self.now = now
-        self.global_id = global_id
 
-    def key(self, name: str) -> str:
-        """What a host page depends on: equal keys, equal pages (HTML and JSON)."""
-        data = self.hosts[name]
-        return page_key(
-            self.global_id,
-            data,
-            self.fleet.hosts[name],
-            self.statuses[name],
-            self.answers[name],
-        )
-
-    def generations(self, data: HostData) -> list[dict[str, Any]]:
-        seen: dict[int, dict[str, Any]] = {}
-        for entry in reversed(data.reports):
-            if not entry.verified or entry.generation is None:
-                continue
-            if entry.generation not in seen:
-                seen[entry.generation] = {
-                    "generation": entry.generation,
-                    "store_path": entry.store_path,
-                    "nixos_version": entry.nixos_version,
-                    "deploy": entry.deploy_applied,
-                    "first_seen": entry.when,
-                    "last_seen": entry.when,
-                }
-            else:
-                seen[entry.generation]["last_seen"] = entry.when
-        return sorted(seen.values(), key=lambda g: int(g["generation"]), reverse=True)
-
-    def host_context(self, name: str) -> dict[str, Any]:
-        data = self.hosts[name]
-        status = self.statuses[name]
-        newest = data.newest_verified
-        facts = (data.latest_status or {}).get("facts") or {}
+    def context(self, host: Host, data: HostData, judged: Judged) -> dict[str, Any]:
+        report = judged.report
         changes = next((r.changes for r in data.reports if r.verified and r.changes), ())
-        failures = [r for r in data.reports if r.log_tail][:5]
         return {
-            "host": self.fleet.hosts[name],
+            "host": host,
             "data": data,
-            "status": status,
-            "newest": newest,
-            "facts": sorted(facts.items()),
-            "system": (data.latest_status or {}).get("system") or {},
-            "answers": self.answers[name],
+            "status": judged.status,
+            "newest": judged.newest,
+            "facts": sorted(report.facts.items()) if report is not None else [],
+            "system": report.system.to_dict() if report is not None else {},
+            "answers": judged.answers,
             "policies": self.policy_by_name,
-            "generations": self.generations(data),
+            "generations": generations(data),
             "changes": changes,
-            "failures": failures,
+            "failures": [r for r in data.reports if r.log_tail][:5],
             "published": data.published,
         }
 
-    def host_html(self, name: str) -> str:
-        return self.renderer.render(
-            "host.html", root="../", current="", title=name, **self.host_context(name)
-        )
+    def html(self, host: Host, data: HostData, judged: Judged) -> str:
+        context = self.context(host, data, judged)
+        return self.renderer.render("host.html", root="../", current="", title=host.name, **context)
 
-    def host_json(self, name: str) -> str:
-        return export.dumps(export.host_detail(self, name))
+    @staticmethod
+    def json(host: Host, data: HostData, judged: Judged) -> str:
+        detail = export.host_detail(host, data, judged.status, judged.answers, judged.report)
+        return export.dumps(detail)

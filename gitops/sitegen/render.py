@@ -13,12 +13,12 @@ import jinja2
 from markupsafe import Markup, escape
 
 from gitops.fleet.model import Host, SiteSettings
-from gitops.fleet.policies import Policy
+from gitops.fleet.policies import Outcome, Policy
 from gitops.protocol import format_time as protocol_time
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
-from gitops.sitegen.compliance import Answer
-from gitops.sitegen.model import DeployEntry, HostStatus, ReportEntry
+from gitops.sitegen.compliance import Answer, Exempt, Verdict
+from gitops.sitegen.model import CLOCK_SKEW, QUIET_FLAGS, DeployEntry, HostStatus, ReportEntry
 from gitops.sitegen.states import describe_age
 
 PAGES = (
@@ -100,6 +100,7 @@ class Renderer:
             site_title=settings.title,
             pages=PAGES,
             state_colors=STATE_COLORS,
+            quiet_flags=QUIET_FLAGS,
             built=now,
             docs_href=docs_href,
         )
@@ -140,21 +141,26 @@ class Renderer:
         """The host page's report history, one ``<li>`` per report (the page's hot loop,
         written out in Python: a fleet renders this tens of thousands of times)."""
         items = []
+        ahead = self.now + CLOCK_SKEW
         for r in reports:
             trust = str(r.trust)
             head = f"{when(r.when)} {trust_badge(trust, r.trust_detail)}"
             if r.result:
                 what = f"<strong>{escape(r.result)}</strong>"
             else:
-                what = f"<strong>unreadable</strong>: {escape(r.error)}"
+                what = f"<strong>invalid report</strong>: {escape(r.error)}"
             applied = f" applied {self.commit_link(r.deploy_applied)}" if r.deploy_applied else ""
             generation = f", generation {r.generation}" if r.generation is not None else ""
             reason = f' <span class="reason">{escape(r.reason)}</span>' if r.reason else ""
             note = ""
-            if not r.verified:
-                note = f" <em>not counted: {escape(r.trust_detail or r.error)}</em>"
+            if r.error:
+                note = " <em>not counted: invalid</em>"
+            elif not r.verified:
+                note = f" <em>not counted: {escape(r.trust_detail)}</em>"
+            elif r.when > ahead:
+                note = " <em>not counted: dated ahead of this build</em>"
             items.append(
-                f'<li class="result-{css_class(r.result or "unreadable")} '
+                f'<li class="result-{css_class(r.result or "invalid")} '
                 f'trust-{css_class(trust)}">{head} {what}{applied}{generation}{reason} '
                 f'<span class="commit">report {self.commit_link(r.oid)}</span>{note}</li>'
             )
@@ -173,9 +179,9 @@ class Renderer:
                     f"exemption expired {a.expired_exemption.expires} "
                     f"({escape(a.expired_exemption.reason)})"
                 )
-            elif a.outcome == "fail":
+            elif a.outcome is Outcome.FAIL:
                 note = str(escape(policies[a.policy].resolution))
-            elif a.outcome == "unknown" and not verified:
+            elif a.outcome is Outcome.UNKNOWN and not verified:
                 note = "no verified report"
             else:
                 note = ""
@@ -187,39 +193,43 @@ class Renderer:
             )
         return Markup("\n".join(rows))
 
-    def deploy_items(self, deploys: Iterable[DeployEntry]) -> Markup:
+    def deploy_items(self, deploys: Iterable[DeployEntry], refused: str | None = None) -> Markup:
+        """The deploy branch, newest first; ``refused``: a rewound head."""
         items = []
         for d in deploys:
             signer = f", signed by {escape(d.principal)}" if d.principal else ""
             expires = f", expires {escape(d.expires)}" if d.expires else ""
+            mark = ""
+            if d.oid == refused:
+                mark = f" {flag_badge('deploy head rewound')} <em>refused: a rollback</em>"
             items.append(
                 f"<li>{when(d.time)} {self.commit_link(d.oid)} "
-                f"{trust_badge(d.trust, d.trust_detail)} {escape(d.subject)}{signer}{expires}</li>"
+                f"{trust_badge(d.trust, d.trust_detail)} {escape(d.subject)}{signer}{expires}"
+                f"{mark}</li>"
             )
         return Markup("\n".join(items))
 
-    def inventory_row(
-        self, host: Host, status: HostStatus, failing: list[str], order: list[str]
-    ) -> Markup:
-        """One host's inventory row (cached per host: the same until its state changes)."""
+    def inventory_row(self, host: Host, status: HostStatus, failing: list[str]) -> Markup:
+        """One host's inventory row (cached per host: the same until its state changes).
+        Each cell says which field it holds (``data-field``), for the filter; the state
+        sorts by urgency, most urgent first."""
         state = str(status.state)
         flags = "".join(" " + flag_badge(f) for f in status.flags)
         seen = status.last_seen
         cells = (
-            host_link(host.name, ""),
-            escape(", ".join(host.profiles)),
-            escape(", ".join(host.tags)),
-            escape(host.owner),
-            escape(status.nixos_version or ""),
-            self.commit_link(status.applied),
-            self.commit_link(status.published),
+            ("host", "", host_link(host.name, "")),
+            ("state", f' data-sort="{status.urgency}"', state_badge(state) + Markup(flags)),
+            ("seen", f' data-sort="{iso(seen)}"', when(seen)),
+            ("nixos", "", escape(status.nixos_version or "")),
+            ("profile", "", escape(", ".join(host.profiles))),
+            ("tag", "", escape(", ".join(host.tags))),
+            ("owner", "", escape(host.owner)),
+            ("applied", "", self.commit_link(status.applied)),
+            ("published", "", self.commit_link(status.published)),
+            ("policy", "", escape(", ".join(failing))),
         )
         return Markup(
-            "<tr>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + f'<td data-sort="{order.index(state)}">{state_badge(state)}{flags}</td>'
-            + f'<td data-sort="{iso(seen)}">{when(seen)}</td>'
-            + f"<td>{escape(', '.join(failing))}</td></tr>"
+            "<tr>" + "".join(f"<td{extra}>{content}</td>" for _, extra, content in cells) + "</tr>"
         )
 
     def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
@@ -231,22 +241,47 @@ class Renderer:
         )
 
 
-_ANSWER_LABELS = {"pass": "Yes", "fail": "No", "unknown": "Unknown", "exempt": "Exempt"}
+_ANSWER_LABELS: dict[Verdict, str] = {
+    Outcome.PASS: "Yes",
+    Outcome.FAIL: "No",
+    Outcome.UNKNOWN: "Unknown",
+    Exempt.EXEMPT: "Exempt",
+}
 
 
-def _fact_value(value: object) -> str:
+def human_size(value: int | float) -> str:
+    """Bytes as people read them: ``512 B``, ``1.5 KiB``, ``50.0 GiB``."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _scalar(key: str, value: object) -> str:
+    """One fact value; numbers of bytes and seconds (by the key's suffix) made readable."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if key.endswith("_bytes"):
+            return human_size(value)
+        if key.endswith("_seconds"):
+            return describe_age(value)
+    return str(value)
+
+
+def _fact_value(key: str, value: object) -> str:
     if isinstance(value, Mapping):
-        return "; ".join(f"{k}: {v}" for k, v in sorted(value.items()))
+        return "; ".join(f"{k}: {_scalar(key, v)}" for k, v in sorted(value.items()))
     if isinstance(value, str):
         return value
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value) or "none"
-    return str(value)
+    return _scalar(key, value)
 
 
 def fact_items(facts: Iterable[tuple[str, object]], system: Mapping[str, object]) -> Markup:
     """The host page's facts and system values as ``<dt>``/``<dd>`` pairs."""
-    parts = [f"<dt>{escape(k)}</dt><dd>{escape(_fact_value(v))}</dd>" for k, v in facts]
+    parts = [f"<dt>{escape(k)}</dt><dd>{escape(_fact_value(k, v))}</dd>" for k, v in facts]
     for key, value in sorted(system.items()):
         shown = "unknown" if value is None else str(value)
         parts.append(f"<dt>system.{escape(key)}</dt><dd>{escape(shown)}</dd>")

@@ -5,16 +5,71 @@
   if (!table) { return; }
   var body = table.tBodies[0];
   var rows = Array.prototype.slice.call(body.rows);
-  var texts = rows.map(function (row) { return row.textContent.toLowerCase(); });
+  var heads = table.tHead.rows[0].cells;
   var box = document.getElementById("filter");
   var shown = document.getElementById("shown");
   box.parentNode.hidden = false;
+  var help = document.querySelector(".filter-help");
+  if (help) { help.hidden = false; }
+
+  // Plain words look in these fields (never in the failing policies: "failed" is a state,
+  // not part of a policy's name); field:value looks in the field it names, exactly.
+  var PLAIN = ["host", "state", "flag", "nixos", "profile", "tag", "owner"];
+  var LISTS = { profile: true, tag: true, policy: true };
+  var columns = {};
+  Array.prototype.forEach.call(heads, function (th, i) {
+    var name = th.getAttribute("data-field");
+    if (name) { columns[name] = i; }
+  });
+
+  function text(node) { return node ? node.textContent.trim().toLowerCase() : ""; }
+
+  function valuesOf(row) {
+    var found = {};
+    Object.keys(columns).forEach(function (name) {
+      var cell = row.cells[columns[name]];
+      if (name === "state") {
+        found.state = [text(cell.querySelector(".badge:not(.flag)"))];
+        found.flag = Array.prototype.map.call(cell.querySelectorAll(".badge.flag"), text);
+      } else if (LISTS[name]) {
+        found[name] = text(cell).split(/\s*,\s*/).filter(Boolean);
+      } else {
+        found[name] = [text(cell)];
+      }
+    });
+    return found;
+  }
+  var values = rows.map(valuesOf);
+  var plain = values.map(function (v) {
+    return PLAIN.map(function (name) { return (v[name] || []).join(" "); }).join(" | ");
+  });
+
+  function parse(query) {
+    var terms = [];
+    var pattern = /([a-z]+):"([^"]*)"?|([a-z]+):(\S+)|"([^"]*)"?|(\S+)/g;
+    var match;
+    while ((match = pattern.exec(query.toLowerCase())) !== null) {
+      var field = match[1] || match[3];
+      var value = match[2] !== undefined ? match[2] : match[4];
+      if (field && values.length && values[0][field] !== undefined) {
+        terms.push({ field: field, value: value.trim() });
+      } else {
+        terms.push({ word: (match[5] !== undefined ? match[5] : match[0]).trim() });
+      }
+    }
+    return terms.filter(function (t) { return t.word !== "" && t.value !== ""; });
+  }
+
+  function matches(i, term) {
+    if (term.word !== undefined) { return plain[i].indexOf(term.word) !== -1; }
+    return values[i][term.field].indexOf(term.value) !== -1;
+  }
 
   function applyFilter() {
-    var words = box.value.toLowerCase().split(/\s+/).filter(Boolean);
+    var terms = parse(box.value);
     var count = 0;
     rows.forEach(function (row, i) {
-      var match = words.every(function (w) { return texts[i].indexOf(w) !== -1; });
+      var match = terms.every(function (t) { return matches(i, t); });
       row.hidden = !match;
       if (match) { count += 1; }
     });
@@ -38,7 +93,6 @@
     var value = cell.getAttribute("data-sort");
     return value !== null ? value : cell.textContent.trim().toLowerCase();
   }
-  var heads = table.tHead.rows[0].cells;
   Array.prototype.forEach.call(heads, function (th, column) {
     th.setAttribute("aria-sort", "none");
     th.tabIndex = 0;

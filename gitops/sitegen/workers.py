@@ -1,0 +1,175 @@
+"""Bring hosts up to date, end to end, in worker processes: collect → verify → judge →
+derive → render.
+
+For each host the :class:`Worker` reads only the commits above its cached heads from git
+(verifying each signature once), judges it, derives its row (:mod:`gitops.sitegen.derived`),
+and renders its pages unless identical ones are in the page store. The main process
+receives derived rows only, never a host's history.
+
+Everything a worker needs is one :class:`Job`, handed to each pool process through the
+pool's initializer; with fork it is inherited, not sent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pygit2
+
+from gitops.fleet.model import Fleet, Host, SiteSettings
+from gitops.sitegen import collect, states
+from gitops.sitegen.cache import CacheReader, collector_paused
+from gitops.sitegen.collect import HostReader
+from gitops.sitegen.compliance import failing
+from gitops.sitegen.derived import Derived, PageFile, Rules, derive, encode_samples
+from gitops.sitegen.model import HostData
+from gitops.sitegen.outdir import PageStore
+from gitops.sitegen.pages import HostPages, Judged, judge
+from gitops.sitegen.render import Renderer
+from gitops.trust.allowed_signers import AllowedSigners
+
+PARALLEL_MIN = 64  # below this many hosts to refresh, stay in one process
+GIT_CACHE_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs for one build."""
+
+    rules: Rules
+    fleet: Fleet
+    site: SiteSettings
+    docs: str  # the handbook link
+    repo_path: Path
+    cache_path: Path | None  # the cache database (read-only here)
+    templates: Path | None  # compiled templates, kept between builds
+    publishers: AllowedSigners
+    publishers_id: str
+    reports: Mapping[str, str]  # host -> head of reports/<host>
+    deploys: Mapping[str, str]  # host -> head of deploy/<host>
+    tmp: Path  # the new site
+    store: Path | None  # the page store
+    old_pages: Mapping[str, PageFile]  # path -> what the previous build wrote there
+
+
+def host_paths(name: str) -> tuple[str, str]:
+    return f"hosts/{name}.html", f"hosts/{name}.json"
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """A worker's result for one host: its derived row (with the pages it wrote or
+    linked), its new cache row when its data was read again."""
+
+    derived: Derived
+    row: tuple[str, bytes] | None  # (name, pickled HostData) when its data changed
+    rendered: bool  # False when identical pages were linked from the page store
+
+
+@dataclass(frozen=True)
+class Batch:
+    refreshed: tuple[Refreshed, ...]
+    verified: int  # signatures checked (not found in the cache)
+
+
+class Worker:
+    """One process's tools for a job: a repository reader, a cache reader, a renderer."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        # Every object is read once: libgit2's object cache (256 MiB by default) would
+        # only hold memory in each worker.
+        pygit2.settings.cache_max_size(GIT_CACHE_BYTES)
+        self.reader = HostReader(collect.open_repo(job.repo_path))
+        self.cache = CacheReader(job.cache_path) if job.cache_path is not None else None
+        self.renderer = Renderer(job.site, job.rules.now, job.docs, compiled=job.templates)
+        self.pages = HostPages(self.renderer, job.rules.policies)
+        self.store = PageStore(job.tmp, job.store)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def refresh(self, names: Sequence[str]) -> Batch:
+        self.reader.new = []
+        previous = self.cache.load_full(names) if self.cache is not None else {}
+        done = tuple(self._refresh(name, previous.get(name)) for name in names)
+        return Batch(done, len(self.reader.new))
+
+    def _refresh(self, name: str, previous: HostData | None) -> Refreshed:
+        job, host = self.job, self.job.fleet.hosts[name]
+        data = self.reader.collect(
+            name,
+            host,
+            reports_head=job.reports.get(name),
+            deploy_head=job.deploys.get(name),
+            publishers=job.publishers,
+            publishers_id=job.publishers_id,
+            previous=previous,
+            now=job.rules.now,
+        )
+        rules = job.rules
+        judged = judge(data, host, rules.policies, rules.now, rules.stale_after)
+        status, answers = judged.status, judged.answers
+        samples = encode_samples(states.samples(data, rules.window, rules.stale_after))
+        row = self.renderer.inventory_row(host, status, failing(answers))
+        derived = derive(data, host, status, answers, rules, samples=samples, row_html=str(row))
+        pages = self.store.link(host_paths(name), derived.page_key, job.old_pages)
+        rendered = pages is None
+        if pages is None:
+            pages = self._render(host, data, judged, derived.page_key)
+        changed = previous is None or previous != data
+        cache_row = (
+            (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None
+        )
+        return Refreshed(replace(derived, pages=pages), cache_row, rendered)
+
+    def _render(self, host: Host, data: HostData, judged: Judged, key: str) -> tuple[PageFile, ...]:
+        html, json = host_paths(host.name)
+        return (
+            self.store.write(html, key, self.pages.html(host, data, judged).encode()),
+            self.store.write(json, key, self.pages.json(host, data, judged).encode()),
+        )
+
+
+class _PoolProcess:
+    """The Worker of a pool process. The pool runs ``start`` once in each process it
+    forks, with the job as its argument, then ``refresh`` (looked up by name) for each
+    chunk: this class attribute is where the two meet. The main process never sets it."""
+
+    worker: Worker | None = None
+
+    @classmethod
+    def start(cls, job: Job) -> None:
+        cls.worker = Worker(job)
+
+    @classmethod
+    def refresh(cls, names: Sequence[str]) -> Batch:
+        assert cls.worker is not None, "refresh runs only in a started pool process"
+        return cls.worker.refresh(names)
+
+
+def run(job: Job, names: Sequence[str], workers: int) -> Iterator[Batch]:
+    """Refresh ``names``, in ``workers`` processes when there are many; batches come as
+    they finish."""
+    if not names:
+        return
+    if len(names) < PARALLEL_MIN or workers <= 1:
+        worker = Worker(job)
+        try:
+            yield worker.refresh(names)
+        finally:
+            worker.close()
+        return
+    size = max(16, min(100, len(names) // (workers * 8) or 1))
+    chunks = [names[i : i + size] for i in range(0, len(names), size)]
+    context = multiprocessing.get_context("fork")
+    with (
+        context.Pool(workers, initializer=_PoolProcess.start, initargs=(job,)) as pool,
+        collector_paused(),  # here the main process only receives rows
+    ):
+        yield from pool.imap_unordered(_PoolProcess.refresh, chunks)
