@@ -27,7 +27,14 @@ from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems
 from gitops.protocol import MAIN_REF, deploy_ref, reports_ref
 from gitops.server.config import MainPolicy, ServerConfig
-from gitops.server.layout import QUEUE_PREFIX, SLOT_PREFIX, Identity, Layout, Role
+from gitops.server.layout import (
+    QUEUE_PREFIX,
+    SLOT_PREFIX,
+    Identity,
+    Layout,
+    Role,
+    is_principal,
+)
 from gitops.server.mainview import MainView
 from gitops.server.transfer import Move, fast_forward
 from gitops.system import atomic, transport
@@ -238,6 +245,13 @@ def _identities(
         (Identity(Role.ADMIN, a.principal), a.key) for a in config.admins
     ]
     for publisher in fleet.settings.publishers:
+        if not is_principal(publisher.principal):
+            problems.add(
+                "fleet.yaml: publishers",
+                f"principal {publisher.principal!r} cannot log in to the gitops server",
+                "use letters, digits and . _ @ + - (e.g. ci@example.org)",
+            )
+            continue
         wanted.append((Identity(Role.PUBLISHER, publisher.principal), publisher.key))
     for host in hosts:
         found = fleet.hosts.get(host)
@@ -253,21 +267,12 @@ def _unique(
     seen: dict[bytes, Identity] = {}
     kept = []
     for who, key in wanted:
-        if who.role is not Role.HOST and not _principal_ok(who):
-            continue
         first = seen.setdefault(key.blob, who)
         if first != who:
             result.problems.append(f"{who} has the same key as {first}; only {first} may use it")
             continue
         kept.append((who, key))
     return kept
-
-
-def _principal_ok(who: Identity) -> bool:
-    try:
-        return Identity.parse(str(who)) == who
-    except GitopsError:
-        return False
 
 
 def _previous_keys(path: Path) -> dict[str, str]:
