@@ -81,7 +81,8 @@ class Problem:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         if self.field:
             where += f": {self.field}"
-        return f"{where}: {self.problem}" + (f"; {self.fix}" if self.fix else "")
+        text = f"{where}: {self.problem}" + (f"; {self.fix}" if self.fix else "")
+        return _one_line(text)
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {"file": self.file}
@@ -89,6 +90,14 @@ class Problem:
             data["line"] = self.line
         data.update(field=self.field, problem=self.problem, fix=self.fix)
         return data
+
+
+def _one_line(text: str) -> str:
+    """Names and values come from the user's files: a newline or other control character
+    in one must not split or garble the one-line message, so it is shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 @dataclass
