@@ -34,7 +34,7 @@ from gitops.fleet.model import Fleet, FleetSettings
 from gitops.fleet.policies import Policy
 from gitops.protocol import format_time
 from gitops.sitegen import collect, export, outdir, resources, states, workers
-from gitops.sitegen.cache import Cache, cache_dir_for
+from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
 from gitops.sitegen.derived import Derived, PageFile, Rules, age_flips
 from gitops.sitegen.model import MainCommit
 from gitops.sitegen.overview import CHART_DAYS, Overview, Sources, aggregate_pages
@@ -176,6 +176,7 @@ def build(
         shutil.rmtree(tmp, ignore_errors=True)
         if cache is not None:
             cache.close()
+        thaw_collector()
     stats.seconds = time.monotonic() - started
     return stats
 

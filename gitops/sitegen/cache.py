@@ -37,17 +37,25 @@ _TABLES = (
 
 
 @contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
+def collector_paused(*, freeze: bool = True) -> Iterator[None]:
     """Unpickling the cache (or workers' results) makes hundreds of thousands of objects
     and no garbage: the cycle collector would only scan them again and again (most of a
-    load's time)."""
+    load's time). With ``freeze``, for what lives until the build ends, they stay out of
+    its sight until then (:func:`thaw_collector`)."""
     was_on = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         if was_on:
             gc.enable()
+
+
+def thaw_collector() -> None:
+    """At the end of a build: what :func:`collector_paused` froze is collectable again."""
+    gc.unfreeze()
 
 
 def cache_dir_for(out: Path) -> Path:
@@ -90,30 +98,7 @@ class Cache:
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 
-    def reader(self) -> CacheReader:
-        return CacheReader(self.path)
-
-    # -- collected hosts ---------------------------------------------------------------
-
-    def load_full(self, names: Iterable[str]) -> dict[str, HostData]:
-        found: dict[str, HostData] = {}
-        wanted = list(names)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(self._load(f"SELECT name, data FROM hosts WHERE name IN ({marks})", chunk))
-        return found
-
-    def _load(self, query: str, args: Sequence[str]) -> dict[str, HostData]:
-        hosts: dict[str, HostData] = {}
-        for name, blob in self.db.execute(query, args):
-            try:
-                value = pickle.loads(blob)
-            except Exception:  # an unreadable row is a cache miss, never an error
-                continue
-            if isinstance(value, HostData):
-                hosts[name] = value
-        return hosts
+    # -- collected hosts (workers read them with CacheReader) ---------------------------
 
     def save_host_rows(self, rows: Iterable[tuple[str, bytes]]) -> None:
         """Each host's full data (pickled by the worker that read it)."""
@@ -207,7 +192,7 @@ class CacheReader:
             chunk = list(names[start : start + 500])
             marks = ",".join("?" * len(chunk))
             query = f"SELECT name, data FROM hosts WHERE name IN ({marks})"
-            with collector_paused():
+            with collector_paused(freeze=False):  # a chunk's rows: short-lived
                 for name, blob in self.db.execute(query, chunk):
                     with contextlib.suppress(Exception):
                         value = pickle.loads(blob)

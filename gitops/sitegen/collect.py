@@ -252,7 +252,6 @@ def main_commit_info(commit: pygit2.Commit) -> MainCommit:
         email=commit.author.email,
         subject=subject(message),
         pull_request=pull_request_number(message),
-        merge=len(commit.parent_ids) > 1,
     )
 
 

@@ -214,7 +214,6 @@ class MainCommit:
     email: str
     subject: str
     pull_request: int | None
-    merge: bool
 
 
 @dataclass(frozen=True)
