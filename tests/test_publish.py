@@ -194,9 +194,9 @@ def test_push_is_atomic_and_rolls_back_locally_when_refused(fleet: Fleet) -> Non
     hook.chmod(0o755)
     done = _publish(fleet, "--push")
     assert done.returncode == 1
-    assert "refused the push, so nothing was published (local refs rolled back)" in done.stderr
+    assert "refused the push, so nothing was published (no local ref moved)" in done.stderr
     assert all(fleet.head(h, fleet.remote) is None for h in HOSTS), "atomic: nothing landed"
-    assert all(fleet.head(h) is None for h in HOSTS), "local refs rolled back"
+    assert all(fleet.head(h) is None for h in HOSTS), "no local ref moved"
     hook.unlink()
     ok = _publish(fleet, "--push")
     assert ok.returncode == 0, ok.stderr

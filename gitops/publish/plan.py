@@ -292,6 +292,14 @@ class Published:
     plan: Plan
     commits: dict[str, pygit2.Oid]  # host -> new deploy commit
 
+    def ref_updates(self) -> dict[str, tuple[pygit2.Oid | None, pygit2.Oid]]:
+        """deploy/<host> -> (the head the new commit goes on, the new commit)."""
+        return {
+            deploy_ref(h.host): (h.old_head, self.commits[h.host])
+            for h in self.plan.changed
+            if h.host in self.commits
+        }
+
 
 def write_commits(
     repo: pygit2.Repository,
@@ -301,8 +309,10 @@ def write_commits(
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
     generations: Generations | None = None,
+    move_refs: bool = True,
 ) -> Published:
-    """Write a signed commit for every host that gets one and move all their refs at once.
+    """Write a signed commit for every host that gets one and move all their refs at once
+    (unless ``move_refs`` is false: a push moves them once the server took the commits).
 
     ``generations`` caches main's generation numbers for a publish run that calls this
     more than once."""
@@ -330,5 +340,6 @@ def write_commits(
         updates[deploy_ref(host_plan.host)] = (host_plan.old_head, oid)
         if progress is not None and (index % 100 == 0 or index == len(changed)):
             progress(f"signed {index}/{len(changed)} deploy commits")
-    commits.update_refs(repo, updates, message=f"gitops publish {plan.source.short_id}")
+    if move_refs:
+        commits.update_refs(repo, updates, message=f"gitops publish {plan.source.short_id}")
     return Published(plan, written)

@@ -75,7 +75,7 @@ def adopt(
 
 class PushRaceError(GitopsError):
     """The server's deploy branches moved between reading and pushing (another publish);
-    nothing landed and the local refs are rolled back: read them again and retry."""
+    nothing landed and no local ref moved: read them again and retry."""
 
 
 # How git says a ref moved under us: on the client "fetch first" or "non-fast-forward";
@@ -105,46 +105,36 @@ def push_published(
     *,
     progress: Progress = quiet,
 ) -> None:
-    """Push every new deploy commit in one atomic push; if the server refuses any, none
-    lands and the local refs go back to where they were."""
-    if not published.commits:
+    """Push every new deploy commit in one atomic push; then, and only then, move the
+    local deploy refs to them (``published`` was written without moving them). If the
+    server refuses any, none lands and nothing moves here."""
+    updates = published.ref_updates()
+    if not updates:
         return
-    updates = {deploy_ref(host): str(oid) for host, oid in sorted(published.commits.items())}
     progress(f"pushing {len(updates)} deploy branches to {remote} (atomic)")
-    try:
-        pushed = transport.push_commits(
-            Path(repository.path),
-            remote,
-            updates,
-            atomic=True,
-            outside=str(published.plan.source.id),
-        )
-    except GitopsError:
-        rollback_refs(repository, published)
-        raise
+    pushed = transport.push_commits(
+        Path(repository.path),
+        remote,
+        {ref: str(new) for ref, (_, new) in sorted(updates.items())},
+        atomic=True,
+        outside=str(published.plan.source.id),
+    )
     if not pushed.ok:
-        rollback_refs(repository, published)
         refused = pushed.refused()
         details = "; ".join(f"{s.ref}: {s.summary}" for s in refused[:5]) or pushed.message
         if _is_race(refused):
             raise PushRaceError(f"{remote}'s deploy branches moved while publishing: {details}")
         raise GitopsError(
-            f"{remote} refused the push, so nothing was published (local refs rolled back): {details}"
+            f"{remote} refused the push, so nothing was published (no local ref moved): {details}"
         )
-
-
-def rollback_refs(repository: pygit2.Repository, published: Published) -> None:
-    """Put the local deploy refs back where they were (after a refused push)."""
-    updates: dict[str, tuple[pygit2.Oid | None, pygit2.Oid]] = {}
-    deletes: list[tuple[str, pygit2.Oid]] = []
-    for plan in published.plan.changed:
-        new = published.commits[plan.host]
-        if plan.old_head is None:
-            deletes.append((deploy_ref(plan.host), new))
-        else:
-            updates[deploy_ref(plan.host)] = (new, plan.old_head)
-    commits.update_refs(repository, updates, message="gitops publish: push refused, rolled back")
-    for name, new in deletes:
-        ref = repository.references.get(name)
-        if ref is not None and ref.target == new:
-            ref.delete()
+    try:
+        transport.update_local_refs(
+            Path(repository.path),
+            {ref: (str(old) if old else None, str(new)) for ref, (old, new) in updates.items()},
+            message=f"gitops publish {published.plan.source.short_id}: pushed to {remote}",
+        )
+    except GitopsError as err:
+        raise GitopsError(
+            f"{remote} has the new deploy commits, but this clone's deploy refs moved "
+            f"meanwhile ({err}); the next publish reads them from {remote}"
+        ) from err

@@ -70,7 +70,7 @@ def recover(request: Request, *, progress: push.Progress = push.quiet) -> Recove
         plan, hosts=tuple(replace(h, recovers=pygit2.Oid(hex=applied.commit)) for h in plan.hosts)
     )
     published = planning.write_commits(
-        repository, plan, key, progress=progress, generations=generations
+        repository, plan, key, progress=progress, generations=generations, move_refs=False
     )
     push.push_published(repository, request.remote, published, progress=progress)
     return Recovered(published, published.commits[request.host], applied.commit, head)

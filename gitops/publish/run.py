@@ -89,7 +89,12 @@ def _attempt(run: _Run) -> Outcome:
     if heads is not None:
         push.adopt(repository, _bases(kept), remote=request.remote)
     published = planning.write_commits(
-        repository, kept, run.key, progress=run.progress, generations=run.generations
+        repository,
+        kept,
+        run.key,
+        progress=run.progress,
+        generations=run.generations,
+        move_refs=not request.push,
     )
     if request.push:
         push.push_published(repository, request.remote, published, progress=run.progress)

@@ -307,6 +307,30 @@ def push_commits(
     return _parse_push(result, remote, env)
 
 
+ZERO_OID = "0" * 40
+
+
+def update_local_refs(
+    git_dir: Path, updates: Mapping[str, tuple[str | None, str]], *, message: str
+) -> None:
+    """Move refs of ``git_dir`` in one transaction (``git update-ref --stdin``), each from
+    its expected old value (None: must not exist yet) to the new one, or none of them.
+    After a push of thousands of refs: libgit2's ref transaction costs ~7x more per ref."""
+    if not updates:
+        return
+    lines = "".join(
+        f"update {ref} {new} {old or ZERO_OID}\n" for ref, (old, new) in updates.items()
+    )
+    result = _git(
+        ["--git-dir", git_dir, "update-ref", "-m", message, "--stdin"],
+        env=dict(HERMETIC_ENV),
+        check=False,
+        input=lines,
+    )
+    if result.returncode != 0:
+        raise GitopsError(f"cannot move refs in {git_dir}: {_last_line(result.stderr)}")
+
+
 def remote_url(git_dir: Path, remote: str, *, env: Mapping[str, str] | None = None) -> str:
     """The push URL of the remote named ``remote`` in ``git_dir``, or ``remote`` itself."""
     for key in (f"remote.{remote}.pushurl", f"remote.{remote}.url"):
