@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -47,7 +48,25 @@ class Hog:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection((servers.LOOPBACK, port))
-        self.sock.recv(256)  # sshd's banner: the connection is counted now
+        self.sock.recv(256)  # sshd's banner
+        self._wait_until_full(port)
+
+    @staticmethod
+    def _wait_until_full(port: int) -> None:
+        """sshd counts the hog a moment after its banner (later on a loaded machine):
+        wait until a second connection is really dropped, so the test starts busy."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.create_connection((servers.LOOPBACK, port)) as probe:
+                probe.settimeout(5)
+                try:
+                    banner = probe.recv(256)
+                except OSError:
+                    banner = b""
+            if not banner.startswith(b"SSH-"):
+                return
+            time.sleep(0.05)
+        raise AssertionError("sshd never became busy")
 
     def release(self) -> None:
         self.sock.close()
@@ -82,8 +101,10 @@ def test_a_busy_server_is_retried_after_a_jittered_wait(
     added = reporter.add(report("web-1"))
     outcome = reporter.push()
     assert outcome.pushed and outcome.pending == 0, outcome
-    assert len(waits) == 1 and 0.0 <= waits[0] <= 2.0
-    assert reporter.retries == 1
+    # sshd frees the slot a moment after the hog hangs up (later on a loaded machine), so
+    # the agent may need more than one retry; each wait stays within its jittered bound.
+    assert 1 <= len(waits) == reporter.retries < 4
+    assert all(0.0 <= wait <= min(30.0, 2.0 * 2**n) for n, wait in enumerate(waits)), waits
     pushed = commits.ref_target(pygit2.Repository(str(server)), reports_ref("web-1"))
     assert pushed == added
     assert "drop connection" in busy_sshd.server_log() or "beginning MaxStartups" in (
