@@ -1,6 +1,7 @@
 """B2: ``gitops publish`` on generated fleets of 100 and 1,000 hosts.
 
-    .venv/bin/python bench/publish.py [--hosts 100 1000] [--cli-hosts 1000] [--before REV]
+    .venv/bin/python bench/publish.py [--hosts 100 1000] [--cli-hosts 1000] [--repeat N]
+        [--before REV]
 
 For each size, a fleet repository is generated and committed with git: fleet.yaml with a
 publisher key, ``hosts/<host>/`` (host.yaml with the host's own real Ed25519 key,
@@ -30,7 +31,7 @@ Wall seconds are printed with CPU seconds (of the process and every child it wai
 so the git processes and the receiving server are counted): on a shared machine wall time
 varies with the load, CPU time much less.
 
-    .venv/bin/python bench/publish.py --hosts 1000 --cli-hosts 10000 --before 0ea409c
+    .venv/bin/python bench/publish.py --hosts 1000 --cli-hosts 10000 --repeat 3 --before 0ea409c
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -330,33 +332,46 @@ def _old_code(rev: str, into: Path) -> Path:
     return into
 
 
-def compare_cli(work: Path, count: int, before: str | None) -> None:
+def compare_cli(work: Path, count: int, before: str | None, repeat: int) -> None:
+    """Every contender ``repeat`` times, interleaved, each on its own copy of one fleet:
+    on a shared machine the load moves, and a contender measured alone at a bad moment
+    would look slower than it is."""
     pristine = generate_fleet(work / "pristine" / "fleet", count)
     variants: list[tuple[str, Path | None]] = [("library", None), ("CLI", REPOSITORY)]
     if before:
         variants.append((f"CLI {before}", _old_code(before, work / "before")))
-    figures: dict[str, list[Timed]] = {}
-    for name, code in variants:
-        fleet, server = _copy_fleet(pristine, work / name.replace(" ", "-"))
-        figures[name] = run_library_path(fleet) if code is None else run_cli(fleet, server, code)
-    print(f"\nCLI vs library path, {count:,} hosts: wall s (CPU s, git and the server included)")
-    header = f"{'step':<22}" + "".join(f"{name:>20}" for name, _ in variants)
-    print(header + "".join(f"{name + ' / lib':>20}" for name, _ in variants[1:]))
+    figures: dict[str, list[list[Timed]]] = {name: [] for name, _ in variants}
+    for round_ in range(repeat):
+        for name, code in variants:
+            place = work / f"{name.replace(' ', '-')}-{round_}"
+            fleet, server = _copy_fleet(pristine, place)
+            figures[name].append(
+                run_library_path(fleet) if code is None else run_cli(fleet, server, code)
+            )
+            shutil.rmtree(place)
+    print(
+        f"\nCLI vs library path, {count:,} hosts, {repeat} run(s) each: median wall s "
+        "(range; median CPU s, git and the receiving server included)"
+    )
     for index, step in enumerate(STEPS):
-        library = figures["library"][index]
-        row = f"{step:<22}"
+        library = statistics.median(run[index].wall for run in figures["library"])
+        print(f"  {step}")
         for name, _ in variants:
-            timed = figures[name][index]
-            row += f"{timed.wall:>12.2f} ({timed.cpu:>5.1f})"
-        for name, _ in variants[1:]:
-            row += f"{figures[name][index].wall / library.wall:>19.2f}x"
-        print(row)
+            walls = [run[index].wall for run in figures[name]]
+            cpu = statistics.median(run[index].cpu for run in figures[name])
+            wall = statistics.median(walls)
+            ratio = "" if name == "library" else f"  {wall / library:5.2f}x the library"
+            print(
+                f"    {name:<14} {wall:7.2f} s ({min(walls):.2f}-{max(walls):.2f}; "
+                f"CPU {cpu:5.1f} s){ratio}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--hosts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--cli-hosts", type=int, default=1000, help="0 to skip the CLI run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each CLI contender")
     parser.add_argument(
         "--before",
         metavar="REV",
@@ -388,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{step.commits:>8,} {plain} {ratio}"
                 )
         if args.cli_hosts:
-            compare_cli(work / "cli", args.cli_hosts, args.before)
+            compare_cli(work / "cli", args.cli_hosts, args.before, args.repeat)
     return 0
 
 
