@@ -5,12 +5,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pygit2
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, InventoryHost
-from gitops.trust import keys
+from gitops.protocol import Report, reports_ref
+from gitops.report_commits import read_report_commit, walk_reports
+from gitops.trust import commits, keys
+from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
 
 KEY_TYPES = ("ed25519", "rsa", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521")
@@ -110,3 +114,25 @@ def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
     fleet.create()
     fleet.publish()
     return fleet
+
+
+def remote_reports(demo: DemoFleet, host: str) -> list[Report]:
+    """The host's reports on the demo's server, oldest first, each signature-checked."""
+    repo = pygit2.Repository(str(demo.server))
+    head = commits.ref_target(repo, reports_ref(host))
+    if head is None:
+        return []
+    trust = AllowedSigners.parse(f"{host} {public_line(demo.host_keys[host])}\n")
+    found = []
+    for oid in walk_reports(repo, head):
+        commits.verify_commit(repo, oid, trust)
+        status = read_report_commit(repo, oid).status
+        assert status is not None
+        found.append(Report.from_json(status))
+    return list(reversed(found))
+
+
+def current_system(demo: DemoFleet, host: str) -> Path | None:
+    """What the stand-in machine runs: its run/current-system link."""
+    link = demo.machines / host / "run" / "current-system"
+    return link.resolve() if link.is_symlink() else None

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pygit2
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -26,12 +25,9 @@ from gitops.agent.state import StateStore
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, git
 from gitops.errors import GitopsError
-from gitops.protocol import Report, Result, deploy_ref, reports_ref
-from gitops.report_commits import read_report_commit, walk_reports
+from gitops.protocol import Result, deploy_ref, reports_ref
 from gitops.system import nix
-from gitops.trust import commits
-from gitops.trust.allowed_signers import AllowedSigners
-from testing.helpers import public_line, published_demo
+from testing.helpers import current_system, public_line, published_demo, remote_reports
 
 HOSTS = {"alpha": ["workstation", "developer"], "beta": ["workstation"], "gamma": ["server"]}
 
@@ -45,27 +41,6 @@ def run(
     demo: DemoFleet, host: str, config: AgentConfig | None = None, **options: Any
 ) -> CycleResult:
     return Cycle(config or demo.agent_config(host), **options).run()
-
-
-def remote_reports(demo: DemoFleet, host: str) -> list[Report]:
-    """The host's reports on the server, oldest first, each signature-checked."""
-    repo = pygit2.Repository(str(demo.server))
-    head = commits.ref_target(repo, reports_ref(host))
-    if head is None:
-        return []
-    trust = AllowedSigners.parse(f"{host} {public_line(demo.host_keys[host])}\n")
-    found = []
-    for oid in walk_reports(repo, head):
-        commits.verify_commit(repo, oid, trust)
-        status = read_report_commit(repo, oid).status
-        assert status is not None
-        found.append(Report.from_json(status))
-    return list(reversed(found))
-
-
-def current_system(demo: DemoFleet, host: str) -> Path | None:
-    link = demo.machines / host / "run" / "current-system"
-    return link.resolve() if link.is_symlink() else None
 
 
 def generations(demo: DemoFleet, host: str) -> list[int]:

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pygit2
 import pytest
 import yaml
 
@@ -26,12 +25,9 @@ from gitops.agent.cycle import Cycle, CycleResult
 from gitops.agent.state import StateStore
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
-from gitops.protocol import Report, Result, reports_ref
-from gitops.report_commits import read_report_commit, walk_reports
+from gitops.protocol import Result
 from gitops.system import nix, process
-from gitops.trust import commits
-from gitops.trust.allowed_signers import AllowedSigners
-from testing.helpers import public_line, published_demo
+from testing.helpers import current_system, published_demo, remote_reports
 
 HOSTS = {"alpha": ["workstation"], "gamma": ["server"]}
 
@@ -84,29 +80,8 @@ def change(demo: DemoFleet, host: str, **settings: str) -> None:
     demo.publish()
 
 
-def current_system(demo: DemoFleet, host: str) -> Path | None:
-    link = demo.machines / host / "run" / "current-system"
-    return link.resolve() if link.is_symlink() else None
-
-
 def generations(demo: DemoFleet, host: str) -> list[int]:
     return [g.number for g in nix.generations(demo.agent_config(host).system_profile)]
-
-
-def remote_reports(demo: DemoFleet, host: str) -> list[Report]:
-    """The host's signature-checked reports on the server, oldest first."""
-    repo = pygit2.Repository(str(demo.server))
-    head = commits.ref_target(repo, reports_ref(host))
-    if head is None:
-        return []
-    trust = AllowedSigners.parse(f"{host} {public_line(demo.host_keys[host])}\n")
-    found = []
-    for oid in walk_reports(repo, head):
-        commits.verify_commit(repo, oid, trust)
-        status = read_report_commit(repo, oid).status
-        assert status is not None
-        found.append(Report.from_json(status))
-    return list(reversed(found))
 
 
 def processes_running(marker: str) -> list[int]:

@@ -42,20 +42,17 @@ from gitops.protocol import (
     TRAILER_HOST,
     TRAILER_RECOVERS,
     TRAILER_SOURCE_GENERATION,
-    Report,
     Result,
     deploy_ref,
     format_time,
-    reports_ref,
 )
 from gitops.publish import plan as publishing
-from gitops.report_commits import read_report_commit, walk_reports
 from gitops.system import nix, transport
 from gitops.trust import commits, sshsig, trees
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import SignatureError
 from testing import servers
-from testing.helpers import public_line, published_demo
+from testing.helpers import current_system, public_line, published_demo, remote_reports
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 
@@ -178,26 +175,6 @@ def deploy_commit(
 
 def _tree_of(demo: DemoFleet, sha: str) -> pygit2.Oid:
     return pygit2.Oid(hex=git("rev-parse", f"{sha}^{{tree}}", cwd=demo.server))
-
-
-def remote_results(demo: DemoFleet, host: str) -> list[Report]:
-    repo = pygit2.Repository(str(demo.server))
-    tip = commits.ref_target(repo, reports_ref(host))
-    if tip is None:
-        return []
-    trust = AllowedSigners.parse(f"{host} {public_line(demo.host_keys[host])}\n")
-    found = []
-    for oid in walk_reports(repo, tip):
-        commits.verify_commit(repo, oid, trust)
-        status = read_report_commit(repo, oid).status
-        assert status is not None
-        found.append(Report.from_json(status))
-    return list(reversed(found))
-
-
-def current_system(demo: DemoFleet, host: str) -> Path | None:
-    link = demo.machines / host / "run" / "current-system"
-    return link.resolve() if link.is_symlink() else None
 
 
 def state_dir(demo: DemoFleet, host: str) -> Path:
@@ -515,7 +492,7 @@ def test_frozen_branch_is_a_stale_publisher_every_cycle(demo: DemoFleet) -> None
     frozen = run(demo, "alpha", clock=lambda: later)
     assert frozen.result == Result.STALE_PUBLISHER, frozen.reason
     assert "expired" in frozen.reason and "run the publish job" in frozen.reason
-    assert remote_results(demo, "alpha")[-1].result == Result.STALE_PUBLISHER
+    assert remote_reports(demo, "alpha")[-1].result == Result.STALE_PUBLISHER
 
 
 def test_max_age_of_the_applied_head_through_the_cli(demo: DemoFleet) -> None:
@@ -541,7 +518,7 @@ def test_deleted_deploy_branch_is_reported_not_unchanged(demo: DemoFleet) -> Non
     git("update-ref", "-d", deploy_ref("alpha"), cwd=demo.server)
     outcome = once(demo, "alpha")
     assert (outcome.code, outcome.result) == (1, "deploy-missing"), outcome
-    assert remote_results(demo, "alpha")[-1].result == Result.DEPLOY_MISSING
+    assert remote_reports(demo, "alpha")[-1].result == Result.DEPLOY_MISSING
     # A host that never applied anything: nothing published yet is not an error.
     git("update-ref", "-d", deploy_ref("beta"), cwd=demo.server)
     assert once(demo, "beta").result == "unchanged"
@@ -567,7 +544,7 @@ def test_heartbeat_commit_renews_without_a_build(demo: DemoFleet) -> None:
     assert current_system(demo, "alpha") == running
     state = StateStore(state_dir(demo, "alpha")).load("alpha")
     assert state is not None and state.applied == renewal
-    assert remote_results(demo, "alpha")[-1].deploy_applied == renewal
+    assert remote_reports(demo, "alpha")[-1].deploy_applied == renewal
     # The old commit's expiry no longer counts: the renewed head is fresh.
     after_old_expiry = datetime.now(UTC) + timedelta(hours=30)
     assert run(demo, "alpha", clock=lambda: after_old_expiry).result == Result.UNCHANGED
@@ -919,7 +896,7 @@ def test_broken_trust_file_is_reported_as_misconfigured(
     outcome = once(demo, "beta", trusted_publishers=str(trust))
     assert (outcome.code, outcome.result) == (1, "misconfigured"), outcome
     assert message in outcome.reason and str(trust) in outcome.reason
-    assert remote_results(demo, "beta")[-1].result == Result.MISCONFIGURED
+    assert remote_reports(demo, "beta")[-1].result == Result.MISCONFIGURED
     assert not (state_dir(demo, "beta") / "quarantine.git").exists(), "nothing was fetched"
 
 
