@@ -240,7 +240,10 @@ def deploy_commit(
     base = fetch_into(world, client, world.publisher_key, "fleet.git", deploy_ref(host))
     parent = client.get(pygit2.Oid(hex=base))
     assert isinstance(parent, pygit2.Commit)
-    message = commits.format_message(f"deploy {host}: test", "", {TRAILER_HOST: addressed})
+    # The parent's trailers (Source-Commit, Source-Generation) carry over, as in a re-publish of
+    # the same source: later tests on this module's world still find a provable lineage.
+    carried = {**commits.trailers(parent.message), TRAILER_HOST: addressed}
+    message = commits.format_message(f"deploy {host}: test", "", carried)
     who = commits.signature_of("Publisher", "publisher@example.org")
     if key is None:
         new = client.create_commit(None, who, who, message, parent.tree_id, [parent.id])
