@@ -33,7 +33,7 @@ from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet, FleetSettings
 from gitops.fleet.policies import Policy
 from gitops.protocol import format_time
-from gitops.sitegen import collect, export, outdir, resources, states, workers
+from gitops.sitegen import collect, export, metrics, outdir, resources, states, workers
 from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
 from gitops.sitegen.derived import Derived, PageFile, Rules, age_flips
 from gitops.sitegen.model import MainCommit
@@ -397,6 +397,8 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         )
         (tmp / f"{page.name}.html").write_text(html, encoding="utf-8")
         (tmp / f"{page.name}.json").write_text(export.dumps({**head, **page.data}), "utf-8")
+    fleet_metrics = metrics.render(derived, rules.policies, now=rules.now, main_sha=rules.main_sha)
+    (tmp / metrics.FILE).write_bytes(fleet_metrics)
     keys = tmp / "keys"
     keys.mkdir()
     (keys / "publishers.allowed_signers").write_text(main.publishers.text())
