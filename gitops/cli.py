@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--json", action="store_true", help="print a build summary for CI instead of the path"
     )
+    build.add_argument(
+        "--no-alerts",
+        action="store_true",
+        help="send no webhook or commit status (they wait for the next build that may)",
+    )
 
     _add_server(commands)
 
@@ -360,7 +365,12 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import site_cmd
 
             return site_cmd.build(
-                args.repo, args.out, serve=args.serve, port=args.port, as_json=args.json
+                args.repo,
+                args.out,
+                serve=args.serve,
+                port=args.port,
+                as_json=args.json,
+                send_alerts=not args.no_alerts,
             )
         case "server":
             from gitops.commands import server_cmd
