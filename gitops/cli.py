@@ -76,6 +76,28 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         sub.add_argument("--dir", type=Path, required=True, help="the server directory")
 
 
+def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status", help="the fleet at a glance, from the repository alone (as the site judges it)"
+    )
+    _add_repo(status)
+    status.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only hosts in this state: up-to-date, pending, failed, rolled-back, rejected, "
+        "stale, offline, never, unverified (repeatable)",
+    )
+    status.add_argument(
+        "--tag", action="append", default=[], help="only hosts with this tag (repeatable)"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable result")
+    status.add_argument(
+        "--watch", action="store_true", help="show it again whenever the repository changes"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitops",
@@ -227,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     vulns.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
     vulns.add_argument("--json", action="store_true", help="machine-readable result")
 
+    _add_status(commands)
+
     site = commands.add_parser("site", help="the fleet dashboard")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
     build = site_commands.add_parser(
@@ -238,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
     build.add_argument(
         "--json", action="store_true", help="print a build summary for CI instead of the path"
+    )
+    build.add_argument(
+        "--no-alerts",
+        action="store_true",
+        help="send no webhook or commit status (they wait for the next build that may)",
     )
 
     _add_server(commands)
@@ -326,11 +355,22 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import vulns_cmd
 
             return vulns_cmd.vulns_command(args.repo, args.feed, args.host, as_json=args.json)
+        case "status":
+            from gitops.commands import status_cmd
+
+            return status_cmd.status(
+                args.repo, states=args.state, tags=args.tag, as_json=args.json, watch=args.watch
+            )
         case "site":
             from gitops.commands import site_cmd
 
             return site_cmd.build(
-                args.repo, args.out, serve=args.serve, port=args.port, as_json=args.json
+                args.repo,
+                args.out,
+                serve=args.serve,
+                port=args.port,
+                as_json=args.json,
+                send_alerts=not args.no_alerts,
             )
         case "server":
             from gitops.commands import server_cmd

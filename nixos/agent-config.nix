@@ -73,6 +73,7 @@ let
     build_retry_interval = cfg.buildRetryInterval;
     build_timeout = cfg.buildTimeout;
     activation_timeout = cfg.activationTimeout;
+    metrics_file = cfg.metricsFile;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

@@ -295,6 +295,19 @@ in
       '';
     };
 
+    metricsFile = mkOption {
+      type = types.nullOr pathString;
+      default = defaults.metrics_file;
+      example = "/var/lib/prometheus-node-exporter/gitops.prom";
+      description = ''
+        Write Prometheus metrics (last result, last deployment, need to reboot, last fetch
+        failed, build info) to this file after each cycle, atomically: point it into
+        node_exporter's textfile-collector directory
+        (`services.prometheus.exporters.node.extraFlags = [ "--collector.textfile.directory=..." ]`).
+        See docs/alerts.md.
+      '';
+    };
+
     trigger = {
       enable = mkOption {
         type = types.bool;

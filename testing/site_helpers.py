@@ -58,6 +58,7 @@ class Fleet:
     keys: dict[str, ed25519.Ed25519PrivateKey] = field(default_factory=dict)
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     site: dict[str, str] = field(default_factory=dict)
+    alerts: dict[str, Any] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
 
@@ -102,6 +103,8 @@ class Fleet:
         }
         if self.site:
             data["site"] = dict(self.site)
+        if self.alerts:
+            data["alerts"] = dict(self.alerts)
         return yaml.safe_dump(data)
 
     def commit_main(self, message: str, when: datetime, *, extra: Mapping[str, str] = {}) -> str:

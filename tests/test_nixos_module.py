@@ -62,6 +62,7 @@ OPTION_FOR_KEY = {
     "build_retry_interval": "buildRetryInterval",
     "build_timeout": "buildTimeout",
     "activation_timeout": "activationTimeout",
+    "metrics_file": "metricsFile",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -235,6 +236,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         buildRetryInterval=600,
         buildTimeout=14400,
         activationTimeout=300,
+        metricsFile="/var/lib/prometheus-node-exporter/gitops.prom",
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -272,6 +274,7 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         build_retry_interval=600,
         build_timeout=14400,
         activation_timeout=300,
+        metrics_file=Path("/var/lib/prometheus-node-exporter/gitops.prom"),
     )
 
 

@@ -70,6 +70,8 @@ class AgentConfig:
     build_retry_interval: int = 3600  # a failed build of one commit is retried after this; 0: never
     build_timeout: int = 7200  # nix build is stopped after this (a build that never ends)
     activation_timeout: int = 600  # switch-to-configuration is stopped after this
+    # Prometheus metrics after each cycle (a node_exporter textfile-collector file); None: off
+    metrics_file: Path | None = None
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
@@ -227,6 +229,7 @@ def parse_config(
         build_retry_interval=_seconds(top, "build_retry_interval", AgentConfig),
         build_timeout=_positive(top, "build_timeout", AgentConfig.build_timeout),
         activation_timeout=_positive(top, "activation_timeout", AgentConfig.activation_timeout),
+        metrics_file=_path(top, "metrics_file"),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

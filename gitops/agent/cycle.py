@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import pygit2
 
 from gitops import __version__
-from gitops.agent import facts, sbom, status
+from gitops.agent import facts, metrics, sbom, status
 from gitops.agent.activate import RETRY_HINT, Deployer
 from gitops.agent.activate import Outcome as _Outcome
 from gitops.agent.config import AgentConfig
@@ -375,6 +375,15 @@ class Cycle:
             outcome.result, outcome.reason, seen, report, push, outcome.reboot_pending
         )
         self._write_status(result, now)
+        metrics.after_cycle(
+            self.config,
+            time=now,
+            result=result.result,
+            state=self.state,
+            reboot_pending=result.reboot_pending,
+            pending_reports=0 if push is None else push.pending,
+            durations=self.durations,
+        )
         return result
 
     def _write_status(self, result: CycleResult, now: datetime) -> None:

@@ -14,8 +14,22 @@ from gitops.sitegen.serve import serve_site
 log = logging.getLogger(__name__)
 
 
-def build(repo: Path, out: Path, *, serve: bool, port: int, as_json: bool = False) -> int:
-    stats = site_build.build(repo, out, background_cleanup=True, progress=output.progress)
+def build(
+    repo: Path,
+    out: Path,
+    *,
+    serve: bool,
+    port: int,
+    as_json: bool = False,
+    send_alerts: bool = True,
+) -> int:
+    stats = site_build.build(
+        repo,
+        out,
+        background_cleanup=True,
+        send_alerts=send_alerts,
+        progress=output.progress,
+    )
     output.progress(stats.summary())
     log.info("site: phases (s): %s", json.dumps(stats.phases))
     index = (out / "index.html").absolute()

@@ -12,6 +12,7 @@ from datetime import date
 from typing import Final
 
 from gitops.errors import GitopsError
+from gitops.fleet.alerts import AlertSettings, parse_alerts
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.source import Source
 from gitops.protocol import is_host_name
@@ -72,6 +73,7 @@ class FleetSettings:
     stale_after: int = 3 * 3600
     site: SiteSettings = field(default_factory=SiteSettings)
     vulnerabilities: VulnerabilitySettings = field(default_factory=VulnerabilitySettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def publisher_trust(self) -> AllowedSigners:
         """The publishers as an allowed-signers list (what agents pin on their machine)."""
@@ -224,6 +226,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         exemptions=_cve_exemptions(vulnerabilities),
     )
     vulnerabilities.finish()
+    alerts = parse_alerts(top.mapping("alerts"))
     name = top.string("name", "fleet")
     top.finish()
     return FleetSettings(
@@ -236,6 +239,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         stale_after=stale,
         site=site_settings,
         vulnerabilities=vulnerability_settings,
+        alerts=alerts,
     )
 
 

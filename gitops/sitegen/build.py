@@ -33,7 +33,7 @@ from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet, FleetSettings
 from gitops.fleet.policies import Policy
 from gitops.protocol import format_time
-from gitops.sitegen import collect, export, outdir, resources, states, workers
+from gitops.sitegen import collect, export, metrics, notify, outdir, resources, states, workers
 from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
 from gitops.sitegen.derived import Derived, PageFile, Rules, age_flips
 from gitops.sitegen.model import MainCommit
@@ -57,6 +57,7 @@ class BuildStats:
     states: dict[str, int] = field(default_factory=dict)  # hosts by state
     invalid_reports: dict[str, int] = field(default_factory=dict)  # host -> refused reports
     flagged: dict[str, list[str]] = field(default_factory=dict)  # host -> its flags
+    alerts: dict[str, int] = field(default_factory=dict)  # webhook and status deliveries
 
     def count(self, derived: Mapping[str, Derived]) -> None:
         """What the hosts came to, for the summary."""
@@ -76,6 +77,7 @@ class BuildStats:
             "states": self.states,
             "invalid_reports": self.invalid_reports,
             "flagged_hosts": self.flagged,
+            "alerts": self.alerts,
             "hosts_read": self.hosts_read,
             "signatures_checked": self.verified_now,
             "pages_rendered": self.pages_rendered,
@@ -139,6 +141,7 @@ def build(
     workers: int | None = None,
     use_cache: bool = True,
     background_cleanup: bool = False,
+    send_alerts: bool = True,
     progress: Callable[[str], None] = lambda _text: None,
 ) -> BuildStats:
     """Build the site of the repository at ``repo_path`` into ``out``."""
@@ -170,7 +173,20 @@ def build(
         stats.count(derived)
         mark = stats.phase("hosts", mark)
         _write_site(main, derived, tmp, cache)
-        stats.phase("aggregate pages", mark)
+        mark = stats.phase("aggregate pages", mark)
+        settings = main.summary.settings
+        sent = notify.run(
+            out,
+            tmp,
+            settings.alerts,
+            derived,
+            fleet=settings.name,
+            main=str(head.id),
+            now=moment,
+            send=send_alerts,
+        )
+        stats.alerts = {"sent": sent.sent, "failed": sent.failed, "dropped": sent.dropped}
+        stats.phase("alerts", mark)
         outdir.swap_into(tmp, out, background=background_cleanup)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -397,6 +413,8 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         )
         (tmp / f"{page.name}.html").write_text(html, encoding="utf-8")
         (tmp / f"{page.name}.json").write_text(export.dumps({**head, **page.data}), "utf-8")
+    fleet_metrics = metrics.render(derived, rules.policies, now=rules.now, main_sha=rules.main_sha)
+    (tmp / metrics.FILE).write_bytes(fleet_metrics)
     keys = tmp / "keys"
     keys.mkdir()
     (keys / "publishers.allowed_signers").write_text(main.publishers.text())

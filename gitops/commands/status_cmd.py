@@ -1,0 +1,60 @@
+"""``gitops status``: the fleet at a glance in the terminal, from the repository alone,
+judged as the site judges it (gitops.sitegen.fleetstatus)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from gitops import output
+from gitops.errors import GitopsError
+from gitops.sitegen import fleetstatus
+from gitops.sitegen.model import State
+
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
+
+
+def parse_state(text: str) -> State:
+    """A state as the site spells it ("rolled back"), with dashes ("rolled-back"), or its
+    first word ("never")."""
+    spelled = text.strip().lower().replace("-", " ").replace("_", " ")
+    for state in State:
+        if spelled in (str(state), str(state).split()[0]):
+            return state
+    names = ", ".join(str(s).replace(" ", "-") for s in State)
+    raise GitopsError(f"--state {text!r}: no such state; use one of {names}")
+
+
+def status(
+    repo: Path,
+    *,
+    states: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    as_json: bool = False,
+    watch: bool = False,
+    stop: threading.Event | None = None,
+) -> int:
+    wanted = [parse_state(s) for s in states]
+
+    def show(found: fleetstatus.FleetStatus) -> None:
+        selected = found.select(states=wanted, tags=tags)
+        if as_json:
+            output.emit_json(selected.to_json())
+            return
+        if watch and sys.stdout.isatty():
+            sys.stdout.write(CLEAR)
+        output.say(fleetstatus.table(selected))
+
+    if not watch:
+        show(fleetstatus.read_status(repo))
+        return 0
+
+    def fail(err: GitopsError) -> None:
+        output.progress(f"gitops: {err} (watching on)")
+
+    with contextlib.suppress(KeyboardInterrupt):  # the usual way to leave --watch
+        fleetstatus.watch(repo, show, stop or threading.Event(), fail=fail)
+    return 0
