@@ -20,7 +20,15 @@ from gitops.fleet.policies import Condition, Policy
 from gitops.protocol import Result
 from gitops.sitegen import compliance, export
 from gitops.sitegen.audit import ApplyRef, DeployRef
-from gitops.sitegen.model import CLOCK_SKEW, Flag, HostData, HostStatus, State, Trust
+from gitops.sitegen.model import (
+    CLOCK_SKEW,
+    Flag,
+    HostData,
+    HostSoftware,
+    HostStatus,
+    State,
+    Trust,
+)
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
 
@@ -96,6 +104,7 @@ class Derived:
     samples: str  # encode_samples
     invalid_reports: int  # report commits read whose status.json was refused
     pages: tuple[PageFile, ...] = ()
+    software: HostSoftware | None = None  # gitops.sitegen.software
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
