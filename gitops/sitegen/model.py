@@ -200,6 +200,17 @@ class HostSoftware:
     stale: bool  # the host's newest report runs another system than the SBOM describes
     exemptions: tuple[CveExemption, ...]  # the host's own CVE exemptions (host.yaml)
 
+    @classmethod
+    def of(cls, data: HostData, exemptions: tuple[CveExemption, ...]) -> HostSoftware | None:
+        """What the pages show of ``data``'s SBOM (None: the host has never reported)."""
+        if data.sbom is None:
+            return None
+        found = data.sbom.found
+        newest = data.newest_verified
+        running = newest.current_system if newest is not None else None
+        stale = found is not None and running is not None and running != found.system
+        return cls(data.sbom, stale, exemptions)
+
 
 @dataclass(frozen=True)
 class HostData:

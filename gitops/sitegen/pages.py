@@ -14,8 +14,8 @@ from typing import Any
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Policy
 from gitops.protocol import Report
-from gitops.sitegen import compliance, export, software, states
-from gitops.sitegen.model import HostData, HostStatus, ReportEntry
+from gitops.sitegen import compliance, export, states
+from gitops.sitegen.model import HostData, HostSoftware, HostStatus, ReportEntry
 from gitops.sitegen.render import Renderer
 
 
@@ -82,7 +82,7 @@ class HostPages:
             "changes": changes,
             "failures": [r for r in data.reports if r.log_tail][:5],
             "published": data.published,
-            "software": software.host_software(data, host),
+            "software": HostSoftware.of(data, host.cve_exemptions),
         }
 
     def html(self, host: Host, data: HostData, judged: Judged) -> str:

@@ -31,7 +31,7 @@ from gitops.inventory.sbom import MAX_SBOM_BYTES, Sbom, read_sbom
 from gitops.protocol import SBOM_FILE
 from gitops.sitegen.collect import first_parents
 from gitops.sitegen.derived import Derived, PageFile
-from gitops.sitegen.model import HostData, HostSoftware, RefusedSbom, SbomRef, SbomState, Trust
+from gitops.sitegen.model import HostData, RefusedSbom, SbomRef, SbomState, Trust
 from gitops.sitegen.outdir import PageStore
 from gitops.trust.allowed_signers import AllowedSigners
 
@@ -156,17 +156,6 @@ def _accept(host: str, oid: str, entry: pygit2.Object) -> tuple[SbomRef, str] | 
         size=len(raw),
     )
     return ref, text
-
-
-def host_software(data: HostData, host: Host) -> HostSoftware | None:
-    """What the aggregate pages need of this host (None: it has never reported)."""
-    if data.sbom is None:
-        return None
-    found = data.sbom.found
-    newest = data.newest_verified
-    running = newest.current_system if newest is not None else None
-    stale = found is not None and running is not None and running != found.system
-    return HostSoftware(data.sbom, stale, host.cve_exemptions)
 
 
 def sbom_key(global_id: str, name: str, ref: SbomRef) -> str:

@@ -26,7 +26,7 @@ from gitops.sitegen.cache import CacheReader, collector_paused
 from gitops.sitegen.collect import HostReader
 from gitops.sitegen.compliance import failing
 from gitops.sitegen.derived import Derived, PageFile, Rules, derive, encode_samples
-from gitops.sitegen.model import HostData
+from gitops.sitegen.model import HostData, HostSoftware
 from gitops.sitegen.outdir import PageStore
 from gitops.sitegen.pages import HostPages, Judged, judge
 from gitops.sitegen.render import Renderer
@@ -135,7 +135,7 @@ class Worker:
             rules.global_id,
             job.old_pages,
         )
-        derived = replace(derived, software=software.host_software(data, host))
+        derived = replace(derived, software=HostSoftware.of(data, host.cve_exemptions))
         changed = previous is None or previous != data
         cache_row = (
             (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None
