@@ -303,7 +303,7 @@ def test_every_internal_link_resolves(site: Path) -> None:
 @pytest.fixture(scope="module")
 def software_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The site of a fleet with SBOMs and a vulnerability feed (tests/test_site_software.py's)."""
-    from tests.test_site_software import HOST_PACKAGES, NOW, SoftwareFleet
+    from testing.sboms import HOST_PACKAGES, NOW, SoftwareFleet
 
     root = tmp_path_factory.mktemp("software")
     fleet = SoftwareFleet(root / "fleet.git", pygit2.init_repository(root / "fleet.git", True))
