@@ -53,6 +53,7 @@ class SoftwareFleet(SiteFleet):
         document: bytes | None = None,
         with_sbom: bool = True,
         key: ed25519.Ed25519PrivateKey | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> bytes:
         """A signed report running a system of ``names``, with its SBOM (or ``document``)."""
         system = store(f"nixos-system-{host}-25.05.20260102.ac62194-{'-'.join(names)}")
@@ -64,6 +65,7 @@ class SoftwareFleet(SiteFleet):
             reason="test",
             report_id=uuid.uuid4().hex,
             system=SystemInfo(current_system=system, nixos_version="25.05.20260102.ac62194"),
+            facts=facts or {},
         )
         text = (
             document

@@ -208,3 +208,23 @@ def test_the_site_sbom_is_the_commits_file(fleet: SoftwareFleet, tmp_path: Path)
     blob = commit.tree[SBOM_FILE]
     assert isinstance(blob, pygit2.Blob)
     assert (out / "hosts" / "kiosk-1.cdx.json").read_bytes() == blob.data
+
+
+def test_a_nixpkgs_age_policy_flips_without_a_new_report(
+    fleet: SoftwareFleet, tmp_path: Path
+) -> None:
+    fleet.policies["nixpkgs-fresh.yaml"] = (
+        "name: nixpkgs-fresh\ncondition: {fact: facts.nixpkgs_date, max_age_days: 10}\n"
+    )
+    fleet.commit_main("nixpkgs no older than 10 days", WHEN)
+    # 10 days after this date is NOW + 1 h: the answer flips between the two builds.
+    fleet.send("web-1", (), WHEN, facts={"nixpkgs_date": "2026-11-10T12:00:00Z"})
+    out = tmp_path / "site"
+
+    def answer() -> str:
+        return str(load(out, "compliance.json")["hosts"]["web-1"]["nixpkgs-fresh"])
+
+    build(fleet, out)
+    assert answer() == "pass"
+    build(fleet, out, NOW + timedelta(hours=2))  # same day, no new commit
+    assert answer() == "fail"
