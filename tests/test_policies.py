@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,71 @@ def test_a_bad_policy_names_file_and_field(tmp_path: Path, text: str, expected: 
     problems = _load(tmp_path, text)
     assert problems, text
     assert any(p.startswith(expected) for p in problems), problems
+
+
+# -- max_age_days: a fact's time no older than N days (nixpkgs currency) --------------------
+
+
+def nixpkgs_policy(days: object = 90) -> tuple[list[Policy], list[str]]:
+    text = (
+        "name: nixpkgs-fresh\nseverity: medium\n"
+        f"condition: {{fact: facts.nixpkgs_date, max_age_days: {days}}}\n"
+    )
+    with tempfile.TemporaryDirectory() as root:
+        (Path(root) / "policies").mkdir()
+        (Path(root) / "policies" / "nixpkgs-fresh.yaml").write_text(text)
+        problems = Problems()
+        found = load_policies(DirSource(Path(root)), problems)
+    return found, [str(p) for p in problems.items]
+
+
+def dated_report(nixpkgs_date: object, *, age: int | None = 600) -> dict[str, Any]:
+    data: dict[str, Any] = {"time": "2026-11-20T12:00:00Z", "facts": {"nixpkgs_date": nixpkgs_date}}
+    if age is not None:
+        data["report"] = {"age_seconds": age, "verified": True}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("nixpkgs_date", "age", "outcome"),
+    [
+        ("2026-09-01T00:00:00Z", 600, Outcome.PASS),  # 80 days before the report
+        ("2026-08-01T00:00:00Z", 600, Outcome.FAIL),  # 111 days
+        ("2026-08-22T12:00:00Z", 0, Outcome.PASS),  # exactly 90 days
+        ("2026-08-22T12:00:00Z", 1, Outcome.FAIL),  # a second later (the site's clock)
+        ("2026-09-01T00:00:00Z", 30 * 86400, Outcome.FAIL),  # judged a month later
+        ("2026-09-01T00:00:00Z", None, Outcome.PASS),  # no site: at the report's own time
+        ("unknown", 600, Outcome.UNKNOWN),
+        ("last tuesday", 600, Outcome.FAIL),  # not a time: never young enough
+        (20260901, 600, Outcome.FAIL),
+    ],
+)
+def test_max_age_days_measures_a_facts_age_at_judging_time(
+    nixpkgs_date: object, age: int | None, outcome: Outcome
+) -> None:
+    (policy,), problems = nixpkgs_policy()
+    assert problems == []
+    assert evaluate(policy.condition, dated_report(nixpkgs_date, age=age)) is outcome
+    assert policy.condition.describe() == "facts.nixpkgs_date max age days 90"
+
+
+@pytest.mark.parametrize(
+    ("days", "problem"),
+    [("ninety", "must be a number"), (-1, "between 0 and 3650 days"), (4000, "between 0")],
+)
+def test_max_age_days_takes_a_number_of_days(days: object, problem: str) -> None:
+    found, problems = nixpkgs_policy(days)
+    assert found == [] and len(problems) == 1 and problem in problems[0], problems
+
+
+def test_max_age_days_says_when_its_answer_flips() -> None:
+    from datetime import UTC, datetime
+
+    from gitops.fleet.policies import deadlines, is_dated
+
+    (policy,), _ = nixpkgs_policy(10)
+    assert is_dated(policy.condition)
+    assert deadlines(policy.condition, dated_report("2026-11-15T00:00:00Z")) == [
+        datetime(2026, 11, 25, 0, 0, 1, tzinfo=UTC)
+    ]
+    assert deadlines(policy.condition, dated_report("unknown")) == []

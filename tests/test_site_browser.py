@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pygit2
 import pytest
 from typing_extensions import override
 
@@ -78,6 +79,10 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def served(site: Path) -> Iterator[str]:
+    yield from _serve(site)
+
+
+def _serve(site: Path) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site))
     )
@@ -293,3 +298,76 @@ def test_pages_pass_the_nu_html_checker(site: Path) -> None:
 
 def test_every_internal_link_resolves(site: Path) -> None:
     assert broken_links(site) == []
+
+
+@pytest.fixture(scope="module")
+def software_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site of a fleet with SBOMs and a vulnerability feed (tests/test_site_software.py's)."""
+    from testing.sboms import HOST_PACKAGES, NOW, SoftwareFleet
+
+    root = tmp_path_factory.mktemp("software")
+    fleet = SoftwareFleet(root / "fleet.git", pygit2.init_repository(root / "fleet.git", True))
+    for name in HOST_PACKAGES:
+        fleet.add_host(name)
+    fleet.commit_main("hosts", NOW - timedelta(days=1))
+    for name, packages in HOST_PACKAGES.items():
+        fleet.send(name, packages)
+    fleet.vulnerabilities = {"feeds": [str(ROOT / "tests" / "fixtures" / "nvd")]}
+    fleet.commit_main("feed", NOW - timedelta(days=1))
+    site_build.build(fleet.path, root / "site", now=NOW, workers=1)
+    return root / "site"
+
+
+@pytest.fixture(scope="module")
+def software_site(software_dir: Path) -> Iterator[str]:
+    yield from _serve(software_dir)
+
+
+@needs_java
+def test_software_pages_pass_the_nu_html_checker(software_dir: Path) -> None:
+    pages = [str(software_dir / name) for name in ("software.html", "vulnerabilities.html")] + [
+        str(p) for p in (software_dir / "software").glob("*.html")
+    ]
+    pages.append(str(software_dir / "hosts" / "web-1.html"))
+    result = process.run(
+        [JAVA, "-jar", _vnu_jar(), "--errors-only", *pages], check=False, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@needs_browser
+def test_which_hosts_run_a_package_in_the_browser(browser: Any, software_site: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(software_site + "software.html")
+    box = browser.find_element(By.ID, "filter")
+    assert box.is_displayed()
+
+    def visible() -> list[list[str]]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#packages tbody tr")
+        return [
+            [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            for row in rows
+            if row.is_displayed()
+        ]
+
+    box.send_keys("openssl@3.0.13")
+    WebDriverWait(browser, 5).until(lambda _d: len(visible()) == 1)
+    assert visible() == [["openssl", "3.0.13", "2", "web-1, web-2"]]
+    link = browser.find_element(By.CSS_SELECTOR, "#packages tbody tr:not([hidden]) td.hosts a")
+    assert link.get_attribute("href").endswith("hosts/web-1.html")
+    box.clear()
+    box.send_keys("openssl@")
+    WebDriverWait(browser, 5).until(lambda _d: len(visible()) == 2)
+    assert [row[:3] for row in visible()] == [
+        ["openssl", "3.0.13", "2"],
+        ["openssl", "3.0.15", "1"],
+    ]
+    assert browser.find_element(By.ID, "shown").text.startswith("2 of ")
+    browser.get(software_site + "hosts/web-2.html")
+    browser.find_element(By.LINK_TEXT, "Search its packages").click()
+    box = browser.find_element(By.ID, "filter")
+    box.send_keys("requests")
+    WebDriverWait(browser, 5).until(lambda _d: len(visible()) == 1)
+    assert visible() == [["python3.12-requests", "2.31.0"]]

@@ -34,6 +34,7 @@ import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, assert_never
 
@@ -87,6 +88,7 @@ class Comparison(StrEnum):
     CONTAINS = "contains"
     EXISTS = "exists"
     MATCHES = "matches"
+    MAX_AGE_DAYS = "max_age_days"
 
 
 Operator = Combinator | Comparison
@@ -200,6 +202,31 @@ def _contains(actual: Any, expected: Any) -> bool:
     return False
 
 
+def _days(value: Any) -> str | None:
+    problem = _number(value)
+    if problem is None and not 0 <= value <= MAX_DURATION // 86400:
+        problem = f"must be between 0 and {MAX_DURATION // 86400} days"
+    return problem
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A fact's RFC 3339 time (``2026-01-02T00:18:56Z``), None when it is not one."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _within_days(actual: Any, expected: Any) -> bool:
+    """``expected`` is (days, the moment the age is measured at)."""
+    days, moment = expected
+    then = parse_time(actual)
+    return then is not None and moment - then <= timedelta(days=days)
+
+
 def _matches(actual: Any, expected: Any) -> bool:
     if not isinstance(actual, str) or len(actual) > MAX_MATCHED:
         return False
@@ -214,6 +241,7 @@ class Rule:
     check: Callable[[Any], str | None]
     test: Callable[[Any, Any], bool]
     unary: bool = False  # described without its value ("facts.x exists")
+    aged: bool = False  # the test also gets the evaluation moment: (value, moment)
 
 
 # Adding an operator: a member of Comparison and its Rule here (and a line in the docs).
@@ -228,6 +256,7 @@ COMPARISONS: Final[Mapping[Comparison, Rule]] = {
     Comparison.CONTAINS: Rule(_string, _contains),
     Comparison.EXISTS: Rule(_true, lambda _a, _e: True, unary=True),
     Comparison.MATCHES: Rule(_pattern, _matches),
+    Comparison.MAX_AGE_DAYS: Rule(_days, _within_days, aged=True),
 }
 if set(COMPARISONS) != set(Comparison):  # pragma: no cover - caught by any import
     raise AssertionError("every Comparison needs a Rule in COMPARISONS")
@@ -296,7 +325,46 @@ def _judge(condition: Condition, report: Mapping[str, Any], op: Comparison) -> O
         return Outcome.PASS if actual not in UNKNOWN_VALUES else Outcome.FAIL
     if isinstance(actual, str | type(None)) and actual in UNKNOWN_VALUES:
         return Outcome.UNKNOWN
-    return Outcome.PASS if COMPARISONS[op].test(actual, condition.value) else Outcome.FAIL
+    rule = COMPARISONS[op]
+    expected = condition.value
+    if rule.aged:
+        moment = evaluated_at(report)
+        if moment is None:
+            return Outcome.UNKNOWN
+        expected = (condition.value, moment)
+    return Outcome.PASS if rule.test(actual, expected) else Outcome.FAIL
+
+
+def evaluated_at(report: Mapping[str, Any]) -> datetime | None:
+    """The moment a report is judged at: its ``time`` plus ``report.age_seconds`` (the
+    site adds it: the build's time), else its own time."""
+    moment = parse_time(report.get("time"))
+    age = lookup(report, AGE_FACT)
+    if moment is None:
+        return None
+    if isinstance(age, int) and not isinstance(age, bool):
+        moment += timedelta(seconds=age)
+    return moment
+
+
+def is_dated(condition: Condition) -> bool:
+    """Whether ``condition`` measures a fact's age (its answer changes with time)."""
+    if condition.children:
+        return any(is_dated(c) for c in condition.children)
+    return condition.op is Comparison.MAX_AGE_DAYS
+
+
+def deadlines(condition: Condition, report: Mapping[str, Any]) -> list[datetime]:
+    """When this report's answer to ``condition`` may flip as time passes, by its
+    ``max_age_days`` comparisons (the fact's time plus the days, and a second)."""
+    if condition.children:
+        return [d for c in condition.children for d in deadlines(c, report)]
+    if condition.op is not Comparison.MAX_AGE_DAYS:
+        return []
+    then = parse_time(lookup(report, condition.fact))
+    if then is None:
+        return []
+    return [then + timedelta(days=condition.value, seconds=1)]
 
 
 def evaluate(condition: Condition, report: Mapping[str, Any]) -> Outcome:

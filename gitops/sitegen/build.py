@@ -33,7 +33,18 @@ from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet, FleetSettings
 from gitops.fleet.policies import Policy
 from gitops.protocol import format_time
-from gitops.sitegen import collect, export, metrics, notify, outdir, resources, states, workers
+from gitops.sitegen import (
+    collect,
+    export,
+    metrics,
+    notify,
+    outdir,
+    resources,
+    software,
+    software_pages,
+    states,
+    workers,
+)
 from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
 from gitops.sitegen.derived import Derived, PageFile, Rules, age_flips
 from gitops.sitegen.model import MainCommit
@@ -169,12 +180,16 @@ def build(
             f"{len(main.summary.policies)} policies"
         )
         mark = stats.phase("read main", mark)
-        derived = _hosts(repo_path, main, tmp, cache, processes, stats, progress)
+        sets = software_pages.PackageSets(cache.directory if cache is not None else None)
+        derived = _hosts(repo_path, main, tmp, cache, processes, stats, progress, sets)
         stats.count(derived)
         mark = stats.phase("hosts", mark)
         _write_site(main, derived, tmp, cache)
         mark = stats.phase("aggregate pages", mark)
-        settings = main.summary.settings
+        templates = cache.directory / "templates" if cache is not None else None
+        settings, rules = main.summary.settings, main.rules
+        software_pages.write(main.repo, settings, rules, main.docs, derived, tmp, sets, templates)
+        mark = stats.phase("software pages", mark)
         sent = notify.run(
             out,
             tmp,
@@ -261,6 +276,7 @@ def _hosts(
     processes: int,
     stats: BuildStats,
     progress: Callable[[str], None],
+    sets: software_pages.PackageSets,
 ) -> dict[str, Derived]:
     """Every host's derived row, its pages in ``tmp/hosts``."""
     (tmp / "hosts").mkdir(parents=True)
@@ -272,7 +288,7 @@ def _hosts(
     if stale:
         progress(f"site: {len(stale)} host(s) to bring up to date (new commits or time passed)")
         job = _job(repo_path, main, tmp, cache, old_pages, processes)
-        _refresh(job, stale, processes, derived, cache, stats)
+        _refresh(job, stale, processes, derived, cache, stats, sets)
     if cache is not None:
         removed = set(old) - set(main.summary.names)
         cache.forget_hosts(removed)
@@ -304,7 +320,7 @@ def _reuse(
         if (
             row is not None
             and row.valid(ident, rules.window_id, rules.now)
-            and store.link(workers.host_paths(name), row.page_key, old_pages) is not None
+            and software.relink(store, row, old_pages)
         ):
             derived[name] = row
         else:
@@ -346,6 +362,7 @@ def _refresh(
     derived: dict[str, Derived],
     cache: Cache | None,
     stats: BuildStats,
+    sets: software_pages.PackageSets,
 ) -> None:
     """Bring ``names`` up to date in worker processes; their rows go into ``derived``,
     the data they read into the cache."""
@@ -357,6 +374,8 @@ def _refresh(
                 rows.append(item.row)
                 stats.hosts_read += 1
             stats.pages_rendered += item.rendered
+            if item.packages is not None:
+                sets.add(*item.packages)
         stats.verified_now += batch.verified
         if cache is not None and len(rows) >= CACHE_FLUSH_ROWS:
             cache.save_host_rows(rows)

@@ -338,6 +338,10 @@ class HostReader:
     lookup: VerdictLookup = lambda _commit, _key: None
     new: list[tuple[str, str, Verdict]] = field(default_factory=list)
 
+    def verdict(self, oid: str, trust: AllowedSigners, key_id: str) -> Verdict:
+        """A commit's signature verdict, checked once per build and cache."""
+        return self._verdict(oid, trust, key_id)
+
     def _verdict(self, oid: str, trust: AllowedSigners, key_id: str) -> Verdict:
         known = self.lookup(oid, key_id)
         if known is not None:

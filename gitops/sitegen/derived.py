@@ -16,11 +16,19 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from gitops.fleet.model import Host
-from gitops.fleet.policies import Condition, Policy
+from gitops.fleet.policies import Condition, Policy, deadlines, is_dated
 from gitops.protocol import Result
-from gitops.sitegen import compliance, export
+from gitops.sitegen import compliance, export, states
 from gitops.sitegen.audit import ApplyRef, DeployRef
-from gitops.sitegen.model import CLOCK_SKEW, Flag, HostData, HostStatus, State, Trust
+from gitops.sitegen.model import (
+    CLOCK_SKEW,
+    Flag,
+    HostData,
+    HostSoftware,
+    HostStatus,
+    State,
+    Trust,
+)
 
 Samples = tuple[tuple[str, str | None], ...]  # (state, NixOS version) at each past day end
 
@@ -96,6 +104,7 @@ class Derived:
     samples: str  # encode_samples
     invalid_reports: int  # report commits read whose status.json was refused
     pages: tuple[PageFile, ...] = ()
+    software: HostSoftware | None = None  # gitops.sitegen.software
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
@@ -163,12 +172,24 @@ def valid_until(data: HostData, host: Host, status: HostStatus, rules: Rules) ->
         later = [f for f in rules.flips if f > age]
         if later:
             moments.append(seen + timedelta(seconds=later[0]))
+    moments += [m for m in _fact_deadlines(data, rules) if m > rules.now]
     today: date = rules.now.date()
     for exemption in host.exemptions:
         if exemption.expires >= today:
             day_after = exemption.expires + timedelta(days=1)
             moments.append(datetime.combine(day_after, time(0), tzinfo=UTC))
     return min(moments)
+
+
+def _fact_deadlines(data: HostData, rules: Rules) -> list[datetime]:
+    """When a ``max_age_days`` answer flips for the counted report (nixpkgs turning old)."""
+    dated = [p for p in rules.policies if is_dated(p.condition)]
+    newest = states.counted(data, rules.now) if dated else None
+    report = data.report_of(newest) if newest is not None else None
+    if report is None:
+        return []
+    context = compliance.context(report, rules.now)
+    return [m for p in dated for m in deadlines(p.condition, context)]
 
 
 def deploy_refs(data: HostData) -> tuple[DeployRef, ...]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from gitops.fleet.model import CveExemption
 from gitops.protocol import Report, Result
 
 
@@ -162,6 +163,56 @@ class Rewind:
 
 
 @dataclass(frozen=True)
+class SbomRef:
+    """A host's newest SBOM the site accepted: signed by the host, parsed, naming it."""
+
+    commit: str  # the report commit holding sbom.cdx.json
+    system: str  # the store path it describes
+    nixos_version: str
+    time: str
+    components: int
+    packages: int  # distinct (name, version)
+    packages_id: str  # digest of those pairs (hosts running the same set share it)
+    size: int  # bytes of sbom.cdx.json
+
+
+@dataclass(frozen=True)
+class RefusedSbom:
+    commit: str
+    why: str
+
+
+@dataclass(frozen=True)
+class SbomState:
+    """Where a host's SBOM search stopped: read again only above ``head``."""
+
+    head: str | None  # reports/<host> when it was searched
+    key_id: str  # the host key the commits were checked with
+    found: SbomRef | None
+    refused: tuple[RefusedSbom, ...] = ()  # newer SBOMs than ``found`` refused, newest first
+
+
+@dataclass(frozen=True)
+class HostSoftware:
+    """What the aggregate software pages need of a host (kept in its derived row)."""
+
+    sbom: SbomState
+    stale: bool  # the host's newest report runs another system than the SBOM describes
+    exemptions: tuple[CveExemption, ...]  # the host's own CVE exemptions (host.yaml)
+
+    @classmethod
+    def of(cls, data: HostData, exemptions: tuple[CveExemption, ...]) -> HostSoftware | None:
+        """What the pages show of ``data``'s SBOM (None: the host has never reported)."""
+        if data.sbom is None:
+            return None
+        found = data.sbom.found
+        newest = data.newest_verified
+        running = newest.current_system if newest is not None else None
+        stale = found is not None and running is not None and running != found.system
+        return cls(data.sbom, stale, exemptions)
+
+
+@dataclass(frozen=True)
 class HostData:
     """Everything read from one host's refs. Cached by (heads, key id, publishers id)."""
 
@@ -181,6 +232,7 @@ class HostData:
     dropped: tuple[DroppedReport, ...] = ()  # reports the branch lost since the site saw them
     deploy_floor: str | None = None  # the newest verified deploy head seen: never below it
     rewind: Rewind | None = None  # set when the deploy head is below what it must contain
+    sbom: SbomState | None = None  # gitops.sitegen.software
 
     @property
     def newest_verified(self) -> ReportEntry | None:

@@ -15,7 +15,7 @@ from gitops.fleet.model import Host
 from gitops.fleet.policies import Policy
 from gitops.protocol import Report
 from gitops.sitegen import compliance, export, states
-from gitops.sitegen.model import HostData, HostStatus, ReportEntry
+from gitops.sitegen.model import HostData, HostSoftware, HostStatus, ReportEntry
 from gitops.sitegen.render import Renderer
 
 
@@ -82,6 +82,7 @@ class HostPages:
             "changes": changes,
             "failures": [r for r in data.reports if r.log_tail][:5],
             "published": data.published,
+            "software": HostSoftware.of(data, host.cve_exemptions),
         }
 
     def html(self, host: Host, data: HostData, judged: Judged) -> str:

@@ -27,6 +27,8 @@ PAGES = (
     ("drift.html", "Drift"),
     ("compliance.html", "Compliance"),
     ("audit.html", "Audit trail"),
+    ("software.html", "Software"),
+    ("vulnerabilities.html", "Vulnerabilities"),
 )
 
 

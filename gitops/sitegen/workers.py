@@ -21,12 +21,12 @@ from pathlib import Path
 import pygit2
 
 from gitops.fleet.model import Fleet, Host, SiteSettings
-from gitops.sitegen import collect, states
+from gitops.sitegen import collect, software, states
 from gitops.sitegen.cache import CacheReader, collector_paused
 from gitops.sitegen.collect import HostReader
 from gitops.sitegen.compliance import failing
 from gitops.sitegen.derived import Derived, PageFile, Rules, derive, encode_samples
-from gitops.sitegen.model import HostData
+from gitops.sitegen.model import HostData, HostSoftware
 from gitops.sitegen.outdir import PageStore
 from gitops.sitegen.pages import HostPages, Judged, judge
 from gitops.sitegen.render import Renderer
@@ -68,6 +68,7 @@ class Refreshed:
     derived: Derived
     row: tuple[str, bytes] | None  # (name, pickled HostData) when its data changed
     rendered: bool  # False when identical pages were linked from the page store
+    packages: tuple[str, str] | None = None  # (id, text): a newly accepted SBOM's packages
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class Worker:
         self.renderer = Renderer(job.site, job.rules.now, job.docs, compiled=job.templates)
         self.pages = HostPages(self.renderer, job.rules.policies)
         self.store = PageStore(job.tmp, job.store)
+        self.sboms = software.SbomFinder(self.reader.repo, self.reader.verdict)
+        self.sent: set[str] = set()  # package sets this process has sent to the main one
 
     def close(self) -> None:
         if self.cache is not None:
@@ -112,6 +115,8 @@ class Worker:
             previous=previous,
             now=job.rules.now,
         )
+        sbom = self.sboms.update(data, host, previous)
+        data = replace(data, sbom=sbom.state)
         rules = job.rules
         judged = judge(data, host, rules.policies, rules.now, rules.stale_after)
         status, answers = judged.status, judged.answers
@@ -122,11 +127,25 @@ class Worker:
         rendered = pages is None
         if pages is None:
             pages = self._render(host, data, judged, derived.page_key)
+        pages += software.sbom_file(
+            self.reader.repo,
+            self.store,
+            name,
+            sbom.state.found,
+            rules.global_id,
+            job.old_pages,
+        )
+        derived = replace(derived, software=HostSoftware.of(data, host.cve_exemptions))
         changed = previous is None or previous != data
         cache_row = (
             (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None
         )
-        return Refreshed(replace(derived, pages=pages), cache_row, rendered)
+        packages = sbom.packages
+        if packages is not None and packages[0] in self.sent:
+            packages = None  # hosts running the same packages: their set is sent once
+        elif packages is not None:
+            self.sent.add(packages[0])
+        return Refreshed(replace(derived, pages=pages), cache_row, rendered, packages)
 
     def _render(self, host: Host, data: HostData, judged: Judged, key: str) -> tuple[PageFile, ...]:
         html, json = host_paths(host.name)
