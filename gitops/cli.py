@@ -76,6 +76,67 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         sub.add_argument("--dir", type=Path, required=True, help="the server directory")
 
 
+def _add_identity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        help="an admin's private key: OpenSSH ed25519/RSA or age-keygen's file "
+        "(default: $GITOPS_AGE_IDENTITY, else ~/.ssh/id_ed25519)",
+    )
+
+
+def _add_secrets(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    secrets = commands.add_parser(
+        "secrets", help="age-encrypted secrets for hosts (secrets/secrets.yaml, docs/secrets.md)"
+    )
+    actions = secrets.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    edit = actions.add_parser(
+        "edit", help="edit a secret in $EDITOR (the plaintext stays on tmpfs)"
+    )
+    edit.add_argument("name", help="the secret, as declared in secrets/secrets.yaml")
+    rekey = actions.add_parser(
+        "rekey", help="re-encrypt the secrets whose recipients changed (a host key, an admin)"
+    )
+    rekey.add_argument("--all", action="store_true", help="re-encrypt every secret")
+    listing = actions.add_parser("list", help="who can read what")
+    checking = actions.add_parser(
+        "check", help="each age file is encrypted to exactly its declared recipients"
+    )
+    for sub in (edit, rekey, listing, checking):
+        _add_repo(sub)
+    for sub in (edit, rekey):
+        _add_identity(sub)
+    for sub in (rekey, listing, checking):
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+
+    hosts = commands.add_parser("hosts", help="change a host's entry in the fleet")
+    host_actions = hosts.add_subparsers(dest="hosts_command", required=True, metavar="ACTION")
+    rotate = host_actions.add_parser(
+        "rotate-key", help="a new host key (reinstall, stolen machine): host.yaml and its secrets"
+    )
+    rotate.add_argument("host")
+    rotate.add_argument("--key", type=Path, required=True, help="the new public key (.pub)")
+    _add_repo(rotate)
+    _add_identity(rotate)
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    from gitops.commands import secrets_cmd
+
+    match args.secrets_command:
+        case "edit":
+            return secrets_cmd.edit(args.repo, args.name, args.identity)
+        case "rekey":
+            return secrets_cmd.rekey_command(
+                args.repo, args.identity, everything=args.all, as_json=args.json
+            )
+        case "list":
+            return secrets_cmd.list_secrets(args.repo, as_json=args.json)
+        case _:
+            return secrets_cmd.check(args.repo, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitops",
@@ -241,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_server(commands)
+    _add_secrets(commands)
 
     demo = commands.add_parser(
         "demo", help="a whole fleet on this machine: publish, agents, reports, site"
@@ -350,6 +412,12 @@ def execute(argv: Sequence[str]) -> int:
                     return server_cmd.serve(args.dir, args.identity)
                 case _:
                     return server_cmd.hook(args.hook, args.dir)
+        case "secrets":
+            return _secrets(args)
+        case "hosts":
+            from gitops.commands import secrets_cmd
+
+            return secrets_cmd.rotate_key(args.repo, args.host, args.key, args.identity)
         case "demo":
             from gitops.demo import scenario as demo
 

@@ -73,6 +73,9 @@ let
     build_retry_interval = cfg.buildRetryInterval;
     build_timeout = cfg.buildTimeout;
     activation_timeout = cfg.activationTimeout;
+    secrets_dir = cfg.secretsDir;
+    escrow = builtins.mapAttrs (name: secretPath "escrow.${name}") cfg.escrow;
+    escrow_recipients = cfg.escrowRecipients;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

@@ -62,6 +62,9 @@ OPTION_FOR_KEY = {
     "build_retry_interval": "buildRetryInterval",
     "build_timeout": "buildTimeout",
     "activation_timeout": "activationTimeout",
+    "secrets_dir": "secretsDir",
+    "escrow": "escrow",
+    "escrow_recipients": "escrowRecipients",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
