@@ -121,6 +121,60 @@ def _add_secrets(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_identity(rotate)
 
 
+def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    enroll = commands.add_parser(
+        "enroll",
+        help="on a new machine: propose it to the fleet (enroll/<name>); list, accept proposals",
+    )
+    enroll.add_argument("--remote", help="the fleet repository's URL (a forge or plain repo)")
+    enroll.add_argument("--name", help="the new host's name")
+    enroll.add_argument(
+        "--key",
+        type=Path,
+        default=Path("/etc/ssh/ssh_host_ed25519_key"),
+        help="the host key, made when missing (default /etc/ssh/ssh_host_ed25519_key)",
+    )
+    enroll.add_argument(
+        "--profile", action="append", default=[], help="a profile for it (repeatable)"
+    )
+    enroll.add_argument("--owner", default="", help="who is responsible for it (e-mail)")
+    enroll.add_argument(
+        "--root", type=Path, default=Path("/"), help="read facts from this root (default /)"
+    )
+    actions = enroll.add_subparsers(dest="enroll_command", metavar="ACTION")
+    listing = actions.add_parser("list", help="pending enrol/<host> branches and their verdict")
+    _add_repo(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable result")
+    accept = actions.add_parser(
+        "accept", help="merge enroll/NAME into main as a signed merge commit (admins)"
+    )
+    accept.add_argument("name")
+    accept.add_argument(
+        "--key", dest="admin_key", type=Path, required=True, help="your signing key"
+    )
+    _add_repo(accept)
+
+
+def _enroll(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gitops.commands import enroll_cmd
+
+    match args.enroll_command:
+        case "list":
+            return enroll_cmd.list_proposals(args.repo, as_json=args.json)
+        case "accept":
+            return enroll_cmd.accept(args.repo, args.name, args.admin_key)
+    if not args.remote or not args.name:
+        parser.error("gitops enroll needs --remote URL and --name NAME (or: list, accept)")
+    return enroll_cmd.enroll(
+        args.remote,
+        args.name,
+        args.key,
+        profiles=args.profile,
+        owner=args.owner,
+        root=args.root,
+    )
+
+
 def _secrets(args: argparse.Namespace) -> int:
     from gitops.commands import secrets_cmd
 
@@ -303,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_server(commands)
     _add_secrets(commands)
+    _add_enroll(commands)
 
     demo = commands.add_parser(
         "demo", help="a whole fleet on this machine: publish, agents, reports, site"
@@ -414,6 +469,8 @@ def execute(argv: Sequence[str]) -> int:
                     return server_cmd.hook(args.hook, args.dir)
         case "secrets":
             return _secrets(args)
+        case "enroll":
+            return _enroll(parser, args)
         case "hosts":
             from gitops.commands import secrets_cmd
 
