@@ -358,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server(commands)
     _add_secrets(commands)
     _add_enroll(commands)
+    escrow = commands.add_parser("escrow", help="recovery material hosts escrowed to the admins")
+    escrow_actions = escrow.add_subparsers(dest="escrow_command", required=True, metavar="ACTION")
+    show = escrow_actions.add_parser("show", help="decrypt a host's newest escrowed file")
+    show.add_argument("host")
+    show.add_argument("--name", help="which file (e.g. luks-recovery); needed when several")
+    show.add_argument("--out", type=Path, help="write it to this file (0600) instead of stdout")
+    _add_repo(show)
+    _add_identity(show)
 
     demo = commands.add_parser(
         "demo", help="a whole fleet on this machine: publish, agents, reports, site"
@@ -471,6 +479,10 @@ def execute(argv: Sequence[str]) -> int:
             return _secrets(args)
         case "enroll":
             return _enroll(parser, args)
+        case "escrow":
+            from gitops.commands import escrow_cmd
+
+            return escrow_cmd.show(args.repo, args.host, args.name, args.identity, args.out)
         case "hosts":
             from gitops.commands import secrets_cmd
 
