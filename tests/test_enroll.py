@@ -297,3 +297,16 @@ def test_the_server_accepts_escrow_files_and_refuses_anything_else_there(
             now=datetime.now(UTC),
         )
         assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+def test_the_site_lists_pending_enrolments_with_their_verdict(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    assert enroll(demo, tmp_path, "delta", tmp_path / "delta_key").returncode == 0
+    fetch_enrolments(demo)
+    out = tmp_path / "site"
+    built = gitops("site", "build", "--repo", demo.repo_dir, "--out", out)
+    assert built.returncode == 0, built.stderr
+    index = (out / "index.html").read_text()
+    assert "Pending enrolments" in index
+    assert "<code>enroll/delta</code>" in index and "ready to accept" in index
