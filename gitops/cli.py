@@ -98,6 +98,121 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
 
+def _add_identity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        help="an admin's private key: OpenSSH ed25519/RSA or age-keygen's file "
+        "(default: $GITOPS_AGE_IDENTITY, else ~/.ssh/id_ed25519)",
+    )
+
+
+def _add_secrets(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    secrets = commands.add_parser(
+        "secrets", help="age-encrypted secrets for hosts (secrets/secrets.yaml, docs/secrets.md)"
+    )
+    actions = secrets.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    edit = actions.add_parser(
+        "edit", help="edit a secret in $EDITOR (the plaintext stays on tmpfs)"
+    )
+    edit.add_argument("name", help="the secret, as declared in secrets/secrets.yaml")
+    rekey = actions.add_parser(
+        "rekey", help="re-encrypt the secrets whose recipients changed (a host key, an admin)"
+    )
+    rekey.add_argument("--all", action="store_true", help="re-encrypt every secret")
+    listing = actions.add_parser("list", help="who can read what")
+    checking = actions.add_parser(
+        "check", help="each age file is encrypted to exactly its declared recipients"
+    )
+    for sub in (edit, rekey, listing, checking):
+        _add_repo(sub)
+    for sub in (edit, rekey):
+        _add_identity(sub)
+    for sub in (rekey, listing, checking):
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+
+    hosts = commands.add_parser("hosts", help="change a host's entry in the fleet")
+    host_actions = hosts.add_subparsers(dest="hosts_command", required=True, metavar="ACTION")
+    rotate = host_actions.add_parser(
+        "rotate-key", help="a new host key (reinstall, stolen machine): host.yaml and its secrets"
+    )
+    rotate.add_argument("host")
+    rotate.add_argument("--key", type=Path, required=True, help="the new public key (.pub)")
+    _add_repo(rotate)
+    _add_identity(rotate)
+
+
+def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    enroll = commands.add_parser(
+        "enroll",
+        help="on a new machine: propose it to the fleet (enroll/<name>); list, accept proposals",
+    )
+    enroll.add_argument("--remote", help="the fleet repository's URL (a forge or plain repo)")
+    enroll.add_argument("--name", help="the new host's name")
+    enroll.add_argument(
+        "--key",
+        type=Path,
+        default=Path("/etc/ssh/ssh_host_ed25519_key"),
+        help="the host key, made when missing (default /etc/ssh/ssh_host_ed25519_key)",
+    )
+    enroll.add_argument(
+        "--profile", action="append", default=[], help="a profile for it (repeatable)"
+    )
+    enroll.add_argument("--owner", default="", help="who is responsible for it (e-mail)")
+    enroll.add_argument(
+        "--root", type=Path, default=Path("/"), help="read facts from this root (default /)"
+    )
+    actions = enroll.add_subparsers(dest="enroll_command", metavar="ACTION")
+    listing = actions.add_parser("list", help="pending enrol/<host> branches and their verdict")
+    _add_repo(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable result")
+    accept = actions.add_parser(
+        "accept", help="merge enroll/NAME into main as a signed merge commit (admins)"
+    )
+    accept.add_argument("name")
+    accept.add_argument(
+        "--key", dest="admin_key", type=Path, required=True, help="your signing key"
+    )
+    _add_repo(accept)
+
+
+def _enroll(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gitops.commands import enroll_cmd
+
+    match args.enroll_command:
+        case "list":
+            return enroll_cmd.list_proposals(args.repo, as_json=args.json)
+        case "accept":
+            return enroll_cmd.accept(args.repo, args.name, args.admin_key)
+    if not args.remote or not args.name:
+        parser.error("gitops enroll needs --remote URL and --name NAME (or: list, accept)")
+    return enroll_cmd.enroll(
+        args.remote,
+        args.name,
+        args.key,
+        profiles=args.profile,
+        owner=args.owner,
+        root=args.root,
+    )
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    from gitops.commands import secrets_cmd
+
+    match args.secrets_command:
+        case "edit":
+            return secrets_cmd.edit(args.repo, args.name, args.identity)
+        case "rekey":
+            return secrets_cmd.rekey_command(
+                args.repo, args.identity, everything=args.all, as_json=args.json
+            )
+        case "list":
+            return secrets_cmd.list_secrets(args.repo, as_json=args.json)
+        case _:
+            return secrets_cmd.check(args.repo, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitops",
@@ -270,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_server(commands)
+    _add_secrets(commands)
+    _add_enroll(commands)
+    escrow = commands.add_parser("escrow", help="recovery material hosts escrowed to the admins")
+    escrow_actions = escrow.add_subparsers(dest="escrow_command", required=True, metavar="ACTION")
+    show = escrow_actions.add_parser("show", help="decrypt a host's newest escrowed file")
+    show.add_argument("host")
+    show.add_argument("--name", help="which file (e.g. luks-recovery); needed when several")
+    show.add_argument("--out", type=Path, help="write it to this file (0600) instead of stdout")
+    _add_repo(show)
+    _add_identity(show)
 
     demo = commands.add_parser(
         "demo", help="a whole fleet on this machine: publish, agents, reports, site"
@@ -314,6 +439,34 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return publish_cmd.publish(request, as_json=args.json)
 
 
+def _sbom(args: argparse.Namespace) -> int:
+    from gitops.commands import sbom_cmd
+
+    if args.which is not None:
+        return sbom_cmd.which(args.repo, args.which, as_json=args.json)
+    return sbom_cmd.show(args.repo, args.host)
+
+
+def _server(args: argparse.Namespace) -> int:
+    from gitops.commands import server_cmd
+
+    match args.server_command:
+        case "init":
+            return server_cmd.init(
+                args.dir,
+                args.repo,
+                mirror=args.mirror,
+                admins=args.admin,
+                command=args.gitops_command,
+            )
+        case "sync":
+            return server_cmd.sync_server(args.dir, fetch=not args.no_fetch)
+        case "serve":
+            return server_cmd.serve(args.dir, args.identity)
+        case _:
+            return server_cmd.hook(args.hook, args.dir)
+
+
 def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -346,11 +499,7 @@ def execute(argv: Sequence[str]) -> int:
 
             return agent_cmd.dispatch(args)
         case "sbom":
-            from gitops.commands import sbom_cmd
-
-            if args.which is not None:
-                return sbom_cmd.which(args.repo, args.which, as_json=args.json)
-            return sbom_cmd.show(args.repo, args.host)
+            return _sbom(args)
         case "vulns":
             from gitops.commands import vulns_cmd
 
@@ -373,23 +522,19 @@ def execute(argv: Sequence[str]) -> int:
                 send_alerts=not args.no_alerts,
             )
         case "server":
-            from gitops.commands import server_cmd
+            return _server(args)
+        case "secrets":
+            return _secrets(args)
+        case "enroll":
+            return _enroll(parser, args)
+        case "escrow":
+            from gitops.commands import escrow_cmd
 
-            match args.server_command:
-                case "init":
-                    return server_cmd.init(
-                        args.dir,
-                        args.repo,
-                        mirror=args.mirror,
-                        admins=args.admin,
-                        command=args.gitops_command,
-                    )
-                case "sync":
-                    return server_cmd.sync_server(args.dir, fetch=not args.no_fetch)
-                case "serve":
-                    return server_cmd.serve(args.dir, args.identity)
-                case _:
-                    return server_cmd.hook(args.hook, args.dir)
+            return escrow_cmd.show(args.repo, args.host, args.name, args.identity, args.out)
+        case "hosts":
+            from gitops.commands import secrets_cmd
+
+            return secrets_cmd.rotate_key(args.repo, args.host, args.key, args.identity)
         case "demo":
             from gitops.demo import scenario as demo
 

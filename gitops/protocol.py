@@ -60,6 +60,108 @@ TRAILER_REPORT_ID: Final = "Report-Id"  # unique per report: de-duplicates retri
 TRAILER_RESULT: Final = "Result"  # the report's result, for `git log` readers
 TRAILER_DEPLOY_COMMIT: Final = "Deploy-Commit"  # the deploy head the host saw
 
+# -- deploy tree files -----------------------------------------------------------------
+# Encrypted secrets (gitops/agent/secrets.py, docs/secrets.md). A deploy tree of a host
+# that some secret names carries ``secrets/<name>.age`` (the age file from main, encrypted
+# to the host's SSH key and the admins) for each such secret, and ``secrets/secrets.json``
+# saying where each goes; a host without secrets has no ``secrets/`` directory.
+SECRETS_DIR: Final = "secrets"
+SECRETS_MANIFEST: Final = "secrets/secrets.json"
+SECRET_SUFFIX: Final = ".age"
+SECRETS_SCHEMA: Final = 1
+SECRET_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_UNIX_NAME: Final = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$")
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.match(name)) and not name.endswith(SECRET_SUFFIX)
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """One entry of ``secrets/secrets.json``: where the agent puts a decrypted secret."""
+
+    name: str
+    owner: str = "root"
+    group: str = "root"
+    mode: int = 0o400
+    path: str | None = None  # a symlink the agent makes to the decrypted file, if any
+
+    @property
+    def file(self) -> str:
+        """The age file in the deploy tree."""
+        return f"{SECRETS_DIR}/{self.name}{SECRET_SUFFIX}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "group": self.group,
+            "mode": f"{self.mode:04o}",
+            "path": self.path,
+        }
+
+
+def secrets_manifest(files: list[SecretFile]) -> str:
+    """The text of ``secrets/secrets.json``."""
+    body = {f.name: f.to_dict() for f in sorted(files, key=lambda f: f.name)}
+    return json.dumps({"schema": SECRETS_SCHEMA, "secrets": body}, indent=2) + "\n"
+
+
+def check_secret_file(file: SecretFile) -> str | None:
+    """Why ``file`` is not acceptable, or None."""
+    if not is_secret_name(file.name):
+        return f"{file.name[:80]!r} is not a secret name (letters, digits, . _ -; no .age)"
+    for what, value in (("owner", file.owner), ("group", file.group)):
+        if not _UNIX_NAME.match(value):
+            return f"{file.name}: {what} {value[:40]!r} is not a user or group name or number"
+    if not 0 <= file.mode <= 0o777:
+        return f"{file.name}: mode {file.mode:o} is not a permission mode (e.g. 0400)"
+    if file.path is not None and (
+        not file.path.startswith("/")
+        or any(part in ("", ".", "..") for part in file.path[1:].split("/"))
+        or file.path.startswith("/nix/")
+    ):
+        return f"{file.name}: path {file.path[:80]!r} must be an absolute path outside /nix"
+    return None
+
+
+def parse_secrets_manifest(text: bytes | str) -> tuple[SecretFile, ...]:
+    """Read ``secrets/secrets.json``; ValueError says what is wrong."""
+    data = _load_object(text)
+    if data.get("schema") != SECRETS_SCHEMA or type(data.get("secrets")) is not dict:
+        raise ValueError(f"not a schema {SECRETS_SCHEMA} secrets manifest")
+    files = []
+    for name, entry in data["secrets"].items():
+        if type(entry) is not dict:
+            raise ValueError(f"{name[:80]!r}: not an object")
+        spec = _typed(entry, _SECRET_FIELDS, f"{name[:80]}.")
+        try:
+            mode = int(spec["mode"], 8)
+        except ValueError as err:
+            raise ValueError(f"{name[:80]}: mode {spec['mode'][:20]!r} is not octal") from err
+        file = SecretFile(name, spec["owner"], spec["group"], mode, spec["path"])
+        problem = check_secret_file(file)
+        if problem:
+            raise ValueError(problem)
+        files.append(file)
+    return tuple(files)
+
+
+# -- enrolment and escrow ---------------------------------------------------------------
+# A new machine proposes itself on ``enroll/<host>`` (docs/enroll-host.md): one commit on
+# top of main, signed by the new host's key, adding only ``hosts/<host>/``.
+ENROLL_PREFIX: Final = "refs/heads/enroll/"
+
+
+def enroll_ref(host: str) -> str:
+    return f"{ENROLL_PREFIX}{host}"
+
+
+# A report commit may carry ``escrow/<name>.age``: recovery material (a LUKS recovery key,
+# a copy of the host key) encrypted to the admins' recipients in fleet.yaml. Readers that
+# do not know the directory ignore it.
+ESCROW_DIR: Final = "escrow"
+
 # -- time -------------------------------------------------------------------------------
 # The only time format in the protocol: UTC, second precision, ``Z`` suffix.
 TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
@@ -246,6 +348,12 @@ _TOP_FIELDS: Final[_Spec] = {
     "durations": (frozenset({dict, NoneType}), None),
     "log_tail": (_STR, ""),
     "changes": (frozenset({list, NoneType}), None),
+}
+_SECRET_FIELDS: Final[_Spec] = {
+    "owner": (_STR, "root"),
+    "group": (_STR, "root"),
+    "mode": (_STR, "0400"),
+    "path": (_OPTIONAL_STR, None),
 }
 _SYSTEM_FIELDS: Final[_Spec] = {
     **{f.name: (_OPTIONAL_STR, None) for f in fields(SystemInfo)},

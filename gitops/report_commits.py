@@ -7,12 +7,13 @@ docs/protocol.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import pygit2
 
 from gitops.protocol import (
+    ESCROW_DIR,
     SBOM_FILE,
     STATUS_FILE,
     TRAILER_DEPLOY_COMMIT,
@@ -36,12 +37,22 @@ def report_message(report: Report) -> str:
     )
 
 
-def report_tree(repo: pygit2.Repository, report: Report, sbom: bytes | None = None) -> pygit2.Oid:
+def report_tree(
+    repo: pygit2.Repository,
+    report: Report,
+    sbom: bytes | None = None,
+    escrow: Mapping[str, bytes] | None = None,
+) -> pygit2.Oid:
     builder = repo.TreeBuilder()
     blob = repo.create_blob(report.to_json().encode("utf-8"))
     builder.insert(STATUS_FILE, blob, pygit2.enums.FileMode.BLOB)
     if sbom is not None:
         builder.insert(SBOM_FILE, repo.create_blob(sbom), pygit2.enums.FileMode.BLOB)
+    if escrow:
+        files = repo.TreeBuilder()
+        for name, data in sorted(escrow.items()):
+            files.insert(f"{name}.age", repo.create_blob(data), pygit2.enums.FileMode.BLOB)
+        builder.insert(ESCROW_DIR, files.write(), pygit2.enums.FileMode.TREE)
     return builder.write()
 
 
@@ -52,14 +63,16 @@ def create_report_commit(
     parent: pygit2.Oid | None,
     key: PrivateKeyTypes,
     sbom: bytes | None = None,
+    escrow: Mapping[str, bytes] | None = None,
 ) -> pygit2.Oid:
-    """Write (not yet on any ref) the signed commit holding ``report`` (and ``sbom``)."""
+    """Write (not yet on any ref) the signed commit holding ``report`` (and ``sbom``,
+    and ``escrow/<name>.age`` files: ciphertext for the admins)."""
     identity = commits.signature_of(
         f"gitops-agent {report.host}", f"{report.host}@{AGENT_EMAIL_DOMAIN}", report.time
     )
     return commits.create_signed_commit(
         repo,
-        tree=report_tree(repo, report, sbom),
+        tree=report_tree(repo, report, sbom, escrow),
         parents=[parent] if parent is not None else [],
         message=report_message(report),
         author=identity,
@@ -74,6 +87,7 @@ class ReportCommit:
     status: bytes | None  # status.json, None when the commit has no such file
     report_id: str | None
     sbom: bytes | None = None  # sbom.cdx.json, when the commit carries one
+    escrow: dict[str, bytes] = field(default_factory=dict)  # escrow/<name>.age, by name
 
 
 def read_report_commit(repo: pygit2.Repository, oid: pygit2.Oid) -> ReportCommit:
@@ -85,7 +99,23 @@ def read_report_commit(repo: pygit2.Repository, oid: pygit2.Oid) -> ReportCommit
         status=read_file(commit, STATUS_FILE),
         report_id=commits.trailers(commit.message).get(TRAILER_REPORT_ID),
         sbom=read_file(commit, SBOM_FILE),
+        escrow=read_escrow(commit),
     )
+
+
+def read_escrow(commit: pygit2.Commit) -> dict[str, bytes]:
+    """The ``escrow/<name>.age`` files of a report commit, by name."""
+    try:
+        entry = commit.tree[ESCROW_DIR]
+    except KeyError:
+        return {}
+    if not isinstance(entry, pygit2.Tree):
+        return {}
+    return {
+        str(item.name).removesuffix(".age"): bytes(item.data)
+        for item in entry
+        if isinstance(item, pygit2.Blob) and str(item.name).endswith(".age")
+    }
 
 
 def read_file(commit: pygit2.Commit, name: str) -> bytes | None:

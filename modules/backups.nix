@@ -1,6 +1,8 @@
 # Backups to the NAS (nas-1). ZFS datasets: sanoid snapshots them, syncoid sends the
 # snapshots (raw, so encrypted datasets stay encrypted). Other data: restic over sftp.
-# Keys and the restic password are files on the host, created at enrolment.
+# The restic repository password is a fleet secret (secrets/secrets.yaml:
+# restic-password), decrypted by the agent into /run/gitops-secrets; the ssh keys that
+# reach the NAS are made on the host at enrolment and never leave it.
 { config, lib, ... }:
 let
   cfg = config.fleet.backups;
@@ -66,7 +68,8 @@ in
     (lib.mkIf (cfg.paths != [ ]) {
       services.restic.backups.nas = {
         repository = "sftp:backup@${cfg.nas}:/backups/${host}";
-        passwordFile = "/var/lib/restic/password";
+        # A path as a string: the password is read at run time, never copied to the store.
+        passwordFile = "/run/gitops-secrets/restic-password";
         extraOptions = [ "sftp.command='ssh backup@${cfg.nas} -i /var/lib/restic/id_ed25519 -s sftp'" ];
         initialize = true;
         inherit (cfg) paths;

@@ -74,6 +74,9 @@ let
     build_timeout = cfg.buildTimeout;
     activation_timeout = cfg.activationTimeout;
     metrics_file = cfg.metricsFile;
+    secrets_dir = cfg.secretsDir;
+    escrow = builtins.mapAttrs (name: secretPath "escrow.${name}") cfg.escrow;
+    escrow_recipients = cfg.escrowRecipients;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

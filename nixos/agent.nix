@@ -308,6 +308,35 @@ in
       '';
     };
 
+    secretsDir = mkOption {
+      type = pathString;
+      default = defaults.secrets_dir;
+      description = ''
+        Where the agent decrypts this host's secrets (secrets/secrets.yaml in the fleet),
+        one file per secret, before each switch. Must be on a tmpfs (docs/secrets.md).
+      '';
+    };
+
+    escrow = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        luks-recovery = "/etc/luks-recovery.key";
+        host-key = "/etc/ssh/ssh_host_ed25519_key";
+      };
+      description = ''
+        Recovery material the agent encrypts to `escrowRecipients` and commits in its
+        reports branch as escrow/<name>.age (docs/secrets.md#key-escrow). String paths,
+        never read at evaluation time.
+      '';
+    };
+
+    escrowRecipients = mkOption {
+      type = types.listOf types.str;
+      default = defaults.escrow_recipients;
+      description = "The admins' age (age1...) or SSH public keys, as in fleet.yaml `admins`.";
+    };
+
     trigger = {
       enable = mkOption {
         type = types.bool;

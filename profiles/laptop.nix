@@ -4,6 +4,22 @@
   services.power-profiles-daemon.enable = true;
   services.thermald.enable = lib.mkDefault true;
   networking.networkmanager.wifi.powersave = true;
+  # The office Wi-Fi, its passphrase a fleet secret (secrets/secrets.yaml: wifi-office,
+  # `OFFICE_PSK=...`): NetworkManager substitutes $OFFICE_PSK from the decrypted file.
+  networking.networkmanager.ensureProfiles = {
+    environmentFiles = [ "/run/gitops-secrets/wifi-office" ];
+    profiles.office = {
+      connection = {
+        id = "Riverbend office";
+        type = "wifi";
+      };
+      wifi.ssid = "riverbend";
+      wifi-security = {
+        key-mgmt = "wpa-psk";
+        psk = "$OFFICE_PSK";
+      };
+    };
+  };
 
   fleet.vpn.enable = true;
 

@@ -39,6 +39,7 @@ def _no_real_system_state(monkeypatch: pytest.MonkeyPatch) -> None:
     forbidden = Path("/nonexistent/test-forgot-to-choose-a-path")
     monkeypatch.setattr(agent_config, "DEFAULT_STATE_DIR", forbidden)
     monkeypatch.setattr(agent_config, "DEFAULT_PROFILE", forbidden / "profile")
+    monkeypatch.setattr(agent_config, "DEFAULT_SECRETS_DIR", forbidden / "secrets")
 
 
 @pytest.fixture

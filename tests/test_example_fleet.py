@@ -166,3 +166,14 @@ def test_host_yaml_files_are_plain_mappings() -> None:
             "location",
             "exemptions",
         }
+
+
+def test_the_secrets_the_modules_name_are_declared_and_encrypted_right(fleet: Fleet) -> None:
+    """A module names /run/gitops-secrets/<name>: the fleet declares <name>, and its file is
+    encrypted to exactly its hosts and the admins (gitops check would say otherwise)."""
+    nix_text = "".join(p.read_text(encoding="utf-8") for p in REPO.glob("*/*.nix"))
+    named = set(re.findall(r"/run/gitops-secrets/([\w.-]+)", nix_text))
+    declared = {s.name: s for s in fleet.secrets}
+    assert named and named <= set(declared)
+    assert "laptop-anna" in declared["wifi-office"].readers
+    assert fleet.settings.admins

@@ -63,6 +63,9 @@ OPTION_FOR_KEY = {
     "build_timeout": "buildTimeout",
     "activation_timeout": "activationTimeout",
     "metrics_file": "metricsFile",
+    "secrets_dir": "secretsDir",
+    "escrow": "escrow",
+    "escrow_recipients": "escrowRecipients",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -146,6 +149,7 @@ def test_every_default_is_a_setting_the_agent_accepts() -> None:
 REAL_DEFAULTS = {
     "DEFAULT_STATE_DIR": agent_config.DEFAULT_STATE_DIR,
     "DEFAULT_PROFILE": agent_config.DEFAULT_PROFILE,
+    "DEFAULT_SECRETS_DIR": agent_config.DEFAULT_SECRETS_DIR,
 }
 
 
@@ -237,6 +241,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         buildTimeout=14400,
         activationTimeout=300,
         metricsFile="/var/lib/prometheus-node-exporter/gitops.prom",
+        secretsDir="/run/fleet-secrets",
+        escrow={"luks-recovery": "/etc/luks-recovery.key"},
+        escrowRecipients=["age1zltzz5e4tavefhg7jfa9zu557y772rc0uwn5kdall62qt9hgpaqqsdgtac"],
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -275,6 +282,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         build_timeout=14400,
         activation_timeout=300,
         metrics_file=Path("/var/lib/prometheus-node-exporter/gitops.prom"),
+        secrets_dir=Path("/run/fleet-secrets"),
+        escrow=(("luks-recovery", Path("/etc/luks-recovery.key")),),
+        escrow_recipients=("age1zltzz5e4tavefhg7jfa9zu557y772rc0uwn5kdall62qt9hgpaqqsdgtac",),
     )
 
 

@@ -68,3 +68,22 @@ def test_time_round_trips_and_bad_times_say_what_is_wrong() -> None:
         protocol.parse_time("yesterday")
     with pytest.raises(ValueError, match="not a real date"):
         protocol.parse_time("2024-02-30T00:00:00Z")
+
+
+def test_the_documented_secrets_manifest_parses_and_names_the_tree_paths() -> None:
+    block = DOC.split("### Secrets in deploy trees", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    files = protocol.parse_secrets_manifest(block)
+    assert [f.name for f in files] == ["wifi-office", "backup-password"]
+    assert files[0].mode == 0o440 and files[1].path is None
+    assert f"`{protocol.SECRETS_MANIFEST}`" in DOC
+    assert f"`{protocol.SECRETS_DIR}/<name>{protocol.SECRET_SUFFIX}`" in DOC
+    assert protocol.SECRET_NAME.pattern in DOC
+    assert f"`{protocol.ESCROW_DIR}/<name>.age`" in DOC
+    assert f"`{protocol.branch_name(protocol.ENROLL_PREFIX)}<host>`" in DOC
+
+
+def test_a_secrets_manifest_refuses_names_and_paths_that_could_escape() -> None:
+    ok = {"mode": "0400"}
+    for bad in ({"..": ok}, {"a/b": ok}, {"x.age": ok}, {"x": {"path": "/nix/store/x"}}):
+        with pytest.raises(ValueError):
+            protocol.parse_secrets_manifest(json.dumps({"schema": 1, "secrets": bad}))

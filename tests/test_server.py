@@ -397,7 +397,7 @@ def _bad_report(world: World, client: pygit2.Repository, kind: str) -> tuple[str
             new = files_commit(client, files, parent=parent, message="r\n", key=key)
             return (
                 f"{new}:{ref}",
-                "must hold status.json and, optionally, sbom.cdx.json: nothing else",
+                "must hold status.json and, optionally, sbom.cdx.json and escrow/: nothing else",
             )
         case "rewind":
             first = report_commit(client, key, "web-1", parent)

@@ -42,7 +42,7 @@ from typing import Any
 
 import pygit2
 
-from gitops.agent import health
+from gitops.agent import health, secrets
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Mirror
 from gitops.agent.state import AgentState, BuildRecord, StateStore, now_text
@@ -394,6 +394,12 @@ class Deployer:
         record = ActivationRecord(
             Phase.ACTIVATING, str(head), system, config.action, origin, self.clock(), attempt
         )
+        try:  # before the switch, so that the new system's services find them
+            installed = secrets.install(
+                self.mirror.repo, head, config.secrets_dir, config.signing_key
+            )
+        except secrets.SecretsError as err:
+            return Outcome(Result.SWITCH_FAILED, f"deploy {short}: {err}; nothing changed", head)
         self._write_record(record)  # before the profile changes: going back knows where to
         log.info("activating deploy %s (%s)", short, config.action)
         try:
@@ -402,6 +408,7 @@ class Deployer:
                 nix.switch_to_configuration(
                     system, str(config.action), timeout=config.activation_timeout
                 )
+            secrets.settle(installed)  # owners the new system just created
         except nix.ActivationError as err:
             back = self._go_back(origin, system, config.action)
             self._mark_bad(head)

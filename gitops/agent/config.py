@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems, Reader, load_yaml
-from gitops.protocol import is_host_name
+from gitops.protocol import is_host_name, is_secret_name
 from gitops.system import transport
 from gitops.trust.allowed_signers import AllowedSigners
 
@@ -21,6 +21,7 @@ DEFAULT_CONFIG = Path("/etc/gitops/agent.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gitops-agent")
 DEFAULT_PROFILE = Path("/nix/var/nix/profiles/system")
 DEFAULT_HOST_KEY = Path("/etc/ssh/ssh_host_ed25519_key")
+DEFAULT_SECRETS_DIR = Path("/run/gitops-secrets")
 
 
 class Action(StrEnum):
@@ -72,6 +73,12 @@ class AgentConfig:
     activation_timeout: int = 600  # switch-to-configuration is stopped after this
     # Prometheus metrics after each cycle (a node_exporter textfile-collector file); None: off
     metrics_file: Path | None = None
+    # Decrypted secrets (docs/secrets.md): a tmpfs path, one file per secret.
+    secrets_dir: Path = field(default_factory=lambda: DEFAULT_SECRETS_DIR)
+    # Key escrow: name -> file (a LUKS recovery key, the host key), encrypted to these
+    # age/SSH recipients (the admins in fleet.yaml) into the reports branch.
+    escrow: tuple[tuple[str, Path], ...] = ()
+    escrow_recipients: tuple[str, ...] = ()
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
@@ -174,6 +181,21 @@ def _watch(top: Reader) -> tuple[Path, ...]:
     return tuple(watch)
 
 
+def _escrow(top: Reader) -> tuple[tuple[str, Path], ...]:
+    escrow = top.mapping("escrow")
+    found = []
+    for name in sorted(map(str, escrow.data)):
+        path = _path(escrow, name)
+        if not is_secret_name(name):
+            escrow.problem(name, "is not a name for escrow/<name>.age", "letters, digits, . _ -")
+        elif path is not None:
+            found.append((name, path))
+    escrow.finish()
+    if found and not top.data.get("escrow_recipients"):
+        top.problem("escrow_recipients", "missing", "list the admins' age or SSH keys")
+    return tuple(found)
+
+
 def _required(top: Reader) -> tuple[str, str, Path]:
     host = top.string("host", required=True)
     if host and not is_host_name(host):
@@ -230,6 +252,9 @@ def parse_config(
         build_timeout=_positive(top, "build_timeout", AgentConfig.build_timeout),
         activation_timeout=_positive(top, "activation_timeout", AgentConfig.activation_timeout),
         metrics_file=_path(top, "metrics_file"),
+        secrets_dir=_default_path(top, "secrets_dir"),
+        escrow=_escrow(top),
+        escrow_recipients=top.strings("escrow_recipients"),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

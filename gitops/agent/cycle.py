@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import pygit2
 
 from gitops import __version__
-from gitops.agent import facts, metrics, sbom, status
+from gitops.agent import escrow, facts, metrics, sbom, status
 from gitops.agent.activate import RETRY_HINT, Deployer
 from gitops.agent.activate import Outcome as _Outcome
 from gitops.agent.config import AgentConfig
@@ -355,9 +355,10 @@ class Cycle:
             log.info("writing a signed report")
             report = self._report(outcome, now)
             written = sbom.sbom_if_changed(report, self.state)
-            reporter.add(report, written.document if written else None)
+            escrowed = escrow.escrow_if_changed(self.config, self.state)  # recovery keys
+            reporter.add(report, written.document if written else None, escrow.files(escrowed))
             self.state = replace(
-                sbom.remember(self.state, written),
+                escrow.remember(sbom.remember(self.state, written), escrowed),
                 last_report_time=now,
                 last_report_key=key,
             )

@@ -101,10 +101,15 @@ class Reporter:
     def ref(self) -> str:
         return self.mirror.local_reports_ref
 
-    def add(self, report: Report, sbom: bytes | None = None) -> pygit2.Oid:
-        """Commit ``report`` (and the host's SBOM) on the local branch (no network)."""
+    def add(
+        self, report: Report, sbom: bytes | None = None, escrow: dict[str, bytes] | None = None
+    ) -> pygit2.Oid:
+        """Commit ``report`` (and the host's SBOM, and escrowed ciphertext) on the local
+        branch (no network)."""
         parent = self.mirror.target(self.ref)
-        oid = create_report_commit(self.repo, report, parent=parent, key=self.key, sbom=sbom)
+        oid = create_report_commit(
+            self.repo, report, parent=parent, key=self.key, sbom=sbom, escrow=escrow
+        )
         self.mirror.set_ref(self.ref, oid, f"report {report.result}")
         return oid
 
@@ -179,7 +184,12 @@ class Reporter:
                 continue
             report = Report.from_json(commit.status)
             parent = create_report_commit(
-                self.repo, report, parent=parent, key=self.key, sbom=commit.sbom
+                self.repo,
+                report,
+                parent=parent,
+                key=self.key,
+                sbom=commit.sbom,
+                escrow=commit.escrow,
             )
         if parent is None:
             self.mirror.delete_ref(self.ref)

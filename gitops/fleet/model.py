@@ -14,8 +14,10 @@ from typing import Final
 from gitops.errors import GitopsError
 from gitops.fleet.alerts import AlertSettings, parse_alerts
 from gitops.fleet.schema import Problems, Reader, load_yaml
+from gitops.fleet.secrets import Admin, Secret, parse_secrets
 from gitops.fleet.source import Source
-from gitops.protocol import is_host_name
+from gitops.protocol import SECRETS_DIR, is_host_name
+from gitops.trust import age
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey
 
@@ -74,6 +76,7 @@ class FleetSettings:
     site: SiteSettings = field(default_factory=SiteSettings)
     vulnerabilities: VulnerabilitySettings = field(default_factory=VulnerabilitySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    admins: tuple[Admin, ...] = ()  # who can read every secret and escrowed key
 
     def publisher_trust(self) -> AllowedSigners:
         """The publishers as an allowed-signers list (what agents pin on their machine)."""
@@ -112,6 +115,11 @@ class Fleet:
     settings: FleetSettings
     hosts: dict[str, Host]
     profiles: frozenset[str]
+    secrets: tuple[Secret, ...] = ()  # secrets/secrets.yaml
+
+    def secrets_of(self, host: str) -> tuple[Secret, ...]:
+        """The secrets ``host`` can read (and receives in its deploy tree)."""
+        return tuple(s for s in self.secrets if host in s.readers)
 
     def host(self, name: str) -> Host:
         return self.hosts[name]
@@ -171,6 +179,22 @@ def _parse_publishers(top: Reader) -> tuple[Publisher, ...]:
     return tuple(publishers)
 
 
+def _parse_admins(top: Reader) -> tuple[Admin, ...]:
+    admins = []
+    for item in top.items("admins"):
+        name = item.string("name", required=True)
+        recipient = item.convert(
+            "key",
+            age.parse_recipient,
+            required=True,
+            fix="paste an age1... key (age-keygen -y) or an 'ssh-ed25519 AAAA...' line",
+        )
+        item.finish()
+        if name and recipient is not None:
+            admins.append(Admin(name, recipient))
+    return tuple(admins)
+
+
 def _parse_deploy(top: Reader) -> tuple[tuple[str, ...], int | None]:
     deploy = top.mapping("deploy")
     shared = deploy.strings("shared", check=_check_shared_path)
@@ -228,6 +252,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     vulnerabilities.finish()
     alerts = parse_alerts(top.mapping("alerts"))
     name = top.string("name", "fleet")
+    admins = _parse_admins(top)
     top.finish()
     return FleetSettings(
         name=name,
@@ -240,6 +265,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         site=site_settings,
         vulnerabilities=vulnerability_settings,
         alerts=alerts,
+        admins=admins,
     )
 
 
@@ -281,8 +307,8 @@ def _check_shared_path(path: str) -> str | None:
         return f"{path!r} must be a relative path inside the repository, without . or .."
     if not path.isprintable() or any(part == ".git" or "\\" in part for part in parts):
         return f"{path!r} is not a path a deploy tree can carry"
-    if parts[0] in (HOSTS_DIR, PROFILES_DIR):
-        return f"{path!r}: hosts/ and profiles/ are chosen per host, not shared"
+    if parts[0] in (HOSTS_DIR, PROFILES_DIR, SECRETS_DIR):
+        return f"{path!r}: hosts/ and profiles/ are chosen per host (secrets/ too), not shared"
     return None
 
 
@@ -394,4 +420,7 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
     profiles = frozenset(
         entry.removesuffix(".nix") for entry in source.list_dir(PROFILES_DIR) or []
     )
-    return Fleet(settings, hosts, profiles)
+    secrets = parse_secrets(
+        source, {h.name: (h.key, h.tags) for h in hosts.values()}, settings.admins, problems
+    )
+    return Fleet(settings, hosts, profiles, secrets)

@@ -20,6 +20,7 @@ from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
+    SECRETS_MANIFEST,
     TRAILER_EXPIRES,
     TRAILER_HOST,
     TRAILER_RECOVERS,
@@ -27,6 +28,7 @@ from gitops.protocol import (
     TRAILER_SOURCE_GENERATION,
     deploy_ref,
     format_time,
+    secrets_manifest,
 )
 from gitops.publish import heartbeat
 from gitops.publish.lineage import Generations
@@ -146,7 +148,25 @@ def render_host_tree(
         entry = _lookup(source, path)
         if entry is not None:
             _insert(root, path, entry)
+    _insert_secrets(repo, root, fleet, host, source)
     return _write(repo, root)
+
+
+def _insert_secrets(
+    repo: pygit2.Repository, root: _Nested, fleet: Fleet, host: Host, source: TreeSource
+) -> None:
+    """Only the host's own age files (ciphertext, as in main) and a manifest of where
+    each goes: no other host's secret, nothing at all for a host without secrets."""
+    secrets = fleet.secrets_of(host.name)
+    if not secrets:
+        return
+    for secret in secrets:
+        entry = _lookup(source, secret.path)
+        if entry is None:  # load_fleet reported it already
+            raise GitopsError(f"{host.name}: {secret.path} is missing")
+        _insert(root, secret.path, entry)
+    manifest = secrets_manifest([s.file for s in secrets]).encode()
+    _insert(root, SECRETS_MANIFEST, (repo.create_blob(manifest), int(pygit2.enums.FileMode.BLOB)))
 
 
 def changed_paths(

@@ -23,12 +23,15 @@ import pygit2
 
 from gitops.inventory.sbom import read_sbom
 from gitops.protocol import (
+    ENROLL_PREFIX,
+    ESCROW_DIR,
     MAIN_REF,
     SBOM_FILE,
     STATUS_FILE,
     TRAILER_HOST,
     Report,
     branch_name,
+    is_secret_name,
     reports_ref,
 )
 from gitops.server.config import MainPolicy, ServerConfig
@@ -105,6 +108,11 @@ def _signature_problem(
 # -- hosts: reports ----------------------------------------------------------------------
 
 
+MAX_ESCROW_FILES = 16
+MAX_ESCROW_BYTES = 64 * 1024
+AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
 def _report_content_problem(commit: pygit2.Commit, host: str) -> str | None:
     short = _short(commit.id)
     if len(commit.parent_ids) > 1:
@@ -112,8 +120,14 @@ def _report_content_problem(commit: pygit2.Commit, host: str) -> str | None:
     entries = {entry.name: entry for entry in commit.tree}
     blob = entries.pop(STATUS_FILE, None)
     sbom = entries.pop(SBOM_FILE, None)
+    escrow = entries.pop(ESCROW_DIR, None)
     if entries or not isinstance(blob, pygit2.Blob) or not isinstance(sbom, pygit2.Blob | None):
-        return f"commit {short} must hold {STATUS_FILE} and, optionally, {SBOM_FILE}: nothing else"
+        return (
+            f"commit {short} must hold {STATUS_FILE} and, optionally, {SBOM_FILE} and "
+            f"{ESCROW_DIR}/: nothing else"
+        )
+    if escrow is not None and (problem := _escrow_problem(escrow)):
+        return f"commit {short}: {problem}"
     if sbom is not None:
         try:
             read_sbom(bytes(sbom.data))
@@ -127,6 +141,23 @@ def _report_content_problem(commit: pygit2.Commit, host: str) -> str | None:
         return f"commit {short}: {STATUS_FILE} is not a valid report ({err})"
     if report.host != host:
         return f"commit {short}: {STATUS_FILE} reports on {report.host!r}, not {host}"
+    return None
+
+
+def _escrow_problem(escrow: pygit2.Object) -> str | None:
+    """``escrow/`` holds at most 16 binary age files ``<name>.age`` of at most 64 KiB."""
+    if not isinstance(escrow, pygit2.Tree) or len(escrow) > MAX_ESCROW_FILES:
+        return f"{ESCROW_DIR}/ must be a directory of at most {MAX_ESCROW_FILES} age files"
+    for item in escrow:
+        name = str(item.name)
+        if (
+            not isinstance(item, pygit2.Blob)
+            or not is_secret_name(name.removesuffix(".age"))
+            or not name.endswith(".age")
+            or item.size > MAX_ESCROW_BYTES
+            or not bytes(item.data).startswith(AGE_MAGIC)
+        ):
+            return f"{ESCROW_DIR}/{name[:80]} is not a binary age file <name>.age of at most 64 KiB"
     return None
 
 
@@ -227,6 +258,18 @@ def _first_parent_line(repo: pygit2.Repository, update: Update) -> list[pygit2.C
         found.append(commit)
         oid = commit.parent_ids[0] if commit.parent_ids else None
     return found
+
+
+def enrolment_refusal(update: Update) -> str | None:
+    """This server authenticates machines by the host keys main already lists, so a new
+    machine has no identity to push ``enroll/<host>`` with (docs/enroll-host.md)."""
+    if update.ref.startswith(ENROLL_PREFIX):
+        return (
+            "enrolment proposals go to the fleet's forge or plain repository, not this "
+            "server (it knows no key of a machine main does not list yet); see "
+            "docs/enroll-host.md"
+        )
+    return None
 
 
 def refusal_lines(refusals: Sequence[tuple[Update, str]]) -> list[str]:

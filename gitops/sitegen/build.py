@@ -412,7 +412,12 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
     names = main.summary.names
     view = Overview(rules.policies, rules.now, derived)
     sources = Sources(
-        settings, names, history, commits, collect.orphans(set(names), main.deploys, main.reports)
+        settings,
+        names,
+        history,
+        commits,
+        collect.orphans(set(names), main.deploys, main.reports),
+        collect.enrolments(main.repo, main.head),
     )
     common = {
         "now": rules.now,

@@ -22,12 +22,14 @@ from pathlib import Path
 import pygit2
 
 from gitops.errors import GitopsError
+from gitops.fleet import enrolment
 from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet
 from gitops.fleet.policies import Policy, load_policies
 from gitops.fleet.schema import Problem, Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
     DEPLOY_PREFIX,
+    ENROLL_PREFIX,
     MAIN_REF,
     REPORTS_PREFIX,
     STATUS_FILE,
@@ -42,6 +44,7 @@ from gitops.sitegen.model import (
     CLOCK_SKEW,
     DeployEntry,
     DroppedReport,
+    Enrolment,
     HostData,
     MainCommit,
     Orphan,
@@ -288,6 +291,19 @@ def find_main_commit(repo: pygit2.Repository, sha: str) -> MainCommit | None:
     except (ValueError, pygit2.GitError):
         return None
     return main_commit_info(obj) if isinstance(obj, pygit2.Commit) else None
+
+
+MAX_ENROLMENTS = 50  # shown on the overview; more is a queue to clear, not to render
+
+
+def enrolments(repo: pygit2.Repository, head: pygit2.Commit) -> tuple[Enrolment, ...]:
+    """The pending enrol/<host> branches, each checked as `gitops enroll list` does."""
+    if not any(name.startswith(ENROLL_PREFIX) for name in repo.references):
+        return ()
+    return tuple(
+        Enrolment(p.host, str(p.commit), p.problems)
+        for p in enrolment.pending(repo, head)[:MAX_ENROLMENTS]
+    )
 
 
 def orphans(

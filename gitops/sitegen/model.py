@@ -343,3 +343,12 @@ class DriftGroup:
 class Orphan:
     ref: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A pending ``enroll/<host>`` proposal and what would refuse it (nothing: ready)."""
+
+    host: str
+    commit: str
+    problems: tuple[str, ...]

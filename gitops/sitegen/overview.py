@@ -25,6 +25,7 @@ from gitops.sitegen.model import (
     STATE_ORDER,
     URGENCY,
     DriftGroup,
+    Enrolment,
     Flag,
     HostStatus,
     MainCommit,
@@ -211,6 +212,7 @@ class Sources:
     history: Sequence[MainCommit]  # main, newest first
     commits: Mapping[str, MainCommit]  # main commits by id (history and applied sources)
     orphans: Sequence[Orphan]
+    enrolments: Sequence[Enrolment] = ()  # pending enroll/<host> branches
 
 
 def _index_page(
@@ -238,6 +240,7 @@ def _index_page(
         "state_chart": drawn.states,
         "version_chart": drawn.versions,
         "orphans": sources.orphans,
+        "enrolments": sources.enrolments,
         "trust_counts": view.trust_counts(),
     }
     data = export.index_json(

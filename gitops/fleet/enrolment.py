@@ -1,0 +1,120 @@
+"""Enrolment proposals: a new machine's ``enroll/<host>`` branch (docs/enroll-host.md).
+
+A proposal is one commit on top of a commit of ``main``, signed by the new machine's own
+host key, that only adds files under ``hosts/<host>/``, whose ``host.yaml`` names that
+key. It is refused when the name exists in ``main``, the key is another host's, or the
+fleet with the proposal added has problems in the new host's files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pygit2
+
+from gitops.errors import GitopsError
+from gitops.fleet.model import HOST_FILE, HOSTS_DIR, Fleet, load_fleet
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import TreeSource
+from gitops.protocol import ENROLL_PREFIX, MAIN_REF, is_host_name
+from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import PublicKey
+
+MAX_PROPOSAL_FILES = 32
+
+
+@dataclass(frozen=True)
+class Proposal:
+    host: str
+    commit: pygit2.Oid
+    key: PublicKey | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def pending(repo: pygit2.Repository, main: pygit2.Commit | None = None) -> list[Proposal]:
+    """Every ``enroll/<host>`` branch of ``repo``, checked against ``main``."""
+    main = main or commits.resolve_commit(repo, MAIN_REF)
+    found = []
+    for name in sorted(repo.references):
+        if name.startswith(ENROLL_PREFIX):
+            target = commits.ref_target(repo, name)
+            if target is not None:
+                found.append(check_proposal(repo, name.removeprefix(ENROLL_PREFIX), target, main))
+    return found
+
+
+def check_proposal(
+    repo: pygit2.Repository, host: str, oid: pygit2.Oid, main: pygit2.Commit
+) -> Proposal:
+    problems: list[str] = []
+    if not is_host_name(host):
+        return Proposal(host[:80], oid, None, (f"{host[:80]!r} is not a host name",))
+    commit = repo.get(oid)
+    if not isinstance(commit, pygit2.Commit):
+        return Proposal(host, oid, None, ("not a commit",))
+    base = _base(repo, commit, main, problems)
+    if base is not None:
+        _only_adds_the_host(base, commit, host, problems)
+    main_fleet = _fleet(repo, main, Problems())
+    if host in main_fleet.hosts or TreeSource(repo, main.tree).is_dir(f"{HOSTS_DIR}/{host}"):
+        problems.append(f"a host named {host} exists in main; choose another name")
+    fleet_problems = Problems()
+    proposed = _fleet(repo, commit, fleet_problems)
+    mine = f"{HOSTS_DIR}/{host}/"
+    problems += [str(p) for p in fleet_problems.items if mine in p.file]
+    new = proposed.hosts.get(host)
+    key = new.key if new is not None else None
+    if new is None and not any(mine in p for p in problems):
+        problems.append(f"{mine}{HOST_FILE} is missing")
+    if key is not None:
+        for other in main_fleet.hosts.values():
+            if other.key is not None and other.key.blob == key.blob:
+                problems.append(f"its key is host {other.name}'s; a new machine needs its own")
+        try:
+            commits.verify_commit(repo, oid, AllowedSigners.of([(host, key)]))
+        except GitopsError as err:
+            problems.append(f"not signed by the key in its host.yaml ({err})")
+    return Proposal(host, oid, key, tuple(problems))
+
+
+def _fleet(repo: pygit2.Repository, commit: pygit2.Commit, problems: Problems) -> Fleet:
+    return load_fleet(TreeSource(repo, commit.tree, commit.short_id), problems)
+
+
+def _base(
+    repo: pygit2.Repository, commit: pygit2.Commit, main: pygit2.Commit, problems: list[str]
+) -> pygit2.Commit | None:
+    if len(commit.parent_ids) != 1:
+        problems.append("a proposal is one commit with one parent, a commit of main")
+        return None
+    parent = commit.parent_ids[0]
+    if parent != main.id and not repo.descendant_of(main.id, parent):
+        problems.append("its parent is not a commit of main; rebase it on main")
+        return None
+    base = repo.get(parent)
+    assert isinstance(base, pygit2.Commit)
+    return base
+
+
+def _only_adds_the_host(
+    base: pygit2.Commit,
+    commit: pygit2.Commit,
+    host: str,
+    problems: list[str],
+) -> None:
+    diff = base.tree.diff_to_tree(commit.tree)
+    mine = f"{HOSTS_DIR}/{host}/"
+    if len(diff) > MAX_PROPOSAL_FILES:
+        problems.append(f"more than {MAX_PROPOSAL_FILES} files")
+        return
+    for delta in diff.deltas:
+        path = delta.new_file.path or delta.old_file.path
+        if not path.startswith(mine):
+            problems.append(f"it changes {path}; a proposal only adds {mine}")
+        elif delta.status != pygit2.enums.DeltaStatus.ADDED:
+            problems.append(f"it changes {path}, which exists; a proposal only adds files")

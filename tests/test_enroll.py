@@ -1,0 +1,312 @@
+"""Enrolment (a new machine proposes itself on enroll/<name>) and key escrow (recovery
+material encrypted to the admins, in the host's reports branch).
+
+Real git (a plain bare repository as the fleet's remote), real signatures, the real agent
+cycle over stand-in systems, real pyrage.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pygit2
+import pyrage
+import pytest
+
+from gitops.agent.cycle import Cycle
+from gitops.demo.scenario import DemoFleet
+from gitops.protocol import Result, enroll_ref, reports_ref
+from gitops.report_commits import create_report_commit, read_report_commit
+from gitops.server import checks
+from gitops.server.updates import Update
+from gitops.trust import age, commits, keys
+from gitops.trust.sshsig import PublicKey
+from testing.env import needs_nix
+from testing.helpers import git, published_demo
+
+HOSTS = {"alpha": ["workstation"]}
+
+
+def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "XDG_RUNTIME_DIR": ""},
+    )
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> DemoFleet:
+    return published_demo(tmp_path / "demo", HOSTS)
+
+
+def enroll(
+    demo: DemoFleet, tmp_path: Path, name: str, key: Path
+) -> subprocess.CompletedProcess[str]:
+    root = tmp_path / f"root-{name}"
+    root.mkdir(exist_ok=True)
+    return gitops(
+        "enroll", "--remote", demo.server, "--name", name, "--key", key,
+        "--profile", "workstation", "--owner", "dana@example.org", "--root", root,
+    )  # fmt: skip
+
+
+def fetch_enrolments(demo: DemoFleet) -> None:
+    git("fetch", "-q", "origin", "+refs/heads/enroll/*:refs/heads/enroll/*", cwd=demo.repo_dir)
+
+
+def test_a_new_machine_proposes_itself_and_an_admin_accepts_it(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    key = tmp_path / "delta" / "ssh_host_ed25519_key"
+    result = enroll(demo, tmp_path, "delta", key)
+    assert result.returncode == 0, result.stderr
+    assert "proposed delta on enroll/delta" in result.stdout
+    assert key.exists() and key.with_name(key.name + ".pub").exists()  # made a host key
+    public = PublicKey.parse(key.with_name(key.name + ".pub").read_text())
+
+    server = pygit2.Repository(str(demo.server))
+    proposal = server.references[enroll_ref("delta")].peel(pygit2.Commit)
+    assert proposal.parent_ids == [server.references["refs/heads/main"].target]
+    diff = proposal.parents[0].tree.diff_to_tree(proposal.tree)
+    assert sorted(d.new_file.path for d in diff.deltas) == [
+        "hosts/delta/configuration.nix",
+        "hosts/delta/hardware-configuration.nix",
+        "hosts/delta/host.yaml",
+    ]
+    host_yaml = server[proposal.tree["hosts/delta/host.yaml"].id].peel(pygit2.Blob).data.decode()
+    assert public.openssh() in host_yaml and "dana@example.org" in host_yaml
+    # Real git agrees that the machine's own key signed it.
+    signers = tmp_path / "delta.allowed_signers"
+    signers.write_text(f"delta {public.openssh()}\n")
+    git(
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "verify-commit",
+        str(proposal.id),
+        cwd=demo.server,
+    )
+
+    fetch_enrolments(demo)
+    listed = gitops("enroll", "list", "--repo", demo.repo_dir)
+    assert f"delta {str(proposal.id)[:8]}: ready to accept" in listed.stdout, listed.stderr
+
+    admin = tmp_path / "admin"
+    keys.new_keypair(admin, "alice@example.org")
+    accepted = gitops("enroll", "accept", "delta", "--key", admin, "--repo", demo.repo_dir)
+    assert accepted.returncode == 0, accepted.stderr
+    assert (demo.repo_dir / "hosts" / "delta" / "host.yaml").read_text() == host_yaml  # work tree
+    merge = demo.repository().references["refs/heads/main"].peel(pygit2.Commit)
+    assert merge.parent_ids[1] == proposal.id
+    admin_signers = tmp_path / "admin.allowed_signers"
+    admin_signers.write_text(f"alice@example.org {admin.with_name('admin.pub').read_text()}")
+    git(
+        "-c",
+        f"gpg.ssh.allowedSignersFile={admin_signers}",
+        "verify-commit",
+        "main",
+        cwd=demo.repo_dir,
+    )
+    assert gitops("check", "--no-nix", "--repo", demo.repo_dir).returncode == 0
+    # Accepted: no longer pending (the name exists now).
+    relisted = gitops("enroll", "list", "--repo", demo.repo_dir).stdout
+    assert "a host named delta exists in main" in relisted
+
+
+def test_existing_names_and_reused_keys_are_refused_before_anything_is_pushed(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    taken = enroll(demo, tmp_path, "alpha", tmp_path / "k1")
+    assert taken.returncode == 1
+    assert "a host named alpha exists in main" in taken.stderr
+    reused = enroll(demo, tmp_path, "epsilon", demo.keys_dir / "alpha")
+    assert reused.returncode == 1
+    assert "its key is host alpha's" in reused.stderr
+    server = pygit2.Repository(str(demo.server))
+    assert not [r for r in server.references if r.startswith("refs/heads/enroll/")]
+
+
+def test_a_proposal_that_touches_anything_else_or_is_signed_by_another_key_is_refused(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    assert enroll(demo, tmp_path, "delta", tmp_path / "delta_key").returncode == 0
+    fetch_enrolments(demo)
+    repo = demo.repository()
+    good = repo.references[enroll_ref("delta")].peel(pygit2.Commit)
+    # The same files plus a change to fleet.yaml, signed by the machine's key.
+    builder = repo.TreeBuilder(good.tree)
+    builder.insert(
+        "fleet.yaml", repo.create_blob(b"name: taken over\n"), pygit2.enums.FileMode.BLOB
+    )
+    who = commits.signature_of("x", "x@example.org")
+    greedy = commits.create_signed_commit(
+        repo, tree=builder.write(), parents=good.parent_ids, message="enroll\n", author=who,
+        key=keys.load_signing_key(tmp_path / "delta_key"),
+    )  # fmt: skip
+    repo.references.create(enroll_ref("greedy"), greedy)
+    # The good tree, signed by someone else's key.
+    forged = commits.create_signed_commit(
+        repo, tree=good.tree_id, parents=good.parent_ids, message="enroll\n", author=who,
+        key=keys.load_signing_key(demo.keys_dir / "alpha"),
+    )  # fmt: skip
+    repo.references.create(enroll_ref("delta"), forged, force=True)
+    listed = gitops("enroll", "list", "--repo", demo.repo_dir).stdout
+    assert (
+        "greedy" in listed and "it changes fleet.yaml; a proposal only adds hosts/greedy/" in listed
+    )
+    assert "not signed by the key in its host.yaml" in listed
+    refused = gitops(
+        "enroll", "accept", "delta", "--key", demo.publisher_key_path, "--repo", demo.repo_dir
+    )
+    assert refused.returncode == 1 and "not signed by the key in its host.yaml" in refused.stderr
+
+
+def test_the_gitops_server_refuses_enrolment_branches_with_a_clear_line() -> None:
+    update = Update(None, pygit2.Oid(hex="1" * 40), enroll_ref("delta"))
+    assert "enrolment proposals go to the fleet's forge or plain repository" in (
+        checks.enrolment_refusal(update) or ""
+    )
+    assert checks.enrolment_refusal(replace(update, ref=reports_ref("delta"))) is None
+
+
+# -- escrow -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> tuple[Path, str]:
+    identity = pyrage.x25519.Identity.generate()
+    path = tmp_path / "admin.agekey"
+    path.write_text(f"{identity}\n")
+    return path, str(identity.to_public())
+
+
+@needs_nix
+def test_the_agent_escrows_to_the_admins_only_and_again_only_on_change(
+    demo: DemoFleet, admin: tuple[Path, str], tmp_path: Path
+) -> None:
+    recovery = tmp_path / "luks-recovery.key"
+    recovery.write_text("RECOVERY-1111-2222-3333\n")
+    config = replace(
+        demo.agent_config("alpha"),
+        escrow=(("luks-recovery", recovery), ("host-key", demo.keys_dir / "alpha")),
+        escrow_recipients=(admin[1],),
+    )
+    assert Cycle(config).run().result == Result.APPLIED
+    git("fetch", "-q", "origin", "+refs/heads/reports/*:refs/heads/reports/*", cwd=demo.repo_dir)
+    shown = gitops(
+        "escrow",
+        "show",
+        "alpha",
+        "--name",
+        "luks-recovery",
+        "--repo",
+        demo.repo_dir,
+        "--identity",
+        admin[0],
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "RECOVERY-1111-2222-3333\n"
+    key_copy = tmp_path / "alpha-key-copy"
+    assert (
+        gitops(
+            "escrow",
+            "show",
+            "alpha",
+            "--name",
+            "host-key",
+            "--out",
+            key_copy,
+            "--repo",
+            demo.repo_dir,
+            "--identity",
+            admin[0],
+        ).returncode
+        == 0
+    )
+    assert key_copy.read_bytes() == (demo.keys_dir / "alpha").read_bytes()
+    # Nobody else can read it: not the host's own key, not another age key.
+    stranger = tmp_path / "stranger.agekey"
+    stranger.write_text(f"{pyrage.x25519.Identity.generate()}\n")
+    for identity in (stranger, demo.keys_dir / "alpha"):
+        refused = gitops(
+            "escrow",
+            "show",
+            "alpha",
+            "--name",
+            "luks-recovery",
+            "--repo",
+            demo.repo_dir,
+            "--identity",
+            identity,
+        )
+        assert refused.returncode == 1 and "cannot decrypt" in refused.stderr
+    server = pygit2.Repository(str(demo.server))
+    for oid in server.odb:
+        assert b"RECOVERY-1111" not in server.odb.read(oid)[1]
+
+    # Nothing changed: the next report carries no escrow; a rotated key is escrowed again.
+    assert Cycle(config, force_report=True).run().report is not None
+    assert (
+        read_report_commit(
+            server, server.references[reports_ref("alpha")].peel(pygit2.Commit).id
+        ).escrow
+        == {}
+    )
+    recovery.write_text("RECOVERY-4444-5555-6666\n")
+    Cycle(config, force_report=True).run()
+    newest = read_report_commit(
+        server, server.references[reports_ref("alpha")].peel(pygit2.Commit).id
+    ).escrow
+    assert sorted(newest) == ["luks-recovery"]
+    assert (
+        age.decrypt(newest["luks-recovery"], age.load_identity(admin[0]), "x")
+        == b"RECOVERY-4444-5555-6666\n"
+    )
+
+
+def test_the_server_accepts_escrow_files_and_refuses_anything_else_there(
+    demo: DemoFleet, admin: tuple[Path, str]
+) -> None:
+    from gitops.protocol import Report
+
+    repo = pygit2.Repository(str(demo.server))
+    key = keys.load_signing_key(demo.keys_dir / "alpha")
+    report = Report(
+        "alpha", datetime.now(UTC).replace(microsecond=0), "t", Result.UNCHANGED, "", "id-1"
+    )
+    public = PublicKey.from_crypto(key.public_key())
+    good = age.encrypt(b"k", [age.parse_recipient(admin[1])])
+    for escrow, problem in (
+        ({"luks": good}, None),
+        ({"luks": b"plain text"}, "not a binary age file"),
+    ):
+        oid = create_report_commit(repo, report, parent=None, key=key, escrow=escrow)
+        found = checks.check_report_update(
+            repo,
+            Update(None, oid, reports_ref("alpha")),
+            host="alpha",
+            key=public,
+            now=datetime.now(UTC),
+        )
+        assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+def test_the_site_lists_pending_enrolments_with_their_verdict(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    assert enroll(demo, tmp_path, "delta", tmp_path / "delta_key").returncode == 0
+    fetch_enrolments(demo)
+    out = tmp_path / "site"
+    built = gitops("site", "build", "--repo", demo.repo_dir, "--out", out)
+    assert built.returncode == 0, built.stderr
+    index = (out / "index.html").read_text()
+    assert "Pending enrolments" in index
+    assert "<code>enroll/delta</code>" in index and "ready to accept" in index
