@@ -351,7 +351,7 @@ def execute(argv: Sequence[str]) -> int:
                 case _:
                     return server_cmd.hook(args.hook, args.dir)
         case "demo":
-            from gitops.demo import scenario as demo
+            from gitops.demo import walkthrough as demo
 
             return demo.run(args.dir, fleet=args.fleet, serve=args.serve, port=args.port)
     parser.error(f"unknown command {args.command}")
