@@ -21,7 +21,6 @@ from datetime import datetime
 
 import pygit2
 
-from gitops.inventory.sbom import read_sbom
 from gitops.protocol import (
     MAIN_REF,
     SBOM_FILE,
@@ -115,6 +114,10 @@ def _report_content_problem(commit: pygit2.Commit, host: str) -> str | None:
     if entries or not isinstance(blob, pygit2.Blob) or not isinstance(sbom, pygit2.Blob | None):
         return f"commit {short} must hold {STATUS_FILE} and, optionally, {SBOM_FILE}: nothing else"
     if sbom is not None:
+        # Here, not at the top: CycloneDX takes longer to import than the rest of the
+        # check takes to run, and most reports carry no SBOM.
+        from gitops.inventory.sbom import read_sbom
+
         try:
             read_sbom(bytes(sbom.data))
         except ValueError as err:
