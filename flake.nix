@@ -56,6 +56,7 @@
       nixosModules = {
         agent = ./nixos/agent.nix;
         site = ./nixos/site.nix;
+        server = ./nixos/server.nix;
         default = ./nixos/agent.nix;
       };
 

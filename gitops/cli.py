@@ -7,17 +7,17 @@ gets explicit arguments, and only ``main`` turns errors into exit codes:
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gitops import __version__, output
 from gitops.errors import GitopsError
 
-log = logging.getLogger("gitops")
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_USAGE = 2
 EXIT_BUG = 3
@@ -214,6 +214,8 @@ def _secrets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here: the server's hot commands below never need it
+
     parser = argparse.ArgumentParser(
         prog="gitops",
         description="Git-native GitOps for fleets of NixOS machines.",
@@ -467,7 +469,29 @@ def _server(args: argparse.Namespace) -> int:
             return server_cmd.hook(args.hook, args.dir)
 
 
+def _server_hot_path(argv: Sequence[str]) -> int | None:
+    """sshd runs ``gitops server serve`` for every connection and git runs the hooks for
+    every push: in the exact shapes ``gitops server sync`` writes, they skip building
+    the parser (argparse and every subcommand's arguments). Any other shape goes the
+    usual way, with its usual errors."""
+    match list(argv):
+        case ["server", "serve", "--dir", directory, "--as", identity]:
+            from gitops.commands import server_cmd
+
+            output.configure_logging(debug=False, verbose=False)
+            return server_cmd.serve(Path(directory), identity)
+        case ["server", "hook", ("pre-receive" | "post-receive") as hook, "--dir", directory]:
+            from gitops.commands import server_cmd
+
+            output.configure_logging(debug=False, verbose=False)
+            return server_cmd.hook(hook, Path(directory))
+    return None
+
+
 def execute(argv: Sequence[str]) -> int:
+    hot = _server_hot_path(argv)
+    if hot is not None:
+        return hot
     parser = build_parser()
     args = parser.parse_args(argv)
     output.configure_logging(debug=args.debug, verbose=args.verbose)
@@ -536,7 +560,7 @@ def execute(argv: Sequence[str]) -> int:
 
             return secrets_cmd.rotate_key(args.repo, args.host, args.key, args.identity)
         case "demo":
-            from gitops.demo import scenario as demo
+            from gitops.demo import walkthrough as demo
 
             return demo.run(args.dir, fleet=args.fleet, serve=args.serve, port=args.port)
     parser.error(f"unknown command {args.command}")

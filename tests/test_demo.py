@@ -1,8 +1,10 @@
-"""End to end: the demo's scenario on this repository's own 8-host inventory, with real
-git, real signatures, real Nix builds and profiles, and the site built from the server."""
+"""End to end: the demo's walkthrough on this repository's own 8-host inventory, with real
+git, real signatures, real Nix builds and profiles, everything through the gitops server
+(a stand-in for sshd runs the generated forced commands), and the site built from it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,37 +12,39 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from gitops.demo.scenario import DemoFleet, DemoOutcome, default_inventory, play, read_inventory
+from gitops.demo.scenario import default_inventory, read_inventory
+from gitops.demo.served import ServedFleet
+from gitops.demo.walkthrough import DemoOutcome, play
 from gitops.protocol import Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import read_report_commit, walk_reports
-from gitops.trust import commits
-from testing.helpers import git, public_line
+from gitops.trust import commits, keys
+from testing.helpers import git, git_out, public_line
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoFleet, DemoOutcome]:
-    import os
-
+def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServedFleet, DemoOutcome]:
     os.environ.setdefault(
         "NIX_CONFIG",
         "build-users-group =\nsandbox = false\nsubstituters =\nexperimental-features = nix-command flakes",
     )
     root = tmp_path_factory.mktemp("demo") / "run"
     source = default_inventory()
-    demo = DemoFleet(root, read_inventory(source), say=lambda _: None, policies=source / "policies")
+    demo = ServedFleet(
+        root, read_inventory(source), say=lambda _: None, policies=source / "policies"
+    )
     return demo, play(demo)
 
 
-def test_inventory_is_this_repositorys_hosts(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_inventory_is_this_repositorys_hosts(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, _ = played
     repo_hosts = sorted(p.name for p in (Path(__file__).parent.parent / "hosts").iterdir())
     assert demo.hosts == repo_hosts
     assert len(demo.hosts) >= 5
 
 
-def test_first_publish_and_every_agent_applies(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_first_publish_and_every_agent_applies(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     assert outcome.first_publish == tuple(demo.hosts)
     assert {h: r.result for h, r in outcome.first_run.items()} == dict.fromkeys(
@@ -48,7 +52,7 @@ def test_first_publish_and_every_agent_applies(played: tuple[DemoFleet, DemoOutc
     )
 
 
-def test_profile_change_rebuilds_only_its_hosts(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_profile_change_rebuilds_only_its_hosts(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     assert 0 < len(outcome.profile_users) < len(demo.hosts)
     assert outcome.second_publish == tuple(sorted(outcome.profile_users))
@@ -57,13 +61,56 @@ def test_profile_change_rebuilds_only_its_hosts(played: tuple[DemoFleet, DemoOut
         assert result.result == expected, (host, result.reason)
 
 
-def test_failures_are_contained(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_failures_are_contained(played: tuple[ServedFleet, DemoOutcome]) -> None:
     _, outcome = played
     assert outcome.failures[outcome.broken].result == Result.BUILD_FAILED
     assert outcome.failures[outcome.unhealthy].result == Result.ROLLED_BACK
 
 
-def test_attacks_are_refused_and_reported(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_attacks_through_the_server_are_refused_there(
+    played: tuple[ServedFleet, DemoOutcome],
+) -> None:
+    demo, outcome = played
+    attacker, unsigned, rolled = outcome.attacker, outcome.unsigned_victim, outcome.rollback_victim
+    lines = [r.line for r in outcome.refusals]
+    assert (
+        lines[0]
+        == f"gitops: error: host:{attacker} may use only hosts/{attacker}.git, not fleet.git"
+    )
+    assert lines[1].endswith(f"may use only hosts/{attacker}.git, not hosts/{unsigned}.git")
+    assert "upload-pack: not our ref" in lines[2]
+    assert lines[3].startswith(f"remote: gitops: deploy/{unsigned}: commit ")
+    assert "is not signed by a publisher in main's fleet.yaml" in lines[3]
+    assert lines[4].startswith(f"remote: gitops: deploy/{rolled}: not a fast-forward")
+    # Nothing moved on the server: main is the forge's, deploy heads are the publisher's.
+    fleet = pygit2.Repository(str(demo.record))
+    assert git_out("rev-parse", "main", cwd=demo.forge) == str(
+        fleet.references["refs/heads/main"].target
+    )
+    for host in (unsigned, rolled):
+        ref = deploy_ref(host)
+        assert git_out("rev-parse", ref, cwd=demo.repo_dir) == str(fleet.references[ref].target)
+
+
+def test_the_standin_sshd_refuses_a_key_not_in_authorized_keys(
+    played: tuple[ServedFleet, DemoOutcome], tmp_path: Path
+) -> None:
+    demo, _ = played
+    keys.new_keypair(tmp_path / "stranger")
+    done = subprocess.run(
+        ["git", "ls-remote", demo.url(f"hosts/{demo.hosts[0]}.git")],
+        env={**os.environ, "GIT_SSH_COMMAND": f"{demo.bin_dir / 'ssh'} -i {tmp_path / 'stranger'}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "Permission denied (publickey)" in done.stderr
+
+
+def test_attacks_past_the_server_are_refused_and_reported(
+    played: tuple[ServedFleet, DemoOutcome],
+) -> None:
     _, outcome = played
     unsigned = outcome.attacks[outcome.unsigned_victim]
     rolled = outcome.attacks[outcome.rollback_victim]
@@ -71,8 +118,8 @@ def test_attacks_are_refused_and_reported(played: tuple[DemoFleet, DemoOutcome])
     assert rolled.result == Result.REJECTED and "does not descend" in rolled.reason
 
 
-def _reports(demo: DemoFleet, host: str) -> list[Report]:
-    repo = pygit2.Repository(str(demo.server))
+def _reports(demo: ServedFleet, host: str) -> list[Report]:
+    repo = pygit2.Repository(str(demo.record))
     head = commits.ref_target(repo, reports_ref(host))
     assert head is not None
     trust = demo.root / f"{host}.signers"
@@ -89,7 +136,7 @@ def _reports(demo: DemoFleet, host: str) -> list[Report]:
     return found[::-1]
 
 
-def test_server_holds_the_signed_record(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_server_holds_the_signed_record(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     for host in demo.hosts:
         reports = _reports(demo, host)
@@ -108,18 +155,18 @@ def test_server_holds_the_signed_record(played: tuple[DemoFleet, DemoOutcome]) -
             f"gpg.ssh.allowedSignersFile={publishers}",
             "verify-commit",
             deploy_ref(host),
-            cwd=demo.server,
+            cwd=demo.record,
         )
         git(
             "-c",
             f"gpg.ssh.allowedSignersFile={demo.root / f'{host}.signers'}",
             "verify-commit",
             reports_ref(host),
-            cwd=demo.server,
+            cwd=demo.record,
         )
 
 
-def test_site_was_built(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_site_was_built(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     inventory = (outcome.site / "inventory.html").read_text()
     for host in demo.hosts:
@@ -127,7 +174,7 @@ def test_site_was_built(played: tuple[DemoFleet, DemoOutcome]) -> None:
         assert (outcome.site / "hosts" / f"{host}.html").is_file()
 
 
-def test_compliance_reflects_the_machines(played: tuple[DemoFleet, DemoOutcome]) -> None:
+def test_compliance_reflects_the_machines(played: tuple[ServedFleet, DemoOutcome]) -> None:
     import json
 
     _, outcome = played
@@ -159,6 +206,8 @@ def test_demo_command_prints_each_step(tmp_path: Path) -> None:
     ):
         assert step in done.stdout
     assert "stand-ins" in done.stdout
+    assert "No sshd in the demo: a stand-in ssh" in done.stdout
+    assert "gitops: error: host:" in done.stdout  # the server's own refusal, shown
     again = subprocess.run(
         [sys.executable, "-m", "gitops", "demo", "--dir", tmp_path / "cli-demo"],
         capture_output=True,

@@ -626,6 +626,7 @@ def declared_options(module: Path, prefix: str) -> set[str]:
     [
         ("agent.nix", "services.gitops-agent", "install-agent.md"),
         ("site.nix", "services.gitops-site", "site.md"),
+        ("server.nix", "services.gitops-server", "server.md"),
     ],
 )
 def test_docs_list_every_option(module: str, prefix: str, doc: str) -> None:

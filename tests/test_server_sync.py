@@ -284,3 +284,27 @@ def test_the_docs_show_the_sshd_snippet_the_server_writes() -> None:
     page = (Path(__file__).resolve().parent.parent / "docs" / "server.md").read_text()
     snippet = sshd_snippet(Layout(Path("/srv/gitops")), "git")
     assert f"```\n{snippet}```" in page
+
+
+def test_serve_in_the_shape_sync_writes_skips_the_argument_parser(tmp_path: Path) -> None:
+    """sshd starts serve for every connection: it loads neither argparse nor the parser
+    of every subcommand (the shape of authorized_keys' command; other shapes still work)."""
+    probe = (
+        "import sys\nfrom gitops import cli\n"
+        "try:\n    cli.execute(sys.argv[1:])\nexcept Exception as err:\n    print(err)\n"
+        "print('argparse' in sys.modules)\n"
+    )
+    for shape, parsed in (
+        (["--dir", str(tmp_path), "--as", "host:web-1"], "False"),
+        (["--as", "host:web-1", "--dir", str(tmp_path)], "True"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, "server", "serve", *shape],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if k != "SSH_ORIGINAL_COMMAND"},
+        )
+        refusal, loaded = done.stdout.splitlines()
+        assert refusal == "this key only serves git (fetch and push); no shell is offered"
+        assert loaded == parsed

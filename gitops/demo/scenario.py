@@ -1,22 +1,17 @@
-"""``gitops demo``: the whole loop on one machine, with real git, real signatures, real Nix.
+"""The demo's fleet on one machine, with real git, real signatures, real Nix.
 
-It copies this repository's ``hosts/`` inventory into a throw-away fleet whose systems are
-stand-ins (real Nix derivations shaped like NixOS, because nixpkgs is not available
-offline; see gitops/standin.py), runs a bare repository as the git server, makes keys for
-a publisher and every host, and then: publishes, runs every agent, changes one profile
-and publishes again (only its hosts rebuild), breaks a build and a health check, pushes an
-unsigned commit and a rolled-back head (both refused and reported), and builds the site.
-
-The scenario is a library too: the end-to-end test drives :class:`DemoFleet` and checks
-every step.
+:class:`DemoFleet` copies this repository's ``hosts/`` inventory into a throw-away fleet
+whose systems are stand-ins (real Nix derivations shaped like NixOS, because nixpkgs is
+not available offline; see gitops/demo/standin.py), with a plain bare repository as the
+git server, keys for a publisher and every host, a publisher and one agent per host.
+Tests build small fleets with it; ``gitops demo`` puts the gitops server in front of it
+(gitops/demo/served.py) and walks through the story (gitops/demo/walkthrough.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +32,6 @@ from gitops.fleet.source import DirSource
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
 from gitops.sitegen import build as site_build
-from gitops.sitegen.serve import serve_site
 from gitops.system import process, transport
 from gitops.trust import keys
 from gitops.trust.sshsig import PrivateKeyTypes
@@ -261,10 +255,14 @@ class DemoFleet:
         published = publish.write_commits(repo, plan, self.publisher_key)
         if published.commits:
             refspecs = [f"{deploy_ref(h)}:{deploy_ref(h)}" for h in sorted(published.commits)]
-            result = transport.push(Path(repo.path), str(self.server), refspecs, atomic=True)
-            if not result.ok:
-                raise GitopsError(f"demo push refused: {result.message}")
+            self.push_deploy(Path(repo.path), refspecs)
         return published
+
+    def push_deploy(self, git_dir: Path, refspecs: list[str]) -> None:
+        """The publisher's push of its new deploy commits (to the plain bare repository)."""
+        result = transport.push(git_dir, str(self.server), refspecs, atomic=True)
+        if not result.ok:
+            raise GitopsError(f"demo push refused: {result.message}")
 
     def agent_config(self, host: str) -> AgentConfig:
         machine = self.machines / host
@@ -346,168 +344,14 @@ class DemoFleet:
 
     # -- the site --------------------------------------------------------------------
 
+    @property
+    def record(self) -> Path:
+        """The repository that holds every branch: what the site is built from."""
+        return self.server
+
     def build_site(self, out: Path) -> None:
         stats = site_build.build(
-            self.server, out, background_cleanup=True, progress=output.progress
+            self.record, out, background_cleanup=True, progress=output.progress
         )
         output.progress(stats.summary())
         output.say(str((out / "index.html").absolute()))
-
-
-def _pick_profile(inventory: list[InventoryHost]) -> str:
-    """The profile used by the fewest hosts (but at least two when possible)."""
-    counts: dict[str, int] = {}
-    for host in inventory:
-        for profile in host.profiles:
-            counts[profile] = counts.get(profile, 0) + 1
-    if not counts:
-        raise GitopsError("the inventory's hosts use no profiles")
-    several = {p: n for p, n in counts.items() if n >= 2 and n < len(inventory)}
-    pool = several or counts
-    return min(sorted(pool), key=lambda p: pool[p])
-
-
-def _summary(results: dict[str, CycleResult]) -> str:
-    return "\n".join(f"    {host:<16} {r.result:<13} {r.reason}" for host, r in results.items())
-
-
-@dataclass(frozen=True)
-class DemoOutcome:
-    """What each step of the scenario did (the end-to-end test checks all of it)."""
-
-    first_publish: tuple[str, ...]
-    first_run: dict[str, CycleResult]
-    changed_profile: str
-    profile_users: tuple[str, ...]
-    second_publish: tuple[str, ...]
-    second_run: dict[str, CycleResult]
-    broken: str
-    unhealthy: str
-    failures: dict[str, CycleResult]
-    unsigned_victim: str
-    rollback_victim: str
-    attacks: dict[str, CycleResult]
-    site: Path
-
-
-def play(demo: DemoFleet, say: Callable[[str], None] = output.say) -> DemoOutcome:
-    """The scenario, step by step, telling ``say`` what happens."""
-    inventory = demo.inventory
-    if len(inventory) < 4:
-        raise GitopsError("the demo needs at least 4 hosts in the inventory")
-    say(
-        f"1. Keys for a publisher and {len(inventory)} hosts; a fleet repository from hosts/; a bare git server"
-    )
-    demo.create()
-    say(f"   fleet: {demo.repo_dir}\n   server: {demo.server}\n")
-
-    say("2. Publish: one signed commit on deploy/<host> per host")
-    first = demo.publish()
-    say(f"   {len(first.commits)} deploy branches written and pushed\n")
-
-    say("3. Every agent runs once: fetch its branch, verify, nix build, switch, report")
-    first_run = demo.run_agents()
-    say(_summary(first_run) + "\n")
-
-    profile = _pick_profile(inventory)
-    users = tuple(h.name for h in inventory if profile in h.profiles)
-    say(
-        f"4. A pull request changes profile '{profile}' (used by {', '.join(users)}): a package and a new kernel"
-    )
-    demo.merge_change(
-        {
-            f"profiles/{profile}.nix": standin.profile_file(
-                profile, ["ripgrep"], {"kernel": '"6.12.9"'}
-            )
-        },
-        f"Merge pull request #2 from alice/{profile}-ripgrep\n\n{profile}: add ripgrep, kernel 6.12",
-    )
-    plan = publish.make_plan(demo.repository(), "main")
-    say(
-        f"   plan: {len(plan.changed)} of {len(plan.hosts)} hosts change: {', '.join(h.host for h in plan.changed)}"
-    )
-    second = demo.publish()
-    say(f"   published {len(second.commits)} commits; the other hosts' branches did not move")
-    second_run = demo.run_agents()
-    say(_summary(second_run) + "\n")
-
-    # The rollback victim must have moved on (two deploy commits): one of the profile's users.
-    by_name = {h.name: h for h in inventory}
-    victim_rollback = users[-1]
-    others = [h.name for h in inventory if h.name not in users] + [
-        u for u in users if u != victim_rollback
-    ]
-    broken, unhealthy, victim_unsigned = by_name[others[0]], by_name[others[1]], others[2]
-    say(
-        f"5. A change that does not build for {broken.name}, and one that builds but is unhealthy on {unhealthy.name}"
-    )
-    demo.merge_change(
-        {
-            f"hosts/{broken.name}/configuration.nix": standin.host_configuration(
-                broken.profiles, {"buildFails": "true"}
-            ),
-            f"hosts/{unhealthy.name}/configuration.nix": standin.host_configuration(
-                unhealthy.profiles, {"unhealthy": "true"}
-            ),
-        },
-        f"Merge pull request #3 from bob/tuning\n\n{broken.name}, {unhealthy.name}: tuning",
-    )
-    demo.publish()
-    failures = demo.run_agents([broken.name, unhealthy.name])
-    say(_summary(failures) + "\n")
-
-    say(
-        f"6. Attacks: an unsigned commit on deploy/{victim_unsigned}, and deploy/{victim_rollback} "
-        "forced back to an older, validly signed commit"
-    )
-    demo.push_unsigned(victim_unsigned)
-    demo.push_rollback(victim_rollback)
-    attacks = demo.run_agents([victim_unsigned, victim_rollback])
-    say(_summary(attacks) + "\n")
-
-    site = demo.root / "site"
-    say("7. The site, built from the git server alone (every report's signature checked)")
-    demo.build_site(site)
-    say(
-        f"   check any report with git: git --git-dir {demo.server} log --show-signature reports/{inventory[0].name}"
-    )
-    return DemoOutcome(
-        first_publish=tuple(sorted(first.commits)),
-        first_run=first_run,
-        changed_profile=profile,
-        profile_users=users,
-        second_publish=tuple(sorted(second.commits)),
-        second_run=second_run,
-        broken=broken.name,
-        unhealthy=unhealthy.name,
-        failures=failures,
-        unsigned_victim=victim_unsigned,
-        rollback_victim=victim_rollback,
-        attacks=attacks,
-        site=site,
-    )
-
-
-def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -> int:
-    root = directory or Path(tempfile.mkdtemp(prefix="gitops-demo-"))
-    if directory is not None and directory.exists() and any(directory.iterdir()):
-        raise GitopsError(f"{directory}: not empty; choose a new directory for the demo")
-    if shutil.which("nix") is None:
-        raise GitopsError("nix is not installed; run the README's demo command, which installs it")
-    source = fleet or default_inventory()
-    inventory = read_inventory(source)
-    say = output.say
-    say("nixos-gitops demo: a whole fleet on this machine")
-    say("  Real git, real SSH signatures, real Nix builds and profiles. The systems are stand-ins:")
-    say("  nixpkgs is not available offline, so each host's system is a small real derivation")
-    say("  shaped like a NixOS toplevel (bin/switch-to-configuration, kernel, nixos-version).")
-    say(f"  Working directory: {root}\n")
-    root.mkdir(parents=True, exist_ok=True)
-    # The summary lines say what each agent did; its own warnings would repeat them.
-    agent_log = logging.getLogger("gitops.agent")
-    if not agent_log.isEnabledFor(logging.INFO):
-        agent_log.setLevel(logging.ERROR)
-    outcome = play(DemoFleet(root, inventory, policies=source / "policies"), say)
-    if serve:
-        serve_site(outcome.site, port)
-    return 0

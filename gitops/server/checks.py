@@ -21,7 +21,6 @@ from datetime import datetime
 
 import pygit2
 
-from gitops.inventory.sbom import read_sbom
 from gitops.protocol import (
     ENROLL_PREFIX,
     ESCROW_DIR,
@@ -129,6 +128,10 @@ def _report_content_problem(commit: pygit2.Commit, host: str) -> str | None:
     if escrow is not None and (problem := _escrow_problem(escrow)):
         return f"commit {short}: {problem}"
     if sbom is not None:
+        # Here, not at the top: CycloneDX takes longer to import than the rest of the
+        # check takes to run, and most reports carry no SBOM.
+        from gitops.inventory.sbom import read_sbom
+
         try:
             read_sbom(bytes(sbom.data))
         except ValueError as err:

@@ -1,0 +1,223 @@
+"""``gitops demo``: the whole loop on one machine, through the gitops server.
+
+Keys for a publisher and every host, a fleet repository made from this repository's
+``hosts/``, and the gitops server in front of it (gitops/demo/served.py); then: publish,
+run every agent, change one profile and publish again (only its hosts rebuild), break a
+build and a health check, attack (the server refuses each attempt; what is written past
+it, the agents refuse), and build the site from the server.
+
+The walkthrough is a library too: the end-to-end test (tests/test_demo.py) plays it and
+checks every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitops import output
+from gitops.agent.cycle import CycleResult
+from gitops.demo import standin
+from gitops.demo.scenario import InventoryHost, default_inventory, read_inventory
+from gitops.demo.served import Refusal, ServedFleet
+from gitops.errors import GitopsError
+from gitops.publish import plan as publish
+from gitops.sitegen.serve import serve_site
+
+
+def _pick_profile(inventory: list[InventoryHost]) -> str:
+    """The profile used by the fewest hosts (but at least two when possible)."""
+    counts: dict[str, int] = {}
+    for host in inventory:
+        for profile in host.profiles:
+            counts[profile] = counts.get(profile, 0) + 1
+    if not counts:
+        raise GitopsError("the inventory's hosts use no profiles")
+    several = {p: n for p, n in counts.items() if n >= 2 and n < len(inventory)}
+    pool = several or counts
+    return min(sorted(pool), key=lambda p: pool[p])
+
+
+def _summary(results: dict[str, CycleResult]) -> str:
+    return "\n".join(f"    {host:<16} {r.result:<13} {r.reason}" for host, r in results.items())
+
+
+def _refusals(refusals: tuple[Refusal, ...]) -> str:
+    return "\n".join(f"   - {r.attempt}\n       {r.line}" for r in refusals)
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What each step of the walkthrough did (the end-to-end test checks all of it)."""
+
+    first_publish: tuple[str, ...]
+    first_run: dict[str, CycleResult]
+    changed_profile: str
+    profile_users: tuple[str, ...]
+    second_publish: tuple[str, ...]
+    second_run: dict[str, CycleResult]
+    broken: str
+    unhealthy: str
+    failures: dict[str, CycleResult]
+    attacker: str  # the host whose key tries what a host must not
+    unsigned_victim: str
+    rollback_victim: str
+    refusals: tuple[Refusal, ...]  # what the server answered each attempt through it
+    attacks: dict[str, CycleResult]  # what the agents did with what was written past it
+    site: Path
+
+
+def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutcome:
+    """The walkthrough, step by step, telling ``say`` what happens."""
+    inventory = demo.inventory
+    if len(inventory) < 4:
+        raise GitopsError("the demo needs at least 4 hosts in the inventory")
+    say(
+        f"1. Keys for a publisher and {len(inventory)} hosts; a fleet repository from hosts/, "
+        "on a stand-in forge; the gitops server in front of it"
+    )
+    demo.create()
+    say(
+        f"   fleet: {demo.repo_dir}\n   forge: {demo.forge}\n   gitops server: {demo.layout.root}"
+        " (one repository per host, hooks, authorized_keys with forced commands)\n"
+        f"   No sshd in the demo: a stand-in ssh ({demo.bin_dir / 'ssh'}) runs the forced\n"
+        "   command of the key's line in the server's authorized_keys, as sshd would\n"
+        "   (docs/server.md sets up the real one).\n"
+    )
+
+    say("2. Publish: one signed commit on deploy/<host> per host, pushed with the publisher's key")
+    first = demo.publish()
+    say(
+        f"   {len(first.commits)} deploy branches checked by the server and handed to each "
+        "host's repository\n"
+    )
+
+    say(
+        "3. Every agent runs once with its host's key: fetch its branch from hosts/<host>.git, "
+        "verify, nix build, switch, report"
+    )
+    first_run = demo.run_agents()
+    say(_summary(first_run) + "\n")
+
+    profile = _pick_profile(inventory)
+    users = tuple(h.name for h in inventory if profile in h.profiles)
+    say(
+        f"4. A pull request changes profile '{profile}' (used by {', '.join(users)}): a package "
+        "and a new kernel; merged on the forge, mirrored by 'gitops server sync'"
+    )
+    demo.merge_change(
+        {
+            f"profiles/{profile}.nix": standin.profile_file(
+                profile, ["ripgrep"], {"kernel": '"6.12.9"'}
+            )
+        },
+        f"Merge pull request #2 from alice/{profile}-ripgrep\n\n{profile}: add ripgrep, kernel 6.12",
+    )
+    plan = publish.make_plan(demo.repository(), "main")
+    say(
+        f"   plan: {len(plan.changed)} of {len(plan.hosts)} hosts change: {', '.join(h.host for h in plan.changed)}"
+    )
+    second = demo.publish()
+    say(f"   published {len(second.commits)} commits; the other hosts' branches did not move")
+    second_run = demo.run_agents()
+    say(_summary(second_run) + "\n")
+
+    # The rollback victim must have moved on (two deploy commits): one of the profile's users.
+    by_name = {h.name: h for h in inventory}
+    victim_rollback = users[-1]
+    others = [h.name for h in inventory if h.name not in users] + [
+        u for u in users if u != victim_rollback
+    ]
+    broken, unhealthy, victim_unsigned = by_name[others[0]], by_name[others[1]], others[2]
+    say(
+        f"5. A change that does not build for {broken.name}, and one that builds but is unhealthy on {unhealthy.name}"
+    )
+    demo.merge_change(
+        {
+            f"hosts/{broken.name}/configuration.nix": standin.host_configuration(
+                broken.profiles, {"buildFails": "true"}
+            ),
+            f"hosts/{unhealthy.name}/configuration.nix": standin.host_configuration(
+                unhealthy.profiles, {"unhealthy": "true"}
+            ),
+        },
+        f"Merge pull request #3 from bob/tuning\n\n{broken.name}, {unhealthy.name}: tuning",
+    )
+    demo.publish()
+    failures = demo.run_agents([broken.name, unhealthy.name])
+    say(_summary(failures) + "\n")
+
+    attacker = broken.name
+    say("6. Attacks through the gitops server: each is refused there, and the attacker reads why")
+    refusals = (
+        demo.host_pushes_main(attacker),
+        demo.host_reads_other(attacker, victim_unsigned),
+        demo.host_fetches_by_id(attacker, victim_unsigned),
+        demo.publisher_pushes_unsigned(victim_unsigned),
+        demo.publisher_rolls_back(victim_rollback),
+    )
+    say(_refusals(refusals))
+    say(
+        f"   Past the server: someone with a shell on it writes an unsigned commit on "
+        f"deploy/{victim_unsigned}\n   and moves deploy/{victim_rollback} back to an older, "
+        "validly signed commit; the agents refuse both"
+    )
+    demo.push_unsigned(victim_unsigned)
+    demo.push_rollback(victim_rollback)
+    attacks = demo.run_agents([victim_unsigned, victim_rollback])
+    say(_summary(attacks) + "\n")
+
+    site = demo.root / "site"
+    say(
+        "7. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
+    )
+    demo.build_site(site)
+    say(
+        f"   check any report with git: git --git-dir {demo.record} log --show-signature reports/{inventory[0].name}"
+    )
+    return DemoOutcome(
+        first_publish=tuple(sorted(first.commits)),
+        first_run=first_run,
+        changed_profile=profile,
+        profile_users=users,
+        second_publish=tuple(sorted(second.commits)),
+        second_run=second_run,
+        broken=broken.name,
+        unhealthy=unhealthy.name,
+        failures=failures,
+        attacker=attacker,
+        unsigned_victim=victim_unsigned,
+        rollback_victim=victim_rollback,
+        refusals=refusals,
+        attacks=attacks,
+        site=site,
+    )
+
+
+def run(directory: Path | None, *, fleet: Path | None, serve: bool, port: int) -> int:
+    root = directory or Path(tempfile.mkdtemp(prefix="gitops-demo-"))
+    if directory is not None and directory.exists() and any(directory.iterdir()):
+        raise GitopsError(f"{directory}: not empty; choose a new directory for the demo")
+    if shutil.which("nix") is None:
+        raise GitopsError("nix is not installed; run the README's demo command, which installs it")
+    source = fleet or default_inventory()
+    inventory = read_inventory(source)
+    say = output.say
+    say("nixos-gitops demo: a whole fleet on this machine, behind the gitops server")
+    say("  Real git, real SSH signatures, real Nix builds and profiles. The systems are stand-ins:")
+    say("  nixpkgs is not available offline, so each host's system is a small real derivation")
+    say("  shaped like a NixOS toplevel (bin/switch-to-configuration, kernel, nixos-version).")
+    say(f"  Working directory: {root}\n")
+    root.mkdir(parents=True, exist_ok=True)
+    # The summary lines say what each agent did; its own warnings would repeat them.
+    agent_log = logging.getLogger("gitops.agent")
+    if not agent_log.isEnabledFor(logging.INFO):
+        agent_log.setLevel(logging.ERROR)
+    outcome = play(ServedFleet(root, inventory, policies=source / "policies"), say)
+    if serve:
+        serve_site(outcome.site, port)
+    return 0

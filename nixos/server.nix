@@ -1,0 +1,307 @@
+# services.gitops-server: the git server hosts, the publisher and the site talk to
+# (docs/server.md). OpenSSH with a forced command per key, git's hooks, one repository
+# per host, all made and kept up to date from main by `gitops server sync`.
+#
+# ./server-config.nix renders server.yaml, ./server-sshd.nix sshd's settings (the same
+# as the snippet `gitops server sync` writes), ./server-sync.sh creates and syncs the
+# directory; tests/test_nixos_server.py checks all three against the Python side.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.gitops-server;
+  inherit (lib) mkOption types;
+
+  pathString = types.strMatching "/.*";
+
+  command = "${cfg.package}/bin/gitops";
+  serverYaml = pkgs.writeText "gitops-server.yaml" (
+    import ./server-config.nix { cfg = cfg // { inherit command; }; }
+  );
+  sshd = import ./server-sshd.nix {
+    inherit (cfg) user;
+    authorizedKeysFile = "${cfg.dataDir}/authorized_keys";
+    inherit (cfg.sshd) maxStartups loginGraceTime;
+  };
+
+  knownHostsFile = if cfg.knownHosts != null then pkgs.writeText "gitops-server-known-hosts" cfg.knownHosts else null;
+  sshCommand = lib.concatStringsSep " " (
+    [
+      "ssh"
+      "-o BatchMode=yes"
+      "-o IdentitiesOnly=yes"
+    ]
+    ++ lib.optionals (cfg.sshKey != null) [ "-i ${lib.escapeShellArg cfg.sshKey}" ]
+    ++ lib.optionals (knownHostsFile != null) [
+      "-o StrictHostKeyChecking=yes"
+      "-o UserKnownHostsFile=${knownHostsFile}"
+    ]
+  );
+
+  syncScript = pkgs.writeShellApplication {
+    name = "gitops-server-sync";
+    runtimeInputs = [
+      pkgs.gitMinimal
+      config.programs.ssh.package
+      cfg.package
+    ];
+    text = builtins.readFile ./server-sync.sh;
+  };
+
+  isSshUrl =
+    lib.hasPrefix "ssh://" cfg.repository
+    || (builtins.match "[^/]*@[^/]*:.*" cfg.repository != null && !(lib.hasInfix "://" cfg.repository));
+
+  environment = {
+    HOME = cfg.dataDir;
+    GITOPS_SERVER_DIR = cfg.dataDir;
+    GITOPS_SERVER_REPOSITORY = cfg.repository;
+    GITOPS_SERVER_CONFIG = "${serverYaml}";
+    GITOPS_SERVER_COMMAND = command;
+    GITOPS_SERVER_MIRROR = if cfg.mirror then "1" else "0";
+    GIT_SSH_COMMAND = sshCommand;
+  } // config.networking.proxy.envVars;
+
+  hardening = {
+    User = cfg.user;
+    Group = cfg.group;
+    UMask = "0027";
+    ReadWritePaths = [ cfg.dataDir ];
+    CapabilityBoundingSet = "";
+    NoNewPrivileges = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" ];
+  };
+in
+{
+  # site.enable sets services.gitops-site's options.
+  imports = [ ./site.nix ];
+
+  options.services.gitops-server = {
+    enable = lib.mkEnableOption "the gitops server: per-host repositories behind sshd's forced commands, every push checked";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { nix = config.nix.package; };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { nix = config.nix.package; }";
+      description = "The nixos-gitops package (it provides `gitops server`).";
+    };
+
+    repository = mkOption {
+      type = types.str;
+      example = "ssh://git@forge.example.org/infra/fleet.git";
+      description = ''
+        The fleet repository. The server is made from it the first time (main, and any
+        deploy/* and reports/* branches: moving from a plain bare repository keeps them).
+        With `mirror`, main keeps coming from it: the forge where pull requests merge.
+      '';
+    };
+
+    mirror = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        main is mirrored from `repository` (checked every `syncInterval`) and nobody pushes
+        main over ssh. With false, admins push main to fleet.git, each commit on its
+        first-parent line signed by a key in `admins`.
+      '';
+    };
+
+    admins = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        "alice@example.org" = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice";
+      };
+      description = "Who may push main when `mirror` is false: principal = public key line.";
+    };
+
+    dataDir = mkOption {
+      type = pathString;
+      default = "/var/lib/gitops-server";
+      description = "The server directory: fleet.git, hosts/<host>.git, authorized_keys, hooks, server.yaml.";
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "git";
+      description = "The user hosts, the publisher and admins log in as (ssh://git@server/...).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "git";
+      description = "Group of the server directory; the site's user joins it with `site.enable`.";
+    };
+
+    syncInterval = mkOption {
+      type = types.str;
+      default = "1min";
+      description = "With `mirror`: how often to ask the forge whether main moved (one ref, a few hundred bytes), and sync when it did.";
+    };
+
+    maxPushes = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Pushes checked at once (server.yaml max_pushes); null: 4 per CPU.";
+    };
+
+    pushQueue = mkOption {
+      type = types.nullOr types.ints.unsigned;
+      default = null;
+      description = "Pushes that may wait for one of those (server.yaml push_queue); null: 32 per CPU.";
+    };
+
+    sshKey = mkOption {
+      type = types.nullOr pathString;
+      default = null;
+      example = "/var/lib/gitops-server/forge_ed25519";
+      description = "Private key to fetch main from an ssh `repository`, readable by `user`. A string path: it never enters the store.";
+    };
+
+    knownHosts = mkOption {
+      type = types.nullOr types.lines;
+      default = null;
+      example = "forge.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
+      description = "The forge's host keys (ssh-keyscan output), for an ssh `repository`.";
+    };
+
+    sshd = {
+      maxStartups = mkOption {
+        type = types.str;
+        default = "1000:30:2000";
+        description = ''
+          sshd's MaxStartups (start:rate:full): connections that may be authenticating at
+          once. Sized for about 10,000 hosts reporting at random moments, or 1,000 at once
+          (docs/server.md); stock sshd's 10:30:100 refuses a busy fleet at connect.
+        '';
+      };
+      loginGraceTime = mkOption {
+        type = types.ints.positive;
+        default = 60;
+        description = "sshd's LoginGraceTime in seconds: an unauthenticated connection is dropped after this.";
+      };
+    };
+
+    site = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Build and serve the fleet site on this machine from the server's fleet.git
+          (services.gitops-site with `repository` set to it; its other options apply).
+        '';
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+      {
+        assertions = [
+          {
+            assertion = cfg.mirror || cfg.admins != { };
+            message = "services.gitops-server: with mirror = false, list the admins who may push main (admins).";
+          }
+          {
+            assertion = !cfg.mirror || !isSshUrl || knownHostsFile != null;
+            message = "services.gitops-server: the ssh repository ${cfg.repository} needs knownHosts (the forge's host key, from ssh-keyscan).";
+          }
+        ];
+
+        users.users = lib.mkIf (cfg.user == "git") {
+          git = {
+            isSystemUser = true;
+            inherit (cfg) group;
+            home = cfg.dataDir;
+            # sshd runs each key's forced command with the user's shell (`sh -c ...`).
+            useDefaultShell = true;
+          };
+        };
+        users.groups = lib.mkIf (cfg.group == "git") { git = { }; };
+
+        # sshd reads authorized_keys only if no directory above it is group- or
+        # world-writable (StrictModes).
+        systemd.tmpfiles.settings."10-gitops-server".${cfg.dataDir}.d = {
+          inherit (cfg) user group;
+          mode = "0750";
+        };
+
+        services.openssh = {
+          enable = true;
+          inherit (sshd) settings;
+          extraConfig = lib.mkAfter sshd.matchBlock;
+        };
+
+        systemd.services.gitops-server-setup = {
+          description = "Create the gitops server directory and bring it in step with main";
+          wantedBy = [ "multi-user.target" ];
+          wants = [ "network-online.target" ];
+          after = [ "network-online.target" ];
+          inherit environment;
+          serviceConfig = hardening // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${lib.getExe syncScript} setup";
+          };
+        };
+
+        systemd.services.gitops-server-sync = lib.mkIf cfg.mirror {
+          description = "Mirror main from the forge into the gitops server when it moved";
+          after = [ "gitops-server-setup.service" ];
+          requisite = [ "gitops-server-setup.service" ];
+          inherit environment;
+          serviceConfig = hardening // {
+            Type = "oneshot";
+            ExecStart = "${lib.getExe syncScript} poll";
+          };
+        };
+
+        systemd.timers.gitops-server-sync = lib.mkIf cfg.mirror {
+          description = "Look whether the forge's main moved";
+          wantedBy = [ "timers.target" ];
+          timerConfig = {
+            OnBootSec = "1min";
+            OnUnitActiveSec = cfg.syncInterval;
+          };
+        };
+      }
+
+      (lib.mkIf cfg.site.enable {
+        services.gitops-site = {
+          enable = true;
+          repository = "${cfg.dataDir}/fleet.git";
+        };
+        users.users.${config.services.gitops-site.user}.extraGroups = [ cfg.group ];
+        # git refuses a repository another user owns unless it is named safe.
+        systemd.services.gitops-site.environment = {
+          GIT_CONFIG_COUNT = "1";
+          GIT_CONFIG_KEY_0 = "safe.directory";
+          GIT_CONFIG_VALUE_0 = "${cfg.dataDir}/fleet.git";
+        };
+      })
+    ]
+  );
+}
