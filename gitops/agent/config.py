@@ -70,9 +70,19 @@ class AgentConfig:
     build_retry_interval: int = 3600  # a failed build of one commit is retried after this; 0: never
     build_timeout: int = 7200  # nix build is stopped after this (a build that never ends)
     activation_timeout: int = 600  # switch-to-configuration is stopped after this
+    # Who may sign commands (an allowed-signers file, docs/commands.md); None: commands are
+    # refused.
+    trusted_commanders: Path | None = None
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
+
+    def commander_trust(self) -> AllowedSigners | None:
+        return (
+            None
+            if self.trusted_commanders is None
+            else AllowedSigners.load(self.trusted_commanders)
+        )
 
     def credentials(self) -> transport.Credentials:
         """How this agent logs in to the git server."""
@@ -227,6 +237,7 @@ def parse_config(
         build_retry_interval=_seconds(top, "build_retry_interval", AgentConfig),
         build_timeout=_positive(top, "build_timeout", AgentConfig.build_timeout),
         activation_timeout=_positive(top, "activation_timeout", AgentConfig.activation_timeout),
+        trusted_commanders=_path(top, "trusted_commanders"),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

@@ -29,6 +29,7 @@ from gitops.protocol import (
     format_time,
 )
 from gitops.publish import heartbeat
+from gitops.publish.control import Control
 from gitops.publish.lineage import Generations
 from gitops.trust import commits, trees
 from gitops.trust.sshsig import SigningKey, public_key_of
@@ -138,14 +139,18 @@ def render_host_tree(
     fleet: Fleet,
     host: Host,
     source: TreeSource | None = None,
+    control: Control | None = None,
 ) -> pygit2.Oid:
-    """The deploy tree of ``host``; pass one ``source`` for many hosts (its lookups are cached)."""
+    """The deploy tree of ``host``; pass one ``source`` for many hosts (its lookups are
+    cached), and ``control`` for its ``gitops-control/`` files (commands, settings)."""
     source = source or TreeSource(repo, commit.tree)
     root: _Nested = {}
     for path in deploy_paths(fleet, host, source):
         entry = _lookup(source, path)
         if entry is not None:
             _insert(root, path, entry)
+    for path, entry in (control.entries(host) if control is not None else {}).items():
+        _insert(root, path, entry)
     return _write(repo, root)
 
 
@@ -200,6 +205,7 @@ def make_plan(
         )
     expires_after = fleet.settings.expires_after
     moment = now or datetime.now(UTC)
+    control = Control(repo, fleet, tree_source, moment)
     plans = []
     for name in sorted(fleet.hosts):
         if wanted and name not in wanted:
@@ -210,7 +216,7 @@ def make_plan(
             head = commits.ref_target(repo, deploy_ref(name))
         head_commit = _commit(repo, head) if head is not None else None
         old_tree = head_commit.tree_id if head_commit is not None else None
-        new_tree = render_host_tree(repo, source, fleet, fleet.hosts[name], tree_source)
+        new_tree = render_host_tree(repo, source, fleet, fleet.hosts[name], tree_source, control)
         paths = changed_paths(repo, old_tree, new_tree)
         renew = (
             not paths
