@@ -24,7 +24,7 @@ from gitops.agent.cycle import Cycle, CycleResult
 from gitops.commands import command_cmd
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, git
-from gitops.protocol import CommandName, CommandOutcome, Result, deploy_ref
+from gitops.protocol import CommandName, Result, deploy_ref, format_time
 from gitops.system import nix
 from gitops.system.host import STANDIN_INHIBITORS, STANDIN_JOURNAL, recorded_actions
 from gitops.trust import keys
@@ -278,3 +278,31 @@ def test_a_host_whose_policy_does_not_allow_reboots_only_reports(demo: DemoFleet
     run(demo, "alpha", clock=lambda: INSIDE + timedelta(days=7))
     assert remote_reports(demo, "alpha")[-1].reboot_needed_since == INSIDE + timedelta(days=7)
     assert actions(demo, "alpha") == []
+
+
+def test_the_site_lists_pending_and_done_commands_and_reboot_needed_since(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    earlier = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)  # not future
+    for host in HOSTS:
+        run(demo, host, clock=lambda: earlier - timedelta(hours=1))
+    command_id = issue(demo, "collect-logs", "alpha", "beta", units=("sshd",))
+    run(demo, "alpha")
+    new_kernel(demo, "gamma", "6.13.3")
+    run(demo, "gamma", clock=lambda: earlier)
+    site = tmp_path / "site"
+    demo.build_site(site)
+
+    data = json.loads((site / "commands.json").read_text())
+    (entry,) = data["commands"]
+    assert entry["id"] == command_id
+    assert entry["hosts"]["alpha"]["status"] == "done"
+    assert entry["hosts"]["beta"]["status"] == "pending"
+    assert data["totals"]["done"] == 1 and data["totals"]["pending"] == 1
+    page = (site / "commands.html").read_text()
+    assert command_id in page and 'class="cmd-pending"' in page
+    alpha = (site / "hosts" / "alpha.html").read_text()
+    assert command_id in alpha and "collect-logs" in alpha
+    gamma = json.loads((site / "hosts" / "gamma.json").read_text())
+    assert gamma["host"]["reboot_needed_since"] == format_time(earlier)
+    assert "reboot needed since" in (site / "hosts" / "gamma.html").read_text()

@@ -30,8 +30,10 @@ import pygit2
 
 from gitops import __version__
 from gitops.errors import GitopsError
+from gitops.fleet import commands as fleet_commands
 from gitops.fleet.model import Fleet, FleetSettings
 from gitops.fleet.policies import Policy
+from gitops.fleet.source import TreeSource
 from gitops.protocol import format_time
 from gitops.sitegen import collect, export, outdir, resources, states, workers
 from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
@@ -377,7 +379,12 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
     names = main.summary.names
     view = Overview(rules.policies, rules.now, derived)
     sources = Sources(
-        settings, names, history, commits, collect.orphans(set(names), main.deploys, main.reports)
+        settings,
+        names,
+        history,
+        commits,
+        collect.orphans(set(names), main.deploys, main.reports),
+        fleet_commands.load(TreeSource(main.repo, main.head.tree)),
     )
     common = {
         "now": rules.now,

@@ -27,6 +27,7 @@ PAGES = (
     ("drift.html", "Drift"),
     ("compliance.html", "Compliance"),
     ("audit.html", "Audit trail"),
+    ("commands.html", "Commands"),
 )
 
 
