@@ -4,6 +4,7 @@ delivers only signed, unexpired commands to the hosts they name."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -178,3 +179,40 @@ def test_a_fleet_without_commands_or_policies_keeps_its_deploy_trees(tmp_path: P
     repository = pygit2.Repository(str(root))
     (plan,) = make_plan(repository, "HEAD").hosts
     assert not any(p.startswith("gitops-control") for p in _tree_paths(repository, plan.new_tree))
+
+
+def test_the_command_line_writes_a_verifiable_command_and_says_what_is_wrong(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gitops.cli import main
+    from testing.ssh import keygen_verify
+
+    base = ["command", "--repo", str(repo), "--key", str(tmp_path / "admin")]
+    with pytest.raises(SystemExit) as exited:
+        main([*base[:1], "collect-logs", *base[1:], "--tag", "lobby", "--unit", "sshd", "--json"])
+    assert exited.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hosts"] == ["desk-2"] and out["name"] == "collect-logs"
+    payload, signature = (Path(f) for f in out["files"])
+    # ssh-keygen, an independent implementation, accepts the signature for this namespace.
+    signers = tmp_path / "commanders"
+    signers.write_text(
+        "alice@example.org " + " ".join((tmp_path / "admin.pub").read_text().split()[:2]) + "\n"
+    )
+    verdict = keygen_verify(
+        signers,
+        signature,
+        payload.read_bytes(),
+        principal="alice@example.org",
+        namespace="gitops-command",
+    )
+    assert verdict.returncode == 0, verdict.stderr
+
+    with pytest.raises(SystemExit) as exited:
+        main([*base[:1], "run-check", *base[1:], "--host", "web-1"])
+    assert exited.value.code == 1
+    assert "needs the check's name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main([*base[:1], "reboot", *base[1:], "--host", "web-1", "--expires", "soon"])
+    assert exited.value.code == 1
+    assert "--expires" in capsys.readouterr().err
