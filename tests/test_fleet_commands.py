@@ -216,3 +216,15 @@ def test_the_command_line_writes_a_verifiable_command_and_says_what_is_wrong(
         main([*base[:1], "reboot", *base[1:], "--host", "web-1", "--expires", "soon"])
     assert exited.value.code == 1
     assert "--expires" in capsys.readouterr().err
+
+
+def test_shutdown_inhibitors_are_read_from_systemd_inhibit_output() -> None:
+    from gitops.system.host import parse_inhibitors
+
+    listing = (
+        "NetworkManager 0 root 812 NetworkManager sleep NetworkManager needs to turn off networks delay\n"
+        "restic 0 root 4242 restic shutdown:sleep Backup is running block\n"
+        "GNOME Shell 1000 anna 2001 gnome-shell handle-power-key Handling keys block\n"
+    )
+    (found,) = parse_inhibitors(listing)
+    assert found.startswith("restic (restic)") and "Backup is running" in found
