@@ -25,6 +25,12 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
+def _command_names() -> list[str]:
+    from gitops.protocol import CommandName
+
+    return [str(name) for name in CommandName]
+
+
 def _add_repo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo",
@@ -290,6 +296,27 @@ def build_parser() -> argparse.ArgumentParser:
                 "cannot say (default: read from its newest verified report)",
             )
 
+    command = commands.add_parser(
+        "command",
+        help="sign a command (reboot, poweroff, collect-logs, gc, update-now, run-check) for "
+        "some hosts, into commands/ (docs/commands.md)",
+    )
+    _add_repo(command)
+    command.add_argument("name", choices=[str(n) for n in _command_names()])
+    command.add_argument("check", nargs="?", default="", help="run-check: the check's name")
+    command.add_argument("--host", action="append", default=[], help="a host (repeatable)")
+    command.add_argument("--tag", action="append", default=[], help="every host with this tag")
+    command.add_argument("--key", type=Path, required=True, help="a commander's key (fleet.yaml)")
+    command.add_argument("--expires", default="24h", help="valid for (default 24h, at most 30d)")
+    command.add_argument(
+        "--unit", action="append", default=[], help="collect-logs: a systemd unit (repeatable)"
+    )
+    command.add_argument("--since", default="1h", help="collect-logs: how far back (default 1h)")
+    command.add_argument(
+        "--max-bytes", type=int, default=64 * 1024, help="collect-logs: excerpt limit"
+    )
+    command.add_argument("--json", action="store_true", help="machine-readable result")
+
     verify = commands.add_parser(
         "verify", help="verify a commit's signature like git verify-commit"
     )
@@ -514,6 +541,26 @@ def execute(argv: Sequence[str]) -> int:
             return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
         case "publish":
             return _publish(parser, args)
+        case "command":
+            from gitops.commands import command_cmd
+            from gitops.protocol import CommandName
+
+            name = CommandName(args.name)
+            if name is CommandName.RUN_CHECK and not args.check:
+                raise GitopsError("run-check needs the check's name: gitops command run-check NAME")
+            request = command_cmd.CommandRequest(
+                repo=args.repo,
+                name=name,
+                hosts=tuple(args.host),
+                tags=tuple(args.tag),
+                key=args.key,
+                expires=args.expires,
+                units=tuple(args.unit),
+                since=args.since,
+                max_bytes=args.max_bytes,
+                check=args.check,
+            )
+            return command_cmd.issue(request, as_json=args.json)
         case "verify":
             from gitops.commands import verify_cmd
 

@@ -29,6 +29,7 @@ PAGES = (
     ("audit.html", "Audit trail"),
     ("software.html", "Software"),
     ("vulnerabilities.html", "Vulnerabilities"),
+    ("commands.html", "Commands"),
 )
 
 
