@@ -498,7 +498,12 @@ def test_flake_defines_every_host_of_the_fleet(fleet_repo: pygit2.Repository) ->
         "m: builtins.mapAttrs (n: p: builtins.baseNameOf (toString p)) m",
         workdir,
     )
-    assert outputs == {"agent": "agent.nix", "default": "agent.nix", "site": "site.nix"}
+    assert outputs == {
+        "agent": "agent.nix",
+        "default": "agent.nix",
+        "server": "server.nix",
+        "site": "site.nix",
+    }
     package = flake_eval(
         f"git+file://{workdir}?rev={head}", "packages.x86_64-linux.default", "p: p.package", workdir
     )
