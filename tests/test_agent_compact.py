@@ -35,8 +35,8 @@ def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DemoFleet:
     return published_demo(tmp_path / "demo", HOSTS)
 
 
-def run(demo: DemoFleet, host: str, **options: bool) -> CycleResult:
-    return Cycle(demo.agent_config(host), **options).run()
+def run(demo: DemoFleet, host: str, *, force_report: bool = False) -> CycleResult:
+    return Cycle(demo.agent_config(host), force_report=force_report).run()
 
 
 def mirror_of(demo: DemoFleet, host: str) -> Mirror:
@@ -120,7 +120,9 @@ def test_a_moved_server_branch_is_rebased_onto_from_a_compacted_mirror(
     assert mirror_of(demo, "alpha").repo.is_shallow
     # Someone else adds a signed report to reports/alpha on the server.
     other = Mirror(tmp_path / "other-state", "alpha")
-    git("fetch", "-q", demo.server, f"{reports_ref('alpha')}:{reports_ref('alpha')}", cwd=other.path)
+    git(
+        "fetch", "-q", demo.server, f"{reports_ref('alpha')}:{reports_ref('alpha')}", cwd=other.path
+    )
     extra = replace(
         remote_reports(demo, "alpha")[-1],
         report_id=str(uuid.uuid4()),

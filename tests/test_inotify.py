@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gitops.agent.loop import Wake, wait_for_trigger
+from gitops.agent.loop import Wake, Wakeup, wait_for_trigger
 from gitops.system import inotify
 
 
@@ -25,8 +25,8 @@ def switches(tid: int) -> int:
     return counts
 
 
-def in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[object], list[int]]:
-    result: list[object] = []
+def in_thread(work: Callable[[], Wakeup]) -> tuple[threading.Thread, list[Wakeup], list[int]]:
+    result: list[Wakeup] = []
     tid: list[int] = []
 
     def body() -> None:

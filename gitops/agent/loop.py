@@ -119,7 +119,7 @@ def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -
         return Wakeup(Wake.STOPPED if stop.is_set() else Wake.TIMER)
     try:
         changed = inotify.wait_for_change(existing, timeout, stop)
-    except inotify.Unavailable as err:
+    except inotify.UnavailableError as err:
         log.warning("%s: watching by polling", err)
         return _poll_for_trigger(existing, timeout, stop)
     if changed:
@@ -129,7 +129,7 @@ def wait_for_trigger(paths: list[Path], timeout: float, stop: threading.Event) -
 
 def _poll_for_trigger(existing: list[Path], timeout: float, stop: threading.Event) -> Wakeup:
     """watchfiles, which polls every 50 ms: only where inotify cannot be used."""
-    import watchfiles  # noqa: PLC0415 - only here: an idle agent does not load it
+    import watchfiles  # only here: an idle agent does not load it
 
     deadline = time.monotonic() + timeout
     for changes in watchfiles.watch(

@@ -12,7 +12,7 @@ watch per directory, new ones added as they appear). After the first event, even
 gathered until none came for ``settle`` seconds (a git push writes objects, then the
 ref), at most ``settle_max``.
 
-:class:`Unavailable` when inotify cannot be used (not Linux, no watch left): the caller
+:class:`UnavailableError` when inotify cannot be used (not Linux, no watch left): the caller
 falls back to polling.
 """
 
@@ -51,7 +51,7 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _READ_SIZE = 64 * 1024
 
 
-class Unavailable(GitopsError):
+class UnavailableError(GitopsError):
     """inotify cannot be used here; the message says why."""
 
 
@@ -61,7 +61,7 @@ def _libc() -> ctypes.CDLL:
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     except (OSError, AttributeError) as err:
-        raise Unavailable(f"inotify is not available here ({err})") from err
+        raise UnavailableError(f"inotify is not available here ({err})") from err
     return libc
 
 
@@ -72,7 +72,7 @@ class Watcher:
         self._libc = _libc()
         fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
-            raise Unavailable(f"inotify_init1: {os.strerror(ctypes.get_errno())}")
+            raise UnavailableError(f"inotify_init1: {os.strerror(ctypes.get_errno())}")
         self.fd: int = fd
         self._watched: dict[int, Path] = {}
 
@@ -97,7 +97,7 @@ class Watcher:
             code = ctypes.get_errno()
             if code in (errno.ENOENT, errno.ENOTDIR):
                 return  # gone meanwhile: its parent's watch saw that
-            raise Unavailable(f"cannot watch {path}: {os.strerror(code)}")
+            raise UnavailableError(f"cannot watch {path}: {os.strerror(code)}")
         self._watched[wd] = path
 
     def read(self) -> list[Path]:
