@@ -235,6 +235,26 @@ def main() -> None:
             )
             print(f"{c.name}: {c.seconds:.1f} s writing reports{extra}")
         print("checked: every report on the server once, deploy kept, git fsck clean")
+        server_size(Path(after.reporter.remote), args.reports + 1)
+
+
+def server_size(server: Path, reports: int) -> None:
+    """The server's side: one host's report branch, packed as ``git gc`` would."""
+    started = time.perf_counter()
+    subprocess.run(
+        ["git", "--git-dir", server, "repack", "-a", "-d", "-q"],
+        check=True,
+        env={**os.environ, **transport.HERMETIC_ENV},
+    )
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in (server / "objects" / "pack").iterdir())
+    per_report = size / reports
+    print(
+        f"server: {reports:,} reports of one host packed in {mb(size)} ({per_report:.0f} B a "
+        f"report; repack {seconds:.1f} s); per 1,000 hosts a year: "
+        f"{per_report * 8_760 * 1000 / 1e9:.1f} GB at hourly heartbeats, "
+        f"{per_report * 35_040 * 1000 / 1e9:.1f} GB every 15 minutes"
+    )
 
 
 if __name__ == "__main__":
