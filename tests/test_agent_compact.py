@@ -137,3 +137,23 @@ def test_a_moved_server_branch_is_rebased_onto_from_a_compacted_mirror(
     reports = remote_reports(demo, "alpha")
     assert len(reports) == 6 == len({r.report_id for r in reports})
     assert reports[-2].reason == "written elsewhere"
+
+
+def test_a_server_that_lost_reports_gets_new_ones_from_a_compacted_mirror(
+    demo: DemoFleet,
+) -> None:
+    """The server restored from an older backup: the mirror's cut is above the server's
+    tip, so the next push cannot be a fast-forward from what the host kept; the agent
+    rebases its last report and the new one onto the server's tip, and pushes."""
+    run(demo, "alpha")
+    for _ in range(3):
+        run(demo, "alpha", force_report=True)
+    assert mirror_of(demo, "alpha").repo.is_shallow
+    ids = [r.report_id for r in remote_reports(demo, "alpha")]
+    restored = git("rev-list", "--max-parents=0", reports_ref("alpha"), cwd=demo.server)
+    git("update-ref", reports_ref("alpha"), restored, cwd=demo.server)
+    result = run(demo, "alpha", force_report=True)
+    assert result.push is not None and result.push.pushed, result.push
+    after = [r.report_id for r in remote_reports(demo, "alpha")]
+    assert after[0] == ids[0] and len(after) == len(set(after))
+    assert after[-2] == ids[-1], "the last report the host had pushed is pushed again"
