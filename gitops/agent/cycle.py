@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import pygit2
 
 from gitops import __version__
-from gitops.agent import escrow, facts, metrics, sbom, status
+from gitops.agent import compact, escrow, facts, metrics, sbom, status
 from gitops.agent.activate import RETRY_HINT, Deployer
 from gitops.agent.activate import Outcome as _Outcome
 from gitops.agent.chores import Chores
@@ -382,6 +382,7 @@ class Cycle:
         if reporter.pending():
             log.info("pushing reports to %s", self.config.remote)
         push = reporter.push() if reporter.pending() else None
+        compact.compact_if_due(self.mirror)  # keep the state directory small
         level = (
             logging.INFO
             if outcome.result in (Result.APPLIED, Result.UNCHANGED)
