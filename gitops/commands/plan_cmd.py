@@ -35,8 +35,6 @@ def plan(
 ) -> int:
     repository = commits.open_repository(repo)
     result = reviewing.review(repository, source, only=hosts, remote=remote, progress=log.info)
-    if result.fetch_hint is not None:
-        log.warning("%s", result.fetch_hint)
     match fmt:
         case Format.JSON:
             output.emit_json(plan_json(result))
@@ -95,6 +93,8 @@ def text_lines(result: Review) -> list[str]:
             )
         else:
             lines.append(f"  {host.host} ({host.verdict}): {_listed(host.plan.changed_paths)}")
+    if result.fetch_hint is not None:
+        lines.append(f"note: {result.fetch_hint}")
     return lines
 
 
@@ -164,7 +164,7 @@ def markdown(result: Review) -> str:
             continue
         lines += [f"#### {title}: {_plural(len(hosts), 'host')}", "", f"_{why}_", ""]
         for paths, names in _groups(hosts):
-            summary = ", ".join(f"**{name}**" for name in names[:20])
+            summary = ", ".join(f"<b>{name}</b>" for name in names[:20])
             if len(names) > 20:
                 summary += f" and {len(names) - 20} more"
             lines += [
