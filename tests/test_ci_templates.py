@@ -137,9 +137,9 @@ def _cli_help(*command: str) -> str:
 def _pending(step: Step) -> tuple[str, str] | None:
     """(why the step is skipped, how it is changed) for commands this CLI does not have yet."""
     words = step.script.split()
-    if "gitops" in words and words[words.index("gitops") + 1 :][:1] == ["build"]:
-        if "--signing-key" not in _cli_help("build"):
-            return ("skip", "gitops build is not in this checkout's CLI")
+    runs_build = "gitops" in words and words[words.index("gitops") + 1 :][:1] == ["build"]
+    if runs_build and "--signing-key" not in _cli_help("build"):
+        return ("skip", "gitops build is not in this checkout's CLI")
     if "--eval" in words and "--eval" not in _cli_help("check"):
         return ("skip", "gitops check --eval is not in this checkout's CLI")
     if "publish" in words and "--systems" in words and "--systems" not in _cli_help("publish"):
