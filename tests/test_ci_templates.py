@@ -13,6 +13,7 @@ What the test does not run, plainly:
   items 1 and 3 land on another branch), their steps are skipped and ``--systems FILE``
   is left off ``publish``; each skip is reported as a warning. Nothing else is skipped:
   any other command or option the CLI lacks fails the test.
+* a template's ``NIX_CONFIG`` is added to this machine's (which says how Nix runs here).
 """
 
 from __future__ import annotations
@@ -168,6 +169,9 @@ class Runner:
     bin: Path
 
     def env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        extra = dict(extra)
+        if "NIX_CONFIG" in extra:  # the template's settings on top of this machine's
+            extra["NIX_CONFIG"] = f"{os.environ.get('NIX_CONFIG', '')}\n{extra['NIX_CONFIG']}"
         return {
             **os.environ,
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
@@ -351,6 +355,10 @@ def test_template_runs_check_plan_then_build_publish_in_order(kind: str, forge: 
     assert "publish" in published[-1].name.lower()
     for host in HOSTS:
         assert git_out("rev-parse", deploy_ref(host), cwd=forge.server)
+    if "--signing-key" in _cli_help("build"):  # the built systems are in the cache, signed
+        narinfos = list((forge.runner.tmp / "cache").glob("*.narinfo"))
+        assert narinfos
+        assert all("Sig: test-cache-1:" in n.read_text() for n in narinfos)
 
     # The next pull request is planned against what the server now holds.
     server_change = standin.profile_file("server", ["nginx"])
