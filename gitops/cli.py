@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
         sub.add_argument("--json", action="store_true", help="machine-readable result")
+        if name == "plan":
+            _add_plan_options(sub)
         if name == "publish":
             sub.add_argument(
                 "--key",
@@ -515,6 +517,27 @@ def _server_hot_path(argv: Sequence[str]) -> int | None:
     return None
 
 
+def _add_plan_options(plan: argparse.ArgumentParser) -> None:
+    plan.add_argument(
+        "--remote",
+        help="compare with the deploy branches on this remote (name or URL), fetched as "
+        "publish fetches them (default: this clone's deploy branches)",
+    )
+    plan.add_argument(
+        "--format",
+        choices=["text", "json", "markdown"],
+        default=None,
+        help="text (default), json (as --json), or markdown for a pull-request comment",
+    )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from gitops.commands import plan_cmd
+
+    fmt = plan_cmd.Format(args.format or ("json" if args.json else "text"))
+    return plan_cmd.plan(args.repo, args.source, args.host, fmt=fmt, remote=args.remote)
+
+
 def execute(argv: Sequence[str]) -> int:
     hot = _server_hot_path(argv)
     if hot is not None:
@@ -536,9 +559,7 @@ def execute(argv: Sequence[str]) -> int:
                 args.repo, as_json=args.json, parse_nix=False if args.no_nix else None
             )
         case "plan":
-            from gitops.commands import publish_cmd
-
-            return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
+            return _plan(args)
         case "publish":
             return _publish(parser, args)
         case "command":
