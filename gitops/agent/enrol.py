@@ -20,7 +20,6 @@ from typing import Any
 import pygit2
 import yaml
 
-from gitops import output
 from gitops.agent.facts import collect_facts
 from gitops.errors import GitopsError, ProblemsError
 from gitops.fleet import enrolment
@@ -40,6 +39,7 @@ class Proposed:
     name: str
     commit: pygit2.Oid
     key: PublicKey
+    made_key: Path | None  # the host key made for it, when there was none
 
 
 def _system() -> str:
@@ -47,13 +47,13 @@ def _system() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine) + "-linux"
 
 
-def _key(path: Path, name: str) -> tuple[PrivateKeyTypes, PublicKey]:
-    """The machine's host key; made (ed25519) when there is none yet."""
-    if not path.exists():
+def _key(path: Path, name: str) -> tuple[PrivateKeyTypes, PublicKey, bool]:
+    """The machine's host key; made (ed25519) when there is none yet (then True)."""
+    made = not path.exists()
+    if made:
         keys.new_keypair(path, f"root@{name}")
-        output.say(f"made a host key {path}")
     private = keys.load_signing_key(path)
-    return private, PublicKey.from_crypto(private.public_key())
+    return private, PublicKey.from_crypto(private.public_key()), made
 
 
 def _known(value: object) -> str:
@@ -132,7 +132,7 @@ def propose(
     ``enroll/<name>`` to ``remote``; refused before pushing when the fleet would refuse it."""
     if not is_host_name(name):
         raise GitopsError(f"{name!r} is not a host name (lower-case letters, digits and -)")
-    private, public = _key(key_path, name)
+    private, public, made = _key(key_path, name)
     facts = collect_facts(root)
     with tempfile.TemporaryDirectory(prefix="gitops-enroll-") as tmp:
         git_dir = Path(tmp) / "fleet.git"
@@ -166,7 +166,7 @@ def propose(
         )
         if not pushed.ok:
             raise GitopsError(f"{remote} refused enroll/{name}: {pushed.message}")
-    return Proposed(name, oid, public)
+    return Proposed(name, oid, public, key_path if made else None)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ def enroll(
     """Make or reuse the host key, describe the machine, and push a signed proposal;
     with ``wait``, then wait that many seconds for ``deploy/<name>``."""
     proposed = enrol.propose(remote, name, key_path, profiles=profiles, owner=owner, root=root)
+    if proposed.made_key is not None:
+        output.say(f"made a host key {proposed.made_key}")
     output.say(
         f"proposed {name} on enroll/{name} (key {proposed.key.fingerprint}); an admin reviews it "
         f"(gitops enroll list) and merges it (gitops enroll accept {name}); then this machine "
