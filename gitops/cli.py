@@ -193,7 +193,13 @@ def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     enroll.add_argument(
         "--ssh-key",
         type=Path,
-        help="log in to an ssh --deploy-remote with this key (the gitops server: the host key)",
+        help="log in to ssh remotes with this key (an enrolment deploy key on the forge; "
+        "the gitops server accepts the host key once merged)",
+    )
+    enroll.add_argument(
+        "--known-hosts",
+        type=Path,
+        help="the ssh servers' host keys (a known_hosts file); checked strictly when given",
     )
     actions = enroll.add_subparsers(dest="enroll_command", metavar="ACTION")
     listing = actions.add_parser("list", help="pending enrol/<host> branches and their verdict")
@@ -229,6 +235,7 @@ def _enroll(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         wait=args.wait,
         deploy_remote=args.deploy_remote,
         ssh_key=args.ssh_key,
+        known_hosts=args.known_hosts,
     )
 
 

@@ -29,10 +29,16 @@ def enroll(
     wait: float | None = None,
     deploy_remote: str | None = None,
     ssh_key: Path | None = None,
+    known_hosts: Path | None = None,
 ) -> int:
     """Make or reuse the host key, describe the machine, and push a signed proposal;
     with ``wait``, then wait that many seconds for ``deploy/<name>``."""
-    proposed = enrol.propose(remote, name, key_path, profiles=profiles, owner=owner, root=root)
+    env = None
+    if ssh_key is not None or known_hosts is not None:
+        env = transport.Credentials(ssh_key=ssh_key, known_hosts=known_hosts).env()
+    proposed = enrol.propose(
+        remote, name, key_path, profiles=profiles, owner=owner, root=root, env=env
+    )
     if proposed.made_key is not None:
         output.say(f"made a host key {proposed.made_key}")
     output.say(
@@ -43,7 +49,6 @@ def enroll(
     if wait is None:
         return 0
     watched = deploy_remote or remote
-    env = transport.Credentials(ssh_key=ssh_key).env() if ssh_key is not None else None
     output.progress(f"waiting up to {_duration(wait)} for deploy/{name} on {watched}")
     head = enrol.wait_for_deploy(watched, name, wait, env=env)
     if head is None:
