@@ -120,6 +120,11 @@ def test_a_new_machine_proposes_itself_and_an_admin_accepts_it(
     # Accepted: no longer pending (the name exists now).
     relisted = gitops("enroll", "list", "--repo", demo.repo_dir).stdout
     assert "a host named delta exists in main" in relisted
+    # Once main is pushed, the machine running it again learns it is enrolled.
+    git("push", "-q", "origin", "main", cwd=demo.repo_dir)
+    again = enroll(demo, tmp_path, "delta", key)
+    assert again.returncode == 0, again.stderr
+    assert "delta is in main with this machine's key: enrolled" in again.stdout
 
 
 def test_existing_names_and_reused_keys_are_refused_before_anything_is_pushed(
@@ -235,7 +240,11 @@ def test_enroll_wait_prints_the_next_step_once_deploy_appears(
     assert "waiting up to 2m for deploy/delta" in err
     assert "deploy/delta is published" in out and 'hostName = "delta"' in out
 
-    git("update-ref", "-d", "refs/heads/enroll/delta", cwd=demo.server)
+    # Again (after a timeout, say): the proposal is there, so it only waits.
+    again = enroll_waiting(demo, tmp_path, "delta", "1")
+    assert again.returncode == 0, again.stderr
+    assert "enroll/delta " in again.stdout and "is this machine's proposal already" in again.stdout
+    assert "deploy/delta is published" in again.stdout
     late = enroll_waiting(demo, tmp_path, "echo", "1")
     assert late.returncode == 1
     assert "deploy/echo did not appear" in late.stderr and "within 1s" in late.stderr

@@ -6,6 +6,7 @@ accept) is gitops/fleet/enrolment.py.
 
 from __future__ import annotations
 
+import enum
 import logging
 import platform
 import shutil
@@ -23,10 +24,13 @@ import yaml
 from gitops.agent.facts import collect_facts
 from gitops.errors import GitopsError, ProblemsError
 from gitops.fleet import enrolment
-from gitops.fleet.model import HOST_FILE, HOSTS_DIR
+from gitops.fleet.model import HOST_FILE, HOSTS_DIR, load_fleet
+from gitops.fleet.schema import Problems
+from gitops.fleet.source import TreeSource
 from gitops.protocol import MAIN_REF, UNKNOWN, deploy_ref, enroll_ref, is_host_name
 from gitops.system import process, transport
 from gitops.trust import commits, keys
+from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
 
 log = logging.getLogger(__name__)
@@ -34,12 +38,19 @@ log = logging.getLogger(__name__)
 HARDWARE_FILE = "hardware-configuration.nix"
 
 
+class Stage(enum.Enum):
+    PROPOSED = "proposed"  # pushed now
+    PENDING = "pending"  # this machine's proposal was on the remote already
+    ENROLLED = "enrolled"  # main has the host, with this machine's key
+
+
 @dataclass(frozen=True)
 class Proposed:
     name: str
-    commit: pygit2.Oid
+    commit: pygit2.Oid  # the proposal (main's commit when ENROLLED)
     key: PublicKey
     made_key: Path | None  # the host key made for it, when there was none
+    stage: Stage = Stage.PROPOSED
 
 
 def _system() -> str:
@@ -140,6 +151,9 @@ def propose(
         transport.fetch(git_dir, remote, [f"+{MAIN_REF}:{MAIN_REF}"], env=env, depth=1)
         repo = pygit2.Repository(str(git_dir))
         main = commits.resolve_commit(repo, MAIN_REF)
+        again = _already(repo, remote, name, public, main, env)
+        if again is not None:
+            return Proposed(name, again[0], public, key_path if made else None, again[1])
         files = {
             HOST_FILE: host_yaml(name, public, facts, profiles, owner),
             HARDWARE_FILE: hardware_nix(root, facts),
@@ -167,6 +181,40 @@ def propose(
         if not pushed.ok:
             raise GitopsError(f"{remote} refused enroll/{name}: {pushed.message}")
     return Proposed(name, oid, public, key_path if made else None)
+
+
+def _already(
+    repo: pygit2.Repository,
+    remote: str,
+    name: str,
+    key: PublicKey,
+    main: pygit2.Commit,
+    env: Mapping[str, str] | None,
+) -> tuple[pygit2.Oid, Stage] | None:
+    """Whether this machine (its key) is in main already, or its signed proposal is on
+    the remote: then running ``gitops enroll`` again only waits."""
+    known = load_fleet(TreeSource(repo, main.tree), Problems()).hosts.get(name)
+    if known is not None and known.key is not None and known.key.blob == key.blob:
+        return main.id, Stage.ENROLLED
+    try:
+        transport.fetch(Path(repo.path), remote, [f"+{enroll_ref(name)}:{enroll_ref(name)}"],
+                        env=env, depth=1)  # fmt: skip
+    except transport.RefNotFoundError:
+        return None
+    oid = commits.ref_target(repo, enroll_ref(name))
+    if oid is None:
+        return None
+    commit = repo.get(oid)
+    proposed = None
+    if isinstance(commit, pygit2.Commit):
+        proposed = load_fleet(TreeSource(repo, commit.tree), Problems()).hosts.get(name)
+    if proposed is None or proposed.key is None or proposed.key.blob != key.blob:
+        return None  # someone else's: pushing ours is refused, with the remote's reason
+    try:
+        commits.verify_commit(repo, oid, AllowedSigners.of([(name, key)]))
+    except GitopsError:
+        return None
+    return oid, Stage.PENDING
 
 
 @dataclass(frozen=True)

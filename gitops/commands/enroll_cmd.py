@@ -41,11 +41,22 @@ def enroll(
     )
     if proposed.made_key is not None:
         output.say(f"made a host key {proposed.made_key}")
-    output.say(
-        f"proposed {name} on enroll/{name} (key {proposed.key.fingerprint}); an admin reviews it "
-        f"(gitops enroll list) and merges it (gitops enroll accept {name}); then this machine "
-        "gets deploy/" + name
+    review = (
+        f"an admin reviews it (gitops enroll list) and merges it (gitops enroll accept {name}); "
+        f"then this machine gets deploy/{name}"
     )
+    match proposed.stage:
+        case enrol.Stage.PROPOSED:
+            output.say(
+                f"proposed {name} on enroll/{name} (key {proposed.key.fingerprint}); {review}"
+            )
+        case enrol.Stage.PENDING:
+            output.say(
+                f"enroll/{name} {str(proposed.commit)[:8]} is this machine's proposal already "
+                f"(key {proposed.key.fingerprint}); {review}"
+            )
+        case enrol.Stage.ENROLLED:
+            output.say(f"{name} is in main with this machine's key: enrolled")
     if wait is None:
         return 0
     watched = deploy_remote or remote
