@@ -228,7 +228,7 @@ class WaitBackoff:
 
     def delay(self, looks: int) -> float:
         """The pause after the ``looks``-th look (1, 2, ...)."""
-        return min(self.cap, self.first * 2 ** min(looks - 1, 32))
+        return min(self.cap, self.first * (1 << min(looks - 1, 32)))
 
 
 def wait_for_deploy(

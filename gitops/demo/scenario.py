@@ -175,7 +175,6 @@ class DemoFleet:
         self.keys_dir.mkdir(parents=True)
         keys.new_keypair(self.publisher_key_path, PUBLISHER)
         self.publisher_key = keys.load_signing_key(self.publisher_key_path)
-        keys.new_keypair(self.admin_key_path, ADMIN)
         for host in self.hosts:
             keys.new_keypair(self.keys_dir / host, f"root@{host}")
             self.host_keys[host] = keys.load_signing_key(self.keys_dir / host)
@@ -205,9 +204,6 @@ class DemoFleet:
             "publishers": [
                 {"principal": PUBLISHER, "key": keys.public_line(self.publisher_key).strip()}
             ],
-            "admins": [
-                {"name": ADMIN, "key": keys.public_line(self.admin_key()).strip()},
-            ],
             "agent": {"poll_interval": "5m", "report_interval": "1h"},
             "thresholds": {"stale_after": "3h"},
             "site": {"title": "Demo fleet"},
@@ -235,6 +231,9 @@ class DemoFleet:
             )
 
     def admin_key(self) -> PrivateKeyTypes:
+        """The admin's key (made on first use): signs merges, reads every secret."""
+        if not self.admin_key_path.exists():
+            keys.new_keypair(self.admin_key_path, ADMIN)
         return keys.load_signing_key(self.admin_key_path)
 
     def commit(self, message: str) -> str:
@@ -339,14 +338,22 @@ class DemoFleet:
         """``gitops enroll accept``: a merge commit signed by the admin, on main (not pushed)."""
         repo = self.repository()
         who = commits.signature_of("Alice Admin", ADMIN)
-        _, merge, _ = enrolment.accept(repo, name, keys.load_signer(self.admin_key_path), who)
+        _, merge, _ = enrolment.accept(repo, name, self.admin_key(), who)
         git("merge", "-q", "--ff-only", str(merge), cwd=self.repo_dir)
         return str(merge)
 
     def declare_secret(self, name: str, host: str, plaintext: bytes) -> str:
         """What ``gitops secrets edit`` leaves: ``secrets/secrets.yaml`` names the secret
         and its reader, ``secrets/<name>.age`` is encrypted to that host's key and the
-        admin's. Owned by whoever runs the demo (the agent chowns it, as root would)."""
+        admin's (added to ``fleet.yaml`` ``admins``). Owned by whoever runs the demo (the
+        agent chowns it, as root would)."""
+        fleet_yaml = self.repo_dir / "fleet.yaml"
+        settings = yaml.safe_load(fleet_yaml.read_text(encoding="utf-8"))
+        admin = {"name": ADMIN, "key": keys.public_line(self.admin_key()).strip()}
+        if admin not in settings.setdefault("admins", []):
+            settings["admins"].append(admin)  # fleet.yaml is in no deploy tree: no host rebuilds
+            text = "# Fleet-wide settings (demo).\n" + yaml.safe_dump(settings, sort_keys=False)
+            fleet_yaml.write_text(text, encoding="utf-8")
         owner, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
         declared = {name: {"hosts": [host], "owner": owner, "group": group, "mode": "0400"}}
         (self.repo_dir / SECRETS_FILE).parent.mkdir(exist_ok=True)

@@ -14,7 +14,7 @@ checks every step.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -132,7 +132,7 @@ def _enrol(demo: ServedFleet, say: Callable[[str], None], profile: str) -> Enrol
     verdict = "ready to accept" if review.ok else "refused: " + "; ".join(review.problems)
     say(f"   gitops enroll list: {name} {str(review.commit)[:8]}: {verdict}")
     merge = demo.accept_enrolment(name)
-    plaintext = f"psk={secrets.token_hex(16)}\n".encode()
+    plaintext = f"psk={os.urandom(16).hex()}\n".encode()
     secret_file = demo.declare_secret(SECRET, name, plaintext)
     say(
         f"   gitops enroll accept {name}: merge {merge[:8]}, signed by the admin; and a secret\n"
