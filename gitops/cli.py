@@ -40,6 +40,18 @@ def _add_repo(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _duration_arg(text: str) -> float:
+    """A duration such as 90, 2.5, 30s, 5m, 1h for an option, in seconds."""
+    import argparse
+
+    from gitops.fleet.schema import parse_duration
+
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = commands.add_parser(
         "server", help="the git server hosts talk to: per-host repositories, sshd, hooks"
@@ -169,6 +181,32 @@ def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     enroll.add_argument(
         "--root", type=Path, default=Path("/"), help="read facts from this root (default /)"
     )
+    enroll.add_argument(
+        "--wait",
+        nargs="?",
+        const="1h",
+        default=None,
+        metavar="TIMEOUT",
+        type=_duration_arg,
+        help="then wait for deploy/NAME (default 1h; e.g. 30m, 2h), looking less often as time goes by",
+    )
+    enroll.add_argument(
+        "--deploy-remote",
+        metavar="URL",
+        help="where to look for deploy/NAME (default --remote; with the gitops server: "
+        "ssh://git@SERVER/hosts/NAME.git)",
+    )
+    enroll.add_argument(
+        "--ssh-key",
+        type=Path,
+        help="log in to ssh remotes with this key (an enrolment deploy key on the forge; "
+        "the gitops server accepts the host key once merged)",
+    )
+    enroll.add_argument(
+        "--known-hosts",
+        type=Path,
+        help="the ssh servers' host keys (a known_hosts file); checked strictly when given",
+    )
     actions = enroll.add_subparsers(dest="enroll_command", metavar="ACTION")
     listing = actions.add_parser("list", help="pending enrol/<host> branches and their verdict")
     _add_repo(listing)
@@ -200,6 +238,10 @@ def _enroll(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         profiles=args.profile,
         owner=args.owner,
         root=args.root,
+        wait=args.wait,
+        deploy_remote=args.deploy_remote,
+        ssh_key=args.ssh_key,
+        known_hosts=args.known_hosts,
     )
 
 
