@@ -588,7 +588,6 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
     secrets = parse_secrets(
         source, {h.name: (h.key, h.tags) for h in hosts.values()}, settings.admins, problems
     )
-    return Fleet(settings, hosts, profiles, secrets)
     for profile in sorted(set(settings.profile_reboot) - profiles):
         problems.add(
             source.describe(FLEET_FILE),
@@ -596,4 +595,4 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
             f"add profiles/{profile}.nix or remove it",
             field=f"reboot.profiles.{profile}",
         )
-    return Fleet(settings, hosts, profiles)
+    return Fleet(settings, hosts, profiles, secrets)
