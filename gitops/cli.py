@@ -145,11 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "(needs exactly one --host; implies --push)",
             )
             sub.add_argument(
+                "--systems",
+                type=Path,
+                metavar="FILE",
+                help="the systems file of 'gitops build': pin each host's centrally built "
+                "system in its deploy commit (System-Path); a host whose tree it does not "
+                "name is not published",
+            )
+            sub.add_argument(
                 "--applied",
                 metavar="SHA",
                 help="with --recover: the deploy commit the host runs, when its reports "
                 "cannot say (default: read from its newest verified report)",
             )
+
+    _add_build(commands)
 
     verify = commands.add_parser(
         "verify", help="verify a commit's signature like git verify-commit"
@@ -254,6 +264,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build = commands.add_parser(
+        "build",
+        help="build each changed host's system once, sign it, copy it to a binary cache",
+    )
+    _add_repo(build)
+    build.add_argument(
+        "--from", dest="source", default="main", help="the main commit (default: main)"
+    )
+    build.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
+    build.add_argument(
+        "--all",
+        dest="every_host",
+        action="store_true",
+        help="build every host, not only those whose deploy tree changed",
+    )
+    build.add_argument("--jobs", type=int, default=2, help="hosts built at once (default: 2)")
+    build.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Nix secret key file (nix key generate-secret) that signs the systems' closures",
+    )
+    build.add_argument(
+        "--cache",
+        help="binary cache to copy the closures to: file:///srv/nix-cache, or any store URL",
+    )
+    build.add_argument(
+        "--systems",
+        type=Path,
+        metavar="FILE",
+        help="write the systems file here, for 'gitops publish --systems FILE'",
+    )
+    build.add_argument(
+        "--timeout", type=float, default=None, help="seconds per host before its build is stopped"
+    )
+    build.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from gitops.commands import build_cmd
+    from gitops.publish import build
+
+    request = build.Request(
+        repo=args.repo,
+        source=args.source,
+        hosts=tuple(args.host),
+        every_host=args.every_host,
+        jobs=args.jobs,
+        signing_key=args.signing_key,
+        cache=args.cache,
+        systems=args.systems,
+        timeout=args.timeout,
+    )
+    return build_cmd.build(request, as_json=args.json)
+
+
 def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gitops.commands import publish_cmd
     from gitops.publish import recover, run
@@ -281,6 +347,7 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         key_path=args.key,
         push=args.push,
         remote=args.remote,
+        systems=args.systems,
     )
     return publish_cmd.publish(request, as_json=args.json)
 
@@ -308,6 +375,8 @@ def execute(argv: Sequence[str]) -> int:
             return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
         case "publish":
             return _publish(parser, args)
+        case "build":
+            return _build(args)
         case "verify":
             from gitops.commands import verify_cmd
 

@@ -25,6 +25,7 @@ from gitops.protocol import (
     TRAILER_RECOVERS,
     TRAILER_SOURCE,
     TRAILER_SOURCE_GENERATION,
+    TRAILER_SYSTEM_PATH,
     deploy_ref,
     format_time,
 )
@@ -243,7 +244,9 @@ _SUBJECTS = {
 }
 
 
-def deploy_message(plan: HostPlan, source: Source, expires: datetime | None) -> str:
+def deploy_message(
+    plan: HostPlan, source: Source, expires: datetime | None, system: str | None = None
+) -> str:
     main_subject = (
         source.commit.message.strip().splitlines()[0] if source.commit.message.strip() else ""
     )
@@ -271,6 +274,8 @@ def deploy_message(plan: HostPlan, source: Source, expires: datetime | None) -> 
         trailers[TRAILER_EXPIRES] = format_time(expires)
     if plan.recovers is not None:
         trailers[TRAILER_RECOVERS] = str(plan.recovers)
+    if system is not None:
+        trailers[TRAILER_SYSTEM_PATH] = system
     return commits.format_message(
         f"deploy {plan.host}: {subject}", "\n\n".join(paragraphs), trailers
     )
@@ -310,12 +315,14 @@ def write_commits(
     progress: Callable[[str], None] | None = None,
     generations: Generations | None = None,
     move_refs: bool = True,
+    systems: Mapping[str, str] | None = None,
 ) -> Published:
     """Write a signed commit for every host that gets one and move all their refs at once
     (unless ``move_refs`` is false: a push moves them once the server took the commits).
 
     ``generations`` caches main's generation numbers for a publish run that calls this
-    more than once."""
+    more than once. ``systems`` (host -> store path) pins each host's centrally built
+    system in its commit (``System-Path``)."""
     principal = publisher_principal(plan.fleet, key)
     moment = now or datetime.now(UTC)
     expires = None
@@ -332,7 +339,7 @@ def write_commits(
             repo,
             tree=host_plan.new_tree,
             parents=[host_plan.old_head] if host_plan.old_head is not None else [],
-            message=deploy_message(host_plan, source, expires),
+            message=deploy_message(host_plan, source, expires, (systems or {}).get(host_plan.host)),
             author=identity,
             key=key,
         )
