@@ -44,6 +44,12 @@ def forget(path: str | Path) -> None:
     assert not Path(path).exists(), path
 
 
+def valid(path: str | Path) -> bool:
+    """Whether the local store holds ``path`` as a valid path (a failed substitution may
+    leave an unregistered directory behind)."""
+    return nix.is_valid(str(path))
+
+
 @dataclass
 class CacheServer:
     url: str

@@ -239,6 +239,12 @@ def is_store_path(text: str) -> bool:
     return _STORE_PATH.match(text) is not None and ".." not in text
 
 
+def is_valid(path: str) -> bool:
+    """Whether the store has ``path`` as a valid path (not merely a directory on disk: a
+    failed substitution may leave one behind)."""
+    return process.run([NIX_STORE, "--check-validity", path], check=False).returncode == 0
+
+
 def generate_signing_key(name: str) -> tuple[str, str]:
     """A new binary-cache signing key pair ``(secret, public)`` as ``name:base64`` text
     (``nix key generate-secret`` / ``convert-secret-to-public``)."""
