@@ -73,6 +73,9 @@ let
     build_retry_interval = cfg.buildRetryInterval;
     build_timeout = cfg.buildTimeout;
     activation_timeout = cfg.activationTimeout;
+    mode = cfg.mode;
+    substituters = cfg.substituters;
+    trusted_public_keys = cfg.trustedPublicKeys;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

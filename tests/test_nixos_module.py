@@ -24,7 +24,7 @@ import pygit2
 import pytest
 
 from gitops.agent import config as agent_config
-from gitops.agent.config import AgentConfig, HealthConfig, parse_config
+from gitops.agent.config import AgentConfig, HealthConfig, Mode, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
 from testing.env import NIX_CONFIG
@@ -62,6 +62,9 @@ OPTION_FOR_KEY = {
     "build_retry_interval": "buildRetryInterval",
     "build_timeout": "buildTimeout",
     "activation_timeout": "activationTimeout",
+    "mode": "mode",
+    "substituters": "substituters",
+    "trusted_public_keys": "trustedPublicKeys",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -71,6 +74,7 @@ HEALTH_OPTION_FOR_KEY = {
     "timeout": "timeout",
     "remote_grace": "remoteGrace",
 }
+CACHE_KEY = "fleet-cache-1:" + "A" * 43 + "="
 REQUIRED = {
     "hostName": "web-1",
     "remote": "https://git.example.org/infra/fleet.git",
@@ -235,6 +239,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         buildRetryInterval=600,
         buildTimeout=14400,
         activationTimeout=300,
+        mode="substitute",
+        substituters=["https://cache.example.org", "file:///srv/nix-cache"],
+        trustedPublicKeys=[CACHE_KEY],
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -272,6 +279,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         build_retry_interval=600,
         build_timeout=14400,
         activation_timeout=300,
+        mode=Mode.SUBSTITUTE,
+        substituters=("https://cache.example.org", "file:///srv/nix-cache"),
+        trusted_public_keys=(CACHE_KEY,),
     )
 
 
