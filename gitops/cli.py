@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable result; problems as {file, line, field, problem, fix}",
     )
     check.add_argument("--no-nix", action="store_true", help="do not parse .nix files with nix")
+    check.add_argument(
+        "--eval",
+        dest="evaluate",
+        action="store_true",
+        help="evaluate every host's system (its .drvPath, no build) from its deploy tree",
+    )
+    check.add_argument(
+        "--jobs", type=int, default=2, help="with --eval: hosts evaluated at once (default: 2)"
+    )
 
     for name, helptext in (
         ("plan", "show which hosts' deploy trees would change, and why; writes nothing"),
@@ -367,7 +376,11 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import check_cmd
 
             return check_cmd.check(
-                args.repo, as_json=args.json, parse_nix=False if args.no_nix else None
+                args.repo,
+                as_json=args.json,
+                parse_nix=False if args.no_nix else None,
+                evaluate=args.evaluate,
+                jobs=args.jobs,
             )
         case "plan":
             from gitops.commands import publish_cmd

@@ -16,7 +16,7 @@ from enum import StrEnum
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
+from gitops.fleet.model import Fleet, Host, deploy_paths, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
@@ -119,18 +119,6 @@ def _write(repo: pygit2.Repository, node: _Nested) -> pygit2.Oid:
         else:
             builder.insert(name, child[0], child[1])
     return builder.write()
-
-
-def deploy_paths(fleet: Fleet, host: Host, source: TreeSource) -> list[str]:
-    """What ``host`` receives: the shared paths, its own directory, its profiles."""
-    paths = [p for p in fleet.settings.shared if source.read(p) is not None or source.is_dir(p)]
-    paths.append(f"{HOSTS_DIR}/{host.name}")
-    for profile in host.profiles:
-        path = profile_path(source, profile)
-        if path is None:  # load_fleet reported it already
-            raise GitopsError(f"{host.name}: unknown profile {profile!r}")
-        paths.append(path)
-    return paths
 
 
 def render_host_tree(
