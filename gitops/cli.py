@@ -336,6 +336,8 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.applied is not None and not args.recover:
         parser.error("--applied goes with --recover")
     if args.recover:
+        if args.systems is not None:
+            parser.error("--systems does not go with --recover (a recovery commit pins nothing)")
         if len(args.host) != 1:
             parser.error("--recover needs exactly one --host")
         return publish_cmd.recover(
