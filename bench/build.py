@@ -22,7 +22,7 @@ Build side: ``gitops build`` (the library call) for 1 changed host and for every
 Nixpkgs is not available here: the stand-in's evaluation is far cheaper than a NixOS
 evaluation (which needs 1-2 GiB and minutes), so the local figures are a lower bound.
 
-    .venv/bin/python bench/build.py --packages 2000 --size-kb 100 --hosts 8
+    .venv/bin/python bench/build.py --packages 2000 --size-kb 150 --hosts 8
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from testing.helpers import remote_reports
 MODULE = """# Bench: the shared module pulls in a synthetic closure.
 let
   pkg = i: derivation {
-    name = "bench-@SALT@-pkg-${toString i}";
+    # Short names: the stand-in hands every path to its builder in one argument (128 KiB).
+    name = "b@SALT@-${toString i}";
     system = "@SYSTEM@";
     builder = "/bin/sh";
     args = [ "-c" "/usr/bin/head -c @SIZE@ /dev/urandom > $out" ];
@@ -193,7 +194,7 @@ def mib(size: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--packages", type=int, default=2000)
-    parser.add_argument("--size-kb", type=int, default=100)
+    parser.add_argument("--size-kb", type=int, default=150)
     parser.add_argument("--hosts", type=int, default=8)
     args = parser.parse_args(argv)
     print(describe([["nix", "--version"]], ["pygit2"]))
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo.publish(systems=systems)
         a, b = names[0], names[1]
         system_a = pinned(first, a)
-        packages = [p for p in closure(system_a) if f"bench-{salt}-pkg-" in p]
+        packages = [p for p in closure(system_a) if f"-b{salt}-" in p]
         print(f"closure of {a}: {len(closure(system_a))} paths, {len(packages)} synthetic packages")
         cycles: list[Cycle] = []
         with http_cache(cache) as server:
