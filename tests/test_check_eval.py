@@ -80,10 +80,17 @@ def test_each_host_that_fails_is_listed_with_nix_error(fleet_dir: Path) -> None:
             f"hosts/{host}: nixosConfigurations.{host}: does not evaluate: {UNKNOWN_OPTION}; "
             "fix the configuration (nix eval shows the whole trace with --show-trace)"
         ) in lines
-    dev = next(line for line in lines if line.startswith("hosts/dev-ws-1:"))
-    assert "attribute 'doesNotExist' missing" in dev
-    assert "(at hosts/dev-ws-1/configuration.nix:" in dev, "the file, relative to the tree"
+    # Where Nix names a place, the problem is at that file and line, relative to the tree.
+    assert (
+        "hosts/dev-ws-1/configuration.nix:4: nixosConfigurations.dev-ws-1: does not evaluate: "
+        "attribute 'doesNotExist' missing; fix the configuration (nix eval shows the whole "
+        "trace with --show-trace)"
+    ) in lines
     as_json = json.loads(gitops("check", "--repo", fleet_dir, "--eval", "--json").stdout)
     assert as_json["ok"] is False
     assert as_json["evaluated"]["dev-ws-1"] is None
-    assert {p["field"] for p in as_json["problems"]} == {f"nixosConfigurations.{h}" for h in HOSTS}
+    assert {(p["file"], p.get("line")) for p in as_json["problems"]} == {
+        ("hosts/web-1", None),
+        ("hosts/web-2", None),
+        ("hosts/dev-ws-1/configuration.nix", 4),
+    }

@@ -70,12 +70,21 @@ def _evaluate(host: str, directory: Path, timeout: float | None) -> Evaluated:
     return Evaluated(host, drv)
 
 
+# Nix's location, as nix.eval_error appends it: "(at hosts/web-1/configuration.nix:4:18)".
+_WHERE = re.compile(r" \(at (?P<file>[^():\s]+):(?P<line>\d+)(?::\d+)?\)$")
+
+
 def add_problems(results: list[Evaluated], problems: Problems) -> None:
+    """One problem per host that failed, at the file and line Nix names when it names one
+    in the tree (else at the host's directory)."""
     for result in results:
-        if result.drv_path is None:
-            problems.add(
-                f"{HOSTS_DIR}/{result.host}",
-                f"does not evaluate: {result.error}",
-                "fix the configuration (nix eval shows the whole trace with --show-trace)",
-                field=f"nixosConfigurations.{result.host}",
-            )
+        if result.drv_path is not None:
+            continue
+        where = _WHERE.search(result.error)
+        problems.add(
+            where.group("file") if where else f"{HOSTS_DIR}/{result.host}",
+            "does not evaluate: " + (result.error[: where.start()] if where else result.error),
+            "fix the configuration (nix eval shows the whole trace with --show-trace)",
+            field=f"nixosConfigurations.{result.host}",
+            line=int(where.group("line")) if where else None,
+        )
