@@ -5,8 +5,9 @@ paths, its own directory, its profiles, copied from the work tree into a scratch
 directory) as a ``path:`` flake: ``nix eval --raw <dir>#nixosConfigurations.<host>.
 config.system.build.toplevel.drvPath``. That instantiates the system's derivation (every
 option checked, every module read) and builds nothing. Hosts run a few at a time; each
-failure becomes one problem, ``hosts/<host>: nixosConfigurations.<host>: <Nix's error>
-(at <file>:<line>); fix``.
+failure becomes one problem, at the file and line Nix names (``hosts/web-1/
+configuration.nix:4: nixosConfigurations.web-1: does not evaluate: <Nix's error>; fix``)
+or at the host's directory when it names none (a ``throw``, as an unknown option is).
 """
 
 from __future__ import annotations
