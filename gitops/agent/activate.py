@@ -318,8 +318,10 @@ class Deployer:
     def _substitute(self, head: pygit2.Oid) -> Path | Outcome | None:
         """The system the head pins, fetched; an outcome when it may not be built here
         instead; None: build it here."""
-        with self._timed("substitute"):
-            got = substitute.fetch(self.config, self.mirror.repo, head)
+        started = time.monotonic()
+        got = substitute.fetch(self.config, self.mirror.repo, head)
+        if got is not None:  # timed only when it was tried
+            self.durations["substitute"] = round(time.monotonic() - started, 3)
         match got:
             case None:
                 return None
@@ -330,7 +332,7 @@ class Deployer:
                     )
                 )
                 return system
-            case substitute.Refused(reason, tail, fallback=True):
+            case substitute.Refused(reason, _, fallback=True):
                 log.warning("%s; building it here instead (mode: auto)", reason)
                 self._notes.append(f"{reason}; built here instead")
                 return None
