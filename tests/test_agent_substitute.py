@@ -227,6 +227,8 @@ def test_build_mode_ignores_the_pin(built: Built) -> None:
     result = run(config)
     assert result.result == Result.APPLIED, result.reason
     assert not valid(built.systems["beta"])
+    (report,) = remote_reports(built.demo, "beta")
+    assert "build" in report.durations and "substitute" not in report.durations
 
 
 def test_the_configuration_says_what_is_wrong() -> None:
