@@ -39,10 +39,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the testing/ package
 
-from bench.machine import describe
-from bench.site_build import TreeMemory
+import machine as bench_machine
+import yaml
+from site_build import TreeMemory
+
 from gitops.agent.config import AgentConfig
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, InventoryHost
@@ -197,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size-kb", type=int, default=150)
     parser.add_argument("--hosts", type=int, default=8)
     args = parser.parse_args(argv)
-    print(describe([["nix", "--version"]], ["pygit2"]))
+    print(bench_machine.describe([["nix", "--version"]], ["pygit2"]))
     salt = secrets.token_hex(4)
     size = args.size_kb * 1024
     with tempfile.TemporaryDirectory(prefix="gitops-bench-build-") as scratch:
