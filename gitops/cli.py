@@ -298,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable result; problems as {file, line, field, problem, fix}",
     )
     check.add_argument("--no-nix", action="store_true", help="do not parse .nix files with nix")
+    check.add_argument(
+        "--eval",
+        dest="evaluate",
+        action="store_true",
+        help="evaluate every host's system (its .drvPath, no build) from its deploy tree",
+    )
+    check.add_argument(
+        "--jobs", type=int, default=2, help="with --eval: hosts evaluated at once (default: 2)"
+    )
 
     for name, helptext in (
         ("plan", "show which hosts' deploy trees would change, and why; writes nothing"),
@@ -334,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "(needs exactly one --host; implies --push)",
             )
             sub.add_argument(
+                "--systems",
+                type=Path,
+                metavar="FILE",
+                help="the systems file of 'gitops build': pin each host's centrally built "
+                "system in its deploy commit (System-Path); a host whose tree it does not "
+                "name is not published",
+            )
+            sub.add_argument(
                 "--applied",
                 metavar="SHA",
                 help="with --recover: the deploy commit the host runs, when its reports "
@@ -360,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bytes", type=int, default=64 * 1024, help="collect-logs: excerpt limit"
     )
     command.add_argument("--json", action="store_true", help="machine-readable result")
+    _add_build(commands)
 
     verify = commands.add_parser(
         "verify", help="verify a commit's signature like git verify-commit"
@@ -481,6 +499,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build = commands.add_parser(
+        "build",
+        help="build each changed host's system once, sign it, copy it to a binary cache",
+    )
+    _add_repo(build)
+    build.add_argument(
+        "--from", dest="source", default="main", help="the main commit (default: main)"
+    )
+    build.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
+    build.add_argument(
+        "--all",
+        dest="every_host",
+        action="store_true",
+        help="build every host, not only those whose deploy tree changed",
+    )
+    build.add_argument("--jobs", type=int, default=2, help="hosts built at once (default: 2)")
+    build.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Nix secret key file (nix key generate-secret) that signs the systems' closures",
+    )
+    build.add_argument(
+        "--cache",
+        help="binary cache to copy the closures to: file:///srv/nix-cache, or any store URL",
+    )
+    build.add_argument(
+        "--systems",
+        type=Path,
+        metavar="FILE",
+        help="write the systems file here, for 'gitops publish --systems FILE'",
+    )
+    build.add_argument(
+        "--timeout", type=float, default=None, help="seconds per host before its build is stopped"
+    )
+    build.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from gitops.commands import build_cmd
+    from gitops.publish import build
+
+    request = build.Request(
+        repo=args.repo,
+        source=args.source,
+        hosts=tuple(args.host),
+        every_host=args.every_host,
+        jobs=args.jobs,
+        signing_key=args.signing_key,
+        cache=args.cache,
+        systems=args.systems,
+        timeout=args.timeout,
+    )
+    return build_cmd.build(request, as_json=args.json)
+
+
 def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gitops.commands import publish_cmd
     from gitops.publish import recover, run
@@ -488,6 +562,8 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.applied is not None and not args.recover:
         parser.error("--applied goes with --recover")
     if args.recover:
+        if args.systems is not None:
+            parser.error("--systems does not go with --recover (a recovery commit pins nothing)")
         if len(args.host) != 1:
             parser.error("--recover needs exactly one --host")
         return publish_cmd.recover(
@@ -508,6 +584,7 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         key_path=args.key,
         push=args.push,
         remote=args.remote,
+        systems=args.systems,
     )
     return publish_cmd.publish(request, as_json=args.json)
 
@@ -580,6 +657,28 @@ def _plan(args: argparse.Namespace) -> int:
     return plan_cmd.plan(args.repo, args.source, args.host, fmt=fmt, remote=args.remote)
 
 
+def _command(args: argparse.Namespace) -> int:
+    from gitops.commands import command_cmd
+    from gitops.protocol import CommandName
+
+    name = CommandName(args.name)
+    if name is CommandName.RUN_CHECK and not args.check:
+        raise GitopsError("run-check needs the check's name: gitops command run-check NAME")
+    request = command_cmd.CommandRequest(
+        repo=args.repo,
+        name=name,
+        hosts=tuple(args.host),
+        tags=tuple(args.tag),
+        key=args.key,
+        expires=args.expires,
+        units=tuple(args.unit),
+        since=args.since,
+        max_bytes=args.max_bytes,
+        check=args.check,
+    )
+    return command_cmd.issue(request, as_json=args.json)
+
+
 def execute(argv: Sequence[str]) -> int:
     hot = _server_hot_path(argv)
     if hot is not None:
@@ -598,32 +697,20 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import check_cmd
 
             return check_cmd.check(
-                args.repo, as_json=args.json, parse_nix=False if args.no_nix else None
+                args.repo,
+                as_json=args.json,
+                parse_nix=False if args.no_nix else None,
+                evaluate=args.evaluate,
+                jobs=args.jobs,
             )
         case "plan":
             return _plan(args)
         case "publish":
             return _publish(parser, args)
         case "command":
-            from gitops.commands import command_cmd
-            from gitops.protocol import CommandName
-
-            name = CommandName(args.name)
-            if name is CommandName.RUN_CHECK and not args.check:
-                raise GitopsError("run-check needs the check's name: gitops command run-check NAME")
-            request = command_cmd.CommandRequest(
-                repo=args.repo,
-                name=name,
-                hosts=tuple(args.host),
-                tags=tuple(args.tag),
-                key=args.key,
-                expires=args.expires,
-                units=tuple(args.unit),
-                since=args.since,
-                max_bytes=args.max_bytes,
-                check=args.check,
-            )
-            return command_cmd.issue(request, as_json=args.json)
+            return _command(args)
+        case "build":
+            return _build(args)
         case "verify":
             from gitops.commands import verify_cmd
 

@@ -422,6 +422,44 @@ in
         example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
         description = "The host keys of an ssh `enrol.remote` (ssh-keyscan output); checked strictly when set.";
       };
+    mode = mkOption {
+      type = types.enum [
+        "build"
+        "substitute"
+        "auto"
+      ];
+      default = defaults.mode;
+      description = ''
+        How the agent gets the system of a deploy commit. `substitute`: realise exactly
+        the store path the signed commit pins (`System-Path`, written by `gitops build`
+        and `gitops publish --systems`) from `substituters`, checked against
+        `trustedPublicKeys`, never evaluating or building (for hosts too small to
+        evaluate NixOS); a commit without one, or a path the caches refuse, is reported
+        as `substitute-failed`. `auto`: the same, but build locally when the commit pins
+        nothing or the caches refuse. `build`: always evaluate and build locally.
+      '';
+    };
+
+    substituters = mkOption {
+      type = types.listOf types.str;
+      default = defaults.substituters;
+      example = [ "https://cache.example.org" ];
+      description = ''
+        Binary caches a pinned system is fetched from (a `file://` directory served by
+        any web server, `https://`, `s3://...`). Also added to
+        `nix.settings.extra-trusted-substituters`, so the agent may use them through the daemon.
+      '';
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = defaults.trusted_public_keys;
+      example = [ "fleet-cache-1:base64..." ];
+      description = ''
+        Nix public keys (`nix key convert-secret-to-public`) a pinned system's narinfo
+        must be signed by. Pinned here, on the host: a cache cannot change them. Also
+        added to `nix.settings.extra-trusted-public-keys`.
+      '';
     };
 
     trigger = {
@@ -486,6 +524,14 @@ in
         message = "services.gitops-agent and system.autoUpgrade both switch this system; disable system.autoUpgrade.";
       }
     ];
+
+    # The caches and keys the agent passes to nix-store --realise: accepted from a
+    # client only when the daemon's configuration trusts them too. `extra-` keeps
+    # nixpkgs' own (cache.nixos.org) instead of replacing them.
+    nix.settings = lib.mkIf (cfg.substituters != [ ]) {
+      extra-trusted-substituters = cfg.substituters;
+      extra-trusted-public-keys = cfg.trustedPublicKeys;
+    };
 
     environment.etc."gitops/agent.yaml".source = configFile;
     environment.systemPackages = [ cfg.package ];

@@ -24,7 +24,7 @@ import pygit2
 import pytest
 
 from gitops.agent import config as agent_config
-from gitops.agent.config import AgentConfig, HealthConfig, parse_config
+from gitops.agent.config import AgentConfig, HealthConfig, Mode, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
 from testing.env import NIX_CONFIG
@@ -66,6 +66,9 @@ OPTION_FOR_KEY = {
     "secrets_dir": "secretsDir",
     "escrow": "escrow",
     "escrow_recipients": "escrowRecipients",
+    "mode": "mode",
+    "substituters": "substituters",
+    "trusted_public_keys": "trustedPublicKeys",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -75,6 +78,7 @@ HEALTH_OPTION_FOR_KEY = {
     "timeout": "timeout",
     "remote_grace": "remoteGrace",
 }
+CACHE_KEY = "fleet-cache-1:" + "A" * 43 + "="
 REQUIRED = {
     "hostName": "web-1",
     "remote": "https://git.example.org/infra/fleet.git",
@@ -244,6 +248,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         secretsDir="/run/fleet-secrets",
         escrow={"luks-recovery": "/etc/luks-recovery.key"},
         escrowRecipients=["age1zltzz5e4tavefhg7jfa9zu557y772rc0uwn5kdall62qt9hgpaqqsdgtac"],
+        mode="substitute",
+        substituters=["https://cache.example.org", "file:///srv/nix-cache"],
+        trustedPublicKeys=[CACHE_KEY],
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -285,6 +292,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         secrets_dir=Path("/run/fleet-secrets"),
         escrow=(("luks-recovery", Path("/etc/luks-recovery.key")),),
         escrow_recipients=("age1zltzz5e4tavefhg7jfa9zu557y772rc0uwn5kdall62qt9hgpaqqsdgtac",),
+        mode=Mode.SUBSTITUTE,
+        substituters=("https://cache.example.org", "file:///srv/nix-cache"),
+        trusted_public_keys=(CACHE_KEY,),
     )
 
 

@@ -45,6 +45,7 @@ def test_every_trailer_and_ref_prefix_is_documented() -> None:
         protocol.TRAILER_EXPIRES,
         protocol.TRAILER_SOURCE_GENERATION,
         protocol.TRAILER_RECOVERS,
+        protocol.TRAILER_SYSTEM_PATH,
         protocol.TRAILER_REPORT_ID,
         protocol.TRAILER_RESULT,
         protocol.TRAILER_DEPLOY_COMMIT,

@@ -37,6 +37,7 @@ from gitops.fleet.schema import Problems
 from gitops.fleet.secrets import SECRETS_FILE
 from gitops.fleet.source import DirSource
 from gitops.protocol import deploy_ref, enroll_ref
+from gitops.publish import build as central
 from gitops.publish import plan as publish
 from gitops.sitegen import build as site_build
 from gitops.system import atomic, memfs, process, transport
@@ -264,11 +265,16 @@ class DemoFleet:
     def repository(self) -> pygit2.Repository:
         return pygit2.Repository(str(self.repo_dir))
 
-    def publish(self) -> publish.Published:
+    def publish(self, systems: Path | None = None) -> publish.Published:
+        """Publish main; with ``systems`` (``gitops build``'s file), pin each host's system."""
         assert self.publisher_key is not None
         repo = self.repository()
         plan = publish.make_plan(repo, "main")
-        published = publish.write_commits(repo, plan, self.publisher_key)
+        built = central.read_systems(systems) if systems is not None else None
+        pinned, missing = central.pins(repo, plan, built)
+        if missing:
+            raise GitopsError(f"demo: no system built for {', '.join(missing)}")
+        published = publish.write_commits(repo, plan, self.publisher_key, systems=pinned)
         if published.commits:
             refspecs = [f"{deploy_ref(h)}:{deploy_ref(h)}" for h in sorted(published.commits)]
             self.push_deploy(Path(repo.path), refspecs)

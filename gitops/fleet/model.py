@@ -201,6 +201,18 @@ def profile_path(source: Source, name: str) -> str | None:
     return None
 
 
+def deploy_paths(fleet: Fleet, host: Host, source: Source) -> list[str]:
+    """What ``host`` receives: the shared paths, its own directory, its profiles."""
+    paths = [p for p in fleet.settings.shared if source.read(p) is not None or source.is_dir(p)]
+    paths.append(f"{HOSTS_DIR}/{host.name}")
+    for profile in host.profiles:
+        path = profile_path(source, profile)
+        if path is None:  # load_fleet reported it already
+            raise GitopsError(f"{host.name}: unknown profile {profile!r}")
+        paths.append(path)
+    return paths
+
+
 def _public_key(text: str) -> PublicKey:
     try:
         return PublicKey.parse(text)
