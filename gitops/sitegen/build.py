@@ -346,6 +346,7 @@ def _job(
         docs=main.docs,
         repo_path=repo_path,
         cache_path=cache.path if cache is not None else None,
+        verdicts=cache.directory if cache is not None else None,
         templates=cache.directory / "templates" if cache is not None else None,
         publishers=main.publishers,
         publishers_id=trust_id(main.publishers),
@@ -379,6 +380,8 @@ def _refresh(
             if item.packages is not None:
                 sets.add(*item.packages)
         stats.verified_now += batch.verified
+        if cache is not None:
+            cache.verdicts.add(batch.verdicts)
         if cache is not None and len(rows) >= CACHE_FLUSH_ROWS:
             cache.save_host_rows(rows)
             rows = []

@@ -24,6 +24,7 @@ from typing import Any
 
 from gitops.errors import GitopsError
 from gitops.sitegen.model import HostData
+from gitops.sitegen.verdicts import VerdictStore
 
 SCHEMA = 7
 DELTA_LIMIT = 500  # changed derived rows kept apart before the snapshot is rewritten
@@ -92,8 +93,10 @@ class Cache:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             for statement in _TABLES[1:]:
                 self.db.execute(statement)
+        self.verdicts = VerdictStore(directory)  # kept when the tables above are dropped
 
     def close(self) -> None:
+        self.verdicts.close()
         self.db.close()
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()

@@ -53,6 +53,7 @@ from gitops.sitegen.model import (
     Rewind,
     Trust,
 )
+from gitops.sitegen.verdicts import VerdictReader
 from gitops.sitegen.verify import verdict
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
@@ -356,6 +357,7 @@ class HostReader:
     repo: pygit2.Repository
     lookup: VerdictLookup = lambda _commit, _key: None
     new: list[tuple[str, str, Verdict]] = field(default_factory=list)
+    store: VerdictReader | None = None  # verdicts of earlier builds (any code version)
 
     def verdict(self, oid: str, trust: AllowedSigners, key_id: str) -> Verdict:
         """A commit's signature verdict, checked once per build and cache."""
@@ -363,10 +365,14 @@ class HostReader:
 
     def _verdict(self, oid: str, trust: AllowedSigners, key_id: str) -> Verdict:
         known = self.lookup(oid, key_id)
+        if known is None and self.store is not None:
+            known = self.store.get(oid, trust)
         if known is not None:
             return known
         found = verdict(self.repo, oid, trust)
         self.new.append((oid, key_id, found))
+        if self.store is not None:
+            self.store.note(oid, trust, found)
         return found
 
     def collect(

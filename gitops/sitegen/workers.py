@@ -30,6 +30,7 @@ from gitops.sitegen.model import HostData, HostSoftware
 from gitops.sitegen.outdir import PageStore
 from gitops.sitegen.pages import HostPages, Judged, judge
 from gitops.sitegen.render import Renderer
+from gitops.sitegen.verdicts import NewVerdict, VerdictReader
 from gitops.trust.allowed_signers import AllowedSigners
 
 PARALLEL_MIN = 64  # below this many hosts to refresh, stay in one process
@@ -46,6 +47,7 @@ class Job:
     docs: str  # the handbook link
     repo_path: Path
     cache_path: Path | None  # the cache database (read-only here)
+    verdicts: Path | None  # the directory of the verdict store (read-only here)
     templates: Path | None  # compiled templates, kept between builds
     publishers: AllowedSigners
     publishers_id: str
@@ -75,6 +77,7 @@ class Refreshed:
 class Batch:
     refreshed: tuple[Refreshed, ...]
     verified: int  # signatures checked (not found in the cache)
+    verdicts: tuple[NewVerdict, ...] = ()  # what was checked, for the verdict store
 
 
 class Worker:
@@ -86,6 +89,8 @@ class Worker:
         # only hold memory in each worker.
         pygit2.settings.cache_max_size(GIT_CACHE_BYTES)
         self.reader = HostReader(collect.open_repo(job.repo_path))
+        if job.verdicts is not None:
+            self.reader.store = VerdictReader(job.verdicts)
         self.cache = CacheReader(job.cache_path) if job.cache_path is not None else None
         self.renderer = Renderer(job.site, job.rules.now, job.docs, compiled=job.templates)
         self.pages = HostPages(self.renderer, job.rules.policies)
@@ -96,12 +101,19 @@ class Worker:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+        if self.reader.store is not None:
+            self.reader.store.close()
 
     def refresh(self, names: Sequence[str]) -> Batch:
         self.reader.new = []
+        store = self.reader.store
         previous = self.cache.load_full(names) if self.cache is not None else {}
         done = tuple(self._refresh(name, previous.get(name)) for name in names)
-        return Batch(done, len(self.reader.new))
+        found: tuple[NewVerdict, ...] = ()
+        if store is not None:
+            found, store.new = tuple(store.new), []
+            store.forget()
+        return Batch(done, len(self.reader.new), found)
 
     def _refresh(self, name: str, previous: HostData | None) -> Refreshed:
         job, host = self.job, self.job.fleet.hosts[name]
