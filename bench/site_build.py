@@ -19,6 +19,7 @@ sampled every 20 ms. Figures go to docs/benchmarks.md by hand.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -26,6 +27,7 @@ import os
 import resource
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -38,7 +40,13 @@ from typing import Any
 import pygit2
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gitops.protocol import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the neighbouring packwriter
+
+from packwriter import PackWriter  # noqa: E402
+
+from gitops.protocol import (  # noqa: E402
+    SBOM_FILE,
+    STATUS_FILE,
     TRAILER_HOST,
     TRAILER_SOURCE,
     Report,
@@ -47,10 +55,15 @@ from gitops.protocol import (
     deploy_ref,
     reports_ref,
 )
-from gitops.report_commits import create_report_commit
-from gitops.system import process
-from gitops.trust import commits
-from gitops.trust.keys import public_line
+from gitops.report_commits import (  # noqa: E402
+    AGENT_EMAIL_DOMAIN,
+    create_report_commit,
+    report_message,
+)
+from gitops.system import process  # noqa: E402
+from gitops.trust import commits, sshsig  # noqa: E402
+from gitops.trust.allowed_signers import AllowedSigners  # noqa: E402
+from gitops.trust.keys import public_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("workstation", "developer", "server", "kiosk")
@@ -196,55 +209,92 @@ def _touches(index: int, profile: str | None) -> bool:
     return profile is None or profile_of(index) == profile
 
 
-def _generate_hosts(args: tuple[str, list[int], int, list[str], float]) -> dict[str, str]:
-    """Worker: deploy chain and reports for some hosts; returns ref name -> head."""
-    path, indexes, reports, main_commits, now_ts = args
-    repo = pygit2.Repository(path)
+def _sbom_template(set_index: int, paths: int) -> str:
+    """The CycloneDX text of package set ``set_index`` (``paths`` store paths), with
+    placeholders for what differs per host: its name, its system and the hash part of
+    every store path (:func:`_sbom_for`)."""
+    from gitops.inventory.sbom import build_sbom, packages_of  # the library loads slowly
+
+    closure = [
+        f"/nix/store/{_PLACEHOLDER}{i:05d}-pkg{i % 997}-{set_index}.{i % 7}.{i % 13}"
+        for i in range(paths)
+    ]
+    system = f"/nix/store/{_PLACEHOLDER}99999-nixos-system-{_HOST}"
+    return build_sbom(
+        host=_HOST,
+        system=system,
+        nixos_version=_RELEASE,
+        packages=packages_of(closure, system),
+        time=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+_PLACEHOLDER = "p" * 27  # + 5 digits: a 32-character store hash
+_HOST = "@@host@@"
+_RELEASE = "@@release@@"
+
+
+def _sbom_for(template: str, name: str, release: str) -> bytes:
+    """A host's SBOM: the set's packages at store paths of its own (each host builds its
+    system itself, so most hashes differ), its name and its release."""
+    prefix = hashlib.sha1(f"{name}{release}".encode()).hexdigest()[:27]
+    text = template.replace(_PLACEHOLDER, prefix).replace(_HOST, name)
+    return text.replace(_RELEASE, release).encode()
+
+
+def _generate_hosts(args: tuple[str, list[int], int, list[str], float, int, int]) -> dict[str, str]:
+    """Worker: deploy chain and reports for some hosts, into a pack of its own; returns
+    ref name -> head."""
+    path, indexes, reports, main_commits, now_ts, sbom_sets, sbom_paths = args
+    # sshsig.sign derives the public key on every call (a third of its time): once a key here
+    sshsig.public_key_of = functools.lru_cache(maxsize=4)(sshsig.public_key_of)
+    pack = PackWriter(Path(path) / "objects")
     now = datetime.fromtimestamp(now_ts, UTC)
     publisher = _key_for("publisher")
+    templates = [_sbom_template(s, sbom_paths) for s in range(sbom_sets)]
     heads: dict[str, str] = {}
     for index in indexes:
         name = host_name(index)
         scenario = scenario_of(index)
         # -- deploy chain: (time, oid, release) for each publish touching this host
-        chain: list[tuple[datetime, pygit2.Oid, str, str]] = []
-        parent: pygit2.Oid | None = None
+        chain: list[tuple[datetime, str, str, str]] = []
+        parent: str | None = None
         for number, (days, profile, release) in enumerate(PUBLISHES):
             if not _touches(index, profile):
                 continue
             when = now - timedelta(days=days, seconds=index % 600)
-            tree = _tree(
-                repo,
-                {"hosts": {name: {"configuration.nix": _blob(repo, f"# {name} {release}\n")}}},
-            )
+            config = pack.blob(f"# {name} {release}\n".encode())
+            host_tree = pack.tree({"configuration.nix": ("100644", config)})
+            hosts_tree = pack.tree({name: ("40000", host_tree)})
+            tree = pack.tree({"hosts": ("40000", hosts_tree)})
             message = commits.format_message(
                 f"deploy {name}: publish {number}",
                 f"Changed: hosts/{name}/configuration.nix",
                 {TRAILER_SOURCE: main_commits[number], TRAILER_HOST: name},
             )
-            identity = commits.signature_of("ci", PUBLISHER, when)
-            parent = commits.create_signed_commit(
-                repo,
+            parent = pack.signed_commit(
                 tree=tree,
                 parents=[parent] if parent is not None else [],
+                name="ci",
+                email=PUBLISHER,
+                when=int(when.timestamp()),
                 message=message,
-                author=identity,
                 key=publisher,
             )
             chain.append((when, parent, release, main_commits[number]))
         assert parent is not None
-        heads[deploy_ref(name)] = str(parent)
+        heads[deploy_ref(name)] = parent
         if scenario.kind == "never":
             continue
-        # -- reports, oldest first, one a day, the last about an hour ago
+        # -- reports, oldest first, evenly over 30 days, the last about an hour ago
         key = _key_for(f"intruder-{name}") if scenario.kind == "unverified" else _key_for(name)
         end = now - timedelta(hours=1 + index % 5)
         if scenario.kind == "stale":
             end = now - timedelta(days=3)
         step = timedelta(days=30) / reports
-        previous: pygit2.Oid | None = None
+        previous: str | None = None
         generation = 0
-        applied: tuple[datetime, pygit2.Oid, str, str] | None = None
+        applied: tuple[datetime, str, str, str] | None = None
         for number in range(reports):
             when = end - step * (reports - 1 - number)
             visible = [c for c in chain if c[0] <= when]
@@ -279,8 +329,8 @@ def _generate_hosts(args: tuple[str, list[int], int, list[str], float]) -> dict[
                 result=result,
                 reason=f"{result} at generation {generation}",
                 report_id=uuid.UUID(int=(index << 32) + number).hex,
-                deploy_seen=str(head[1]) if head else None,
-                deploy_applied=str(applied[1]) if applied else None,
+                deploy_seen=head[1] if head else None,
+                deploy_applied=applied[1] if applied else None,
                 source_commit=applied[3] if applied else None,
                 system=SystemInfo(
                     store_path=store,
@@ -301,9 +351,23 @@ def _generate_hosts(args: tuple[str, list[int], int, list[str], float]) -> dict[
                     else ""
                 ),
             )
-            previous = create_report_commit(repo, report, parent=previous, key=key)
+            files = {STATUS_FILE: ("100644", pack.blob(report.to_json().encode()))}
+            if templates and (result is Result.APPLIED or number == 0):
+                # the agent sends an SBOM with the first report and after each switch
+                sbom = _sbom_for(templates[index % len(templates)], name, release)
+                files[SBOM_FILE] = ("100644", pack.blob(sbom))
+            previous = pack.signed_commit(
+                tree=pack.tree(files),
+                parents=[previous] if previous is not None else [],
+                name=f"gitops-agent {name}",
+                email=f"{name}@{AGENT_EMAIL_DOMAIN}",
+                when=int(when.timestamp()),
+                message=report_message(report),
+                key=key,
+            )
         assert previous is not None
-        heads[reports_ref(name)] = str(previous)
+        heads[reports_ref(name)] = previous
+    pack.close()
     return heads
 
 
@@ -327,7 +391,7 @@ def _facts(index: int, name: str) -> dict[str, object]:
     }
 
 
-def generate(path: Path, hosts: int, reports: int) -> float:
+def generate(path: Path, hosts: int, reports: int, *, sbom_sets: int = 0, sbom_paths: int = 0) -> float:
     """Create the fleet repository at ``path``; returns seconds taken."""
     started = time.monotonic()
     tmp = path.with_name(path.name + ".partial")
@@ -337,23 +401,45 @@ def generate(path: Path, hosts: int, reports: int) -> float:
     publisher = _key_for("publisher")
     main_commits = [str(o) for o in _main_history(repo, hosts, now, publisher)]
     workers = os.cpu_count() or 2
-    chunks = [list(range(i, hosts, workers * 8)) for i in range(workers * 8)]
-    jobs = [(str(tmp), chunk, reports, main_commits, now.timestamp()) for chunk in chunks]
+    groups = min(hosts, workers)  # one pack per process, as a packed server has few
+    chunks = [list(range(i, hosts, groups)) for i in range(groups)]
+    jobs = [
+        (str(tmp), chunk, reports, main_commits, now.timestamp(), sbom_sets, sbom_paths)
+        for chunk in chunks
+    ]
     heads: dict[str, str] = {}
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for done, part in enumerate(pool.imap_unordered(_generate_hosts, jobs), start=1):
             heads.update(part)
             print(f"  generated {done}/{len(jobs)} host groups", file=sys.stderr, flush=True)
-    for name, target in heads.items():
-        repo.references.create(name, pygit2.Oid(hex=target), force=True)
-    print("  packing objects (git repack)", file=sys.stderr, flush=True)
-    process.run(["git", "-C", str(tmp), "repack", "-a", "-d", "-q"], check=True)
-    process.run(["git", "-C", str(tmp), "pack-refs", "--all"], check=True)
+    lines = [f"{target} {name}\n" for name, target in sorted(heads.items())]
+    (tmp / "packed-refs").write_text("# pack-refs with: peeled fully-peeled sorted \n" + "".join(lines))
+    (tmp / "HEAD").write_text("ref: refs/heads/main\n")
+    _check_signatures(tmp, publisher)
     (tmp / "bench-generated.json").write_text(
-        json.dumps({"hosts": hosts, "reports": reports, "now": now.isoformat()})
+        json.dumps(
+            {
+                "hosts": hosts,
+                "reports": reports,
+                "sbom_sets": sbom_sets,
+                "sbom_paths": sbom_paths,
+                "now": now.isoformat(),
+            }
+        )
     )
     tmp.rename(path)
     return time.monotonic() - started
+
+
+def _check_signatures(path: Path, publisher: ed25519.Ed25519PrivateKey) -> None:
+    """The pack writer's commits verify as the site verifies them (one host's heads)."""
+    repo = pygit2.Repository(str(path))
+    name = host_name(0)
+    host = AllowedSigners.of([(f"{name}", sshsig.public_key_of(_key_for(name)))])
+    ci = AllowedSigners.of([(PUBLISHER, sshsig.public_key_of(publisher))])
+    for ref, trust in ((deploy_ref(name), ci), (reports_ref(name), host)):
+        target = repo.references[ref].target
+        commits.verify_commit(repo, str(target), trust)
 
 
 def add_one_report(path: Path) -> str:
@@ -435,32 +521,87 @@ class TreeMemory:
             self.peak = max(self.peak, total)
 
 
-def timed_build(repo: Path, out: Path) -> tuple[float, float, int, str]:
+def timed_build(
+    repo: Path, out: Path, code: Path, *, profile: Path | None = None
+) -> tuple[float, float, int, str]:
     """Wall seconds, CPU seconds (user + system, workers included), peak memory of the
-    process tree, and the build's phases line."""
+    process tree, and the build's phases line; ``code`` is where the gitops package is."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
+    command = [sys.executable, "-m", "gitops", "-v", "site", "build"]
+    command += ["--repo", str(repo), "--out", str(out)]
+    if profile is not None:  # in one process, so that cProfile sees the workers' work too
+        command = [sys.executable, "-c", _PROFILED, str(repo), str(out), str(profile)]
+    environment = {**os.environ, "PYTHONPATH": str(code)}
     with TreeMemory() as memory:
-        result = process.run(
-            [
-                sys.executable,
-                "-m",
-                "gitops",
-                "-v",
-                "site",
-                "build",
-                "--repo",
-                str(repo),
-                "--out",
-                str(out),
-            ],
-            check=True,
-        )
+        result = process.run(command, check=True, env=environment)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     phases = next((line for line in result.stderr.splitlines() if "phases" in line), "")
     return wall, cpu, memory.peak, phases.removeprefix("site: ")
+
+
+_PROFILED = """
+import cProfile, sys
+from pathlib import Path
+from gitops.sitegen.build import build
+repo, out, profile = sys.argv[1:4]
+stats = cProfile.run("build(Path(repo), Path(out), workers=1)", profile)
+print("site: phases (profiled, one process)", file=sys.stderr)
+"""
+
+
+def extract(revision: str, into: Path) -> str:
+    """``revision``'s gitops package (git archive) in ``into``; returns its short id."""
+    short = process.run(["git", "-C", str(ROOT), "rev-parse", "--short", revision], check=True)
+    archive = process.run(["git", "-C", str(ROOT), "archive", "-o", str(into / "code.tar"), revision, "gitops"], check=True)
+    del archive
+    process.run(["tar", "-x", "-C", str(into), "-f", str(into / "code.tar")], check=True)
+    return short.stdout.strip()
+
+
+def ensure_repo(cache: Path, hosts: int, reports: int, sbom_sets: int, sbom_paths: int) -> Path:
+    name = f"fleet-{hosts}x{reports}" + (f"-sbom{sbom_sets}x{sbom_paths}" if sbom_sets else "")
+    repo = cache / f"{name}.git"
+    if not (repo / "bench-generated.json").exists():
+        print(f"generating {repo} ...", file=sys.stderr, flush=True)
+        seconds = generate(repo, hosts, reports, sbom_sets=sbom_sets, sbom_paths=sbom_paths)
+        print(f"generated {name} in {seconds:.0f} s")
+    return repo
+
+
+def builds(
+    label: str, repo: Path, code: Path, work: Path, *, rebuild: bool, profile: Path | None
+) -> None:
+    """Full build, nothing new, one new report (and a rebuild with the cache's verdicts
+    kept), with the code at ``code``; prints a line each."""
+    out = work / "out"
+    mib = 1 << 20
+    steps: list[tuple[str, str | None]] = [
+        ("full build", None),
+        ("nothing new", None),
+        ("one new report", "add"),
+    ]
+    if rebuild:
+        steps.append(("rebuild, verdicts kept", "rebuild"))
+    for step, action in steps:
+        if action == "add":
+            add_one_report(repo)
+        if action == "rebuild":  # an upgrade: every row and page invalid, verdicts kept
+            for stale in (work / ".out.cache").glob("cache.sqlite*"):
+                stale.unlink()
+        wall, cpu, peak, phases = timed_build(
+            repo, out, code, profile=profile if step == "full build" else None
+        )
+        print(
+            f"{label:8} {step + ':':24} {wall:7.2f} s wall {cpu:8.2f} s CPU  peak"
+            f" {peak / mib:6.0f} MiB  {phases}",
+            flush=True,
+        )
+    pages = sum(1 for _ in out.rglob("*.html"))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"{label:8} site: {pages} pages, {size / mib:.0f} MiB", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -472,33 +613,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where generated repositories are kept between runs (default /var/tmp/gitops-bench)",
     )
     parser.add_argument("--hosts", type=int, default=1000)
-    parser.add_argument("--reports", type=int, default=10)
+    parser.add_argument("--reports", type=int, default=720, help="per host over 30 days")
+    parser.add_argument(
+        "--sbom-sets", type=int, default=0, help="distinct package sets (0: no SBOMs)"
+    )
+    parser.add_argument("--sbom-paths", type=int, default=1500, help="store paths per SBOM")
+    parser.add_argument(
+        "--with-without-sbom",
+        action="store_true",
+        help="build the fleet without SBOMs and with them (--sbom-sets, default 4), this tree only",
+    )
+    parser.add_argument("--base", default="main", help="the code to compare with (git revision)")
+    parser.add_argument("--no-base", action="store_true", help="measure this tree only")
+    parser.add_argument("--profile", type=Path, help="cProfile each full build (one process)")
+    parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
-    repo = args.cache / f"fleet-{args.hosts}x{args.reports}.git"
-    if not (repo / "bench-generated.json").exists():
-        print(f"generating {repo} ...", file=sys.stderr, flush=True)
-        seconds = generate(repo, args.hosts, args.reports)
-        print(f"generated {args.hosts} hosts x {args.reports} reports in {seconds:.0f} s")
-    work = args.cache / f"site-{args.hosts}x{args.reports}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    out = work / "out"
-    mib = 1 << 20
-    host = ""
+    if args.with_without_sbom:
+        sets = args.sbom_sets or 4
+        plain = ensure_repo(args.cache, args.hosts, args.reports, 0, 0)
+        with_sbom = ensure_repo(args.cache, args.hosts, args.reports, sets, args.sbom_paths)
+        if args.generate_only:
+            return 0
+        print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
+        for label, repo in (("no SBOM", plain), ("SBOMs", with_sbom)):
+            work = args.cache / f"site-{repo.name}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            builds(label, repo, ROOT, work, rebuild=False, profile=None)
+        return 0
+    repo = ensure_repo(args.cache, args.hosts, args.reports, args.sbom_sets, args.sbom_paths)
+    if args.generate_only:
+        return 0
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; other work slows wall times)")
-    for label, action in (("full build", None), ("nothing new", None), ("one new report", "add")):
-        if action == "add":
-            host = add_one_report(repo)
-        wall, cpu, peak, phases = timed_build(repo, out)
-        print(
-            f"{label + ':':16} {wall:7.2f} s wall {cpu:8.2f} s CPU  peak {peak / mib:6.0f} MiB"
-            f"  {phases}"
-        )
-    print(f"  (the new report is on {host})")
-    pages = sum(1 for _ in out.rglob("*.html"))
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"site: {pages} pages, {size / mib:.0f} MiB")
+    with tempfile.TemporaryDirectory(prefix="site-bench-") as scratch:
+        codes = [("this", ROOT)]
+        if not args.no_base:
+            base = Path(scratch) / "base"
+            base.mkdir()
+            short = extract(args.base, base)
+            codes.insert(0, (f"base {short}"[:8], base))
+        for label, code in codes:
+            work = args.cache / f"site-{repo.name}-{label.split()[0]}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            profile = None
+            if args.profile is not None:
+                profile = args.profile.with_name(f"{args.profile.stem}-{label.split()[0]}.prof")
+            builds(label, repo, code, work, rebuild=True, profile=profile)
     return 0
 
 

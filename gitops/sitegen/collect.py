@@ -40,6 +40,7 @@ from gitops.protocol import (
     Result,
     branch_name,
 )
+from gitops.sitegen import commitgraph
 from gitops.sitegen.model import (
     CLOCK_SKEW,
     DeployEntry,
@@ -358,6 +359,10 @@ class HostReader:
     lookup: VerdictLookup = lambda _commit, _key: None
     new: list[tuple[str, str, Verdict]] = field(default_factory=list)
     store: VerdictReader | None = None  # verdicts of earlier builds (any code version)
+    graph: commitgraph.CommitGraph | None = None  # the repository's, read at the start
+
+    def __post_init__(self) -> None:
+        self.graph = commitgraph.CommitGraph.open(self.repo)
 
     def verdict(self, oid: str, trust: AllowedSigners, key_id: str) -> Verdict:
         """A commit's signature verdict, checked once per build and cache."""
@@ -490,24 +495,30 @@ class HostReader:
         entries: list[ReportEntry] = []
         parsed: list[Parsed] = []
         days: set[int] = set()
-        newest_time: datetime | None = None
+        newest: int | None = None
         truncated = False
-        last: pygit2.Commit | None = None
-        for index, commit in enumerate(first_parents(self.repo, head, stop=stop)):
-            when = _utc(commit.commit_time)
-            newest_time = newest_time or when
-            if index >= MAX_DETAILED and stop is None and when < newest_time - WINDOW:
+        last: commitgraph.Step | None = None
+        window = int(WINDOW.total_seconds())
+        # Commit ids and times come from the commit-graph where there is one: only the
+        # commits kept are read (~80 of a month's ~720 hourly reports).
+        for index, step in enumerate(commitgraph.walk(self.repo, self.graph, head, stop)):
+            moment = min(max(step.time, 0), _LAST_TIMESTAMP)  # as _utc keeps it
+            newest = moment if newest is None else newest
+            if index >= MAX_DETAILED and stop is None and moment < newest - window:
                 truncated = True
                 break
-            day = _day(when)
+            day = moment // 86400
             if index < MAX_DETAILED or day not in days:
-                entry, report = self._report_entry(commit, when, trust, key_id)
+                commit = self.repo.get(step.sha)
+                if not isinstance(commit, pygit2.Commit):
+                    break
+                entry, report = self._report_entry(commit, _utc(moment), trust, key_id)
                 entries.append(entry)
                 if entry.verified and report is not None and len(parsed) < MAX_PARSED:
                     parsed.append(Parsed(entry.oid, report))
             days.add(day)
-            last = commit
-        reached = stop is None or _stopped_at(last, stop)
+            last = step
+        reached = stop is None or (last is not None and last.parent == stop)
         latest = _until_counted(parsed, now)
         return _ReportsRead(tuple(entries), latest, truncated, reached)
 

@@ -29,12 +29,14 @@ from gitops.fleet.model import Host
 from gitops.inventory.reports import MAX_WALK
 from gitops.inventory.sbom import MAX_SBOM_BYTES, Sbom, read_sbom
 from gitops.protocol import SBOM_FILE
-from gitops.sitegen.collect import first_parents
+from gitops.sitegen import commitgraph
 from gitops.sitegen.derived import Derived, PageFile
 from gitops.sitegen.model import HostData, RefusedSbom, SbomRef, SbomState, Trust
 from gitops.sitegen.outdir import PageStore
 from gitops.trust.allowed_signers import AllowedSigners
 
+_SBOM_ENTRY = f" {SBOM_FILE}\0".encode()  # in a tree's raw bytes: "<mode> <name>\0<id>"
+_SBOM_ENTRY_SIZE = len(f"100644 {SBOM_FILE}\0") + 20  # the smallest tree that can hold it
 MAX_REFUSED = 5  # refused SBOMs remembered per host, newest first
 MAX_WHY = 300  # characters of why an SBOM is refused
 
@@ -77,6 +79,7 @@ class SbomFinder:
 
     repo: pygit2.Repository
     verdict: VerdictOf
+    graph: commitgraph.CommitGraph | None = None  # the repository's commit-graph, if any
 
     def update(self, data: HostData, host: Host, previous: HostData | None) -> Update:
         """``data`` with its SBOM state brought up to date from ``previous``'s."""
@@ -107,16 +110,27 @@ class SbomFinder:
         the walk ended on ``stop``."""
         trust = host.trust()
         refused: list[RefusedSbom] = []
-        last: pygit2.Commit | None = None
-        for count, commit in enumerate(first_parents(self.repo, head, stop=stop)):
+        last: commitgraph.Step | None = None
+        odb = self.repo.odb
+        for count, step in enumerate(commitgraph.walk(self.repo, self.graph, head, stop)):
             if count >= MAX_WALK:
                 return None, refused, True
-            last = commit
+            last = step
+            # Most reports are heartbeats without an SBOM: their tree's size (a tree
+            # holding status.json alone is smaller than any entry naming the SBOM) or its
+            # raw bytes say so, without making a tree object.
             try:
-                entry = commit.tree[SBOM_FILE]
-            except KeyError:
+                if odb.read_header(step.tree)[1] < _SBOM_ENTRY_SIZE:
+                    continue
+                if _SBOM_ENTRY not in odb.read(step.tree)[1]:
+                    continue
+                tree = self.repo.get(step.tree)
+                entry = tree[SBOM_FILE] if isinstance(tree, pygit2.Tree) else None
+            except (KeyError, ValueError, pygit2.GitError):
                 continue
-            oid = str(commit.id)
+            if entry is None:
+                continue
+            oid = step.sha
             state, detail, _principal = self.verdict(oid, trust, key_id)
             if state is not Trust.VERIFIED:
                 refused.append(RefusedSbom(oid, f"not counted: {state} ({detail})"[:MAX_WHY]))
@@ -126,9 +140,7 @@ class SbomFinder:
                 refused.append(accepted)
                 continue
             return accepted, refused, True
-        reached = stop is None or (
-            last is not None and bool(last.parent_ids) and str(last.parent_ids[0]) == stop
-        )
+        reached = stop is None or (last is not None and last.parent == stop)
         return None, refused, reached
 
 
