@@ -416,6 +416,9 @@ def generate(path: Path, hosts: int, reports: int, *, sbom_sets: int = 0, sbom_p
     (tmp / "packed-refs").write_text("# pack-refs with: peeled fully-peeled sorted \n" + "".join(lines))
     (tmp / "HEAD").write_text("ref: refs/heads/main\n")
     _check_signatures(tmp, publisher)
+    # What `git gc` (run by receive-pack as the server takes pushes) also writes.
+    print("  writing the commit-graph (git commit-graph write --reachable)", file=sys.stderr)
+    process.run(["git", "-C", str(tmp), "commit-graph", "write", "--reachable"], check=True)
     (tmp / "bench-generated.json").write_text(
         json.dumps(
             {

@@ -359,10 +359,10 @@ class HostReader:
     lookup: VerdictLookup = lambda _commit, _key: None
     new: list[tuple[str, str, Verdict]] = field(default_factory=list)
     store: VerdictReader | None = None  # verdicts of earlier builds (any code version)
-    graph: commitgraph.CommitGraph | None = None  # the repository's, read at the start
+    walks: commitgraph.Walks | None = None  # over the repository's commit-graph
 
     def __post_init__(self) -> None:
-        self.graph = commitgraph.CommitGraph.open(self.repo)
+        self.walks = commitgraph.Walks(self.repo)
 
     def verdict(self, oid: str, trust: AllowedSigners, key_id: str) -> Verdict:
         """A commit's signature verdict, checked once per build and cache."""
@@ -501,7 +501,8 @@ class HostReader:
         window = int(WINDOW.total_seconds())
         # Commit ids and times come from the commit-graph where there is one: only the
         # commits kept are read (~80 of a month's ~720 hourly reports).
-        for index, step in enumerate(commitgraph.walk(self.repo, self.graph, head, stop)):
+        assert self.walks is not None
+        for index, step in enumerate(self.walks.walk(head, stop)):
             moment = min(max(step.time, 0), _LAST_TIMESTAMP)  # as _utc keeps it
             newest = moment if newest is None else newest
             if index >= MAX_DETAILED and stop is None and moment < newest - window:

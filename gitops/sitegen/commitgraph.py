@@ -128,8 +128,10 @@ class CommitGraph:
     def _at(self, position: int) -> tuple[_Layer, int]:
         for layer in reversed(self.layers):
             if position >= layer.offset:
+                if position - layer.offset >= layer.count:
+                    break
                 return layer, position - layer.offset
-        raise IndexError(position)
+        raise IndexError(f"commit-graph position {position} out of range")
 
     def steps(self, position: int) -> Iterator[tuple[bytes, int, bytes, int | None]]:
         """(commit id, time, tree id, first parent's position) along first parents."""
@@ -152,6 +154,35 @@ class CommitGraph:
         return layer.data[start : start + _HASH]
 
 
+class Walks:
+    """One process's walks, the last one remembered: a host's report branch is walked
+    for its reports and again for its SBOM, the second time from memory as far as the
+    first went."""
+
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.repo = repo
+        self.graph = CommitGraph.open(repo)
+        self._key: tuple[str, str | None] | None = None
+        self._seen: list[Step] = []
+        self._rest: Iterator[Step] = iter(())
+
+    def walk(self, head: str, stop: str | None = None) -> Iterator[Step]:
+        if self._key != (head, stop):
+            self._key, self._seen = (head, stop), []
+            self._rest = walk(self.repo, self.graph, head, stop)
+        index = 0
+        while True:
+            if index < len(self._seen):
+                yield self._seen[index]
+            else:
+                step = next(self._rest, None)
+                if step is None:
+                    return
+                self._seen.append(step)
+                yield step
+            index += 1
+
+
 def walk(
     repo: pygit2.Repository, graph: CommitGraph | None, head: str, stop: str | None = None
 ) -> Iterator[Step]:
@@ -160,14 +191,23 @@ def walk(
     cannot be read."""
     sha: str | None = head
     while sha is not None and sha != stop:
-        position = graph.find(bytes.fromhex(sha)) if graph is not None else None
-        if graph is not None and position is not None:
-            for oid, time, tree, parent in graph.steps(position):
-                name = oid.hex()
-                if name == stop:
-                    return
-                yield Step(name, time, pygit2.Oid(raw=tree), None, graph, parent)
-            return
+        yielded = False
+        try:
+            position = graph.find(bytes.fromhex(sha)) if graph is not None else None
+            if graph is not None and position is not None:
+                for oid, time, tree, parent in graph.steps(position):
+                    name = oid.hex()
+                    if name == stop:
+                        return
+                    yield Step(name, time, pygit2.Oid(raw=tree), None, graph, parent)
+                    sha, yielded = name, True
+                return
+        except (IndexError, ValueError, struct.error):
+            # A damaged graph: on through the objects, below the last commit it gave.
+            graph = None
+            if yielded:
+                sha = _first_parent(repo, sha)
+            continue
         try:
             commit = repo.get(sha)
         except (ValueError, pygit2.GitError):
@@ -178,3 +218,13 @@ def walk(
         up = str(parent_ids[0]) if parent_ids else None
         yield Step(sha, commit.commit_time, commit.tree_id, up)
         sha = up
+
+
+def _first_parent(repo: pygit2.Repository, sha: str) -> str | None:
+    try:
+        commit = repo.get(sha)
+    except (ValueError, pygit2.GitError):
+        return None
+    if not isinstance(commit, pygit2.Commit) or not commit.parent_ids:
+        return None
+    return str(commit.parent_ids[0])

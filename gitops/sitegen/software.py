@@ -79,7 +79,7 @@ class SbomFinder:
 
     repo: pygit2.Repository
     verdict: VerdictOf
-    graph: commitgraph.CommitGraph | None = None  # the repository's commit-graph, if any
+    walks: commitgraph.Walks | None = None  # shared with the report reader
 
     def update(self, data: HostData, host: Host, previous: HostData | None) -> Update:
         """``data`` with its SBOM state brought up to date from ``previous``'s."""
@@ -112,7 +112,8 @@ class SbomFinder:
         refused: list[RefusedSbom] = []
         last: commitgraph.Step | None = None
         odb = self.repo.odb
-        for count, step in enumerate(commitgraph.walk(self.repo, self.graph, head, stop)):
+        walks = self.walks or commitgraph.Walks(self.repo)
+        for count, step in enumerate(walks.walk(head, stop)):
             if count >= MAX_WALK:
                 return None, refused, True
             last = step

@@ -95,7 +95,7 @@ class Worker:
         self.renderer = Renderer(job.site, job.rules.now, job.docs, compiled=job.templates)
         self.pages = HostPages(self.renderer, job.rules.policies)
         self.store = PageStore(job.tmp, job.store)
-        self.sboms = software.SbomFinder(self.reader.repo, self.reader.verdict, self.reader.graph)
+        self.sboms = software.SbomFinder(self.reader.repo, self.reader.verdict, self.reader.walks)
         self.sent: set[str] = set()  # package sets this process has sent to the main one
 
     def close(self) -> None:
