@@ -510,6 +510,7 @@ class HostReader:
                 break
             day = moment // 86400
             if index < MAX_DETAILED or day not in days:
+                # The commit object itself (never the graph) says which tree it signed.
                 commit = self.repo.get(step.sha)
                 if not isinstance(commit, pygit2.Commit):
                     break
@@ -528,7 +529,7 @@ class HostReader:
     ) -> tuple[ReportEntry, Report | None]:
         sha = str(commit.id)
         state, detail, _principal = self._verdict(sha, trust, key_id)
-        status = _status_json(commit)
+        status = _status_json(self.repo, commit.tree_id)
         if status is None:
             return ReportEntry(sha, when, state, detail, error="no status.json in the commit"), None
         try:
@@ -619,12 +620,13 @@ def report_entry(
     )
 
 
-def _status_json(commit: pygit2.Commit) -> bytes | None:
-    """``status.json`` of a report commit (what gitops.report_commits.read_report_commit reads,
-    from the commit object already in hand)."""
+def _status_json(repo: pygit2.Repository, tree_id: pygit2.Oid) -> bytes | None:
+    """``status.json`` of a report commit, given its tree (what
+    gitops.report_commits.read_report_commit reads; the commit object is not needed)."""
     try:
-        entry = commit.tree[STATUS_FILE]
-    except KeyError:
+        tree = repo.get(tree_id)
+        entry = tree[STATUS_FILE] if isinstance(tree, pygit2.Tree) else None
+    except (KeyError, ValueError, pygit2.GitError):
         return None
     return bytes(entry.data) if isinstance(entry, pygit2.Blob) else None
 

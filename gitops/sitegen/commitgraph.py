@@ -9,10 +9,12 @@ maintenance`` write ``objects/info/commit-graph`` or a chain of split graphs und
 fixed-size records. :func:`walk` follows first parents through them and reads commit
 objects only for commits newer than the graph.
 
-The graph is a derived index the repository's owner can rewrite like any ref; nothing
-here trusts it further: every commit the site shows is read and its signature checked
-from the object itself (the graph only says which commits to read). A graph that cannot
-be parsed is ignored (the walk reads objects).
+The graph is a derived index that whoever controls the repository can rewrite, as they
+can rewrite a branch (libgit2's own walks use it too). What the site shows never comes
+from it: each report kept is read from its commit object (its tree as the signed commit
+names it) and its signature checked. The graph decides which commits are read, and its
+tree ids let the SBOM search skip heartbeat trees. A graph that cannot be parsed is
+ignored; one that breaks off mid-walk is left for the objects.
 """
 
 from __future__ import annotations

@@ -125,8 +125,9 @@ class SbomFinder:
                     continue
                 if _SBOM_ENTRY not in odb.read(step.tree)[1]:
                     continue
-                tree = self.repo.get(step.tree)
-                entry = tree[SBOM_FILE] if isinstance(tree, pygit2.Tree) else None
+                # A candidate: its tree as the signed commit object names it.
+                commit = self.repo.get(step.sha)
+                entry = commit.tree[SBOM_FILE] if isinstance(commit, pygit2.Commit) else None
             except (KeyError, ValueError, pygit2.GitError):
                 continue
             if entry is None:
