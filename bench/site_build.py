@@ -42,9 +42,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the neighbouring packwriter
 
-from packwriter import PackWriter  # noqa: E402
+from packwriter import PackWriter
 
-from gitops.protocol import (  # noqa: E402
+from gitops.protocol import (
     SBOM_FILE,
     STATUS_FILE,
     TRAILER_HOST,
@@ -55,15 +55,15 @@ from gitops.protocol import (  # noqa: E402
     deploy_ref,
     reports_ref,
 )
-from gitops.report_commits import (  # noqa: E402
+from gitops.report_commits import (
     AGENT_EMAIL_DOMAIN,
     create_report_commit,
     report_message,
 )
-from gitops.system import process  # noqa: E402
-from gitops.trust import commits, sshsig  # noqa: E402
-from gitops.trust.allowed_signers import AllowedSigners  # noqa: E402
-from gitops.trust.keys import public_line  # noqa: E402
+from gitops.system import process
+from gitops.trust import commits, sshsig
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.keys import public_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("workstation", "developer", "server", "kiosk")
@@ -247,7 +247,7 @@ def _generate_hosts(args: tuple[str, list[int], int, list[str], float, int, int]
     ref name -> head."""
     path, indexes, reports, main_commits, now_ts, sbom_sets, sbom_paths = args
     # sshsig.sign derives the public key on every call (a third of its time): once a key here
-    sshsig.public_key_of = functools.lru_cache(maxsize=4)(sshsig.public_key_of)
+    sshsig.public_key_of = functools.lru_cache(maxsize=4)(sshsig.public_key_of)  # type: ignore[assignment]
     pack = PackWriter(Path(path) / "objects")
     now = datetime.fromtimestamp(now_ts, UTC)
     publisher = _key_for("publisher")
@@ -391,7 +391,9 @@ def _facts(index: int, name: str) -> dict[str, object]:
     }
 
 
-def generate(path: Path, hosts: int, reports: int, *, sbom_sets: int = 0, sbom_paths: int = 0) -> float:
+def generate(
+    path: Path, hosts: int, reports: int, *, sbom_sets: int = 0, sbom_paths: int = 0
+) -> float:
     """Create the fleet repository at ``path``; returns seconds taken."""
     started = time.monotonic()
     tmp = path.with_name(path.name + ".partial")
@@ -413,7 +415,9 @@ def generate(path: Path, hosts: int, reports: int, *, sbom_sets: int = 0, sbom_p
             heads.update(part)
             print(f"  generated {done}/{len(jobs)} host groups", file=sys.stderr, flush=True)
     lines = [f"{target} {name}\n" for name, target in sorted(heads.items())]
-    (tmp / "packed-refs").write_text("# pack-refs with: peeled fully-peeled sorted \n" + "".join(lines))
+    (tmp / "packed-refs").write_text(
+        "# pack-refs with: peeled fully-peeled sorted \n" + "".join(lines)
+    )
     (tmp / "HEAD").write_text("ref: refs/heads/main\n")
     _check_signatures(tmp, publisher)
     # What `git gc` (run by receive-pack as the server takes pushes) also writes.
@@ -558,7 +562,10 @@ print("site: phases (profiled, one process)", file=sys.stderr)
 def extract(revision: str, into: Path) -> str:
     """``revision``'s gitops package (git archive) in ``into``; returns its short id."""
     short = process.run(["git", "-C", str(ROOT), "rev-parse", "--short", revision], check=True)
-    archive = process.run(["git", "-C", str(ROOT), "archive", "-o", str(into / "code.tar"), revision, "gitops"], check=True)
+    archive = process.run(
+        ["git", "-C", str(ROOT), "archive", "-o", str(into / "code.tar"), revision, "gitops"],
+        check=True,
+    )
     del archive
     process.run(["tar", "-x", "-C", str(into), "-f", str(into / "code.tar")], check=True)
     return short.stdout.strip()

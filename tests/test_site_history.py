@@ -34,7 +34,9 @@ def graph_files(repo: Path) -> list[Path]:
 
 
 def write_graph(repo: Path, *extra: str) -> None:
-    process.run(["git", "-C", str(repo), "commit-graph", "write", "--reachable", *extra], check=True)
+    process.run(
+        ["git", "-C", str(repo), "commit-graph", "write", "--reachable", *extra], check=True
+    )
 
 
 def first_parents(repo: pygit2.Repository, head: str) -> list[tuple[str, int, str]]:
@@ -89,6 +91,7 @@ def test_site_is_the_same_with_and_without_a_graph(tmp_path: Path) -> None:
     assert opened is not None
     layer = opened.layers[0]
     head = repo.references[reports_ref("up")].target
+    assert isinstance(head, pygit2.Oid)
     position = opened.find(bytes(head.raw))
     assert position is not None
     data = bytearray(good)

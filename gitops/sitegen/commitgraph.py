@@ -76,8 +76,8 @@ class _Layer:
     def find(self, oid: bytes) -> int | None:
         data, fanout = self.data, self.fanout
         first = oid[0]
-        low = struct.unpack_from(">I", data, fanout + 4 * (first - 1))[0] if first else 0
-        high = struct.unpack_from(">I", data, fanout + 4 * first)[0]
+        low: int = struct.unpack_from(">I", data, fanout + 4 * (first - 1))[0] if first else 0
+        high: int = struct.unpack_from(">I", data, fanout + 4 * first)[0]
         base = self.oids
         while low < high:
             middle = (low + high) // 2

@@ -81,7 +81,9 @@ class VerdictStore:
             if row is None or row[0] != VERIFIER_ID:
                 self.db.execute("DROP TABLE IF EXISTS verdicts")
                 self.db.execute("DROP TABLE IF EXISTS details")
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('verifier', ?)", (VERIFIER_ID,))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('verifier', ?)", (VERIFIER_ID,)
+                )
             for statement in _TABLES[1:]:
                 self.db.execute(statement)
         self._details: dict[Verdict, int] = {
