@@ -540,13 +540,16 @@ def timed_build(
     if profile is not None:  # in one process, so that cProfile sees the workers' work too
         command = [sys.executable, "-c", _PROFILED, str(repo), str(out), str(profile)]
     environment = {**os.environ, "PYTHONPATH": str(code)}
-    with TreeMemory() as memory:
-        result = process.run(command, check=True, env=environment)
+    with TreeMemory() as memory:  # cwd: "python -m" puts it first on the module path
+        result = process.run(command, check=True, env=environment, cwd=code)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    phases = next((line for line in result.stderr.splitlines() if "phases" in line), "")
-    return wall, cpu, memory.peak, phases.removeprefix("site: ")
+    lines = result.stderr.splitlines()
+    phases = next((line for line in lines if "phases" in line), "")
+    checked = next((line for line in lines if "signatures checked" in line), "")
+    checked = checked.split("(", 1)[-1].split(")")[0]  # "N read from git, M signatures checked"
+    return wall, cpu, memory.peak, f"{checked}; {phases.removeprefix('site: ')}"
 
 
 _PROFILED = """
@@ -560,15 +563,28 @@ print("site: phases (profiled, one process)", file=sys.stderr)
 
 
 def extract(revision: str, into: Path) -> str:
-    """``revision``'s gitops package (git archive) in ``into``; returns its short id."""
+    """``revision``'s gitops package and site templates (git archive) in ``into``;
+    returns its short id."""
     short = process.run(["git", "-C", str(ROOT), "rev-parse", "--short", revision], check=True)
-    archive = process.run(
-        ["git", "-C", str(ROOT), "archive", "-o", str(into / "code.tar"), revision, "gitops"],
+    tar = into / "code.tar"
+    process.run(
+        ["git", "-C", str(ROOT), "archive", "-o", str(tar), revision, "gitops", "site"],
         check=True,
     )
-    del archive
-    process.run(["tar", "-x", "-C", str(into), "-f", str(into / "code.tar")], check=True)
+    process.run(["tar", "-x", "-C", str(into), "-f", str(tar)], check=True)
     return short.stdout.strip()
+
+
+def check_code(code: Path) -> None:
+    """The build below runs the gitops package at ``code`` (not this checkout's)."""
+    found = process.run(
+        [sys.executable, "-c", "import gitops.sitegen.build as b; print(b.__file__)"],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(code)},
+        cwd=code,
+    ).stdout.strip()
+    if not Path(found).is_relative_to(code):
+        raise SystemExit(f"the build would run {found}, not the code in {code}")
 
 
 def ensure_repo(cache: Path, hosts: int, reports: int, sbom_sets: int, sbom_paths: int) -> Path:
@@ -664,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             short = extract(args.base, base)
             codes.insert(0, (f"base {short}"[:8], base))
         for label, code in codes:
+            check_code(code)
             work = args.cache / f"site-{repo.name}-{label.split()[0]}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()

@@ -60,12 +60,11 @@ class PageStore:
 
     def write(self, path: str, key: str, data: bytes) -> PageFile:
         digest = digest_bytes(data)
-        target = self.tmp / path
-        target.unlink(missing_ok=True)  # never write through a hard link into the page store
-        target.write_bytes(data)
+        target = f"{self.tmp}/{path}"
+        _write_new(target, data)
         if self.store is not None:
             with contextlib.suppress(FileExistsError, OSError):
-                os.link(target, self.store / digest)
+                os.link(target, f"{self.store}/{digest}")
         return PageFile(path, key, digest)
 
     def link(
@@ -90,6 +89,26 @@ class PageStore:
             except OSError:
                 return None
         return tuple(found)
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data``: one open, one write, one close (the fresh site
+    directory rarely has the file; when it does, it may be a hard link into the page
+    store, which is replaced, never written through)."""
+    try:
+        handle = os.open(path, _NEW_FILE, 0o666)
+    except FileExistsError:
+        os.unlink(path)
+        handle = os.open(path, _NEW_FILE, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(handle, view) :]
+    finally:
+        os.close(handle)
 
 
 def swap_into(tmp: Path, out: Path, *, background: bool = False) -> None:
