@@ -101,7 +101,7 @@ def _write_new(path: str, data: bytes) -> None:
     try:
         handle = os.open(path, _NEW_FILE, 0o666)
     except FileExistsError:
-        os.unlink(path)
+        Path(path).unlink()
         handle = os.open(path, _NEW_FILE, 0o666)
     try:
         view = memoryview(data)
