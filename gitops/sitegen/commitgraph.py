@@ -19,6 +19,7 @@ ignored; one that breaks off mid-walk is left for the objects.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import struct
 from collections.abc import Iterator
@@ -138,17 +139,24 @@ class CommitGraph:
     def steps(self, position: int) -> Iterator[tuple[bytes, int, bytes, int | None]]:
         """(commit id, time, tree id, first parent's position) along first parents."""
         at: int | None = position
+        unpack = struct.unpack_from
         while at is not None:
-            layer, local = self._at(at)
-            data = layer.data
-            start = layer.records + _RECORD * local
-            tree = data[start : start + _HASH]
-            parent, _second, high, low = struct.unpack_from(">IIII", data, start + _HASH)
-            name = layer.oids + _HASH * local
-            time = ((high & 3) << 32) | low
-            next_at = None if parent == NO_PARENT else parent
-            yield data[name : name + _HASH], time, tree, next_at
-            at = next_at
+            layer, _local = self._at(at)
+            data, records, oids = layer.data, layer.records, layer.oids
+            first, last = layer.offset, layer.offset + layer.count
+            while at is not None and first <= at < last:  # within this layer
+                local = at - first
+                start = records + _RECORD * local
+                parent, _second, high, low = unpack(">IIII", data, start + _HASH)
+                name = oids + _HASH * local
+                next_at = None if parent == NO_PARENT else parent
+                yield (
+                    data[name : name + _HASH],
+                    ((high & 3) << 32) | low,
+                    data[start : start + _HASH],
+                    next_at,
+                )
+                at = next_at
 
     def oid_at(self, position: int) -> bytes:
         layer, local = self._at(position)
@@ -172,17 +180,16 @@ class Walks:
         if self._key != (head, stop):
             self._key, self._seen = (head, stop), []
             self._rest = walk(self.repo, self.graph, head, stop)
-        index = 0
+        seen, index = self._seen, 0
         while True:
-            if index < len(self._seen):
-                yield self._seen[index]
-            else:
-                step = next(self._rest, None)
-                if step is None:
+            end = len(seen)
+            if index < end:
+                yield from seen[index:end]
+                index = end
+            else:  # read on, a stretch at a time
+                seen.extend(itertools.islice(self._rest, 256))
+                if len(seen) == end:
                     return
-                self._seen.append(step)
-                yield step
-            index += 1
 
 
 def walk(
