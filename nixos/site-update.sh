@@ -12,14 +12,16 @@ state=${GITOPS_SITE_STATE:?}
 remote=${GITOPS_SITE_REPOSITORY:?}
 mirror="$state/mirror.git"
 
-# 1. Mirror main, every deploy/<host> and every reports/<host>.
+# 1. Mirror main, every deploy/<host> and every reports/<host>, with a commit-graph of
+#    what was fetched (the builder walks report history through it: docs/benchmarks.md).
 if [ ! -d "$mirror" ]; then
   rm -rf "$mirror.new"
   git clone --quiet --mirror "$remote" "$mirror.new"
+  git -C "$mirror.new" commit-graph write --reachable --split
   mv "$mirror.new" "$mirror"
 else
   git -C "$mirror" remote set-url origin "$remote"
-  git -C "$mirror" fetch --quiet --prune origin
+  git -C "$mirror" -c fetch.writeCommitGraph=true fetch --quiet --prune origin
 fi
 
 # 2. Build. `gitops site build` renders into a sibling directory and swaps it in with

@@ -27,6 +27,7 @@ from gitops.agent import config as agent_config
 from gitops.agent.config import AgentConfig, HealthConfig, Mode, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
+from gitops.sitegen import commitgraph
 from testing.env import NIX_CONFIG
 from testing.helpers import commit_all, git, git_out, init_repo, published_demo
 
@@ -600,6 +601,8 @@ def test_site_update_mirrors_the_repository_and_swaps_in_new_builds(tmp_path: Pa
     mirror = pygit2.Repository(str(state / "mirror.git"))
     assert str(mirror.references["refs/heads/main"].target) == head
     assert "refs/heads/reports/old-host" not in list(mirror.references)  # pruned
+    graph = commitgraph.CommitGraph.open(mirror)  # written on clone, extended on fetch
+    assert graph is not None and graph.find(bytes.fromhex(head)) is not None
     pages = "".join(p.read_text() for p in (state / "www").rglob("*.html"))
     assert "Visitor screen and room booking in the lobby" in pages
     assert (state / "www").stat().st_ino != www_inode  # a new directory, swapped in
