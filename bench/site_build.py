@@ -1,18 +1,28 @@
-"""Benchmark ``gitops site build`` on a generated fleet; prints figures, asserts nothing.
+"""Benchmark ``gitops site build`` on a generated fleet, against another revision's code
+(default ``main``) in the same run; prints figures, asserts nothing.
 
-    .venv/bin/python bench/site_build.py --hosts 10000 --reports 30 [--cache /var/tmp/gitops-bench]
+    .venv/bin/python bench/site_build.py --hosts 1000 --reports 720 [--cache /var/tmp/gitops-bench]
+    .venv/bin/python bench/site_build.py --hosts 10000 --reports 30
+    .venv/bin/python bench/site_build.py --hosts 10000 --reports 30 --with-without-sbom
 
 The fleet repository (main with ``hosts/<host>/host.yaml`` and one Ed25519 key per host,
-signed ``deploy/<host>`` chains, ``reports/<host>`` with ``--reports`` signed reports each)
-is generated with pygit2 and cached under ``--cache`` (generating 300k signed commits
-takes minutes); a later run with the same size reuses it. Then it measures:
+signed ``deploy/<host>`` chains, ``reports/<host>`` with ``--reports`` signed reports each
+over 30 days: 720 is an hourly heartbeat, the default ``agent.report_interval``) is
+written straight into pack files (bench/packwriter.py: no loose objects, no repack), one
+per generating process, with a commit-graph as ``git gc`` writes it, and kept under
+``--cache``: a later run with the same size reuses it. ``--sbom-sets N`` adds SBOMs (the
+agent's: with the first report and after each switch) drawn from N package sets of
+``--sbom-paths`` store paths each, the store paths' hashes different on every host.
 
-1. a full build (no site cache),
-2. an incremental build after one new report on one host,
-3. a rebuild with nothing new.
+For each code (``--base`` extracted with ``git archive``, then this checkout) it measures
+a full build (no site cache), a build with nothing new, one after one new report, and a
+rebuild after an upgrade (the site cache's rows and pages gone, its verdict store kept:
+the base code has none, so it checks every signature again). ``--with-without-sbom``
+builds the fleet with and without SBOMs (this checkout only). ``--profile`` also runs
+each full build in one process under cProfile.
 
 Each build runs the real CLI (``python -m gitops site build``) in a child process; peak
-memory is the largest sum of RSS over the build's whole process tree (workers included),
+memory is the largest sum of PSS over the build's whole process tree (workers included),
 sampled every 20 ms. Figures go to docs/benchmarks.md by hand.
 """
 
