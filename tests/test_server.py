@@ -662,7 +662,7 @@ def test_an_agent_pushes_reports_from_a_compacted_mirror(world: World, tmp_path:
         for _ in range(3):
             reporter.add(report("web-2"))
         assert reporter.push().pushed
-        done = compact.compact(mirror)
+        done = compact.compact(mirror, reporter.key)
         assert done.cut_at == str(mirror.target(reports_ref("web-2")))
         assert mirror.repo.is_shallow
     reporter.add(report("web-2"))
