@@ -72,6 +72,8 @@ SECRET_SUFFIX: Final = ".age"
 SECRETS_SCHEMA: Final = 1
 SECRET_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _UNIX_NAME: Final = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$")
+MAX_UNIX_ID: Final = 2**32 - 2  # (uid_t)-1 means "leave unchanged"
+MAX_SECRET_PATH: Final = 1024
 
 
 def is_secret_name(name: str) -> bool:
@@ -113,23 +115,30 @@ def check_secret_file(file: SecretFile) -> str | None:
     if not is_secret_name(file.name):
         return f"{file.name[:80]!r} is not a secret name (letters, digits, . _ -; no .age)"
     for what, value in (("owner", file.owner), ("group", file.group)):
-        if not _UNIX_NAME.match(value):
+        if not _UNIX_NAME.match(value) or (value.isdigit() and int(value) > MAX_UNIX_ID):
             return f"{file.name}: {what} {value[:40]!r} is not a user or group name or number"
     if not 0 <= file.mode <= 0o777:
         return f"{file.name}: mode {file.mode:o} is not a permission mode (e.g. 0400)"
     if file.path is not None and (
         not file.path.startswith("/")
-        or any(part in ("", ".", "..") for part in file.path[1:].split("/"))
+        or any(part in ("", ".", "..") or len(part) > 255 for part in file.path[1:].split("/"))
         or file.path.startswith("/nix/")
+        or len(file.path) > MAX_SECRET_PATH
+        or not file.path.isprintable()
     ):
-        return f"{file.name}: path {file.path[:80]!r} must be an absolute path outside /nix"
+        return (
+            f"{file.name}: path {file.path[:80]!r} must be an absolute path outside /nix, "
+            f"printable, at most {MAX_SECRET_PATH} characters"
+        )
     return None
 
 
 def parse_secrets_manifest(text: bytes | str) -> tuple[SecretFile, ...]:
     """Read ``secrets/secrets.json``; ValueError says what is wrong."""
-    data = _load_object(text)
-    if data.get("schema") != SECRETS_SCHEMA or type(data.get("secrets")) is not dict:
+    data = _load_object(text, strict=True)
+    if type(data.get("schema")) is not int or data["schema"] != SECRETS_SCHEMA:
+        raise ValueError(f"not a schema {SECRETS_SCHEMA} secrets manifest")
+    if type(data.get("secrets")) is not dict:
         raise ValueError(f"not a schema {SECRETS_SCHEMA} secrets manifest")
     files = []
     for name, entry in data["secrets"].items():
@@ -414,15 +423,30 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key[:80]!r} is given twice")
+        data[key] = value
+    return data
+
+
 # One decoder, made once (json.loads with any option makes a new one per call).
 _DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+# For the files that tell a host what to do as root (commands, settings, secrets): a key
+# given twice is refused, so that no reader can see another value than the agent does.
+_STRICT_DECODER: Final = json.JSONDecoder(
+    parse_constant=_no_constant, object_pairs_hook=_unique_keys
+)
 
 
-def _load_object(text: bytes | str) -> dict[str, Any]:
+def _load_object(text: bytes | str, *, strict: bool = False) -> dict[str, Any]:
     if len(text) > MAX_REPORT_BYTES:
         raise ValueError(f"larger than {MAX_REPORT_BYTES} bytes")
+    decoder = _STRICT_DECODER if strict else _DECODER
     try:
-        data = _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+        data = decoder.decode(text.decode() if isinstance(text, bytes) else text)
     except json.JSONDecodeError as err:
         raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
     except UnicodeDecodeError as err:
@@ -549,7 +573,7 @@ class Command:
         """Parse and check a command file; ValueError says what is wrong."""
         if len(text) > MAX_COMMAND_BYTES:
             raise ValueError(f"larger than {MAX_COMMAND_BYTES} bytes")
-        data = _load_object(text)
+        data = _load_object(text, strict=True)
         if data.get("schema") != COMMAND_SCHEMA or type(data.get("schema")) is not int:
             raise ValueError(f"unknown command schema {data.get('schema')!r}")
         top = _typed(data, _COMMAND_FIELDS, "")
@@ -793,7 +817,7 @@ class HostControl:
 
     @classmethod
     def from_json(cls, text: bytes | str) -> HostControl:
-        data = _load_object(text)
+        data = _load_object(text, strict=True)
         if data.get("schema") != CONTROL_SCHEMA:
             raise ValueError(f"unknown settings schema {data.get('schema')!r}")
         reboot = data.get("reboot") or {}

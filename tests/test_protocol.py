@@ -253,3 +253,27 @@ def test_host_control_settings_round_trip() -> None:
         {"disk": protocol.CheckSpec(("/bin/true",), 5)},
     )
     assert protocol.HostControl.from_json(control.to_json()) == control
+
+
+def test_files_that_drive_root_refuse_a_key_given_twice() -> None:
+    """A command, the host settings and the secrets manifest mean one thing to every
+    reader: a key given twice (the last wins in Python, the first in other parsers) is
+    refused. Reports, which only describe, are read as before."""
+    command = json.dumps(_command())
+    twice = command.replace('"hosts": ["web-1"]', '"hosts": ["web-1"], "hosts": ["web-2"]')
+    assert twice != command
+    with pytest.raises(ValueError, match="'hosts' is given twice"):
+        protocol.Command.from_json(twice)
+    control = protocol.HostControl(protocol.RebootPolicy(True, "Sat 03:00-04:00", "UTC"), {})
+    text = control.to_json().replace("{", '{"checks": {}, ', 1)
+    with pytest.raises(ValueError, match="given twice"):
+        protocol.HostControl.from_json(text)
+    with pytest.raises(ValueError, match="'x' is given twice"):
+        protocol.parse_secrets_manifest('{"schema": 1, "secrets": {"x": {}, "x": {}}}')
+    with pytest.raises(ValueError, match="not a schema 1"):
+        protocol.parse_secrets_manifest('{"schema": true, "secrets": {}}')
+    for owner in ("4294967295", "9999999999"):
+        with pytest.raises(ValueError, match="not a user or group"):
+            protocol.parse_secrets_manifest(
+                json.dumps({"schema": 1, "secrets": {"x": {"owner": owner}}})
+            )
