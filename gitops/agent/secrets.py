@@ -215,7 +215,7 @@ def _safe_link_path(file: SecretFile, *, create: bool) -> Path | None:
     real = Path(os.path.realpath(existing))
     for name in missing:  # in root-only directories: nobody else can create them first
         real = real / name
-        os.mkdir(real, 0o755)
+        real.mkdir(mode=0o755)
     return real / link.name
 
 
