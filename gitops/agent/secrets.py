@@ -197,7 +197,7 @@ def _safe_link_path(file: SecretFile, *, create: bool) -> Path | None:
     when its directory does not exist and ``create`` is False."""
     assert file.path is not None
     link = Path(file.path)
-    existing, missing = link.parent, []
+    existing, missing = link.parent, list[str]()
     while not existing.exists():
         missing.insert(0, existing.name)
         existing = existing.parent
