@@ -168,6 +168,34 @@ def test_state_changes_reach_the_webhook_signed_and_commit_statuses_follow(
     assert SECRET not in caplog.text
 
 
+def test_a_webhook_url_with_a_token_is_not_published_or_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack, Teams and Discord webhooks carry their token in the URL. alerts.json is
+    published with the site, and the build's warnings reach CI logs: neither names it."""
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out = tmp_path / "site"
+    token_path = "/services/T0001/B0002/XXXXtokenXXXX"
+    with receiver() as hook:
+        fleet.alerts = {"webhooks": [{"url": f"{hook.url}{token_path}?key=query-token"}]}
+        fleet.commit_main("Send alerts", NOW - timedelta(hours=1))
+        site_build.build(fleet.path, out, now=NOW, workers=1)
+        hook.failing = True
+        fleet.report("up", NOW + timedelta(minutes=30), Result.SWITCH_FAILED)
+        stats = site_build.build(fleet.path, out, now=NOW + timedelta(hours=1), workers=1)
+        assert stats.alerts["failed"] == 1
+        published = (out / notify.FILE).read_text()
+        assert json.loads(published)["outbox"][0]["kind"] == "webhook"
+        assert "HTTP 503" in caplog.text and f"POST {hook.url}/…" in caplog.text
+        hook.failing = False
+        stats = site_build.build(fleet.path, out, now=NOW + timedelta(hours=1), workers=1)
+        assert stats.alerts["sent"] == 1
+        (request,) = hook.take()
+        assert request.path == f"{token_path}?key=query-token"
+    for text in (published, caplog.text, json.dumps(stats.alerts)):
+        assert "XXXXtokenXXXX" not in text and "query-token" not in text
+
+
 def test_github_statuses_and_no_alerts(tmp_path: Path) -> None:
     fleet = standard_fleet(tmp_path / "fleet.git")
     out = tmp_path / "site"
