@@ -629,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except GitopsError as err:
         if debug:
             raise
-        print(f"gitops: error: {err}", file=sys.stderr)
+        print(f"gitops: error: {output.printable(str(err))}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         print("gitops: interrupted", file=sys.stderr)
@@ -643,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         print(
-            f"gitops: unexpected error: {type(err).__name__}: {err} (a bug; rerun with --debug "
+            f"gitops: unexpected error: {type(err).__name__}: {output.printable(str(err))} (a bug; rerun with --debug "
             "for a traceback and report it)",
             file=sys.stderr,
         )
