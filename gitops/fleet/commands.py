@@ -196,6 +196,34 @@ def load(source: Source, directory: str = COMMANDS_DIR) -> list[SignedCommand | 
     return found
 
 
+def signature_problem(item: SignedCommand, trust: AllowedSigners, now: datetime) -> str | None:
+    """Why hosts would refuse ``item``'s signature at ``now`` (a commander in ``trust`` at
+    its issue and at ``now``, and the issuer it names), or None."""
+    try:
+        verified = item.verify(trust, now)
+    except GitopsError as err:
+        return f"signature refused: {err}"
+    if item.command.issuer and verified.principal != item.command.issuer:
+        return f"signed by {verified.principal}, but says it was issued by {item.command.issuer}"
+    return None
+
+
+def checked(
+    trust: AllowedSigners, found: Iterable[SignedCommand | BadCommand]
+) -> list[SignedCommand | BadCommand]:
+    """``found``, with each command that was not signed by a commander when it was issued
+    (as it says) turned into a BadCommand: what the site lists as a command is one."""
+    result: list[SignedCommand | BadCommand] = []
+    for item in found:
+        if isinstance(item, SignedCommand):
+            problem = signature_problem(item, trust, item.command.issued)
+            if problem is not None:
+                result.append(BadCommand(f"{COMMANDS_DIR}/{item.file_name}", problem))
+                continue
+        result.append(item)
+    return result
+
+
 def deliverable(
     fleet: Fleet, found: Iterable[SignedCommand | BadCommand], now: datetime
 ) -> dict[str, list[SignedCommand]]:
@@ -211,10 +239,9 @@ def deliverable(
         command = item.command
         if command.expires <= now:
             continue  # done with: removed from the deploy trees
-        try:
-            item.verify(trust, now)
-        except GitopsError as err:
-            log.warning("commands: %s: %s; not delivered", item.file_name, err)
+        problem = signature_problem(item, trust, now)
+        if problem is not None:
+            log.warning("commands: %s: %s; not delivered", item.file_name, problem)
             continue
         for host in command.hosts:
             if host in fleet.hosts:

@@ -420,7 +420,9 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         commits,
         collect.orphans(set(names), main.deploys, main.reports),
         collect.enrolments(main.repo, main.head),
-        fleet_commands.load(TreeSource(main.repo, main.head.tree)),
+        fleet_commands.checked(
+            settings.commander_trust(), fleet_commands.load(TreeSource(main.repo, main.head.tree))
+        ),
     )
     common = {
         "now": rules.now,
