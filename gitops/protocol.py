@@ -119,6 +119,11 @@ def check_secret_file(file: SecretFile) -> str | None:
             return f"{file.name}: {what} {value[:40]!r} is not a user or group name or number"
     if not 0 <= file.mode <= 0o777:
         return f"{file.name}: mode {file.mode:o} is not a permission mode (e.g. 0400)"
+    if file.mode & 0o022:
+        return (
+            f"{file.name}: mode {file.mode:04o} lets others than its owner change the secret "
+            "(a service would read what they wrote); use e.g. 0400 or 0440"
+        )
     if file.path is not None and (
         not file.path.startswith("/")
         or any(part in ("", ".", "..") or len(part) > 255 for part in file.path[1:].split("/"))

@@ -255,7 +255,7 @@ def test_host_control_settings_round_trip() -> None:
     assert protocol.HostControl.from_json(control.to_json()) == control
 
 
-def test_files_that_drive_root_refuse_a_key_given_twice() -> None:
+def test_files_that_drive_root_refuse_a_key_given_twice_and_unsafe_secrets() -> None:
     """A command, the host settings and the secrets manifest mean one thing to every
     reader: a key given twice (the last wins in Python, the first in other parsers) is
     refused. Reports, which only describe, are read as before."""
@@ -276,4 +276,9 @@ def test_files_that_drive_root_refuse_a_key_given_twice() -> None:
         with pytest.raises(ValueError, match="not a user or group"):
             protocol.parse_secrets_manifest(
                 json.dumps({"schema": 1, "secrets": {"x": {"owner": owner}}})
+            )
+    for mode in ("0666", "0620", "0777"):
+        with pytest.raises(ValueError, match="lets others than its owner change the secret"):
+            protocol.parse_secrets_manifest(
+                json.dumps({"schema": 1, "secrets": {"x": {"mode": mode}}})
             )
