@@ -322,7 +322,7 @@ def test_a_proposal_adds_only_regular_files_and_its_names_cannot_drive_a_termina
     main = repo.references["refs/heads/main"].peel(pygit2.Commit)
     who = commits.signature_of("x", "x@example.org")
     blob, link = pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.LINK
-    cases = {
+    cases: dict[str, dict[str, tuple[bytes | pygit2.Oid, int]]] = {
         "linked": {"configuration.nix": (b"../alpha/configuration.nix", link)},
         "sub": {"vendor": (pygit2.Oid(hex="3" * 40), pygit2.enums.FileMode.COMMIT)},
         "dotted": {".gitattributes": (b"* filter=evil\n", blob)},
@@ -331,7 +331,7 @@ def test_a_proposal_adds_only_regular_files_and_its_names_cannot_drive_a_termina
     for name, extra in cases.items():
         key = tmp_path / f"{name}_key"
         public = keys.new_keypair(key, f"root@{name}")
-        files = {
+        files: dict[str, tuple[bytes | pygit2.Oid, int]] = {
             "host.yaml": (f"key: {public.openssh()}\nprofiles: [workstation]\n".encode(), blob),
             "configuration.nix": (b"{ imports = [ ../../profiles/workstation.nix ]; }\n", blob),
             **extra,

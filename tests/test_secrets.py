@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -495,9 +495,10 @@ def test_the_fleet_refuses_secrets_for_unknown_hosts_and_without_admins(demo: De
 # -- what a deploy tree can ask of the agent (as root) ----------------------------------
 
 
-def _deploy_with(
-    repo: pygit2.Repository, manifest: bytes, files: dict[str, tuple[bytes | pygit2.Oid, int]]
-) -> pygit2.Oid:
+Entries = Mapping[str, tuple[bytes | pygit2.Oid, int]]
+
+
+def _deploy_with(repo: pygit2.Repository, manifest: bytes, files: Entries) -> pygit2.Oid:
     """A commit whose tree is ``secrets/secrets.json`` and ``files`` under secrets/."""
     sub = repo.TreeBuilder()
     sub.insert("secrets.json", repo.create_blob(manifest), pygit2.enums.FileMode.BLOB)
@@ -534,7 +535,7 @@ def test_a_deploy_tree_the_agent_cannot_follow_is_refused_in_one_line_and_change
     def manifest(**fields: object) -> bytes:
         return json.dumps({"schema": 1, "secrets": {"x": _entry(**fields)}}).encode()
 
-    cases: dict[str, tuple[bytes, dict[str, tuple[bytes | pygit2.Oid, int]], str]] = {
+    cases: dict[str, tuple[bytes, Entries, str]] = {
         "uid out of range": (manifest(owner="9999999999"), good, "is not a user or group"),
         "NUL in path": (manifest(path="/run/a\0b"), good, "printable"),
         "newline in path": (manifest(path="/run/a\nb"), good, "printable"),
