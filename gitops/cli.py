@@ -98,6 +98,43 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
 
+def _add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="staged rollouts (fleet.yaml's rollout: waves): status, resume, abort"
+    )
+    actions = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="each wave's progress, from the repository alone")
+    _add_repo(status)
+    status.add_argument("--json", action="store_true", help="machine-readable result")
+    for name, helptext in (
+        ("resume", "let a halted rollout go on to the next wave (recorded on 'rollout')"),
+        ("abort", "stop a rollout: no further wave gets its source (recorded on 'rollout')"),
+    ):
+        sub = actions.add_parser(name, help=helptext)
+        _add_repo(sub)
+        sub.add_argument("--key", type=Path, required=True, help="a publisher's key (as publish)")
+        sub.add_argument("--reason", default="", help="why, for the record")
+        sub.add_argument("--push", action="store_true", help="record it on the remote's rollout")
+        sub.add_argument("--remote", default="origin", help="the remote (default: origin)")
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from gitops.commands import rollout_cmd
+
+    if args.rollout_command == "status":
+        return rollout_cmd.status(args.repo, as_json=args.json)
+    return rollout_cmd.admin(
+        args.repo,
+        rollout_cmd.Action(args.rollout_command),
+        key_path=args.key,
+        reason=args.reason,
+        push=args.push,
+        remote=args.remote,
+        as_json=args.json,
+    )
+
+
 def _add_identity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--identity",
@@ -367,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     vulns.add_argument("--json", action="store_true", help="machine-readable result")
 
     _add_status(commands)
+    _add_rollout(commands)
 
     site = commands.add_parser("site", help="the fleet dashboard")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -528,6 +566,8 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import vulns_cmd
 
             return vulns_cmd.vulns_command(args.repo, args.feed, args.host, as_json=args.json)
+        case "rollout":
+            return _rollout(args)
         case "status":
             from gitops.commands import status_cmd
 

@@ -13,6 +13,7 @@ from typing import Final
 
 from gitops.errors import GitopsError
 from gitops.fleet.alerts import AlertSettings, parse_alerts
+from gitops.fleet.rollout import RolloutSettings, parse_rollout, unknown_hosts
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.secrets import Admin, Secret, parse_secrets
 from gitops.fleet.source import Source
@@ -77,6 +78,7 @@ class FleetSettings:
     vulnerabilities: VulnerabilitySettings = field(default_factory=VulnerabilitySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     admins: tuple[Admin, ...] = ()  # who can read every secret and escrowed key
+    rollout: RolloutSettings | None = None  # staged rollout waves (docs/rollout.md)
 
     def publisher_trust(self) -> AllowedSigners:
         """The publishers as an allowed-signers list (what agents pin on their machine)."""
@@ -253,6 +255,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     alerts = parse_alerts(top.mapping("alerts"))
     name = top.string("name", "fleet")
     admins = _parse_admins(top)
+    rollout = parse_rollout(top)
     top.finish()
     return FleetSettings(
         name=name,
@@ -266,6 +269,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         vulnerabilities=vulnerability_settings,
         alerts=alerts,
         admins=admins,
+        rollout=rollout,
     )
 
 
@@ -417,6 +421,7 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
                 "each host signs its reports with its own key",
                 field="key",
             )
+    _check_rollout_hosts(source, settings, hosts, problems)
     profiles = frozenset(
         entry.removesuffix(".nix") for entry in source.list_dir(PROFILES_DIR) or []
     )
@@ -424,3 +429,17 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
         source, {h.name: (h.key, h.tags) for h in hosts.values()}, settings.admins, problems
     )
     return Fleet(settings, hosts, profiles, secrets)
+
+
+def _check_rollout_hosts(
+    source: Source, settings: FleetSettings, hosts: dict[str, Host], problems: Problems
+) -> None:
+    if settings.rollout is None:
+        return
+    for index, host in unknown_hosts(settings.rollout, hosts):
+        problems.add(
+            source.describe(FLEET_FILE),
+            f"unknown host {host!r}",
+            "hosts are the directories in hosts/",
+            field=f"rollout.waves[{index}].hosts",
+        )
