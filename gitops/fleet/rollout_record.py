@@ -204,15 +204,18 @@ def write_record(
     parent: pygit2.Oid | None,
     key: SigningKey,
     subject: str,
+    notes: tuple[str, ...] = (),
 ) -> pygit2.Oid:
-    """A signed commit (on no ref yet) holding ``record``; its author is ``record.by``."""
+    """A signed commit (on no ref yet) holding ``record``; its author is ``record.by``;
+    ``notes``: more lines for the message body."""
     builder = repo.TreeBuilder()
     builder.insert(
         ROLLOUT_FILE, repo.create_blob(record.to_json().encode()), pygit2.enums.FileMode.BLOB
     )
     body = f"Source: {record.source}\nStatus: {record.status}"
-    if record.reason:
-        body = f"{record.reason}\n\n{body}"
+    for paragraph in (*reversed(notes), record.reason):
+        if paragraph and paragraph != subject:
+            body = f"{paragraph}\n\n{body}"
     author = commits.signature_of(record.by.split("@")[0] or record.by, record.by, record.updated)
     return commits.create_signed_commit(
         repo,

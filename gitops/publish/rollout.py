@@ -105,7 +105,7 @@ def publish(
     if previous is None or previous.source != str(source.id):
         _refuse_older(repository, source, previous)
         record = _start(context, source, previous)
-        steps.append(f"rollout of {source.short_id} started: wave {record.current.name}")
+        steps.append(f"rollout of {str(source.id)[:8]} started: wave {record.current.name}")
     else:
         record = previous
     published: list[run.Outcome] = []
@@ -130,7 +130,7 @@ def publish(
         steps.append(line)
     renewed = _renew_others(context, record)
     if record != previous:
-        _save(context, record, base, steps[-1] if steps else "rollout: targets recorded")
+        _save(context, record, base, steps or [f"rollout of {record.source[:8]}: recorded"])
     return Staged(record, tuple(steps), verdict, tuple(published), renewed)
 
 
@@ -320,10 +320,11 @@ def save_record(
     key: SigningKey,
     subject: str,
     remote: str | None,
+    notes: tuple[str, ...] = (),
 ) -> pygit2.Oid:
     """Sign ``record`` on top of ``base`` and move ``rollout`` (on ``remote`` first, when
     given: a server that moved meanwhile refuses it, and nothing moves here)."""
-    oid = write_record(repository, record, parent=base, key=key, subject=subject)
+    oid = write_record(repository, record, parent=base, key=key, subject=subject, notes=notes)
     git_dir = Path(repository.path)
     if remote is not None:
         pushed = transport.push_commits(git_dir, remote, {ROLLOUT_REF: str(oid)})
@@ -342,13 +343,15 @@ def save_record(
     return oid
 
 
-def _save(context: _Context, record: Record, base: pygit2.Oid | None, subject: str) -> None:
+def _save(context: _Context, record: Record, base: pygit2.Oid | None, steps: list[str]) -> None:
+    """One commit for the run: its first step as the subject, the others in the body."""
     remote = context.request.remote if context.request.push else None
     save_record(
         context.repository,
         replace(record, by=context.principal),
         base=base,
         key=context.key,
-        subject=subject,
+        subject=steps[0],
         remote=remote,
+        notes=tuple(steps[1:]),
     )
