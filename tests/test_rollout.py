@@ -34,7 +34,7 @@ from gitops.publish import plan as publishing
 from gitops.publish import rollout, run
 from gitops.report_commits import create_report_commit
 from gitops.trust import commits, keys
-from testing.helpers import git
+from testing.helpers import git, public_line
 from testing.publishing import HOSTS, ServedFleet, gitops, served_fleet
 
 MINUTE = timedelta(minutes=1)
@@ -162,8 +162,28 @@ def test_a_change_advances_wave_by_wave_after_the_soak_time(
 
     # The record is auditable with plain git: one signed commit per step.
     log = git("log", "--format=%s", "rollout", cwd=setup.fleet.server).stdout.splitlines()
-    assert len(log) == 4, log
-    assert log[-1].endswith("given " + log[-1].split()[-1])  # wave canary given <source>
+    source = done.record.source[:8]
+    assert log == [
+        f"rollout of {source} done: wave everyone: 2 of 2 hosts applied and healthy for 30m "
+        "(2 needed)",
+        f"wave early: 1 of 1 hosts applied and healthy for 30m (1 needed): wave everyone gets "
+        f"{source}",
+        f"wave canary: 1 of 1 hosts applied and healthy for 30m (1 needed): wave early gets "
+        f"{source}",
+        f"rollout of {source} started: wave canary",
+    ]
+    trust = setup.fleet.root / "publishers"
+    trust.write_text(f"publisher@example.org {public_line(setup.fleet.publisher)}\n")
+    for rev in ("rollout", "rollout~3"):
+        verified = git(
+            "-c",
+            f"gpg.ssh.allowedSignersFile={trust}",
+            "verify-commit",
+            rev,
+            cwd=setup.fleet.server,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stderr
     capsys.readouterr()
     # The clock is injected, so in-process: the CLI would judge at the real time.
     assert rollout_cmd.status(setup.fleet.server, as_json=True, now=setup.t0 + 106 * MINUTE) == 0
