@@ -33,6 +33,7 @@ from gitops.protocol import ROLLOUT_REF, Report, Result, reports_ref
 from gitops.publish import plan as publishing
 from gitops.publish import rollout, run
 from gitops.report_commits import create_report_commit
+from gitops.sitegen import build as site
 from gitops.trust import commits, keys
 from testing.helpers import git, public_line
 from testing.publishing import HOSTS, ServedFleet, gitops, served_fleet
@@ -213,6 +214,19 @@ def test_failures_halt_the_rollout_before_the_next_wave_and_resume_goes_on(
     assert shown.returncode == 0, shown.stderr
     assert "halted at wave canary" in shown.stdout
     assert "failed: web-1 (rolled-back)" in shown.stdout
+    # The site's rollout page judges with the same code.
+    site.build(setup.fleet.server, tmp_path / "site", now=setup.t0 + 61 * MINUTE, send_alerts=False)
+    page = (tmp_path / "site" / "rollout.html").read_text()
+    assert "is <strong>halted</strong> at wave\n<strong>canary</strong>" in page
+    assert "<td>rolled-back</td>" in page
+    data = json.loads((tmp_path / "site" / "rollout.json").read_text())["rollout"]
+    assert data["status"] == "halted"
+    assert [(w["name"], w["state"]) for w in data["waves"]] == [
+        ("canary", "halted"),
+        ("early", "waiting"),
+        ("everyone", "waiting"),
+    ]
+    assert data["waves"][0]["members"][0]["progress"] == "failed"
 
     resumed = gitops(
         "rollout",
