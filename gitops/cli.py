@@ -476,6 +476,10 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         push=args.push,
         remote=args.remote,
     )
+    from gitops.commands import rollout_cmd
+
+    if rollout_cmd.has_waves(request):  # fleet.yaml's rollout: (docs/rollout.md)
+        return rollout_cmd.publish(request, as_json=args.json)
     return publish_cmd.publish(request, as_json=args.json)
 
 

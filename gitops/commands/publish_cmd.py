@@ -9,7 +9,7 @@ from gitops.errors import ProblemsError
 from gitops.protocol import branch_name, deploy_ref
 from gitops.publish import plan as publishing
 from gitops.publish import recover as recovery
-from gitops.publish import rollout, run
+from gitops.publish import run
 from gitops.publish.checks import Refusal
 from gitops.trust import commits
 
@@ -62,10 +62,6 @@ def publish_command_result(outcome: run.Outcome) -> dict[str, object]:
 
 
 def publish(request: run.Request, *, as_json: bool) -> int:
-    if rollout.settings_at(request) is not None:  # waves: docs/rollout.md
-        from gitops.commands import rollout_cmd
-
-        return rollout_cmd.publish(request, as_json=as_json)
     outcome = run.publish(request, progress=output.progress)
     published = outcome.published
     if as_json:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import output
+from gitops.commands.publish_cmd import publish_command_result, raise_if_refused
 from gitops.errors import GitopsError
 from gitops.fleet.rollout import Progress
 from gitops.fleet.rollout_record import Record, Status, WaveView, local_record, view
@@ -25,10 +26,13 @@ class Action(StrEnum):
     ABORT = "abort"
 
 
+def has_waves(request: run.Request) -> bool:
+    """Whether fleet.yaml at the source declares waves (then publish goes by wave)."""
+    return rollout.settings_at(request) is not None
+
+
 def publish(request: run.Request, *, as_json: bool) -> int:
     """``gitops publish`` when fleet.yaml has ``rollout:``."""
-    from gitops.commands.publish_cmd import publish_command_result, raise_if_refused
-
     staged = rollout.publish(request, progress=output.progress)
     outcomes = (*staged.published, *staged.renewed)
     record = staged.record
