@@ -358,3 +358,33 @@ def test_a_wave_halts_as_soon_as_the_threshold_cannot_be_met() -> None:
     waiting = judge_wave("w", wave(*[ok] * 8, bad, Progress.SOAKING), 0.9, 60)
     assert waiting.decision is Decision.WAIT and waiting.needed == 9
     assert judge_wave("w", [], 0.9, 60).decision is Decision.PASS, "an empty wave passes"
+
+
+def test_hosts_not_reached_keep_their_tree_but_get_heartbeats(tmp_path: Path) -> None:
+    fleet = served_fleet(tmp_path, extra_fleet={**WAVES, "deploy": {"expires_after": "3d"}})
+    t0 = datetime.now(UTC)
+    repo = pygit2.Repository(str(fleet.root))
+    key = keys.load_signing_key(fleet.key_path)
+    # Published two and a half days ago: every head expires within the renewal window.
+    publishing.write_commits(repo, publishing.make_plan(repo, "main"), key, now=t0 - 3600 * MINUTE)
+    git("push", "-q", "origin", "refs/heads/deploy/*:refs/heads/deploy/*", cwd=fleet.root)
+    setup = Rollout(fleet, t0, {h: fleet.head(h) for h in HOSTS})
+    fleet.change_every_host("v2")
+
+    staged = setup.run(0 * MINUTE)
+    assert setup.moved() == set(HOSTS)
+    assert len(staged.renewed) == 1, "one source: the one every waiting head came from"
+    assert sorted(staged.renewed[0].published.commits) == ["admin-1", "dev-ws-1", "web-2"]
+    for host in ("web-2", "dev-ws-1", "admin-1"):
+        head, before = fleet.head(host), setup.before[host]
+        assert head is not None and before is not None
+        subject = git("log", "-1", "--format=%s", head, cwd=fleet.server).stdout.strip()
+        assert subject == f"deploy {host}: renew expiry"
+        same = git("diff", "--quiet", before, head, cwd=fleet.server, check=False)
+        assert same.returncode == 0, "the same tree: only the expiry moved"
+    canary = fleet.head("web-1")
+    assert canary is not None
+    changed = git(
+        "diff", "--quiet", setup.before["web-1"] or "", canary, cwd=fleet.server, check=False
+    )
+    assert changed.returncode == 1, "the canary got the change"
