@@ -39,7 +39,7 @@ from testing.helpers import git, public_line
 from testing.publishing import HOSTS, ServedFleet, gitops, served_fleet
 
 MINUTE = timedelta(minutes=1)
-WAVES = {
+WAVES: dict[str, object] = {
     "rollout": {
         "waves": [
             {"name": "canary", "hosts": ["web-1"]},
