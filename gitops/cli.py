@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,12 @@ EXIT_USAGE = 2
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+
+def _command_names() -> list[str]:
+    from gitops.protocol import CommandName
+
+    return [str(name) for name in CommandName]
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
@@ -299,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
         sub.add_argument("--json", action="store_true", help="machine-readable result")
+        if name == "plan":
+            _add_plan_options(sub)
         if name == "publish":
             sub.add_argument(
                 "--key",
@@ -326,6 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
                 help="with --recover: the deploy commit the host runs, when its reports "
                 "cannot say (default: read from its newest verified report)",
             )
+
+    command = commands.add_parser(
+        "command",
+        help="sign a command (reboot, poweroff, collect-logs, gc, update-now, run-check) for "
+        "some hosts, into commands/ (docs/commands.md)",
+    )
+    _add_repo(command)
+    command.add_argument("name", choices=[str(n) for n in _command_names()])
+    command.add_argument("check", nargs="?", default="", help="run-check: the check's name")
+    command.add_argument("--host", action="append", default=[], help="a host (repeatable)")
+    command.add_argument("--tag", action="append", default=[], help="every host with this tag")
+    command.add_argument("--key", type=Path, required=True, help="a commander's key (fleet.yaml)")
+    command.add_argument("--expires", default="24h", help="valid for (default 24h, at most 30d)")
+    command.add_argument(
+        "--unit", action="append", default=[], help="collect-logs: a systemd unit (repeatable)"
+    )
+    command.add_argument("--since", default="1h", help="collect-logs: how far back (default 1h)")
+    command.add_argument(
+        "--max-bytes", type=int, default=64 * 1024, help="collect-logs: excerpt limit"
+    )
+    command.add_argument("--json", action="store_true", help="machine-readable result")
 
     verify = commands.add_parser(
         "verify", help="verify a commit's signature like git verify-commit"
@@ -530,6 +559,36 @@ def _server_hot_path(argv: Sequence[str]) -> int | None:
     return None
 
 
+def _add_plan_options(plan: argparse.ArgumentParser) -> None:
+    plan.add_argument(
+        "--remote",
+        help="compare with the deploy branches on this remote (name or URL), fetched as "
+        "publish fetches them (default: this clone's deploy branches)",
+    )
+    plan.add_argument(
+        "--format",
+        choices=["text", "json", "markdown"],
+        default=None,
+        help="text (default), json (as --json), or markdown for a pull-request comment",
+    )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from gitops.commands import plan_cmd
+
+    fmt = plan_cmd.Format(args.format or ("json" if args.json else "text"))
+    return plan_cmd.plan(args.repo, args.source, args.host, fmt=fmt, remote=args.remote)
+
+
+# Commands whose whole dispatch is one helper taking the parsed arguments.
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sbom": _sbom,
+    "rollout": _rollout,
+    "server": _server,
+    "secrets": _secrets,
+}
+
+
 def execute(argv: Sequence[str]) -> int:
     hot = _server_hot_path(argv)
     if hot is not None:
@@ -537,6 +596,9 @@ def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output.configure_logging(debug=args.debug, verbose=args.verbose)
+    handler = _HANDLERS.get(args.command)
+    if handler is not None:
+        return handler(args)
     match args.command:
         case "keys":
             from gitops.commands import keys_cmd
@@ -551,11 +613,29 @@ def execute(argv: Sequence[str]) -> int:
                 args.repo, as_json=args.json, parse_nix=False if args.no_nix else None
             )
         case "plan":
-            from gitops.commands import publish_cmd
-
-            return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
+            return _plan(args)
         case "publish":
             return _publish(parser, args)
+        case "command":
+            from gitops.commands import command_cmd
+            from gitops.protocol import CommandName
+
+            name = CommandName(args.name)
+            if name is CommandName.RUN_CHECK and not args.check:
+                raise GitopsError("run-check needs the check's name: gitops command run-check NAME")
+            request = command_cmd.CommandRequest(
+                repo=args.repo,
+                name=name,
+                hosts=tuple(args.host),
+                tags=tuple(args.tag),
+                key=args.key,
+                expires=args.expires,
+                units=tuple(args.unit),
+                since=args.since,
+                max_bytes=args.max_bytes,
+                check=args.check,
+            )
+            return command_cmd.issue(request, as_json=args.json)
         case "verify":
             from gitops.commands import verify_cmd
 
@@ -564,14 +644,10 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import agent_cmd
 
             return agent_cmd.dispatch(args)
-        case "sbom":
-            return _sbom(args)
         case "vulns":
             from gitops.commands import vulns_cmd
 
             return vulns_cmd.vulns_command(args.repo, args.feed, args.host, as_json=args.json)
-        case "rollout":
-            return _rollout(args)
         case "status":
             from gitops.commands import status_cmd
 
@@ -589,10 +665,6 @@ def execute(argv: Sequence[str]) -> int:
                 as_json=args.json,
                 send_alerts=not args.no_alerts,
             )
-        case "server":
-            return _server(args)
-        case "secrets":
-            return _secrets(args)
         case "enroll":
             return _enroll(parser, args)
         case "escrow":

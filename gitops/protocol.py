@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from types import NoneType
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # -- refs -------------------------------------------------------------------------------
 
@@ -258,6 +259,11 @@ class Report:
     durations: dict[str, float] = field(default_factory=dict)
     log_tail: str = ""
     changes: tuple[str, ...] = ()  # `nix store diff-closures` of the previous and new system
+    # Signed commands handled since the last report (docs/commands.md): each at most once.
+    commands: tuple[CommandAck, ...] = ()
+    # Since when the host needs a reboot (booted kernel/initrd differ, or an action-boot
+    # system waits); None: no reboot needed (or an agent that does not say).
+    reboot_needed_since: datetime | None = None
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +275,9 @@ class Report:
         data["result"] = str(self.result)
         data["system"] = self.system.to_dict()
         data["changes"] = list(self.changes)
+        data["commands"] = [ack.to_dict() for ack in self.commands]
+        since = self.reboot_needed_since
+        data["reboot_needed_since"] = format_time(since) if since is not None else None
         return data
 
     def to_json(self) -> str:
@@ -315,6 +324,12 @@ class Report:
             durations={name: float(value) for name, value in durations.items()},
             log_tail=top["log_tail"],
             changes=tuple(changes[:MAX_CHANGES]) if changes else (),
+            commands=_command_acks(top["commands"]),
+            reboot_needed_since=(
+                _report_time(top["reboot_needed_since"])
+                if top["reboot_needed_since"] is not None
+                else None
+            ),
         )
 
 
@@ -358,6 +373,8 @@ _TOP_FIELDS: Final[_Spec] = {
     "durations": (frozenset({dict, NoneType}), None),
     "log_tail": (_STR, ""),
     "changes": (frozenset({list, NoneType}), None),
+    "commands": (frozenset({list, NoneType}), None),
+    "reboot_needed_since": (_OPTIONAL_STR, None),
 }
 _SECRET_FIELDS: Final[_Spec] = {
     "owner": (_STR, "root"),
@@ -457,6 +474,363 @@ _TYPE_NAMES: Final[dict[type, str]] = {
 
 def _type_name(value: object) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+# -- signed commands and host control files (docs/commands.md) -------------------------
+# In main, ``commands/<id>.json`` and its SSHSIG signature ``commands/<id>.json.sig``
+# (namespace ``gitops-command``, by a key in fleet.yaml ``commanders``). ``gitops publish``
+# copies each command, unexpired, into the deploy tree of every host it names, under
+# ``gitops-control/commands/``, beside ``gitops-control/settings.json`` (the host's reboot
+# policy and named checks). A deploy commit that changes only ``gitops-control/`` builds
+# nothing on the host.
+
+COMMANDS_DIR: Final = "commands"  # in main
+CONTROL_DIR: Final = "gitops-control"  # in a deploy tree
+CONTROL_COMMANDS_DIR: Final = f"{CONTROL_DIR}/commands"
+CONTROL_SETTINGS_FILE: Final = f"{CONTROL_DIR}/settings.json"
+COMMAND_NAMESPACE: Final = "gitops-command"  # the SSHSIG namespace of command signatures
+COMMAND_SUFFIX: Final = ".json"
+SIGNATURE_SUFFIX: Final = ".sig"
+COMMAND_SCHEMA: Final = 1
+CONTROL_SCHEMA: Final = 1
+MAX_COMMAND_LIFETIME: Final = 30 * 86400  # an agent refuses a command valid for longer
+MAX_COMMANDS: Final = 64  # per deploy tree, and acknowledgements per report
+MAX_COMMAND_BYTES: Final = 16 * 1024
+DEFAULT_LOG_BYTES: Final = 64 * 1024
+MAX_LOG_BYTES: Final = 256 * 1024  # collect-logs' excerpt, at most
+MAX_ACK_DETAIL: Final = 1024
+MAX_LOG_SINCE: Final = 30 * 86400
+COMMAND_ID: Final = re.compile(r"^[0-9a-z][0-9a-z-]{7,79}$")
+UNIT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:\\-]{0,127}$")
+CHECK_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class CommandName(StrEnum):
+    """The fixed set of commands (no arbitrary shell; run-check names a configured check)."""
+
+    REBOOT = "reboot"
+    POWEROFF = "poweroff"
+    COLLECT_LOGS = "collect-logs"
+    GC = "gc"
+    UPDATE_NOW = "update-now"
+    RUN_CHECK = "run-check"
+
+
+class CommandOutcome(StrEnum):
+    DONE = "done"  # executed and succeeded (reboot/poweroff: about to happen)
+    FAILED = "failed"  # executed and failed
+    REFUSED = "refused"  # never executed: expired, a foreign or bad signature, a replay...
+
+
+@dataclass(frozen=True)
+class Command:
+    """One signed command, ``commands/<id>.json``."""
+
+    id: str
+    name: CommandName
+    hosts: tuple[str, ...]
+    issued: datetime
+    expires: datetime
+    issuer: str = ""
+    units: tuple[str, ...] = ()  # collect-logs: journal units (none: the whole journal)
+    since: int = 3600  # collect-logs: seconds back from execution
+    max_bytes: int = DEFAULT_LOG_BYTES  # collect-logs: the excerpt's limit
+    check: str = ""  # run-check: a check named in fleet.yaml ``checks``
+    schema: int = COMMAND_SCHEMA
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "schema": self.schema,
+            "id": self.id,
+            "name": str(self.name),
+            "hosts": list(self.hosts),
+            "issued": format_time(self.issued),
+            "expires": format_time(self.expires),
+            "issuer": self.issuer,
+        }
+        if self.name is CommandName.COLLECT_LOGS:
+            data.update(units=list(self.units), since=self.since, max_bytes=self.max_bytes)
+        if self.name is CommandName.RUN_CHECK:
+            data["check"] = self.check
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> Command:
+        """Parse and check a command file; ValueError says what is wrong."""
+        if len(text) > MAX_COMMAND_BYTES:
+            raise ValueError(f"larger than {MAX_COMMAND_BYTES} bytes")
+        data = _load_object(text)
+        if data.get("schema") != COMMAND_SCHEMA or type(data.get("schema")) is not int:
+            raise ValueError(f"unknown command schema {data.get('schema')!r}")
+        top = _typed(data, _COMMAND_FIELDS, "")
+        if not COMMAND_ID.match(top["id"]):
+            raise ValueError(f"id: {top['id'][:80]!r} is not a command id")
+        try:
+            name = CommandName(top["name"])
+        except ValueError as err:
+            known = ", ".join(str(n) for n in CommandName)
+            raise ValueError(f"name: {top['name'][:40]!r} is not one of {known}") from err
+        hosts = _strings(top["hosts"], "hosts")
+        if not hosts or not all(is_host_name(h) for h in hosts):
+            raise ValueError("hosts: must list host names")
+        units = _strings(top["units"], "units")
+        if not all(UNIT_NAME.match(u) for u in units):
+            raise ValueError("units: each must be a systemd unit name")
+        for key, upper in (("since", MAX_LOG_SINCE), ("max_bytes", MAX_LOG_BYTES)):
+            if not 0 < top[key] <= upper:
+                raise ValueError(f"{key}: must be between 1 and {upper}")
+        if name is CommandName.RUN_CHECK and not CHECK_NAME.match(top["check"]):
+            raise ValueError(f"check: {top['check'][:40]!r} is not a check name")
+        issued, expires = _report_time(top["issued"]), _report_time(top["expires"])
+        if expires <= issued:
+            raise ValueError("expires: must be after issued")
+        return cls(
+            id=top["id"],
+            name=name,
+            hosts=hosts,
+            issued=issued,
+            expires=expires,
+            issuer=top["issuer"],
+            units=units,
+            since=top["since"],
+            max_bytes=top["max_bytes"],
+            check=top["check"],
+        )
+
+
+_INT: Final[frozenset[type]] = frozenset({int})
+_COMMAND_FIELDS: Final[_Spec] = {
+    "id": (_STR, _REQUIRED),
+    "name": (_STR, _REQUIRED),
+    "hosts": (frozenset({list}), _REQUIRED),
+    "issued": (_STR, _REQUIRED),
+    "expires": (_STR, _REQUIRED),
+    "issuer": (_STR, ""),
+    "units": (frozenset({list}), []),
+    "since": (_INT, 3600),
+    "max_bytes": (_INT, DEFAULT_LOG_BYTES),
+    "check": (_STR, ""),
+}
+
+
+def _strings(items: list[Any], name: str) -> tuple[str, ...]:
+    if len(items) > 1000 or not all(type(item) is str for item in items):
+        raise ValueError(f"{name}: must be a list of strings")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class CommandAck:
+    """A report's word on one command: what became of it, when, and (collect-logs, run-check)
+    its bounded output."""
+
+    id: str
+    name: str
+    outcome: CommandOutcome
+    at: datetime
+    detail: str = ""  # a human reason (why refused or failed, what was done)
+    output: str = ""  # collect-logs' journal excerpt, run-check's output tail
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "outcome": str(self.outcome),
+            "at": format_time(self.at),
+            "detail": self.detail,
+        }
+        if self.output:
+            data["output"] = self.output
+        return data
+
+
+_ACK_FIELDS: Final[_Spec] = {
+    "id": (_STR, _REQUIRED),
+    "name": (_STR, _REQUIRED),
+    "outcome": (_STR, _REQUIRED),
+    "at": (_STR, _REQUIRED),
+    "detail": (_STR, ""),
+    "output": (_STR, ""),
+}
+
+
+def _command_acks(items: list[Any] | None) -> tuple[CommandAck, ...]:
+    if not items:
+        return ()
+    if len(items) > MAX_COMMANDS:
+        raise ValueError(f"commands: more than {MAX_COMMANDS}")
+    acks = []
+    for index, item in enumerate(items):
+        if type(item) is not dict:
+            raise ValueError(f"commands[{index}]: {_type_name(item)}, not an object")
+        top = _typed(item, _ACK_FIELDS, f"commands[{index}].")
+        if not COMMAND_ID.match(top["id"]):
+            raise ValueError(f"commands[{index}].id: {top['id'][:80]!r} is not a command id")
+        try:
+            outcome = CommandOutcome(top["outcome"])
+        except ValueError as err:
+            raise ValueError(f"commands[{index}].outcome: {top['outcome'][:40]!r}") from err
+        acks.append(
+            CommandAck(
+                id=top["id"],
+                name=top["name"][:64],
+                outcome=outcome,
+                at=_report_time(top["at"]),
+                detail=top["detail"][:MAX_ACK_DETAIL],
+                output=top["output"][:MAX_LOG_BYTES],
+            )
+        )
+    return tuple(acks)
+
+
+# -- reboot windows ----------------------------------------------------------------------
+
+_DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK: Final = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+
+
+@dataclass(frozen=True)
+class RebootWindow:
+    """``Mon-Fri 02:00-05:00``: days (0 is Monday) and minutes of the local day; a range
+    whose end is not after its start runs past midnight into the next day."""
+
+    days: frozenset[int]
+    start: int
+    end: int
+    text: str
+
+    def contains(self, local: datetime) -> bool:
+        minute = local.hour * 60 + local.minute
+        day = local.weekday()
+        if self.start < self.end:
+            return day in self.days and self.start <= minute < self.end
+        return (day in self.days and minute >= self.start) or (
+            (day - 1) % 7 in self.days and minute < self.end
+        )
+
+
+def parse_window(text: str) -> RebootWindow:
+    """``[DAYS ]HH:MM-HH:MM``; DAYS like ``Mon-Fri``, ``Sat,Sun``, ``Mon-Wed,Fri`` or
+    ``daily``. ValueError says what is wrong."""
+    parts = text.split()
+    if len(parts) not in (1, 2):
+        raise ValueError(f"{text[:60]!r} is not like 'Mon-Fri 02:00-05:00'")
+    days = _window_days(parts[0] if len(parts) == 2 else "daily", text)
+    match = _CLOCK.match(parts[-1])
+    if match is None:
+        raise ValueError(f"{text[:60]!r}: the hours must be like 02:00-05:00")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
+        raise ValueError(f"{text[:60]!r}: {parts[-1]} is not a time of day")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError(f"{text[:60]!r}: the window is empty (start equals end)")
+    return RebootWindow(frozenset(days), start, end, text)
+
+
+def _window_days(spec: str, text: str) -> set[int]:
+    if spec.lower() in ("daily", "*"):
+        return set(range(7))
+    days: set[int] = set()
+    for item in spec.lower().split(","):
+        first, _, last = item.partition("-")
+        if first not in _DAYS or (last and last not in _DAYS):
+            raise ValueError(
+                f"{text[:60]!r}: {item!r} is not a day or range of days (Mon..Sun, e.g. Mon-Fri)"
+            )
+        a, b = _DAYS.index(first), _DAYS.index(last or first)
+        days.update((a + i) % 7 for i in range(((b - a) % 7) + 1))
+    return days
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """An IANA time zone (``Europe/Berlin``, ``UTC``); ValueError when unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(
+            f"{name[:60]!r} is not a known time zone (e.g. Europe/Berlin, UTC)"
+        ) from err
+
+
+@dataclass(frozen=True)
+class RebootPolicy:
+    """When the agent may reboot by itself into a new kernel/initrd or boot-mode system."""
+
+    allow: bool = False
+    window: str | None = None  # None: any time
+    timezone: str = "UTC"
+
+    def allows(self, moment: datetime) -> bool:
+        if not self.allow:
+            return False
+        if self.window is None:
+            return True
+        local = moment.astimezone(parse_timezone(self.timezone))
+        return parse_window(self.window).contains(local)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"allow": self.allow, "window": self.window, "timezone": self.timezone}
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A named check run by ``run-check``: an argument list from the fleet's configuration."""
+
+    command: tuple[str, ...]
+    timeout: int = 60
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": list(self.command), "timeout": self.timeout}
+
+
+@dataclass(frozen=True)
+class HostControl:
+    """``gitops-control/settings.json`` in a deploy tree (written by publish, signed with
+    the deploy commit): the host's reboot policy and the checks run-check may run."""
+
+    reboot: RebootPolicy = field(default_factory=RebootPolicy)
+    checks: dict[str, CheckSpec] = field(default_factory=dict)
+    schema: int = CONTROL_SCHEMA
+
+    def to_json(self) -> str:
+        data = {
+            "schema": self.schema,
+            "reboot": self.reboot.to_dict(),
+            "checks": {name: spec.to_dict() for name, spec in sorted(self.checks.items())},
+        }
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> HostControl:
+        data = _load_object(text)
+        if data.get("schema") != CONTROL_SCHEMA:
+            raise ValueError(f"unknown settings schema {data.get('schema')!r}")
+        reboot = data.get("reboot") or {}
+        checks = data.get("checks") or {}
+        if type(reboot) is not dict or type(checks) is not dict:
+            raise ValueError("reboot and checks must be objects")
+        spec = _typed(reboot, _REBOOT_FIELDS, "reboot.")
+        if spec["window"] is not None:
+            parse_window(spec["window"])
+        parse_timezone(spec["timezone"])
+        found = {}
+        for name, item in checks.items():
+            if not CHECK_NAME.match(name) or type(item) is not dict:
+                raise ValueError(f"checks: {name[:40]!r} is not a check")
+            command = _strings(item.get("command") or [], f"checks.{name}.command")
+            timeout = item.get("timeout", 60)
+            if not command or type(timeout) is not int or timeout <= 0:
+                raise ValueError(f"checks.{name}: needs a command and a positive timeout")
+            found[name] = CheckSpec(command, timeout)
+        return cls(RebootPolicy(**spec), found)
+
+
+_REBOOT_FIELDS: Final[_Spec] = {
+    "allow": (frozenset({bool}), False),
+    "window": (_OPTIONAL_STR, None),
+    "timezone": (_STR, "UTC"),
+}
 
 
 # The top-level fields of status.json, in order: what policies may name (plus ``report``,

@@ -45,6 +45,7 @@ let
     host = cfg.hostName;
     remote = cfg.remote;
     trusted_publishers = publicFile cfg.trustedPublishersFile;
+    trusted_commanders = publicFile (cfg.trustedCommandersFile or null);
     signing_key = secretPath "signingKey" cfg.signingKey;
     state_dir = cfg.stateDir;
     system_profile = cfg.systemProfile;

@@ -25,6 +25,14 @@ let
     else
       pkgs.writeText "gitops-trusted-publishers" cfg.trustedPublishers;
 
+  trustedCommandersFile =
+    if cfg.trustedCommandersFile != null then
+      cfg.trustedCommandersFile
+    else if cfg.trustedCommanders != null then
+      pkgs.writeText "gitops-trusted-commanders" cfg.trustedCommanders
+    else
+      null;
+
   knownHostsFile =
     if cfg.knownHostsFile != null then
       cfg.knownHostsFile
@@ -35,7 +43,7 @@ let
 
   configText = import ./agent-config.nix {
     cfg = cfg // {
-      inherit trustedPublishersFile knownHostsFile;
+      inherit trustedPublishersFile trustedCommandersFile knownHostsFile;
     };
   };
   configFile = pkgs.writeText "gitops-agent.yaml" configText;
@@ -96,6 +104,23 @@ in
       default = null;
       example = lib.literalExpression "./publishers.allowed_signers";
       description = "An allowed-signers file with the publisher keys (instead of `trustedPublishers`).";
+    };
+
+    trustedCommanders = mkOption {
+      type = types.nullOr types.lines;
+      default = null;
+      example = ''alice@example.org namespaces="gitops-command" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...'';
+      description = ''
+        The keys that may sign commands for this host (reboot, collect-logs, ...; see
+        docs/commands.md), in allowed-signers format, namespace `gitops-command`. Unset:
+        every command is refused.
+      '';
+    };
+
+    trustedCommandersFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "An allowed-signers file with the commander keys (instead of `trustedCommanders`).";
     };
 
     signingKey = mkOption {
@@ -380,6 +405,10 @@ in
       {
         assertion = (cfg.trustedPublishers == null) != (cfg.trustedPublishersFile == null);
         message = "services.gitops-agent: set exactly one of trustedPublishers or trustedPublishersFile.";
+      }
+      {
+        assertion = !(cfg.trustedCommanders != null && cfg.trustedCommandersFile != null);
+        message = "services.gitops-agent: set trustedCommanders or trustedCommandersFile, not both.";
       }
       {
         assertion = !(cfg.knownHosts != null && cfg.knownHostsFile != null);

@@ -498,7 +498,12 @@ def test_flake_defines_every_host_of_the_fleet(fleet_repo: pygit2.Repository) ->
         "m: builtins.mapAttrs (n: p: builtins.baseNameOf (toString p)) m",
         workdir,
     )
-    assert outputs == {"agent": "agent.nix", "default": "agent.nix", "site": "site.nix"}
+    assert outputs == {
+        "agent": "agent.nix",
+        "default": "agent.nix",
+        "server": "server.nix",
+        "site": "site.nix",
+    }
     package = flake_eval(
         f"git+file://{workdir}?rev={head}", "packages.x86_64-linux.default", "p: p.package", workdir
     )
@@ -635,3 +640,14 @@ def test_docs_list_every_option(module: str, prefix: str, doc: str) -> None:
     text = (REPO / "docs" / doc).read_text()
     documented = set(re.findall(r"`([A-Za-z]+(?:\.[A-Za-z]+)?)`", text))
     assert options - documented == set()
+
+
+def test_the_commanders_file_reaches_the_agent_configuration(tmp_path: Path) -> None:
+    signers = tmp_path / "commanders.allowed_signers"
+    signers.write_text('alice@example.org namespaces="gitops-command" ssh-ed25519 AAAA\n')
+    assert parse_config(render(tmp_path, module_config()), "rendered").trusted_commanders is None
+    text = render(tmp_path, module_config(), f"{{ trustedCommandersFile = {nix_path(signers)}; }}")
+    stored = parse_config(text, "rendered").trusted_commanders
+    # Public material: copied to the store (nix eval names the path; the build adds it).
+    assert stored is not None and stored.name.endswith("-commanders.allowed_signers")
+    assert str(stored).startswith("/nix/store/")

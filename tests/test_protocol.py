@@ -98,3 +98,169 @@ def test_a_secrets_manifest_refuses_names_and_paths_that_could_escape() -> None:
     for bad in ({"..": ok}, {"a/b": ok}, {"x.age": ok}, {"x": {"path": "/nix/store/x"}}):
         with pytest.raises(ValueError):
             protocol.parse_secrets_manifest(json.dumps({"schema": 1, "secrets": bad}))
+
+
+def _report(**extra: object) -> dict[str, object]:
+    return {
+        "schema": 1,
+        "host": "web-1",
+        "time": "2026-11-23T10:00:00Z",
+        "result": "unchanged",
+        "report_id": "r1",
+        **extra,
+    }
+
+
+def test_an_old_report_without_commands_or_reboot_needed_since_still_parses() -> None:
+    report = protocol.Report.from_json(json.dumps(_report()))
+    assert report.commands == ()
+    assert report.reboot_needed_since is None
+    again = protocol.Report.from_json(report.to_json())
+    assert again == report
+
+
+def test_command_acknowledgements_and_reboot_needed_since_round_trip() -> None:
+    ack = {
+        "id": "20261206-143000-reboot-3fa2b1c4",
+        "name": "reboot",
+        "outcome": "done",
+        "at": "2026-11-23T09:59:00Z",
+        "detail": "rebooting after this report",
+    }
+    text = json.dumps(_report(commands=[ack], reboot_needed_since="2026-11-23T09:00:00Z"))
+    report = protocol.Report.from_json(text)
+    assert report.commands[0].outcome is protocol.CommandOutcome.DONE
+    assert report.reboot_needed_since == datetime(2026, 11, 23, 9, tzinfo=UTC)
+    assert protocol.Report.from_json(report.to_json()) == report
+    assert report.to_dict()["commands"] == [ack]
+
+
+@pytest.mark.parametrize(
+    ("commands", "message"),
+    [
+        ([{"id": "x", "name": "reboot", "outcome": "done", "at": "2026-11-23T09:59:00Z"}], "id"),
+        (
+            [
+                {
+                    "id": "abcdefgh-1",
+                    "name": "reboot",
+                    "outcome": "maybe",
+                    "at": "2026-11-23T09:59:00Z",
+                }
+            ],
+            "outcome",
+        ),
+        ([{"id": "abcdefgh-1", "name": "reboot", "outcome": "done"}], "at: missing"),
+        (["reboot"], "not an object"),
+        ([{}] * 65, "more than 64"),
+    ],
+)
+def test_a_bad_acknowledgement_refuses_the_report(commands: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        protocol.Report.from_json(json.dumps(_report(commands=commands)))
+
+
+def test_reboot_needed_since_must_be_a_time() -> None:
+    with pytest.raises(ValueError, match="reboot_needed_since"):
+        protocol.Report.from_json(json.dumps(_report(reboot_needed_since=5)))
+
+
+def _command(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "schema": 1,
+        "id": "20261206-143000-collect-logs-3fa2b1c4",
+        "name": "collect-logs",
+        "hosts": ["web-1"],
+        "issued": "2026-12-06T14:30:00Z",
+        "expires": "2026-12-07T14:30:00Z",
+        "units": ["sshd.service"],
+        "since": 7200,
+        "max_bytes": 4096,
+    }
+    data.update(changes)
+    return data
+
+
+def test_a_command_round_trips() -> None:
+    command = protocol.Command.from_json(json.dumps(_command()))
+    assert command.name is protocol.CommandName.COLLECT_LOGS
+    assert command.units == ("sshd.service",)
+    assert protocol.Command.from_json(command.to_json()) == command
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "shell"}, "not one of reboot, poweroff"),
+        ({"hosts": []}, "hosts"),
+        ({"hosts": ["Web_1"]}, "hosts"),
+        ({"units": ["-a; rm -rf /"]}, "units"),
+        ({"max_bytes": 10**9}, "max_bytes"),
+        ({"expires": "2026-12-06T14:30:00Z"}, "after issued"),
+        ({"name": "run-check", "check": "../x"}, "check"),
+        ({"schema": 2}, "schema"),
+        ({"id": "a/b"}, "id"),
+    ],
+)
+def test_a_bad_command_says_what_is_wrong(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        protocol.Command.from_json(json.dumps(_command(**changes)))
+
+
+def test_every_command_name_and_control_path_is_documented() -> None:
+    for name in protocol.CommandName:
+        assert f"`{name}`" in DOC, name
+    for outcome in protocol.CommandOutcome:
+        assert f"`{outcome}`" in DOC, outcome
+    for path in (protocol.CONTROL_SETTINGS_FILE, protocol.CONTROL_COMMANDS_DIR):
+        assert f"`{path}" in DOC, path
+    assert f"`{protocol.COMMAND_NAMESPACE}`" in DOC
+
+
+@pytest.mark.parametrize(
+    ("window", "moment", "inside"),
+    [
+        ("Mon-Fri 02:00-05:00", datetime(2026, 12, 7, 2, 0), True),  # Monday 02:00
+        ("Mon-Fri 02:00-05:00", datetime(2026, 12, 7, 5, 0), False),  # end is exclusive
+        ("Mon-Fri 02:00-05:00", datetime(2026, 12, 6, 3, 0), False),  # Sunday
+        ("Fri 22:00-04:00", datetime(2026, 12, 5, 3, 0), True),  # Saturday, Friday's night
+        ("Fri 22:00-04:00", datetime(2026, 12, 4, 3, 0), False),  # Friday early morning
+        ("Sat,Sun 00:00-24:00", datetime(2026, 12, 6, 23, 59), True),
+        ("Sun-Mon 01:00-02:00", datetime(2026, 12, 7, 1, 30), True),  # wraps the week
+        ("03:00-04:00", datetime(2026, 12, 9, 3, 30), True),  # daily
+    ],
+)
+def test_reboot_windows(window: str, moment: datetime, inside: bool) -> None:
+    assert protocol.parse_window(window).contains(moment) is inside
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Mon-Fry 02:00-05:00", "not a day"),
+        ("Mon-Fri 2-5", "like 02:00-05:00"),
+        ("Mon-Fri 25:00-26:00", "not a time of day"),
+        ("02:00-02:00", "empty"),
+        ("every night", "not a day"),
+    ],
+)
+def test_a_bad_reboot_window_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        protocol.parse_window(text)
+
+
+def test_a_reboot_policy_applies_its_time_zone() -> None:
+    policy = protocol.RebootPolicy(True, "Mon-Fri 02:00-05:00", "Europe/Berlin")
+    assert policy.allows(datetime(2026, 12, 7, 1, 30, tzinfo=UTC))  # 02:30 in Berlin
+    assert not policy.allows(datetime(2026, 12, 7, 4, 30, tzinfo=UTC))  # 05:30 in Berlin
+    assert not protocol.RebootPolicy(False).allows(datetime(2026, 12, 7, 1, 30, tzinfo=UTC))
+    with pytest.raises(ValueError, match="time zone"):
+        protocol.parse_timezone("Mars/Olympus")
+
+
+def test_host_control_settings_round_trip() -> None:
+    control = protocol.HostControl(
+        protocol.RebootPolicy(True, "Sat 03:00-04:00", "UTC"),
+        {"disk": protocol.CheckSpec(("/bin/true",), 5)},
+    )
+    assert protocol.HostControl.from_json(control.to_json()) == control

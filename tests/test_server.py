@@ -27,6 +27,7 @@ import pygit2
 import pytest
 import yaml
 
+from gitops.agent import compact
 from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import Reporter
 from gitops.demo import standin
@@ -688,6 +689,31 @@ def test_a_gitops_refusal_reaches_the_agent_and_is_not_retried(
     assert outcome.message.startswith("remote: gitops: reports/web-1: commit "), outcome.message
     assert "is not signed by web-1's key" in outcome.message
     assert waits == []
+
+
+def test_an_agent_pushes_reports_from_a_compacted_mirror(world: World, tmp_path: Path) -> None:
+    """The agent's mirror cut at its last pushed report (agent/compact.py, shallow): the
+    server's hooks take the next reports all the same, and fan them in to fleet.git."""
+    mirror = Mirror(tmp_path / "state", "web-2")
+    reporter = Reporter(
+        mirror,
+        keys.load_signing_key(world.host_key("web-2")),
+        world.url("hosts/web-2.git"),
+        transport.Credentials(ssh_key=world.host_key("web-2"), known_hosts=world.known_hosts),
+    )
+    for _ in range(2):
+        for _ in range(3):
+            reporter.add(report("web-2"))
+        assert reporter.push().pushed
+        done = compact.compact(mirror)
+        assert done.cut_at == str(mirror.target(reports_ref("web-2")))
+        assert mirror.repo.is_shallow
+    reporter.add(report("web-2"))
+    outcome = reporter.push()
+    assert outcome.pushed and outcome.pending == 0, outcome
+    local = str(mirror.target(reports_ref("web-2")))
+    assert world.head(reports_ref("web-2"), "web-2") == local == world.head(reports_ref("web-2"))
+    assert sum(1 for _ in world.repo("web-2").walk(pygit2.Oid(hex=local))) >= 7
 
 
 def _agent_config(world: World, host: str, path: Path) -> Path:

@@ -79,9 +79,19 @@ class AgentConfig:
     # age/SSH recipients (the admins in fleet.yaml) into the reports branch.
     escrow: tuple[tuple[str, Path], ...] = ()
     escrow_recipients: tuple[str, ...] = ()
+    # Who may sign commands (an allowed-signers file, docs/commands.md); None: commands are
+    # refused.
+    trusted_commanders: Path | None = None
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
+
+    def commander_trust(self) -> AllowedSigners | None:
+        return (
+            None
+            if self.trusted_commanders is None
+            else AllowedSigners.load(self.trusted_commanders)
+        )
 
     def credentials(self) -> transport.Credentials:
         """How this agent logs in to the git server."""
@@ -255,6 +265,7 @@ def parse_config(
         secrets_dir=_default_path(top, "secrets_dir"),
         escrow=_escrow(top),
         escrow_recipients=top.strings("escrow_recipients"),
+        trusted_commanders=_path(top, "trusted_commanders"),
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

@@ -24,9 +24,10 @@ from datetime import UTC, datetime
 import pygit2
 
 from gitops import __version__
-from gitops.agent import escrow, facts, metrics, sbom, status
+from gitops.agent import compact, escrow, facts, metrics, sbom, status
 from gitops.agent.activate import RETRY_HINT, Deployer
 from gitops.agent.activate import Outcome as _Outcome
+from gitops.agent.chores import Chores
 from gitops.agent.config import AgentConfig
 from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Incoming, Mirror
 from gitops.agent.reporter import PushOutcome, Reporter
@@ -44,7 +45,7 @@ from gitops.agent.verify import (
     read_deploy_commit,
 )
 from gitops.errors import GitopsError
-from gitops.protocol import Report, Result, deploy_ref, format_time
+from gitops.protocol import CONTROL_DIR, Report, Result, deploy_ref, format_time
 from gitops.system import nix, transport
 from gitops.trust import keys, trees
 from gitops.trust.trees import TreeError
@@ -130,11 +131,15 @@ class Cycle:
                 log.info("fetching deploy/%s", self.config.host)
                 outcome = self._apply()
             outcome = self.deployer.explain(outcome)
+            # Signed commands and reboot policy (agent/chores.py): acknowledged in this report.
+            self.chores = Chores.start(self.config, self.mirror, self.state, outcome, self.clock())
             self.durations["total"] = round(time.monotonic() - started, 3)
             outcome.durations = dict(self.durations)
-            return self._finish(
+            result = self._finish(
                 outcome, Reporter(self.mirror, key, self.config.remote, self.credentials)
             )
+            self.chores.after_report(result.push)
+            return result
 
     def _load_state(self) -> AgentState:
         """The saved state, or an empty one when it is gone: the anti-rollback floor is
@@ -317,21 +322,30 @@ class Cycle:
         return outcome
 
     def _same_tree_as_applied(self, commit: pygit2.Commit) -> bool:
+        """Same tree, or one that differs only in gitops-control/ (commands, settings)."""
         applied = self.state.applied
         old = self.mirror.repo.get(applied) if applied else None
-        return isinstance(old, pygit2.Commit) and old.tree_id == commit.tree_id
+        return isinstance(old, pygit2.Commit) and same_system(old.tree, commit.tree)
 
     def _renew(self, head: pygit2.Oid, accepted: AcceptedDeploy) -> _Outcome:
-        """A heartbeat (the publisher renewed expiry; same tree): move the floor, build nothing."""
+        """A heartbeat (the publisher renewed expiry; same tree) or a change of commands and
+        settings only: move the floor, build nothing."""
         before = str(self.state.applied)[:8]
+        old, new = self.mirror.repo.get(str(self.state.applied)), self.mirror.repo.get(head)
+        same = (
+            isinstance(old, pygit2.Commit)
+            and isinstance(new, pygit2.Commit)
+            and old.tree_id == new.tree_id
+        )
         self.state = replace(self.state, applied=str(head), applied_source=accepted.source_commit)
         self.store.save(self.state)
         self.mirror.set_ref(APPLIED_REF, head, "renewed")
         self.mirror.delete_ref(INCOMING_REF)
         until = f", valid until {format_time(accepted.expires)}" if accepted.expires else ""
+        what = "same tree" if same else f"only {CONTROL_DIR}/ changed"
         return _Outcome(
             Result.UNCHANGED,
-            f"deploy {str(head)[:8]} renews {before} (same tree, signed by {accepted.principal}"
+            f"deploy {str(head)[:8]} renews {before} ({what}, signed by {accepted.principal}"
             f"{until}): nothing to build",
             head,
         )
@@ -346,6 +360,7 @@ class Cycle:
         last = self.state.last_report_at()
         due = (
             self.force_report
+            or self.chores.must_report
             or key != self.state.last_report_key
             or last is None
             or (now - last).total_seconds() >= self.config.report_interval
@@ -357,6 +372,7 @@ class Cycle:
             written = sbom.sbom_if_changed(report, self.state)
             escrowed = escrow.escrow_if_changed(self.config, self.state)  # recovery keys
             reporter.add(report, written.document if written else None, escrow.files(escrowed))
+            self.chores.reported(report)
             self.state = replace(
                 escrow.remember(sbom.remember(self.state, written), escrowed),
                 last_report_time=now,
@@ -366,6 +382,7 @@ class Cycle:
         if reporter.pending():
             log.info("pushing reports to %s", self.config.remote)
         push = reporter.push() if reporter.pending() else None
+        compact.compact_if_due(self.mirror)  # keep the state directory small
         level = (
             logging.INFO
             if outcome.result in (Result.APPLIED, Result.UNCHANGED)
@@ -435,7 +452,20 @@ class Cycle:
             durations=outcome.durations,
             log_tail=outcome.log_tail,
             changes=outcome.changes if outcome.result == Result.APPLIED else (),
+            commands=self.chores.acks(),
+            reboot_needed_since=self.chores.reboot_needed_since,
         )
+
+
+def same_system(old: pygit2.Tree, new: pygit2.Tree) -> bool:
+    """The trees differ at most in ``gitops-control/``, which no build reads."""
+    if old.id == new.id:
+        return True
+    old_ids = {e.name: e.id for e in old}
+    new_ids = {e.name: e.id for e in new}
+    old_ids.pop(CONTROL_DIR, None)
+    new_ids.pop(CONTROL_DIR, None)
+    return old_ids == new_ids
 
 
 def _hex(oid: pygit2.Oid | None) -> str | None:

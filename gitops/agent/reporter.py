@@ -88,7 +88,6 @@ class Reporter:
         rng: random.Random | None = None,
     ) -> None:
         self.mirror = mirror
-        self.repo = mirror.repo
         self.key = key
         self.remote = remote
         self.credentials = credentials
@@ -96,6 +95,10 @@ class Reporter:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.retries = 0  # attempts after the first, in the last push()
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        return self.mirror.repo  # compaction (agent/compact.py) opens a fresh handle
 
     @property
     def ref(self) -> str:

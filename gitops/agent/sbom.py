@@ -15,7 +15,6 @@ from typing import Final
 
 from gitops.agent.state import AgentState
 from gitops.errors import GitopsError
-from gitops.inventory import sbom
 from gitops.protocol import Report
 from gitops.system import nix
 
@@ -40,6 +39,10 @@ def sbom_if_changed(report: Report, state: AgentState) -> HostSbom | None:
     except GitopsError as err:
         log.warning("no SBOM for %s: %s", system, err)
         return None
+    # Loaded here, not at start: the CycloneDX library is about 10 MB of an idle agent's
+    # memory, and most cycles write no SBOM (bench/idle_agent.py).
+    from gitops.inventory import sbom
+
     text = sbom.build_sbom(
         host=report.host,
         system=system,

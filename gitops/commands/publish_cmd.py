@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gitops import output
 from gitops.errors import ProblemsError
 from gitops.protocol import branch_name, deploy_ref
@@ -11,7 +9,6 @@ from gitops.publish import plan as publishing
 from gitops.publish import recover as recovery
 from gitops.publish import run
 from gitops.publish.checks import Refusal
-from gitops.trust import commits
 
 
 def _plan_json(plan: publishing.Plan) -> dict[str, object]:
@@ -42,16 +39,6 @@ def _print_plan(plan: publishing.Plan) -> None:
             f"  {host_plan.host} ({host_plan.why}): {listed}"
             + (f", and {more} more" if more > 0 else "")
         )
-
-
-def plan(repo: Path, source: str, hosts: list[str], *, as_json: bool) -> int:
-    repository = commits.open_repository(repo)
-    result = publishing.make_plan(repository, source, only=hosts)
-    if as_json:
-        output.emit_json(_plan_json(result))
-    else:
-        _print_plan(result)
-    return 0
 
 
 def publish_command_result(outcome: run.Outcome) -> dict[str, object]:

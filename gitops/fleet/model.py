@@ -17,7 +17,18 @@ from gitops.fleet.rollout import RolloutSettings, parse_rollout, unknown_hosts
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.secrets import Admin, Secret, parse_secrets
 from gitops.fleet.source import Source
-from gitops.protocol import SECRETS_DIR, is_host_name
+from gitops.protocol import (
+    CHECK_NAME,
+    COMMAND_NAMESPACE,
+    CONTROL_DIR,
+    SECRETS_DIR,
+    CheckSpec,
+    HostControl,
+    RebootPolicy,
+    is_host_name,
+    parse_timezone,
+    parse_window,
+)
 from gitops.trust import age
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey
@@ -40,6 +51,27 @@ _URL_SCHEMES: Final = ("https://", "http://")
 class Publisher:
     principal: str
     key: PublicKey
+
+
+@dataclass(frozen=True)
+class RebootRule:
+    """``reboot:`` in fleet.yaml, under ``reboot.profiles.<name>``, or in host.yaml; None
+    fields are inherited (host, then its first profile with a rule, then the fleet)."""
+
+    allow: bool | None = None
+    window: str | None = None  # "any": no window
+    timezone: str | None = None
+
+    def over(self, base: RebootPolicy) -> RebootPolicy:
+        window = base.window if self.window is None else self.window
+        return RebootPolicy(
+            allow=base.allow if self.allow is None else self.allow,
+            window=None if window in (None, ANY_TIME) else window,
+            timezone=self.timezone or base.timezone,
+        )
+
+
+ANY_TIME: Final = "any"
 
 
 @dataclass(frozen=True)
@@ -78,11 +110,21 @@ class FleetSettings:
     vulnerabilities: VulnerabilitySettings = field(default_factory=VulnerabilitySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     admins: tuple[Admin, ...] = ()  # who can read every secret and escrowed key
+    commanders: tuple[Publisher, ...] = ()  # who may sign commands (docs/commands.md)
+    reboot: RebootRule | None = None
+    profile_reboot: dict[str, RebootRule] = field(default_factory=dict)
+    checks: dict[str, CheckSpec] = field(default_factory=dict)
     rollout: RolloutSettings | None = None  # staged rollout waves (docs/rollout.md)
 
     def publisher_trust(self) -> AllowedSigners:
         """The publishers as an allowed-signers list (what agents pin on their machine)."""
         return AllowedSigners.of((p.principal, p.key) for p in self.publishers)
+
+    def commander_trust(self) -> AllowedSigners:
+        """The commanders as an allowed-signers list (what agents pin for commands)."""
+        return AllowedSigners.of(
+            ((c.principal, c.key) for c in self.commanders), namespace=COMMAND_NAMESPACE
+        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +146,7 @@ class Host:
     location: str = ""
     exemptions: tuple[Exemption, ...] = ()
     cve_exemptions: tuple[CveExemption, ...] = ()
+    reboot: RebootRule | None = None
 
     def trust(self) -> AllowedSigners:
         """Who may sign this host's reports: its own key, nobody else."""
@@ -125,6 +168,30 @@ class Fleet:
 
     def host(self, name: str) -> Host:
         return self.hosts[name]
+
+    def reboot_policy(self, host: Host) -> RebootPolicy:
+        """The host's reboot policy: its own rule over its first profile's over the fleet's."""
+        policy = RebootPolicy()
+        settings = self.settings
+        for rule in (
+            settings.reboot,
+            next(
+                (settings.profile_reboot[p] for p in host.profiles if p in settings.profile_reboot),
+                None,
+            ),
+            host.reboot,
+        ):
+            if rule is not None:
+                policy = rule.over(policy)
+        return policy
+
+    def host_control(self, host: Host) -> HostControl | None:
+        """``gitops-control/settings.json`` for ``host``; None when the fleet sets neither
+        reboot policies nor checks (deploy trees then stay as they were)."""
+        settings = self.settings
+        if not (settings.reboot or settings.profile_reboot or settings.checks or host.reboot):
+            return None
+        return HostControl(self.reboot_policy(host), dict(settings.checks))
 
 
 def profile_path(source: Source, name: str) -> str | None:
@@ -197,6 +264,92 @@ def _parse_admins(top: Reader) -> tuple[Admin, ...]:
     return tuple(admins)
 
 
+def _parse_reboot(reader: Reader) -> RebootRule | None:
+    """``reboot: {allow, window, timezone}``; None when absent."""
+    if reader.get("reboot") is None:
+        return None
+    rule = reader.mapping("reboot")
+    parsed = _reboot_rule(rule)
+    rule.finish()
+    return parsed
+
+
+def _reboot_rule(rule: Reader) -> RebootRule:
+    allow = rule.get("allow")
+    if allow is not None and not isinstance(allow, bool):
+        rule.problem("allow", "must be true or false")
+        allow = None
+    window = rule.string("window") or None
+    if window is not None and window != ANY_TIME:
+        try:
+            parse_window(window)
+        except ValueError as err:
+            rule.problem(
+                "window", str(err), "write days and hours, e.g. 'Mon-Fri 02:00-05:00', or 'any'"
+            )
+            window = None
+    timezone = rule.string("timezone") or None
+    if timezone is not None:
+        try:
+            parse_timezone(timezone)
+        except ValueError as err:
+            rule.problem("timezone", str(err), "use an IANA name such as Europe/Berlin")
+            timezone = None
+    return RebootRule(allow, window, timezone)
+
+
+def _parse_fleet_reboot(top: Reader) -> tuple[RebootRule | None, dict[str, RebootRule]]:
+    if top.get("reboot") is None:
+        return None, {}
+    reader = top.mapping("reboot")
+    profiles: dict[str, RebootRule] = {}
+    per_profile = reader.mapping("profiles")
+    for name in list(per_profile.data):
+        child = per_profile.mapping(str(name))
+        profiles[str(name)] = _reboot_rule(child)
+        child.finish()
+    per_profile.finish()
+    rule = _reboot_rule(reader)
+    reader.finish()
+    return rule, profiles
+
+
+def _parse_checks(top: Reader) -> dict[str, CheckSpec]:
+    checks = top.mapping("checks")
+    found: dict[str, CheckSpec] = {}
+    for name in list(checks.data):
+        item = checks.mapping(str(name))
+        if not CHECK_NAME.match(str(name)):
+            checks.problem(
+                str(name), "is not a check name", "use lower-case letters, digits and . _ -"
+            )
+            continue
+        command = item.strings("command")
+        timeout = item.duration("timeout", 60)
+        item.finish()
+        if not command:
+            item.problem("command", "is missing", "write the argument list, e.g. [/bin/true]")
+        elif timeout <= 0:
+            item.problem("timeout", "must be longer than 0 seconds")
+        else:
+            found[str(name)] = CheckSpec(command, timeout)
+    checks.finish()
+    return found
+
+
+def _parse_commanders(top: Reader) -> tuple[Publisher, ...]:
+    commanders = []
+    for item in top.items("commanders"):
+        principal = item.convert(
+            "principal", _principal, required=True, fix="write an e-mail-like name"
+        )
+        key = item.convert("key", _public_key, required=True, fix="paste the admin's .pub line")
+        item.finish()
+        if principal and key is not None:
+            commanders.append(Publisher(principal, key))
+    return tuple(commanders)
+
+
 def _parse_deploy(top: Reader) -> tuple[tuple[str, ...], int | None]:
     deploy = top.mapping("deploy")
     shared = deploy.strings("shared", check=_check_shared_path)
@@ -255,9 +408,16 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     alerts = parse_alerts(top.mapping("alerts"))
     name = top.string("name", "fleet")
     admins = _parse_admins(top)
+    commanders = _parse_commanders(top)
+    reboot, profile_reboot = _parse_fleet_reboot(top)
+    checks = _parse_checks(top)
     rollout = parse_rollout(top)
     top.finish()
     return FleetSettings(
+        commanders=commanders,
+        reboot=reboot,
+        profile_reboot=profile_reboot,
+        checks=checks,
         name=name,
         publishers=publishers,
         shared=shared,
@@ -313,6 +473,10 @@ def _check_shared_path(path: str) -> str | None:
         return f"{path!r} is not a path a deploy tree can carry"
     if parts[0] in (HOSTS_DIR, PROFILES_DIR, SECRETS_DIR):
         return f"{path!r}: hosts/ and profiles/ are chosen per host (secrets/ too), not shared"
+    if parts[0] in (HOSTS_DIR, PROFILES_DIR):
+        return f"{path!r}: hosts/ and profiles/ are chosen per host, not shared"
+    if parts[0] == CONTROL_DIR:
+        return f"{path!r}: {CONTROL_DIR}/ is written by publish (commands, reboot policy)"
     return None
 
 
@@ -365,6 +529,7 @@ def _parse_host(source: Source, name: str, problems: Problems) -> Host | None:
         location=top.string("location"),
         exemptions=tuple(exemptions),
         cve_exemptions=cve_exemptions,
+        reboot=_parse_reboot(top),
     )
     top.finish()
     return host
@@ -429,6 +594,14 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
         source, {h.name: (h.key, h.tags) for h in hosts.values()}, settings.admins, problems
     )
     return Fleet(settings, hosts, profiles, secrets)
+    for profile in sorted(set(settings.profile_reboot) - profiles):
+        problems.add(
+            source.describe(FLEET_FILE),
+            f"unknown profile {profile!r}",
+            f"add profiles/{profile}.nix or remove it",
+            field=f"reboot.profiles.{profile}",
+        )
+    return Fleet(settings, hosts, profiles)
 
 
 def _check_rollout_hosts(

@@ -31,6 +31,7 @@ from gitops.protocol import (
     secrets_manifest,
 )
 from gitops.publish import heartbeat
+from gitops.publish.control import Control
 from gitops.publish.lineage import Generations
 from gitops.trust import commits, trees
 from gitops.trust.sshsig import SigningKey, public_key_of
@@ -140,8 +141,10 @@ def render_host_tree(
     fleet: Fleet,
     host: Host,
     source: TreeSource | None = None,
+    control: Control | None = None,
 ) -> pygit2.Oid:
-    """The deploy tree of ``host``; pass one ``source`` for many hosts (its lookups are cached)."""
+    """The deploy tree of ``host``; pass one ``source`` for many hosts (its lookups are
+    cached), and ``control`` for its ``gitops-control/`` files (commands, settings)."""
     source = source or TreeSource(repo, commit.tree)
     root: _Nested = {}
     for path in deploy_paths(fleet, host, source):
@@ -149,6 +152,8 @@ def render_host_tree(
         if entry is not None:
             _insert(root, path, entry)
     _insert_secrets(repo, root, fleet, host, source)
+    for path, entry in (control.entries(host) if control is not None else {}).items():
+        _insert(root, path, entry)
     return _write(repo, root)
 
 
@@ -220,6 +225,7 @@ def make_plan(
         )
     expires_after = fleet.settings.expires_after
     moment = now or datetime.now(UTC)
+    control = Control(repo, fleet, tree_source, moment)
     plans = []
     for name in sorted(fleet.hosts):
         if wanted and name not in wanted:
@@ -230,7 +236,7 @@ def make_plan(
             head = commits.ref_target(repo, deploy_ref(name))
         head_commit = _commit(repo, head) if head is not None else None
         old_tree = head_commit.tree_id if head_commit is not None else None
-        new_tree = render_host_tree(repo, source, fleet, fleet.hosts[name], tree_source)
+        new_tree = render_host_tree(repo, source, fleet, fleet.hosts[name], tree_source, control)
         paths = changed_paths(repo, old_tree, new_tree)
         renew = (
             not paths

@@ -30,8 +30,10 @@ import pygit2
 
 from gitops import __version__
 from gitops.errors import GitopsError
+from gitops.fleet import commands as fleet_commands
 from gitops.fleet.model import Fleet, FleetSettings
 from gitops.fleet.policies import Policy
+from gitops.fleet.source import TreeSource
 from gitops.protocol import format_time
 from gitops.sitegen import (
     collect,
@@ -419,6 +421,7 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         commits,
         collect.orphans(set(names), main.deploys, main.reports),
         collect.enrolments(main.repo, main.head),
+        fleet_commands.load(TreeSource(main.repo, main.head.tree)),
     )
     common = {
         "now": rules.now,

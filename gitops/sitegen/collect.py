@@ -15,7 +15,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,6 +63,7 @@ MAX_DEPLOYS = 100  # newest deploy commits read per host
 MAIN_HISTORY = 300  # newest main commits in the audit trail
 PARALLEL_FLEET_MIN = 2000  # hosts from which host.yaml files are parsed in parallel
 LOG_TAIL_LIMIT = 8000  # characters of a failure's log kept
+COMMAND_OUTPUT_LIMIT = 64 * 1024  # characters of a command's output (collect-logs) kept
 MAX_ERROR = 300  # characters of why a report is invalid
 MAX_DROPPED = 50  # reports remembered as dropped from a rewritten branch
 MAX_PARSED = 10  # verified reports parsed and kept, newest first, when the newest are future
@@ -593,6 +594,8 @@ def report_entry(
         action=intern(report.action),
         log_tail=report.log_tail[-LOG_TAIL_LIMIT:] if result in FAILURES else "",
         changes=report.changes,
+        commands=tuple(replace(a, output=a.output[:COMMAND_OUTPUT_LIMIT]) for a in report.commands),
+        reboot_needed_since=report.reboot_needed_since,
     )
 
 
@@ -621,7 +624,9 @@ def thin(entries: list[ReportEntry]) -> tuple[ReportEntry, ...]:
         if entry.commit_time < newest - WINDOW:
             break
         day = _day(entry.commit_time)
-        if day not in days:
+        if entry.commands:  # acknowledgements of commands are not thinned away
+            kept.append(entry)
+        elif day not in days:
             days.add(day)
             kept.append(entry)
     return tuple(kept)

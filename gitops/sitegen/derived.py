@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Condition, Policy, deadlines, is_dated
-from gitops.protocol import Result
+from gitops.protocol import CommandAck, Result
 from gitops.sitegen import compliance, export, states
 from gitops.sitegen.audit import ApplyRef, DeployRef
 from gitops.sitegen.model import (
@@ -105,6 +105,7 @@ class Derived:
     invalid_reports: int  # report commits read whose status.json was refused
     pages: tuple[PageFile, ...] = ()
     software: HostSoftware | None = None  # gitops.sitegen.software
+    commands: tuple[CommandAck, ...] = ()  # verified acknowledgements, newest last, no output
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
@@ -234,4 +235,16 @@ def derive(
         deploys=deploy_refs(data),
         samples=samples,
         invalid_reports=sum(1 for r in data.reports if r.error),
+        commands=command_acks(data),
+    )
+
+
+def command_acks(data: HostData) -> tuple[CommandAck, ...]:
+    """The host's verified acknowledgements of signed commands, oldest first, without
+    their output (the aggregate commands page needs only the outcomes)."""
+    return tuple(
+        replace(ack, output="")
+        for entry in reversed(data.reports)
+        if entry.verified
+        for ack in entry.commands
     )

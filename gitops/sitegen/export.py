@@ -86,6 +86,7 @@ def status_json(status: HostStatus) -> dict[str, Any]:
         "drift": status.drift_detail or None,
         "notes": {str(n.flag): n.text for n in status.notes},
         "reboot_pending_since": _time(status.reboot_pending_since),
+        "reboot_needed_since": _time(status.reboot_needed_since),
     }
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from gitops.fleet.model import CveExemption
-from gitops.protocol import Report, Result
+from gitops.protocol import CommandAck, Report, Result
 
 
 class Trust(StrEnum):
@@ -106,6 +106,8 @@ class ReportEntry:
     log_tail: str = ""
     changes: tuple[str, ...] = ()  # what changed between the last two systems, if reported
     error: str = ""  # why status.json could not be read
+    commands: tuple[CommandAck, ...] = ()  # signed commands this report acknowledges
+    reboot_needed_since: datetime | None = None
 
     @property
     def verified(self) -> bool:
@@ -288,6 +290,7 @@ class HostStatus:
     drift_detail: str = ""
     notes: tuple[FlagNote, ...] = ()
     reboot_pending_since: datetime | None = None
+    reboot_needed_since: datetime | None = None  # as the counted report says
 
     def note(self, flag: Flag) -> str:
         return next((n.text for n in self.notes if n.flag is flag), str(flag))

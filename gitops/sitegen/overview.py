@@ -13,10 +13,11 @@ from typing import Any
 
 from markupsafe import Markup
 
+from gitops.fleet.commands import BadCommand, SignedCommand
 from gitops.fleet.model import FleetSettings
 from gitops.fleet.policies import Outcome, Policy
 from gitops.protocol import format_time
-from gitops.sitegen import audit, compliance, export, states
+from gitops.sitegen import audit, commands, compliance, export, states
 from gitops.sitegen.audit import ApplyRef
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
 from gitops.sitegen.derived import Derived, decode_samples
@@ -213,6 +214,7 @@ class Sources:
     commits: Mapping[str, MainCommit]  # main commits by id (history and applied sources)
     orphans: Sequence[Orphan]
     enrolments: Sequence[Enrolment] = ()  # pending enroll/<host> branches
+    commands: Sequence[SignedCommand | BadCommand] = ()  # main's commands/
 
 
 def _index_page(
@@ -287,4 +289,13 @@ def aggregate_pages(view: Overview, sources: Sources) -> tuple[AggregatePage, ..
             {"events": events, "max_events": audit.MAX_EVENTS},
             export.audit_json(events),
         ),
+        _commands_page(view, sources),
     )
+
+
+def _commands_page(view: Overview, sources: Sources) -> AggregatePage:
+    acks = {name: d.commands for name, d in view.derived.items()}
+    table = commands.rows(sources.commands, acks, view.now)
+    bad = [c for c in sources.commands if isinstance(c, BadCommand)]
+    context, data = commands.page_data(table, bad)
+    return AggregatePage("commands", "Commands", context, data)

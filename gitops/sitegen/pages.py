@@ -59,6 +59,9 @@ def generations(data: HostData) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda g: int(g["generation"]), reverse=True)
 
 
+MAX_COMMANDS_SHOWN = 50
+
+
 class HostPages:
     """Renders host pages; one per worker process."""
 
@@ -83,6 +86,12 @@ class HostPages:
             "failures": [r for r in data.reports if r.log_tail][:5],
             "published": data.published,
             "software": HostSoftware.of(data, host.cve_exemptions),
+            "command_acks": [
+                (entry, ack)
+                for entry in data.reports
+                if entry.verified
+                for ack in reversed(entry.commands)
+            ][:MAX_COMMANDS_SHOWN],
         }
 
     def html(self, host: Host, data: HostData, judged: Judged) -> str:

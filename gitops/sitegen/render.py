@@ -30,6 +30,7 @@ PAGES = (
     ("rollout.html", "Rollout"),
     ("software.html", "Software"),
     ("vulnerabilities.html", "Vulnerabilities"),
+    ("commands.html", "Commands"),
 )
 
 

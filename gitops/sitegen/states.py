@@ -140,8 +140,11 @@ def _system_notes(
         text = f"reboot pending since {_utc_minute(pending)}: the next boot runs what it applied"
         return [FlagNote(Flag.REBOOT_PENDING, text)], pending
     notes = []
-    if newest.reboot_required:
-        notes.append(FlagNote(Flag.REBOOT_NEEDED, "kernel, initrd or modules changed"))
+    if newest.reboot_required or newest.reboot_needed_since is not None:
+        text = "kernel, initrd or modules changed"
+        if newest.reboot_needed_since is not None:
+            text += f"; reboot needed since {_utc_minute(newest.reboot_needed_since)}"
+        notes.append(FlagNote(Flag.REBOOT_NEEDED, text))
     running, built = newest.current_system, newest.store_path
     if running and built and running != built:
         text = (
@@ -260,6 +263,7 @@ def judge(data: HostData, *, now: datetime, stale_after: int) -> HostStatus:
         drift_detail=drift,
         notes=notes,
         reboot_pending_since=pending_since,
+        reboot_needed_since=newest.reboot_needed_since if newest is not None else None,
     )
 
 

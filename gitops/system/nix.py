@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +211,24 @@ def parse_files(files: list[Path]) -> list[tuple[Path, str]]:
         if result.returncode != 0:
             errors.append((path, _nix_error(result.stderr)))
     return errors
+
+
+def has_nix_instantiate() -> bool:
+    return shutil.which("nix-instantiate") is not None
+
+
+def normalised_source(text: str, *, cwd: Path) -> str | None:
+    """``text`` as ``nix-instantiate --parse -`` prints it back: the parsed expression,
+    without comments or layout, attributes in one order (None: it does not parse).
+
+    Relative paths come out resolved against ``cwd``: compare two versions of a file
+    normalised with the same ``cwd``. One process per text, so what Nix prints does not
+    depend on what it read before.
+    """
+    result = process.run(["nix-instantiate", "--parse", "-"], check=False, input=text, cwd=cwd)
+    if result.returncode != 0:
+        return None
+    return result.stdout
 
 
 def _nix_error(stderr: str) -> str:
