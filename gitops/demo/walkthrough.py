@@ -4,7 +4,8 @@ Keys for a publisher and every host, a fleet repository made from this repositor
 ``hosts/``, and the gitops server in front of it (gitops/demo/served.py); then: publish,
 run every agent, change one profile and publish again (only its hosts rebuild), break a
 build and a health check, attack (the server refuses each attempt; what is written past
-it, the agents refuse), and build the site from the server.
+it, the agents refuse), let a canary wave halt a bad change (gitops/demo/waves.py), and
+build the site from the server.
 
 The walkthrough is a library too: the end-to-end test (tests/test_demo.py) plays it and
 checks every step.
@@ -21,9 +22,10 @@ from pathlib import Path
 
 from gitops import output
 from gitops.agent.cycle import CycleResult
-from gitops.demo import standin
+from gitops.demo import standin, waves
 from gitops.demo.scenario import InventoryHost, default_inventory, read_inventory
 from gitops.demo.served import Refusal, ServedFleet
+from gitops.demo.waves import WavesOutcome
 from gitops.errors import GitopsError
 from gitops.publish import plan as publish
 from gitops.sitegen.serve import serve_site
@@ -69,6 +71,7 @@ class DemoOutcome:
     refusals: tuple[Refusal, ...]  # what the server answered each attempt through it
     attacks: dict[str, CycleResult]  # what the agents did with what was written past it
     site: Path
+    waves: WavesOutcome | None = None  # the canary wave that halted a bad change
 
 
 def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutcome:
@@ -171,9 +174,20 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
     attacks = demo.run_agents([victim_unsigned, victim_rollback])
     say(_summary(attacks) + "\n")
 
+    canary = next(
+        h.name
+        for h in inventory
+        if h.name not in (broken.name, unhealthy.name, victim_unsigned, victim_rollback)
+    )
+    say(
+        f"7. Waves: fleet.yaml makes {canary} the canary, then a change to the shared module "
+        "breaks every host's health check;\n   gitops publish gives it to the canary wave only"
+    )
+    staged = waves.canary_halts(demo, canary, say)
+
     site = demo.root / "site"
     say(
-        "7. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
+        "8. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
     )
     demo.build_site(site)
     say(
@@ -195,6 +209,7 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         refusals=refusals,
         attacks=attacks,
         site=site,
+        waves=staged,
     )
 
 
