@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,6 +113,43 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument("--json", action="store_true", help="machine-readable result")
     status.add_argument(
         "--watch", action="store_true", help="show it again whenever the repository changes"
+    )
+
+
+def _add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="staged rollouts (fleet.yaml's rollout: waves): status, resume, abort"
+    )
+    actions = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="each wave's progress, from the repository alone")
+    _add_repo(status)
+    status.add_argument("--json", action="store_true", help="machine-readable result")
+    for name, helptext in (
+        ("resume", "let a halted rollout go on to the next wave (recorded on 'rollout')"),
+        ("abort", "stop a rollout: no further wave gets its source (recorded on 'rollout')"),
+    ):
+        sub = actions.add_parser(name, help=helptext)
+        _add_repo(sub)
+        sub.add_argument("--key", type=Path, required=True, help="a publisher's key (as publish)")
+        sub.add_argument("--reason", default="", help="why, for the record")
+        sub.add_argument("--push", action="store_true", help="record it on the remote's rollout")
+        sub.add_argument("--remote", default="origin", help="the remote (default: origin)")
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from gitops.commands import rollout_cmd
+
+    if args.rollout_command == "status":
+        return rollout_cmd.status(args.repo, as_json=args.json)
+    return rollout_cmd.admin(
+        args.repo,
+        rollout_cmd.Action(args.rollout_command),
+        key_path=args.key,
+        reason=args.reason,
+        push=args.push,
+        remote=args.remote,
+        as_json=args.json,
     )
 
 
@@ -456,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     vulns.add_argument("--json", action="store_true", help="machine-readable result")
 
     _add_status(commands)
+    _add_rollout(commands)
 
     site = commands.add_parser("site", help="the fleet dashboard")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -586,6 +624,10 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         remote=args.remote,
         systems=args.systems,
     )
+    from gitops.commands import rollout_cmd
+
+    if rollout_cmd.has_waves(request):  # fleet.yaml's rollout: (docs/rollout.md)
+        return rollout_cmd.publish(request, as_json=args.json)
     return publish_cmd.publish(request, as_json=args.json)
 
 
@@ -679,6 +721,18 @@ def _command(args: argparse.Namespace) -> int:
     return command_cmd.issue(request, as_json=args.json)
 
 
+# Commands whose whole dispatch is one helper taking the parsed arguments.
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sbom": _sbom,
+    "rollout": _rollout,
+    "server": _server,
+    "secrets": _secrets,
+    "command": _command,
+    "build": _build,
+    "plan": _plan,
+}
+
+
 def execute(argv: Sequence[str]) -> int:
     hot = _server_hot_path(argv)
     if hot is not None:
@@ -686,6 +740,9 @@ def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output.configure_logging(debug=args.debug, verbose=args.verbose)
+    handler = _HANDLERS.get(args.command)
+    if handler is not None:
+        return handler(args)
     match args.command:
         case "keys":
             from gitops.commands import keys_cmd
@@ -703,14 +760,8 @@ def execute(argv: Sequence[str]) -> int:
                 evaluate=args.evaluate,
                 jobs=args.jobs,
             )
-        case "plan":
-            return _plan(args)
         case "publish":
             return _publish(parser, args)
-        case "command":
-            return _command(args)
-        case "build":
-            return _build(args)
         case "verify":
             from gitops.commands import verify_cmd
 
@@ -719,8 +770,6 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import agent_cmd
 
             return agent_cmd.dispatch(args)
-        case "sbom":
-            return _sbom(args)
         case "vulns":
             from gitops.commands import vulns_cmd
 
@@ -742,10 +791,6 @@ def execute(argv: Sequence[str]) -> int:
                 as_json=args.json,
                 send_alerts=not args.no_alerts,
             )
-        case "server":
-            return _server(args)
-        case "secrets":
-            return _secrets(args)
         case "enroll":
             return _enroll(parser, args)
         case "escrow":

@@ -163,6 +163,16 @@ def enroll_ref(host: str) -> str:
     return f"{ENROLL_PREFIX}{host}"
 
 
+# -- staged rollouts ---------------------------------------------------------------------
+# With ``rollout:`` in fleet.yaml, ``gitops publish`` records each step of a rollout (a new
+# source, a wave reached, a halt, an admin's resume or abort) as a commit signed by a
+# publisher key on ``rollout``, whose tree holds ``rollout.json`` (docs/rollout.md).
+# Agents never read it.
+ROLLOUT_REF: Final = "refs/heads/rollout"
+ROLLOUT_FILE: Final = "rollout.json"
+ROLLOUT_SCHEMA: Final = 1
+
+
 # A report commit may carry ``escrow/<name>.age``: recovery material (a LUKS recovery key,
 # a copy of the host key) encrypted to the admins' recipients in fleet.yaml. Readers that
 # do not know the directory ignore it.

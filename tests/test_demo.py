@@ -4,6 +4,7 @@ git, real signatures, real Nix builds and profiles, everything through the gitop
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 from gitops.demo.scenario import default_inventory, read_inventory
 from gitops.demo.served import ServedFleet
 from gitops.demo.walkthrough import DemoOutcome, play
-from gitops.protocol import Report, Result, deploy_ref, reports_ref
+from gitops.fleet.rollout_record import Status
+from gitops.protocol import ROLLOUT_REF, Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import read_report_commit, walk_reports
 from gitops.trust import commits, keys
 from testing.helpers import git, git_out, public_line
@@ -212,6 +214,25 @@ def test_a_new_machine_enrols_and_its_secret_reaches_only_it(
     assert plaintext.strip().decode() not in report.to_json()
 
 
+def test_a_canary_wave_halts_a_bad_change_before_the_other_hosts(
+    played: tuple[ServedFleet, DemoOutcome],
+) -> None:
+    demo, outcome = played
+    staged = outcome.waves
+    assert staged is not None
+    assert staged.started.status is Status.ROLLING and staged.started.current.name == "canary"
+    assert staged.canary_run.result == Result.ROLLED_BACK
+    assert staged.halted.status is Status.HALTED
+    assert staged.halted.reason.startswith(
+        f"wave canary: 1 of 1 hosts failed ({staged.canary} (rolled-back))"
+    )
+    assert sorted(staged.untouched) == sorted(h for h in demo.hosts if h != staged.canary)
+    # The record is on the gitops server, and the site shows it.
+    assert commits.ref_target(pygit2.Repository(str(demo.record)), ROLLOUT_REF) is not None
+    data = json.loads((outcome.site / "rollout.json").read_text())["rollout"]
+    assert (data["status"], data["wave"]) == ("halted", "canary")
+
+
 def test_site_was_built(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     inventory = (outcome.site / "inventory.html").read_text()
@@ -250,7 +271,8 @@ def test_demo_command_prints_each_step(tmp_path: Path) -> None:
         "5. A change",
         "6. Attacks",
         "7. A new machine, lab-ws-1, enrols itself",
-        "8. The site",
+        "8. Waves",
+        "9. The site",
     ):
         assert step in done.stdout
     assert "stand-ins" in done.stdout

@@ -4,8 +4,8 @@ Keys for a publisher and every host, a fleet repository made from this repositor
 ``hosts/``, and the gitops server in front of it (gitops/demo/served.py); then: publish,
 run every agent, change one profile and publish again (only its hosts rebuild), break a
 build and a health check, attack (the server refuses each attempt; what is written past
-it, the agents refuse), enrol a new machine and deliver it a secret, and build the site
-from the server.
+it, the agents refuse), enrol a new machine and deliver it a secret, let a canary wave
+halt a bad change (gitops/demo/waves.py), and build the site from the server.
 
 The walkthrough is a library too: the end-to-end test (tests/test_demo.py) plays it and
 checks every step.
@@ -25,9 +25,10 @@ import pygit2
 
 from gitops import output
 from gitops.agent.cycle import CycleResult
-from gitops.demo import standin
+from gitops.demo import standin, waves
 from gitops.demo.scenario import InventoryHost, default_inventory, read_inventory
 from gitops.demo.served import Refusal, ServedFleet
+from gitops.demo.waves import WavesOutcome
 from gitops.errors import GitopsError
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
@@ -99,6 +100,7 @@ class DemoOutcome:
     attacks: dict[str, CycleResult]  # what the agents did with what was written past it
     enrolment: Enrolment
     site: Path
+    waves: WavesOutcome | None = None  # the canary wave that halted a bad change
 
 
 def _pick_enrol_profile(inventory: list[InventoryHost]) -> str:
@@ -289,10 +291,20 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
     say(_summary(attacks) + "\n")
 
     enrolled = _enrol(demo, say, _pick_enrol_profile(inventory))
+    canary = next(
+        h.name
+        for h in inventory
+        if h.name not in (broken.name, unhealthy.name, victim_unsigned, victim_rollback)
+    )
+    say(
+        f"8. Waves: fleet.yaml makes {canary} the canary, then a change to the shared module "
+        "breaks every host's health check;\n   gitops publish gives it to the canary wave only"
+    )
+    staged = waves.canary_halts(demo, canary, say)
 
     site = demo.root / "site"
     say(
-        "8. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
+        "9. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
     )
     demo.build_site(site)
     say(
@@ -315,6 +327,7 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         attacks=attacks,
         enrolment=enrolled,
         site=site,
+        waves=staged,
     )
 
 
