@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,18 @@ def _add_repo(parser: argparse.ArgumentParser) -> None:
         default=Path(),
         help="the fleet repository (default: current directory)",
     )
+
+
+def _duration_arg(text: str) -> float:
+    """A duration such as 90, 2.5, 30s, 5m, 1h for an option, in seconds."""
+    import argparse
+
+    from gitops.fleet.schema import parse_duration
+
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,6 +113,43 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument("--json", action="store_true", help="machine-readable result")
     status.add_argument(
         "--watch", action="store_true", help="show it again whenever the repository changes"
+    )
+
+
+def _add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="staged rollouts (fleet.yaml's rollout: waves): status, resume, abort"
+    )
+    actions = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="each wave's progress, from the repository alone")
+    _add_repo(status)
+    status.add_argument("--json", action="store_true", help="machine-readable result")
+    for name, helptext in (
+        ("resume", "let a halted rollout go on to the next wave (recorded on 'rollout')"),
+        ("abort", "stop a rollout: no further wave gets its source (recorded on 'rollout')"),
+    ):
+        sub = actions.add_parser(name, help=helptext)
+        _add_repo(sub)
+        sub.add_argument("--key", type=Path, required=True, help="a publisher's key (as publish)")
+        sub.add_argument("--reason", default="", help="why, for the record")
+        sub.add_argument("--push", action="store_true", help="record it on the remote's rollout")
+        sub.add_argument("--remote", default="origin", help="the remote (default: origin)")
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from gitops.commands import rollout_cmd
+
+    if args.rollout_command == "status":
+        return rollout_cmd.status(args.repo, as_json=args.json)
+    return rollout_cmd.admin(
+        args.repo,
+        rollout_cmd.Action(args.rollout_command),
+        key_path=args.key,
+        reason=args.reason,
+        push=args.push,
+        remote=args.remote,
+        as_json=args.json,
     )
 
 
@@ -169,6 +218,32 @@ def _add_enroll(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     enroll.add_argument(
         "--root", type=Path, default=Path("/"), help="read facts from this root (default /)"
     )
+    enroll.add_argument(
+        "--wait",
+        nargs="?",
+        const="1h",
+        default=None,
+        metavar="TIMEOUT",
+        type=_duration_arg,
+        help="then wait for deploy/NAME (default 1h; e.g. 30m, 2h), looking less often as time goes by",
+    )
+    enroll.add_argument(
+        "--deploy-remote",
+        metavar="URL",
+        help="where to look for deploy/NAME (default --remote; with the gitops server: "
+        "ssh://git@SERVER/hosts/NAME.git)",
+    )
+    enroll.add_argument(
+        "--ssh-key",
+        type=Path,
+        help="log in to ssh remotes with this key (an enrolment deploy key on the forge; "
+        "the gitops server accepts the host key once merged)",
+    )
+    enroll.add_argument(
+        "--known-hosts",
+        type=Path,
+        help="the ssh servers' host keys (a known_hosts file); checked strictly when given",
+    )
     actions = enroll.add_subparsers(dest="enroll_command", metavar="ACTION")
     listing = actions.add_parser("list", help="pending enrol/<host> branches and their verdict")
     _add_repo(listing)
@@ -200,6 +275,10 @@ def _enroll(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         profiles=args.profile,
         owner=args.owner,
         root=args.root,
+        wait=args.wait,
+        deploy_remote=args.deploy_remote,
+        ssh_key=args.ssh_key,
+        known_hosts=args.known_hosts,
     )
 
 
@@ -256,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable result; problems as {file, line, field, problem, fix}",
     )
     check.add_argument("--no-nix", action="store_true", help="do not parse .nix files with nix")
+    check.add_argument(
+        "--eval",
+        dest="evaluate",
+        action="store_true",
+        help="evaluate every host's system (its .drvPath, no build) from its deploy tree",
+    )
+    check.add_argument(
+        "--jobs", type=int, default=2, help="with --eval: hosts evaluated at once (default: 2)"
+    )
 
     for name, helptext in (
         ("plan", "show which hosts' deploy trees would change, and why; writes nothing"),
@@ -268,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
         sub.add_argument("--json", action="store_true", help="machine-readable result")
+        if name == "plan":
+            _add_plan_options(sub)
         if name == "publish":
             sub.add_argument(
                 "--key",
@@ -288,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help="after the server's deploy/<host> was rewritten (restored from a backup): "
                 "push a signed commit on top of it that supersedes what the host applied "
                 "(needs exactly one --host; implies --push)",
+            )
+            sub.add_argument(
+                "--systems",
+                type=Path,
+                metavar="FILE",
+                help="the systems file of 'gitops build': pin each host's centrally built "
+                "system in its deploy commit (System-Path); a host whose tree it does not "
+                "name is not published",
             )
             sub.add_argument(
                 "--applied",
@@ -316,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bytes", type=int, default=64 * 1024, help="collect-logs: excerpt limit"
     )
     command.add_argument("--json", action="store_true", help="machine-readable result")
+    _add_build(commands)
 
     verify = commands.add_parser(
         "verify", help="verify a commit's signature like git verify-commit"
@@ -394,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     vulns.add_argument("--json", action="store_true", help="machine-readable result")
 
     _add_status(commands)
+    _add_rollout(commands)
 
     site = commands.add_parser("site", help="the fleet dashboard")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -437,6 +537,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build = commands.add_parser(
+        "build",
+        help="build each changed host's system once, sign it, copy it to a binary cache",
+    )
+    _add_repo(build)
+    build.add_argument(
+        "--from", dest="source", default="main", help="the main commit (default: main)"
+    )
+    build.add_argument("--host", action="append", default=[], help="only this host (repeatable)")
+    build.add_argument(
+        "--all",
+        dest="every_host",
+        action="store_true",
+        help="build every host, not only those whose deploy tree changed",
+    )
+    build.add_argument("--jobs", type=int, default=2, help="hosts built at once (default: 2)")
+    build.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Nix secret key file (nix key generate-secret) that signs the systems' closures",
+    )
+    build.add_argument(
+        "--cache",
+        help="binary cache to copy the closures to: file:///srv/nix-cache, or any store URL",
+    )
+    build.add_argument(
+        "--systems",
+        type=Path,
+        metavar="FILE",
+        help="write the systems file here, for 'gitops publish --systems FILE'",
+    )
+    build.add_argument(
+        "--timeout", type=float, default=None, help="seconds per host before its build is stopped"
+    )
+    build.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from gitops.commands import build_cmd
+    from gitops.publish import build
+
+    request = build.Request(
+        repo=args.repo,
+        source=args.source,
+        hosts=tuple(args.host),
+        every_host=args.every_host,
+        jobs=args.jobs,
+        signing_key=args.signing_key,
+        cache=args.cache,
+        systems=args.systems,
+        timeout=args.timeout,
+    )
+    return build_cmd.build(request, as_json=args.json)
+
+
 def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gitops.commands import publish_cmd
     from gitops.publish import recover, run
@@ -444,6 +600,8 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.applied is not None and not args.recover:
         parser.error("--applied goes with --recover")
     if args.recover:
+        if args.systems is not None:
+            parser.error("--systems does not go with --recover (a recovery commit pins nothing)")
         if len(args.host) != 1:
             parser.error("--recover needs exactly one --host")
         return publish_cmd.recover(
@@ -464,7 +622,12 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         key_path=args.key,
         push=args.push,
         remote=args.remote,
+        systems=args.systems,
     )
+    from gitops.commands import rollout_cmd
+
+    if rollout_cmd.has_waves(request):  # fleet.yaml's rollout: (docs/rollout.md)
+        return rollout_cmd.publish(request, as_json=args.json)
     return publish_cmd.publish(request, as_json=args.json)
 
 
@@ -515,6 +678,61 @@ def _server_hot_path(argv: Sequence[str]) -> int | None:
     return None
 
 
+def _add_plan_options(plan: argparse.ArgumentParser) -> None:
+    plan.add_argument(
+        "--remote",
+        help="compare with the deploy branches on this remote (name or URL), fetched as "
+        "publish fetches them (default: this clone's deploy branches)",
+    )
+    plan.add_argument(
+        "--format",
+        choices=["text", "json", "markdown"],
+        default=None,
+        help="text (default), json (as --json), or markdown for a pull-request comment",
+    )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from gitops.commands import plan_cmd
+
+    fmt = plan_cmd.Format(args.format or ("json" if args.json else "text"))
+    return plan_cmd.plan(args.repo, args.source, args.host, fmt=fmt, remote=args.remote)
+
+
+def _command(args: argparse.Namespace) -> int:
+    from gitops.commands import command_cmd
+    from gitops.protocol import CommandName
+
+    name = CommandName(args.name)
+    if name is CommandName.RUN_CHECK and not args.check:
+        raise GitopsError("run-check needs the check's name: gitops command run-check NAME")
+    request = command_cmd.CommandRequest(
+        repo=args.repo,
+        name=name,
+        hosts=tuple(args.host),
+        tags=tuple(args.tag),
+        key=args.key,
+        expires=args.expires,
+        units=tuple(args.unit),
+        since=args.since,
+        max_bytes=args.max_bytes,
+        check=args.check,
+    )
+    return command_cmd.issue(request, as_json=args.json)
+
+
+# Commands whose whole dispatch is one helper taking the parsed arguments.
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sbom": _sbom,
+    "rollout": _rollout,
+    "server": _server,
+    "secrets": _secrets,
+    "command": _command,
+    "build": _build,
+    "plan": _plan,
+}
+
+
 def execute(argv: Sequence[str]) -> int:
     hot = _server_hot_path(argv)
     if hot is not None:
@@ -522,6 +740,9 @@ def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output.configure_logging(debug=args.debug, verbose=args.verbose)
+    handler = _HANDLERS.get(args.command)
+    if handler is not None:
+        return handler(args)
     match args.command:
         case "keys":
             from gitops.commands import keys_cmd
@@ -533,34 +754,14 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import check_cmd
 
             return check_cmd.check(
-                args.repo, as_json=args.json, parse_nix=False if args.no_nix else None
+                args.repo,
+                as_json=args.json,
+                parse_nix=False if args.no_nix else None,
+                evaluate=args.evaluate,
+                jobs=args.jobs,
             )
-        case "plan":
-            from gitops.commands import publish_cmd
-
-            return publish_cmd.plan(args.repo, args.source, args.host, as_json=args.json)
         case "publish":
             return _publish(parser, args)
-        case "command":
-            from gitops.commands import command_cmd
-            from gitops.protocol import CommandName
-
-            name = CommandName(args.name)
-            if name is CommandName.RUN_CHECK and not args.check:
-                raise GitopsError("run-check needs the check's name: gitops command run-check NAME")
-            request = command_cmd.CommandRequest(
-                repo=args.repo,
-                name=name,
-                hosts=tuple(args.host),
-                tags=tuple(args.tag),
-                key=args.key,
-                expires=args.expires,
-                units=tuple(args.unit),
-                since=args.since,
-                max_bytes=args.max_bytes,
-                check=args.check,
-            )
-            return command_cmd.issue(request, as_json=args.json)
         case "verify":
             from gitops.commands import verify_cmd
 
@@ -569,8 +770,6 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import agent_cmd
 
             return agent_cmd.dispatch(args)
-        case "sbom":
-            return _sbom(args)
         case "vulns":
             from gitops.commands import vulns_cmd
 
@@ -592,10 +791,6 @@ def execute(argv: Sequence[str]) -> int:
                 as_json=args.json,
                 send_alerts=not args.no_alerts,
             )
-        case "server":
-            return _server(args)
-        case "secrets":
-            return _secrets(args)
         case "enroll":
             return _enroll(parser, args)
         case "escrow":

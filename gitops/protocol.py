@@ -56,6 +56,11 @@ TRAILER_SOURCE_GENERATION: Final = "Source-Generation"
 # the deploy commit this host applied, which this commit supersedes although it does not
 # descend from it. Only a publisher can sign one, and it names one exact commit.
 TRAILER_RECOVERS: Final = "Recovers"
+# The system (the host's NixOS toplevel, ``/nix/store/<hash>-nixos-system-...``) built
+# centrally from exactly this commit's tree (``gitops build``): an agent in substitute
+# mode realises this one path from its binary caches and evaluates nothing. Under the
+# publisher's signature, so a cache can serve only what the publisher pinned. Optional.
+TRAILER_SYSTEM_PATH: Final = "System-Path"
 # Report commits (written by the agent, read by the agent's retry logic and the site).
 TRAILER_REPORT_ID: Final = "Report-Id"  # unique per report: de-duplicates retried pushes
 TRAILER_RESULT: Final = "Result"  # the report's result, for `git log` readers
@@ -172,6 +177,16 @@ def enroll_ref(host: str) -> str:
     return f"{ENROLL_PREFIX}{host}"
 
 
+# -- staged rollouts ---------------------------------------------------------------------
+# With ``rollout:`` in fleet.yaml, ``gitops publish`` records each step of a rollout (a new
+# source, a wave reached, a halt, an admin's resume or abort) as a commit signed by a
+# publisher key on ``rollout``, whose tree holds ``rollout.json`` (docs/rollout.md).
+# Agents never read it.
+ROLLOUT_REF: Final = "refs/heads/rollout"
+ROLLOUT_FILE: Final = "rollout.json"
+ROLLOUT_SCHEMA: Final = 1
+
+
 # A report commit may carry ``escrow/<name>.age``: recovery material (a LUKS recovery key,
 # a copy of the host key) encrypted to the admins' recipients in fleet.yaml. Readers that
 # do not know the directory ignore it.
@@ -227,6 +242,10 @@ class Result(StrEnum):
     STALE_PUBLISHER = "stale-publisher"
     DEPLOY_MISSING = "deploy-missing"  # deploy/<host> is gone although this host applied from it
     MISCONFIGURED = "misconfigured"  # the agent's own configuration (e.g. its trust file) is broken
+    # The deploy commit's pinned System-Path could not be fetched from the configured caches
+    # (signed by no trusted key, not what the signed narinfo says, not there) and the agent
+    # may not build locally; the running system is untouched.
+    SUBSTITUTE_FAILED = "substitute-failed"
 
 
 @dataclass(frozen=True)

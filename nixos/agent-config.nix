@@ -78,6 +78,9 @@ let
     secrets_dir = cfg.secretsDir;
     escrow = builtins.mapAttrs (name: secretPath "escrow.${name}") cfg.escrow;
     escrow_recipients = cfg.escrowRecipients;
+    mode = cfg.mode;
+    substituters = cfg.substituters;
+    trusted_public_keys = cfg.trustedPublicKeys;
   };
 in
 builtins.toJSON (merge rendered (cfg.settings or { }))

@@ -41,6 +41,17 @@ let
     else
       null;
 
+  enrolUnit = import ./agent-enrol.nix {
+    inherit cfg;
+    gitops = cfg.package;
+    coreutils = pkgs.coreutils;
+    knownHostsFile =
+      if cfg.enrol.knownHosts != null then
+        pkgs.writeText "gitops-enrol-known-hosts" cfg.enrol.knownHosts
+      else
+        null;
+  };
+
   configText = import ./agent-config.nix {
     cfg = cfg // {
       inherit trustedPublishersFile trustedCommandersFile knownHostsFile;
@@ -362,6 +373,95 @@ in
       description = "The admins' age (age1...) or SSH public keys, as in fleet.yaml `admins`.";
     };
 
+    enrol = {
+      # A oneshot unit runs `gitops enroll` until it succeeds once; then <stateDir>/enrolled
+      # keeps it from running again. An admin reviews and merges (docs/enroll-host.md).
+      enable = lib.mkEnableOption "enrolment at first boot: propose this machine on enroll/<enrol.name>, signed with the host key (`signingKey`)";
+      remote = mkOption {
+        type = types.str;
+        example = "ssh://git@git.example.org/infra/fleet.git";
+        description = ''
+          The fleet repository the proposal is pushed to: the forge, or the plain repository
+          the gitops server mirrors main from. Not the gitops server itself, which refuses
+          enroll/* from keys main does not list yet.
+        '';
+      };
+      name = mkOption {
+        type = types.strMatching "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+        default = cfg.hostName;
+        defaultText = lib.literalExpression "config.services.gitops-agent.hostName";
+        description = "The name this machine proposes: hosts/<name> and deploy/<name>.";
+      };
+      profiles = mkOption {
+        type = types.listOf (types.strMatching "[A-Za-z0-9_.-]+");
+        default = [ ];
+        example = [
+          "workstation"
+          "gis"
+        ];
+        description = "The profiles the proposed host.yaml and configuration.nix name.";
+      };
+      owner = mkOption {
+        type = types.str;
+        default = "";
+        example = "jonas.weber@example.org";
+        description = "Who is responsible for the machine, for host.yaml `owner`.";
+      };
+      sshKey = mkOption {
+        type = types.nullOr pathString;
+        default = null;
+        example = "/etc/gitops/enrol_ed25519";
+        description = ''
+          Private key that logs in to an ssh `enrol.remote` (an enrolment deploy key that may
+          push enroll/* branches). A string path, never read at evaluation time.
+        '';
+      };
+      knownHosts = mkOption {
+        type = types.nullOr types.lines;
+        default = null;
+        example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
+        description = "The host keys of an ssh `enrol.remote` (ssh-keyscan output); checked strictly when set.";
+      };
+    mode = mkOption {
+      type = types.enum [
+        "build"
+        "substitute"
+        "auto"
+      ];
+      default = defaults.mode;
+      description = ''
+        How the agent gets the system of a deploy commit. `substitute`: realise exactly
+        the store path the signed commit pins (`System-Path`, written by `gitops build`
+        and `gitops publish --systems`) from `substituters`, checked against
+        `trustedPublicKeys`, never evaluating or building (for hosts too small to
+        evaluate NixOS); a commit without one, or a path the caches refuse, is reported
+        as `substitute-failed`. `auto`: the same, but build locally when the commit pins
+        nothing or the caches refuse. `build`: always evaluate and build locally.
+      '';
+    };
+
+    substituters = mkOption {
+      type = types.listOf types.str;
+      default = defaults.substituters;
+      example = [ "https://cache.example.org" ];
+      description = ''
+        Binary caches a pinned system is fetched from (a `file://` directory served by
+        any web server, `https://`, `s3://...`). Also added to
+        `nix.settings.extra-trusted-substituters`, so the agent may use them through the daemon.
+      '';
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = defaults.trusted_public_keys;
+      example = [ "fleet-cache-1:base64..." ];
+      description = ''
+        Nix public keys (`nix key convert-secret-to-public`) a pinned system's narinfo
+        must be signed by. Pinned here, on the host: a cache cannot change them. Also
+        added to `nix.settings.extra-trusted-public-keys`.
+      '';
+    };
+
     trigger = {
       enable = mkOption {
         type = types.bool;
@@ -424,6 +524,14 @@ in
         message = "services.gitops-agent and system.autoUpgrade both switch this system; disable system.autoUpgrade.";
       }
     ];
+
+    # The caches and keys the agent passes to nix-store --realise: accepted from a
+    # client only when the daemon's configuration trusts them too. `extra-` keeps
+    # nixpkgs' own (cache.nixos.org) instead of replacing them.
+    nix.settings = lib.mkIf (cfg.substituters != [ ]) {
+      extra-trusted-substituters = cfg.substituters;
+      extra-trusted-public-keys = cfg.trustedPublicKeys;
+    };
 
     environment.etc."gitops/agent.yaml".source = configFile;
     environment.systemPackages = [ cfg.package ];
@@ -492,6 +600,21 @@ in
         # - PrivateNetwork/IPAddressDeny: it fetches, substitutes and pushes.
       };
     };
+
+    systemd.services.gitops-agent-enrol = lib.mkIf cfg.enrol.enable (
+      enrolUnit.unit
+      // {
+        path = [
+          config.programs.ssh.package
+          pkgs.gitMinimal
+        ];
+        serviceConfig = enrolUnit.unit.serviceConfig // {
+          ExecStart = pkgs.writeShellScript "gitops-agent-enrol" enrolUnit.script;
+          StateDirectory = lib.mkIf (cfg.stateDir == defaults.state_dir) "gitops-agent";
+          StateDirectoryMode = "0711";
+        };
+      }
+    );
 
     systemd.timers.gitops-agent = {
       description = "Check this host's deploy branch periodically";

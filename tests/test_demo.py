@@ -4,6 +4,7 @@ git, real signatures, real Nix builds and profiles, everything through the gitop
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,12 +16,16 @@ import pytest
 from gitops.demo.scenario import default_inventory, read_inventory
 from gitops.demo.served import ServedFleet
 from gitops.demo.walkthrough import DemoOutcome, play
-from gitops.protocol import Report, Result, deploy_ref, reports_ref
+from gitops.fleet.rollout_record import Status
+from gitops.protocol import ROLLOUT_REF, Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import read_report_commit, walk_reports
 from gitops.trust import commits, keys
 from testing.helpers import git, git_out, public_line
 
 pytestmark = pytest.mark.slow
+
+
+SAID: list[str] = []  # what the walkthrough printed
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +36,8 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServedFleet, DemoO
     )
     root = tmp_path_factory.mktemp("demo") / "run"
     source = default_inventory()
-    demo = ServedFleet(
-        root, read_inventory(source), say=lambda _: None, policies=source / "policies"
-    )
-    return demo, play(demo)
+    demo = ServedFleet(root, read_inventory(source), say=SAID.append, policies=source / "policies")
+    return demo, play(demo, SAID.append)
 
 
 def test_inventory_is_this_repositorys_hosts(played: tuple[ServedFleet, DemoOutcome]) -> None:
@@ -166,6 +169,70 @@ def test_server_holds_the_signed_record(played: tuple[ServedFleet, DemoOutcome])
         )
 
 
+def test_a_new_machine_enrols_and_its_secret_reaches_only_it(
+    played: tuple[ServedFleet, DemoOutcome], tmp_path: Path
+) -> None:
+    demo, outcome = played
+    enrolled = outcome.enrolment
+    host = enrolled.host
+    assert host not in demo.hosts and enrolled.verdict == ()
+    # The proposal was signed by the machine's own key, the merge by the admin.
+    fleet = pygit2.Repository(str(demo.record))
+    merge = fleet.get(enrolled.merge)
+    assert isinstance(merge, pygit2.Commit) and str(merge.parent_ids[1]) == enrolled.proposal
+    signers = tmp_path / "signers"
+    signers.write_text(
+        f"{host} {public_line(demo.host_keys[host])}\n"
+        f"alice@example.org {demo.admin_key_path.with_name('admin.pub').read_text()}"
+    )
+    for commit in (enrolled.proposal, enrolled.merge):
+        git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit, cwd=demo.record)
+    assert not [r for r in fleet.references if r.startswith("refs/heads/enroll/")]
+    # Published to it alone, applied through its own repository on the server.
+    assert enrolled.published == (host,)
+    assert enrolled.deploy_files == ("secrets/secrets.json", "secrets/wifi-lab.age")
+    assert enrolled.result.result == Result.APPLIED, enrolled.result.reason
+    assert demo.layout.host_repo(host).is_dir()
+    git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", reports_ref(host),
+        cwd=demo.record)  # fmt: skip
+    for other in demo.hosts:
+        tree = fleet.revparse_single(deploy_ref(other)).peel(pygit2.Tree)
+        assert "secrets" not in tree, other
+    # The secret arrived, 0400, and is nowhere else in plaintext; its tmpfs directory is gone.
+    assert enrolled.delivered and enrolled.mode == 0o400
+    assert enrolled.found == () and enrolled.objects > 100 and enrolled.store_paths >= 1
+    assert not enrolled.secrets_dir.exists()
+    assert not str(enrolled.secrets_dir).startswith("/run")
+    # Debian's age opens the forge's copy with the admin's key; the output never shows it.
+    plaintext = subprocess.run(
+        ["age", "--decrypt", "-i", str(demo.admin_key_path), str(demo.repo_dir / enrolled.secret_file)],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    assert plaintext.startswith(b"psk=")
+    assert SAID and not [line for line in SAID if plaintext.strip().decode() in line]
+    report = _reports(demo, host)[-1]
+    assert plaintext.strip().decode() not in report.to_json()
+
+
+def test_a_canary_wave_halts_a_bad_change_before_the_other_hosts(
+    played: tuple[ServedFleet, DemoOutcome],
+) -> None:
+    demo, outcome = played
+    staged = outcome.waves
+    assert staged is not None
+    assert staged.started.status is Status.ROLLING and staged.started.current.name == "canary"
+    assert staged.canary_run.result == Result.ROLLED_BACK
+    assert staged.halted.status is Status.HALTED
+    assert staged.halted.reason.startswith(
+        f"wave canary: 1 of 1 hosts failed ({staged.canary} (rolled-back))"
+    )
+    assert sorted(staged.untouched) == sorted(h for h in demo.hosts if h != staged.canary)
+    # The record is on the gitops server, and the site shows it.
+    assert commits.ref_target(pygit2.Repository(str(demo.record)), ROLLOUT_REF) is not None
+    data = json.loads((outcome.site / "rollout.json").read_text())["rollout"]
+    assert (data["status"], data["wave"]) == ("halted", "canary")
+
+
 def test_site_was_built(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     inventory = (outcome.site / "inventory.html").read_text()
@@ -184,7 +251,8 @@ def test_compliance_reflects_the_machines(played: tuple[ServedFleet, DemoOutcome
     # (see gitops.demo.scenario.write_machine). Nothing else fails.
     assert policies["ssh-password-login-disabled"]["failing"] == ["laptop-anna"]
     assert policies["gc-timer-enabled"]["failing"] == ["media-ws-1"]
-    assert policies["firewall-active"]["counts"]["pass"] == len(played[0].hosts)
+    # Every host, the one enrolled in step 7 too.
+    assert policies["firewall-active"]["counts"]["pass"] == len(played[0].hosts) + 1
 
 
 def test_demo_command_prints_each_step(tmp_path: Path) -> None:
@@ -202,12 +270,17 @@ def test_demo_command_prints_each_step(tmp_path: Path) -> None:
         "4. A pull request",
         "5. A change",
         "6. Attacks",
-        "7. The site",
+        "7. A new machine, lab-ws-1, enrols itself",
+        "8. Waves",
+        "9. The site",
     ):
         assert step in done.stdout
     assert "stand-ins" in done.stdout
     assert "No sshd in the demo: a stand-in ssh" in done.stdout
     assert "gitops: error: host:" in done.stdout  # the server's own refusal, shown
+    assert "gitops enroll list: lab-ws-1 " in done.stdout and ": ready to accept" in done.stdout
+    assert "the secret arrived: " in done.stdout
+    assert "its plaintext is in none of the demo's git repositories" in done.stdout
     again = subprocess.run(
         [sys.executable, "-m", "gitops", "demo", "--dir", tmp_path / "cli-demo"],
         capture_output=True,

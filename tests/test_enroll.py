@@ -18,6 +18,7 @@ import pygit2
 import pyrage
 import pytest
 
+from gitops.agent import enrol
 from gitops.agent.cycle import Cycle
 from gitops.demo.scenario import DemoFleet
 from gitops.protocol import Result, enroll_ref, reports_ref
@@ -27,7 +28,7 @@ from gitops.server.updates import Update
 from gitops.trust import age, commits, keys
 from gitops.trust.sshsig import PublicKey
 from testing.env import needs_nix
-from testing.helpers import git, published_demo
+from testing.helpers import git, git_out, published_demo
 
 HOSTS = {"alpha": ["workstation"]}
 
@@ -119,6 +120,11 @@ def test_a_new_machine_proposes_itself_and_an_admin_accepts_it(
     # Accepted: no longer pending (the name exists now).
     relisted = gitops("enroll", "list", "--repo", demo.repo_dir).stdout
     assert "a host named delta exists in main" in relisted
+    # Once main is pushed, the machine running it again learns it is enrolled.
+    git("push", "-q", "origin", "main", cwd=demo.repo_dir)
+    again = enroll(demo, tmp_path, "delta", key)
+    assert again.returncode == 0, again.stderr
+    assert "delta is in main with this machine's key: enrolled" in again.stdout
 
 
 def test_existing_names_and_reused_keys_are_refused_before_anything_is_pushed(
@@ -175,6 +181,84 @@ def test_the_gitops_server_refuses_enrolment_branches_with_a_clear_line() -> Non
         checks.enrolment_refusal(update) or ""
     )
     assert checks.enrolment_refusal(replace(update, ref=reports_ref("delta"))) is None
+
+
+# -- waiting for the deploy branch -------------------------------------------------------
+
+
+def test_waiting_looks_less_often_and_returns_when_the_branch_appears(tmp_path: Path) -> None:
+    remote = tmp_path / "fleet.git"
+    git("init", "-q", "--bare", "-b", "main", remote, cwd=tmp_path)
+    work = tmp_path / "work"
+    git("init", "-q", "-b", "main", work, cwd=tmp_path)
+    (work / "README").write_text("fleet\n")
+    git("add", "-A", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "init", cwd=work)
+    git("push", "-q", remote, "main", cwd=work)
+    now = [0.0]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the publisher pushes during the third pause
+        pauses.append(seconds)
+        now[0] += seconds
+        if len(pauses) == 3:
+            git("push", "-q", remote, "main:refs/heads/deploy/delta", cwd=work)
+
+    head = enrol.wait_for_deploy(str(remote), "delta", 3600, sleep=sleep, clock=lambda: now[0])
+    assert head == git_out("rev-parse", "main", cwd=work)
+    assert pauses == [5.0, 10.0, 20.0]  # doubling, not a busy loop
+    assert [enrol.WaitBackoff().delay(n) for n in (4, 5, 6, 60)] == [40.0, 60.0, 60.0, 60.0]
+
+    pauses.clear()
+    now[0] = 0.0
+    assert enrol.wait_for_deploy(str(remote), "echo", 12, sleep=sleep, clock=lambda: now[0]) is None
+    assert pauses == [5.0, 7.0]  # never past the deadline
+
+
+def test_enroll_wait_prints_the_next_step_once_deploy_appears(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    root = tmp_path / "root-delta"
+    root.mkdir()
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "gitops", "enroll", "--remote", str(demo.server), "--name",
+         "delta", "--key", str(tmp_path / "delta_key"), "--profile", "workstation",
+         "--root", str(root), "--wait", "2m"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert waiting.stdout is not None
+    try:
+        assert "made a host key" in waiting.stdout.readline()
+        assert "proposed delta on enroll/delta" in waiting.stdout.readline()
+        # The admin merged and the publisher published (here: the ref, straight on the remote).
+        git("update-ref", "refs/heads/deploy/delta", "refs/heads/enroll/delta", cwd=demo.server)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    assert "waiting up to 2m for deploy/delta" in err
+    assert "deploy/delta is published" in out and 'hostName = "delta"' in out
+
+    # Again (after a timeout, say): the proposal is there, so it only waits.
+    again = enroll_waiting(demo, tmp_path, "delta", "1")
+    assert again.returncode == 0, again.stderr
+    assert "enroll/delta " in again.stdout and "is this machine's proposal already" in again.stdout
+    assert "deploy/delta is published" in again.stdout
+    late = enroll_waiting(demo, tmp_path, "echo", "1")
+    assert late.returncode == 1
+    assert "deploy/echo did not appear" in late.stderr and "within 1s" in late.stderr
+
+
+def enroll_waiting(
+    demo: DemoFleet, tmp_path: Path, name: str, wait: str
+) -> subprocess.CompletedProcess[str]:
+    root = tmp_path / f"root-{name}"
+    root.mkdir(exist_ok=True)
+    return gitops(
+        "enroll", "--remote", demo.server, "--name", name, "--key", tmp_path / f"{name}_key",
+        "--profile", "workstation", "--root", root, "--wait", wait,
+    )  # fmt: skip
 
 
 # -- escrow -------------------------------------------------------------------------------

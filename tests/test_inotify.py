@@ -103,4 +103,5 @@ def test_an_idle_wait_sleeps(tmp_path: Path) -> None:
     during = switches(tid[0]) - before
     thread.join(10)
     assert result[0].why == Wake.TIMER
-    assert during <= 3, f"{during} context switches in 1.5 s of waiting"
+    # A loaded machine adds a few (signals, GC); watchfiles made about 30.
+    assert during <= 8, f"{during} context switches in 1.5 s of waiting"

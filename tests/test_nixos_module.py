@@ -24,11 +24,11 @@ import pygit2
 import pytest
 
 from gitops.agent import config as agent_config
-from gitops.agent.config import AgentConfig, HealthConfig, parse_config
+from gitops.agent.config import AgentConfig, HealthConfig, Mode, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
 from testing.env import NIX_CONFIG
-from testing.helpers import commit_all, git, init_repo
+from testing.helpers import commit_all, git, git_out, init_repo, published_demo
 
 REPO = Path(__file__).resolve().parent.parent
 NIXOS = REPO / "nixos"
@@ -66,6 +66,9 @@ OPTION_FOR_KEY = {
     "secrets_dir": "secretsDir",
     "escrow": "escrow",
     "escrow_recipients": "escrowRecipients",
+    "mode": "mode",
+    "substituters": "substituters",
+    "trusted_public_keys": "trustedPublicKeys",
 }
 HEALTH_OPTION_FOR_KEY = {
     "failed_units": "failedUnits",
@@ -75,6 +78,7 @@ HEALTH_OPTION_FOR_KEY = {
     "timeout": "timeout",
     "remote_grace": "remoteGrace",
 }
+CACHE_KEY = "fleet-cache-1:" + "A" * 43 + "="
 REQUIRED = {
     "hostName": "web-1",
     "remote": "https://git.example.org/infra/fleet.git",
@@ -244,6 +248,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         secretsDir="/run/fleet-secrets",
         escrow={"luks-recovery": "/etc/luks-recovery.key"},
         escrowRecipients=["age1zltzz5e4tavefhg7jfa9zu557y772rc0uwn5kdall62qt9hgpaqqsdgtac"],
+        mode="substitute",
+        substituters=["https://cache.example.org", "file:///srv/nix-cache"],
+        trustedPublicKeys=[CACHE_KEY],
     )
     config = parse_config(render(tmp_path, cfg), "rendered")
     assert config == AgentConfig(
@@ -285,6 +292,9 @@ def test_every_option_round_trips(tmp_path: Path) -> None:
         secrets_dir=Path("/run/fleet-secrets"),
         escrow=(("luks-recovery", Path("/etc/luks-recovery.key")),),
         escrow_recipients=("age1zltzz5e4tavefhg7jfa9zu557y772rc0uwn5kdall62qt9hgpaqqsdgtac",),
+        mode=Mode.SUBSTITUTE,
+        substituters=("https://cache.example.org", "file:///srv/nix-cache"),
+        trusted_public_keys=(CACHE_KEY,),
     )
 
 
@@ -651,3 +661,117 @@ def test_the_commanders_file_reaches_the_agent_configuration(tmp_path: Path) -> 
     # Public material: copied to the store (nix eval names the path; the build adds it).
     assert stored is not None and stored.name.endswith("-commanders.allowed_signers")
     assert str(stored).startswith("/nix/store/")
+
+
+# -- enrolment at first boot (services.gitops-agent.enrol) ----------------------------------
+
+# Just enough of nixpkgs' lib for the module's options: mkOption returns its arguments.
+STANDIN_LIB = """
+let type = name: { inherit name; }; in {
+  types = {
+    str = type "str"; bool = type "bool"; lines = type "lines";
+    strMatching = _: type "strMatching"; nullOr = _: type "nullOr"; listOf = _: type "listOf";
+  };
+  mkOption = args: args;
+  mkEnableOption = what: { default = false; description = "Whether to enable ${what}."; };
+  literalExpression = text: text;
+}
+"""
+
+
+def enrol_option_defaults() -> dict[str, Any]:
+    """``enrol.<option> -> default`` as nixos/agent.nix declares them (None: required),
+    evaluated with real Nix and a stand-in lib, for a host named web-1."""
+    expr = f"""
+      let
+        module = import {nix_path(NIXOS / "agent.nix")} {{
+          config = {{ services.gitops-agent.hostName = "web-1"; networking.hostName = "web-1"; }};
+          pkgs = {{ }};
+          lib = {STANDIN_LIB};
+        }};
+        enrol = module.options.services.gitops-agent.enrol;
+      in builtins.mapAttrs (name: option: {{ default = option.default or null; }}) enrol
+    """
+    result = nix_eval(expr).stdout
+    return {f"enrol.{k}": v["default"] for k, v in json.loads(result).items()}
+
+
+def test_enrol_options_and_defaults_are_documented() -> None:
+    defaults = enrol_option_defaults()
+    assert set(defaults) == {
+        "enrol.enable", "enrol.remote", "enrol.name", "enrol.profiles", "enrol.owner",
+        "enrol.sshKey", "enrol.knownHosts",
+    }  # fmt: skip
+    assert defaults["enrol.enable"] is False
+    assert defaults["enrol.name"] == "web-1"  # hostName
+    table = {}
+    for line in (REPO / "docs" / "install-agent.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`enrol."):
+            table[cells[0].strip("`")] = cells[1]
+    assert set(table) == set(defaults)
+    assert table["enrol.remote"] == "required"
+    assert table["enrol.name"] == "`hostName`"
+    literal = {None: "null", False: "false", "": '""'}
+    for name in ("enrol.enable", "enrol.owner", "enrol.sshKey", "enrol.knownHosts"):
+        assert table[name] == f"`{literal[defaults[name]]}`", name
+    assert defaults["enrol.profiles"] == [] and table["enrol.profiles"] == "`[ ]`"
+
+
+def enrol_unit(tmp_path: Path, cfg: dict[str, Any], known_hosts: str | None = None) -> Any:
+    """nixos/agent-enrol.nix for ``cfg``, with the `gitops` of this checkout and /usr's
+    coreutils."""
+    package = tmp_path / "package"
+    (package / "bin").mkdir(parents=True, exist_ok=True)
+    wrapper = package / "bin" / "gitops"
+    wrapper.write_text(f'#!/bin/sh\nexec env PYTHONPATH={REPO} {sys.executable} -m gitops "$@"\n')
+    wrapper.chmod(0o755)
+    cfg_file = tmp_path / "enrol-cfg.json"
+    cfg_file.write_text(json.dumps(cfg))
+    hosts = "null" if known_hosts is None else json.dumps(known_hosts)
+    expr = (
+        f"import {nix_path(NIXOS / 'agent-enrol.nix')} {{ "
+        f"cfg = builtins.fromJSON (builtins.readFile {nix_path(cfg_file)}); "
+        f'gitops = {json.dumps(str(package))}; coreutils = "/usr"; knownHostsFile = {hosts}; }}'
+    )
+    return json.loads(nix_eval(expr).stdout)
+
+
+def test_the_enrol_unit_runs_gitops_enroll_once(tmp_path: Path) -> None:
+    demo = published_demo(tmp_path / "demo", {"alpha": ["workstation"]})
+    state = tmp_path / "state"
+    cfg = module_config(
+        stateDir=str(state),
+        signingKey=str(tmp_path / "ssh_host_ed25519_key"),
+        enrol={
+            "enable": True, "remote": str(demo.server), "name": "o'brien-1",
+            "profiles": ["workstation"], "owner": "dana@example.org", "sshKey": None,
+            "knownHosts": None,
+        },
+    )  # fmt: skip
+    refused = enrol_unit(tmp_path, cfg)
+    # Once: systemd skips the unit when the marker exists; before the agent's first cycle.
+    unit = refused["unit"]
+    assert unit["unitConfig"]["ConditionPathExists"] == f"!{state}/enrolled"
+    assert refused["marker"] == f"{state}/enrolled"
+    assert "gitops-agent.service" in unit["before"] and "sshd-keygen.service" in unit["after"]
+    assert unit["wantedBy"] == ["multi-user.target"]
+    assert unit["serviceConfig"]["Type"] == "oneshot"
+    assert unit["serviceConfig"]["Restart"] == "on-failure"
+    # A refused proposal (not a host name; quoted, not run by the shell): no marker.
+    done = subprocess.run(
+        ["/bin/sh", "-c", refused["script"]], capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0 and "is not a host name" in done.stderr
+    assert not state.exists()
+
+    cfg["enrol"]["name"] = "delta"
+    accepted = enrol_unit(tmp_path, cfg, known_hosts="git.example.org ssh-ed25519 AAAA")
+    assert "'--known-hosts' " in accepted["script"]  # only for an ssh remote; harmless here
+    script = enrol_unit(tmp_path, cfg)["script"]
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "proposed delta on enroll/delta" in done.stdout
+    assert (state / "enrolled").is_file()
+    assert git_out("rev-parse", "refs/heads/enroll/delta", cwd=demo.server)
+    assert (tmp_path / "ssh_host_ed25519_key").is_file()  # made, as sshd would have

@@ -11,6 +11,7 @@ import pytest
 
 from gitops import protocol
 from gitops.fleet.policies import FACT_ROOTS
+from gitops.fleet.rollout_record import Record
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 
@@ -45,6 +46,7 @@ def test_every_trailer_and_ref_prefix_is_documented() -> None:
         protocol.TRAILER_EXPIRES,
         protocol.TRAILER_SOURCE_GENERATION,
         protocol.TRAILER_RECOVERS,
+        protocol.TRAILER_SYSTEM_PATH,
         protocol.TRAILER_REPORT_ID,
         protocol.TRAILER_RESULT,
         protocol.TRAILER_DEPLOY_COMMIT,
@@ -53,6 +55,16 @@ def test_every_trailer_and_ref_prefix_is_documented() -> None:
     for prefix in (protocol.DEPLOY_PREFIX, protocol.REPORTS_PREFIX):
         assert f"`{protocol.branch_name(prefix)}<host>`" in DOC
     assert protocol.HOST_NAME.pattern in DOC
+    assert f"`{protocol.branch_name(protocol.ROLLOUT_REF)}`" in DOC
+    assert f"`{protocol.ROLLOUT_FILE}`" in DOC
+
+
+def test_the_documented_rollout_record_parses() -> None:
+    text = DOC.split("## The rollout branch", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    record = Record.from_json(text)
+    assert record.to_json() == Record.from_json(record.to_json()).to_json()
+    assert json.loads(record.to_json())["schema"] == protocol.ROLLOUT_SCHEMA
+    assert [w.name for w in record.reached()] == ["canary", "early"]
 
 
 def test_policies_may_name_every_report_field_including_changes() -> None:

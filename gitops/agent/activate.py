@@ -42,7 +42,7 @@ from typing import Any
 
 import pygit2
 
-from gitops.agent import health, secrets
+from gitops.agent import health, secrets, substitute
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.mirror import APPLIED_REF, INCOMING_REF, Mirror
 from gitops.agent.state import AgentState, BuildRecord, StateStore, now_text
@@ -308,10 +308,36 @@ class Deployer:
         built = _built_before(record)
         if built is not None:
             return self._activate(head, accepted, built)  # nothing is built twice
-        system = self._build(head)
+        system = self._substitute(head)  # the pinned system from the caches (substitute.py)
+        if system is None:
+            system = self._build(head)
         if isinstance(system, Outcome):
             return system
         return self._activate(head, accepted, system)
+
+    def _substitute(self, head: pygit2.Oid) -> Path | Outcome | None:
+        """The system the head pins, fetched; an outcome when it may not be built here
+        instead; None: build it here."""
+        started = time.monotonic()
+        got = substitute.fetch(self.config, self.mirror.repo, head)
+        if got is not None:  # timed only when it was tried
+            self.durations["substitute"] = round(time.monotonic() - started, 3)
+        match got:
+            case None:
+                return None
+            case substitute.Fetched(system):
+                self._save(
+                    self.state.with_build(
+                        BuildRecord(str(head), True, store_path=str(system), time=self._now())
+                    )
+                )
+                return system
+            case substitute.Refused(reason, _, fallback=True):
+                log.warning("%s; building it here instead (mode: auto)", reason)
+                self._notes.append(f"{reason}; built here instead")
+                return None
+            case substitute.Refused(reason, tail):
+                return Outcome(Result.SUBSTITUTE_FAILED, reason, head, tail)
 
     def _build(self, head: pygit2.Oid) -> Path | Outcome:
         flake = f"git+file://{self.mirror.path}?ref={INCOMING_REF}&rev={head}"

@@ -32,6 +32,18 @@ class Action(StrEnum):
     TEST = "test"  # activate now, no new generation (gone after reboot)
 
 
+class Mode(StrEnum):
+    """How the agent gets the system of a deploy commit."""
+
+    BUILD = "build"  # evaluate and build it here, always
+    # Realise the commit's pinned System-Path from the caches, never evaluating or building;
+    # a commit without one, or a refused or missing path, is substitute-failed.
+    SUBSTITUTE = "substitute"
+    # Realise the pinned System-Path when the commit has one; build here when it has none
+    # or the caches refuse it (the reason says so).
+    AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     failed_units: bool = True  # systemctl --failed must be empty after a switch
@@ -82,6 +94,9 @@ class AgentConfig:
     # Who may sign commands (an allowed-signers file, docs/commands.md); None: commands are
     # refused.
     trusted_commanders: Path | None = None
+    mode: Mode = Mode.AUTO
+    substituters: tuple[str, ...] = ()  # binary caches a pinned system is fetched from
+    trusted_public_keys: tuple[str, ...] = ()  # name:base64 keys their narinfos must be signed by
 
     def publisher_trust(self) -> AllowedSigners:
         return AllowedSigners.load(self.trusted_publishers)
@@ -153,6 +168,45 @@ def _action(top: Reader) -> Action:
     except ValueError:
         top.problem("action", f"{text!r} is not switch, boot or test")
         return Action.SWITCH
+
+
+def _mode(top: Reader) -> Mode:
+    text = top.string("mode", str(_default(AgentConfig, "mode")))
+    try:
+        return Mode(text)
+    except ValueError:
+        top.problem("mode", f"{text!r} is not build, substitute or auto")
+        return Mode.AUTO
+
+
+def _substituter_problem(url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not rest or any(c.isspace() for c in url):
+        return (
+            f"{url!r} is not a binary cache URL (file:///srv/nix-cache, https://cache.example.org)"
+        )
+    return None
+
+
+def _key_problem(key: str) -> str | None:
+    name, sep, data = key.partition(":")
+    if not sep or not name or len(data) < 40 or any(c.isspace() for c in key):
+        return (
+            f"{key!r} is not a Nix public key (name:base64, from nix key convert-secret-to-public)"
+        )
+    return None
+
+
+def _substitution(top: Reader, mode: Mode) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    caches = top.strings("substituters", check=_substituter_problem)
+    keys = top.strings("trusted_public_keys", check=_key_problem)
+    if mode is Mode.SUBSTITUTE and not (caches and keys):
+        top.problem(
+            "mode",
+            "substitute needs substituters and trusted_public_keys",
+            "list the fleet's binary caches and the key that signs them, or use mode: auto",
+        )
+    return caches, keys
 
 
 def _health(top: Reader) -> HealthConfig:
@@ -235,6 +289,8 @@ def parse_config(
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     top = Reader(data, where, problems)
     host, remote, trusted = _required(top)
+    mode = _mode(top)
+    substituters, trusted_public_keys = _substitution(top, mode)
     config = AgentConfig(
         host=host,
         remote=remote,
@@ -266,6 +322,9 @@ def parse_config(
         escrow=_escrow(top),
         escrow_recipients=top.strings("escrow_recipients"),
         trusted_commanders=_path(top, "trusted_commanders"),
+        mode=mode,
+        substituters=substituters,
+        trusted_public_keys=trusted_public_keys,
     )
     top.finish()
     if is_ssh_remote(remote) and config.known_hosts is None:

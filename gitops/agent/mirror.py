@@ -41,7 +41,6 @@ CURRENT_LINK = "current"
 QUARANTINE_DIR = "quarantine.git"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ class Mirror:
             try:
                 fd = os.open(staging, _DIR_FLAGS)
                 try:
-                    _write_tree(self.repo, commit.tree_id, fd)
+                    trees.write_tree(self.repo, commit.tree_id, fd)
                 finally:
                     os.close(fd)
             except OSError as err:
@@ -210,25 +209,3 @@ class Mirror:
             if entry.name.lstrip(".").split(".")[0] not in keep:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(entry)
-
-
-def _write_tree(repo: pygit2.Repository, tree: pygit2.Oid, directory: int) -> None:
-    """Create the checked tree's entries in ``directory`` (a descriptor): never through a
-    link, never over an existing name (O_EXCL; mkdir fails on an existing name too)."""
-    for entry in trees.read_tree(repo, tree):
-        match entry.kind:
-            case trees.Kind.TREE:
-                os.mkdir(entry.name, 0o755, dir_fd=directory)
-                child = os.open(entry.name, _DIR_FLAGS, dir_fd=directory)
-                try:
-                    _write_tree(repo, entry.oid, child)
-                finally:
-                    os.close(child)
-            case trees.Kind.SYMLINK:
-                target = bytes(repo.odb.read(entry.oid)[1])
-                os.symlink(target, os.fsencode(entry.name), dir_fd=directory)
-            case trees.Kind.FILE | trees.Kind.EXECUTABLE:
-                mode = 0o755 if entry.kind is trees.Kind.EXECUTABLE else 0o644
-                fd = os.open(entry.name, _FILE_FLAGS, mode, dir_fd=directory)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(bytes(repo.odb.read(entry.oid)[1]))

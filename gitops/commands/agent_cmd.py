@@ -23,6 +23,7 @@ from gitops.protocol import Result
 FAILING_RESULTS = {
     Result.REJECTED,
     Result.BUILD_FAILED,
+    Result.SUBSTITUTE_FAILED,
     Result.SWITCH_FAILED,
     Result.ROLLED_BACK,
     Result.FETCH_FAILED,

@@ -9,8 +9,10 @@ from gitops.errors import ProblemsError
 from gitops.fleet.check import check_repository
 
 
-def check(repo: Path, *, as_json: bool, parse_nix: bool | None) -> int:
-    result = check_repository(repo, parse_nix=parse_nix)
+def check(
+    repo: Path, *, as_json: bool, parse_nix: bool | None, evaluate: bool = False, jobs: int = 2
+) -> int:
+    result = check_repository(repo, parse_nix=parse_nix, evaluate_hosts=evaluate, jobs=jobs)
     if as_json:
         output.emit_json(
             {
@@ -20,6 +22,7 @@ def check(repo: Path, *, as_json: bool, parse_nix: bool | None) -> int:
                 "nix_files": result.nix_files,
                 "nix_parsed": result.parsed_with_nix,
                 "problems": [problem.to_json() for problem in result.problems],
+                "evaluated": {e.host: e.drv_path for e in result.evaluated},
             }
         )
         return 1 if result.problems else 0
@@ -34,6 +37,8 @@ def check(repo: Path, *, as_json: bool, parse_nix: bool | None) -> int:
         if result.parsed_with_nix
         else f"{result.nix_files} .nix files not parsed (nix-instantiate not found)"
     )
+    if evaluate:
+        nix_note += f"; {len(result.evaluated)} hosts evaluate"
     output.say(
         f"ok: {len(result.fleet.hosts)} hosts, {len(result.fleet.profiles)} profiles, "
         f"{len(result.fleet.settings.publishers)} publisher keys; {nix_note}"

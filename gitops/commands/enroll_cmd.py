@@ -1,106 +1,21 @@
-"""``gitops enroll``: a new machine proposes itself to the fleet (docs/enroll-host.md);
-``gitops enroll list|accept``: an admin reviews and merges proposals."""
+"""``gitops enroll``: a new machine proposes itself to the fleet and waits for its deploy
+branch (docs/enroll-host.md); ``gitops enroll list|accept``: an admin reviews and merges
+proposals. The work is in gitops/agent/enrol.py (the machine) and
+gitops/fleet/enrolment.py (the admin)."""
 
 from __future__ import annotations
 
-import platform
-import shutil
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pygit2
-import yaml
 
 from gitops import output
-from gitops.agent.facts import collect_facts
-from gitops.errors import GitopsError, ProblemsError
+from gitops.agent import enrol
+from gitops.errors import GitopsError
 from gitops.fleet import enrolment
-from gitops.fleet.model import HOST_FILE, HOSTS_DIR
-from gitops.protocol import ENROLL_PREFIX, MAIN_REF, UNKNOWN, enroll_ref, is_host_name
+from gitops.protocol import MAIN_REF
 from gitops.system import process, transport
 from gitops.trust import commits, keys
-from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
-
-DEFAULT_KEY = Path("/etc/ssh/ssh_host_ed25519_key")
-HARDWARE_FILE = "hardware-configuration.nix"
-
-
-def _system() -> str:
-    machine = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine) + "-linux"
-
-
-def _key(path: Path, name: str) -> tuple[PrivateKeyTypes, PublicKey]:
-    """The machine's host key; made (ed25519) when there is none yet."""
-    if not path.exists():
-        keys.new_keypair(path, f"root@{name}")
-        output.say(f"made a host key {path}")
-    private = keys.load_signing_key(path)
-    return private, PublicKey.from_crypto(private.public_key())
-
-
-def _known(value: object) -> str:
-    return "" if value in (None, UNKNOWN) else str(value)
-
-
-def host_yaml(
-    name: str, key: PublicKey, facts: dict[str, Any], profiles: list[str], owner: str
-) -> str:
-    model = " ".join(
-        v for v in (_known(facts.get("hardware_vendor")), _known(facts.get("hardware_model"))) if v
-    )
-    data: dict[str, Any] = {
-        "key": f"{key.openssh()} root@{name}",
-        "profiles": profiles,
-        "tags": [],
-        "owner": owner,
-        "description": model or "enrolled with gitops enroll",
-        "system": _system(),
-    }
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    return (
-        f"# Proposed by `gitops enroll` on {stamp}, from the machine itself; review before merging.\n"
-        + yaml.safe_dump(data, sort_keys=False)
-    )
-
-
-def hardware_nix(root: Path, facts: dict[str, Any]) -> str:
-    """``nixos-generate-config --show-hardware-config`` on a NixOS machine; else a stub
-    that names the platform and what the facts say, for an admin to complete."""
-    if root == Path("/") and shutil.which("nixos-generate-config"):
-        result = process.run(["nixos-generate-config", "--show-hardware-config"], check=True)
-        return result.stdout
-    lines = [
-        "# Hardware of this host as `gitops enroll` saw it (no nixos-generate-config here).",
-        f"# CPU: {_known(facts.get('cpu_model')) or 'unknown'}; memory: "
-        f"{_known(facts.get('memory_total_bytes')) or 'unknown'} bytes.",
-        "{ lib, ... }:",
-        "{",
-        f'  nixpkgs.hostPlatform = lib.mkDefault "{_system()}";',
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def configuration_nix(name: str, profiles: list[str]) -> str:
-    imports = " ".join([f"./{HARDWARE_FILE}", *(f"../../profiles/{p}.nix" for p in profiles)])
-    return f"# {name}: enrolled with gitops enroll; add this host's own settings here.\n{{\n  imports = [ {imports} ];\n}}\n"
-
-
-def _with_host(
-    repo: pygit2.Repository, base: pygit2.Tree, name: str, files: dict[str, str]
-) -> pygit2.Oid:
-    host_dir = repo.TreeBuilder()
-    for file, text in sorted(files.items()):
-        host_dir.insert(file, repo.create_blob(text.encode()), pygit2.enums.FileMode.BLOB)
-    hosts_tree = base[HOSTS_DIR].peel(pygit2.Tree) if HOSTS_DIR in base else None
-    hosts = repo.TreeBuilder(hosts_tree) if hosts_tree is not None else repo.TreeBuilder()
-    hosts.insert(name, host_dir.write(), pygit2.enums.FileMode.TREE)
-    root = repo.TreeBuilder(base)
-    root.insert(HOSTS_DIR, hosts.write(), pygit2.enums.FileMode.TREE)
-    return root.write()
 
 
 def enroll(
@@ -111,57 +26,66 @@ def enroll(
     profiles: list[str],
     owner: str = "",
     root: Path = Path("/"),
+    wait: float | None = None,
+    deploy_remote: str | None = None,
+    ssh_key: Path | None = None,
+    known_hosts: Path | None = None,
 ) -> int:
-    """Make or reuse the host key, describe the machine, and push a signed proposal."""
-    if not is_host_name(name):
-        raise GitopsError(f"{name!r} is not a host name (lower-case letters, digits and -)")
-    private, public = _key(key_path, name)
-    facts = collect_facts(root)
-    with tempfile.TemporaryDirectory(prefix="gitops-enroll-") as tmp:
-        git_dir = Path(tmp) / "fleet.git"
-        pygit2.init_repository(str(git_dir), bare=True)
-        transport.fetch(git_dir, remote, [f"+{MAIN_REF}:{MAIN_REF}"], depth=1)
-        repo = pygit2.Repository(str(git_dir))
-        main = commits.resolve_commit(repo, MAIN_REF)
-        files = {
-            HOST_FILE: host_yaml(name, public, facts, profiles, owner),
-            HARDWARE_FILE: hardware_nix(root, facts),
-            "configuration.nix": configuration_nix(name, profiles),
-        }
-        tree = _with_host(repo, main.tree, name, files)
-        who = commits.signature_of(f"gitops enroll {name}", f"root@{name}")
-        oid = commits.create_signed_commit(
-            repo,
-            tree=tree,
-            parents=[main.id],
-            message=commits.format_message(
-                f"enroll {name}", f"Proposed by {name} itself: its key {public.fingerprint}."
-            ),
-            author=who,
-            key=private,
+    """Make or reuse the host key, describe the machine, and push a signed proposal;
+    with ``wait``, then wait that many seconds for ``deploy/<name>``."""
+    env = None
+    if ssh_key is not None or known_hosts is not None:
+        env = transport.Credentials(ssh_key=ssh_key, known_hosts=known_hosts).env()
+    proposed = enrol.propose(
+        remote, name, key_path, profiles=profiles, owner=owner, root=root, env=env
+    )
+    if proposed.made_key is not None:
+        output.say(f"made a host key {proposed.made_key}")
+    review = (
+        f"an admin reviews it (gitops enroll list) and merges it (gitops enroll accept {name}); "
+        f"then this machine gets deploy/{name}"
+    )
+    match proposed.stage:
+        case enrol.Stage.PROPOSED:
+            output.say(
+                f"proposed {name} on enroll/{name} (key {proposed.key.fingerprint}); {review}"
+            )
+        case enrol.Stage.PENDING:
+            output.say(
+                f"enroll/{name} {str(proposed.commit)[:8]} is this machine's proposal already "
+                f"(key {proposed.key.fingerprint}); {review}"
+            )
+        case enrol.Stage.ENROLLED:
+            output.say(f"{name} is in main with this machine's key: enrolled")
+    if wait is None:
+        return 0
+    watched = deploy_remote or remote
+    output.progress(f"waiting up to {_duration(wait)} for deploy/{name} on {watched}")
+    head = enrol.wait_for_deploy(watched, name, wait, env=env)
+    if head is None:
+        raise GitopsError(
+            f"deploy/{name} did not appear on {watched} within {_duration(wait)}; is "
+            f"enroll/{name} merged and published? Run 'gitops enroll --wait' again to keep waiting"
         )
-        proposal = enrolment.check_proposal(repo, name, oid, main)
-        if not proposal.ok:
-            raise ProblemsError(f"enroll/{name} would be refused", list(proposal.problems))
-        repo.references.create(enroll_ref(name), oid, force=True)
-        pushed = transport.push(git_dir, remote, [f"{enroll_ref(name)}:{enroll_ref(name)}"])
-        if not pushed.ok:
-            raise GitopsError(f"{remote} refused enroll/{name}: {pushed.message}")
     output.say(
-        f"proposed {name} on enroll/{name} (key {public.fingerprint}); an admin reviews it "
-        f"(gitops enroll list) and merges it (gitops enroll accept {name}); then this machine "
-        "gets deploy/" + name
+        f"deploy/{name} is published ({head[:8]}): next, switch to it with the agent "
+        f"(services.gitops-agent with hostName = \"{name}\", or 'gitops agent --config FILE once')"
     )
     return 0
 
 
-def _proposals(repo: pygit2.Repository) -> list[enrolment.Proposal]:
-    return enrolment.pending(repo)
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole >= 3600 and whole % 3600 == 0:
+        return f"{whole // 3600}h"
+    if whole >= 60 and whole % 60 == 0:
+        return f"{whole // 60}m"
+    return f"{seconds:g}s"
 
 
 def list_proposals(repo_path: Path, *, as_json: bool) -> int:
     repo = commits.open_repository(repo_path)
-    proposals = _proposals(repo)
+    proposals = enrolment.pending(repo)
     if as_json:
         output.emit_json(
             {
@@ -189,54 +113,21 @@ def accept(repo_path: Path, name: str, admin_key: Path) -> int:
     """Merge ``enroll/<name>`` into main as a signed merge commit (its parents: main and
     the proposal, signed by the admin), after checking it again."""
     repo = commits.open_repository(repo_path)
-    ref = enroll_ref(name)
-    target = commits.ref_target(repo, ref) or commits.ref_target(
-        repo, f"refs/remotes/origin/{ref.removeprefix('refs/heads/')}"
-    )
-    if target is None:
-        raise GitopsError(
-            f"no branch enroll/{name} here; fetch it first (git fetch origin 'refs/heads/{ENROLL_PREFIX.removeprefix('refs/heads/')}*:refs/heads/{ENROLL_PREFIX.removeprefix('refs/heads/')}*')"
-        )
-    main = commits.resolve_commit(repo, MAIN_REF)
-    proposal = enrolment.check_proposal(repo, name, target, main)
-    if not proposal.ok:
-        raise ProblemsError(f"enroll/{name} is refused", list(proposal.problems))
-    proposed = repo.get(target)
-    assert isinstance(proposed, pygit2.Commit)
-    host_tree = proposed.tree[f"{HOSTS_DIR}/{name}"]
-    hosts = (
-        repo.TreeBuilder(main.tree[HOSTS_DIR].peel(pygit2.Tree))
-        if HOSTS_DIR in main.tree
-        else repo.TreeBuilder()
-    )
-    hosts.insert(name, host_tree.id, pygit2.enums.FileMode.TREE)
-    root = repo.TreeBuilder(main.tree)
-    root.insert(HOSTS_DIR, hosts.write(), pygit2.enums.FileMode.TREE)
     signer = keys.load_signer(admin_key)
-    oid = commits.create_signed_commit(
-        repo,
-        tree=root.write(),
-        parents=[main.id, target],
-        message=commits.format_message(
-            f"Merge enroll/{name}: add host {name}",
-            f"Key {proposal.key.fingerprint if proposal.key else '?'}, proposed by the machine itself.",
-        ),
-        author=_admin_signature(repo),
-        key=signer,
-    )
-    _move_main(repo, repo_path, main.id, oid)
-    output.say(f"main is now {str(oid)[:8]}, with hosts/{name}; push main, then publish")
+    old, new, _ = enrolment.accept(repo, name, signer, admin_signature(repo))
+    move_main(repo, repo_path, old, new)
+    output.say(f"main is now {str(new)[:8]}, with hosts/{name}; push main, then publish")
     return 0
 
 
-def _admin_signature(repo: pygit2.Repository) -> pygit2.Signature:
+def admin_signature(repo: pygit2.Repository) -> pygit2.Signature:
     try:
         return repo.default_signature
     except (KeyError, pygit2.GitError):
         return commits.signature_of("gitops admin", "admin@gitops.invalid")
 
 
-def _move_main(repo: pygit2.Repository, repo_path: Path, old: pygit2.Oid, new: pygit2.Oid) -> None:
+def move_main(repo: pygit2.Repository, repo_path: Path, old: pygit2.Oid, new: pygit2.Oid) -> None:
     """Fast-forward main; through git when main is checked out, so the work tree follows."""
     if not repo.is_bare and not repo.head_is_detached and repo.head.name == MAIN_REF:
         process.run(["git", "-C", repo_path, "merge", "-q", "--ff-only", str(new)], check=True)

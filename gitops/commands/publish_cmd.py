@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gitops import output
 from gitops.errors import ProblemsError
 from gitops.protocol import branch_name, deploy_ref
@@ -11,7 +9,6 @@ from gitops.publish import plan as publishing
 from gitops.publish import recover as recovery
 from gitops.publish import run
 from gitops.publish.checks import Refusal
-from gitops.trust import commits
 
 
 def _plan_json(plan: publishing.Plan) -> dict[str, object]:
@@ -44,16 +41,6 @@ def _print_plan(plan: publishing.Plan) -> None:
         )
 
 
-def plan(repo: Path, source: str, hosts: list[str], *, as_json: bool) -> int:
-    repository = commits.open_repository(repo)
-    result = publishing.make_plan(repository, source, only=hosts)
-    if as_json:
-        output.emit_json(_plan_json(result))
-    else:
-        _print_plan(result)
-    return 0
-
-
 def publish_command_result(outcome: run.Outcome) -> dict[str, object]:
     data = _plan_json(outcome.published.plan)
     data["commits"] = {host: str(oid) for host, oid in outcome.published.commits.items()}
@@ -70,11 +57,11 @@ def publish(request: run.Request, *, as_json: bool) -> int:
         _print_plan(published.plan)
         where = f" and pushed to {request.remote}" if request.push and published.commits else ""
         output.say(f"published {len(published.commits)} deploy commits{where}")
-    _raise_if_refused(outcome.refused)
+    raise_if_refused(outcome.refused)
     return 0
 
 
-def _raise_if_refused(refused: tuple[Refusal, ...]) -> None:
+def raise_if_refused(refused: tuple[Refusal, ...]) -> None:
     if not refused:
         return
     hosts = sorted(host for refusal in refused for host in refusal.hosts)

@@ -10,8 +10,12 @@ Tests build small fleets with it; ``gitops demo`` puts the gitops server in fron
 
 from __future__ import annotations
 
+import grp
 import hashlib
+import os
+import pwd
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,21 +26,26 @@ import yaml
 
 import gitops
 from gitops import output
+from gitops.agent import enrol
 from gitops.agent.config import AgentConfig, HealthConfig
 from gitops.agent.cycle import Cycle, CycleResult
 from gitops.demo import standin
 from gitops.errors import GitopsError
+from gitops.fleet import enrolment
 from gitops.fleet.model import load_fleet
 from gitops.fleet.schema import Problems
+from gitops.fleet.secrets import SECRETS_FILE
 from gitops.fleet.source import DirSource
-from gitops.protocol import deploy_ref
+from gitops.protocol import deploy_ref, enroll_ref
+from gitops.publish import build as central
 from gitops.publish import plan as publish
 from gitops.sitegen import build as site_build
-from gitops.system import process, transport
-from gitops.trust import keys
+from gitops.system import atomic, memfs, process, transport
+from gitops.trust import age, commits, keys
 from gitops.trust.sshsig import PrivateKeyTypes
 
 PUBLISHER = "publisher@example.org"
+ADMIN = "alice@example.org"
 
 
 def default_inventory() -> Path:
@@ -149,6 +158,8 @@ class DemoFleet:
         self.machines = root / "machines"  # one fake machine root per host
         self.keys_dir = root / "keys"
         self.publisher_key_path = self.keys_dir / "publisher"
+        self.admin_key_path = self.keys_dir / "admin"  # reads every secret, accepts enrolments
+        self.secrets_home: Path | None = None  # a tmpfs directory, once a host has secrets
         self.host_keys: dict[str, PrivateKeyTypes] = {}
         self.publisher_key: PrivateKeyTypes | None = None
 
@@ -220,6 +231,12 @@ class DemoFleet:
                 standin.host_configuration(host.profiles), encoding="utf-8"
             )
 
+    def admin_key(self) -> PrivateKeyTypes:
+        """The admin's key (made on first use): signs merges, reads every secret."""
+        if not self.admin_key_path.exists():
+            keys.new_keypair(self.admin_key_path, ADMIN)
+        return keys.load_signing_key(self.admin_key_path)
+
     def commit(self, message: str) -> str:
         git("add", "-A", cwd=self.repo_dir)
         git(
@@ -248,11 +265,16 @@ class DemoFleet:
     def repository(self) -> pygit2.Repository:
         return pygit2.Repository(str(self.repo_dir))
 
-    def publish(self) -> publish.Published:
+    def publish(self, systems: Path | None = None) -> publish.Published:
+        """Publish main; with ``systems`` (``gitops build``'s file), pin each host's system."""
         assert self.publisher_key is not None
         repo = self.repository()
         plan = publish.make_plan(repo, "main")
-        published = publish.write_commits(repo, plan, self.publisher_key)
+        built = central.read_systems(systems) if systems is not None else None
+        pinned, missing = central.pins(repo, plan, built)
+        if missing:
+            raise GitopsError(f"demo: no system built for {', '.join(missing)}")
+        published = publish.write_commits(repo, plan, self.publisher_key, systems=pinned)
         if published.commits:
             refspecs = [f"{deploy_ref(h)}:{deploy_ref(h)}" for h in sorted(published.commits)]
             self.push_deploy(Path(repo.path), refspecs)
@@ -277,6 +299,8 @@ class DemoFleet:
             state_dir=machine / "var" / "lib" / "gitops-agent",
             system_profile=machine / "nix" / "var" / "nix" / "profiles" / "system",
             root=machine,
+            # Never /run: each demo host's own directory on a tmpfs (see use_memory_for_secrets).
+            secrets_dir=(self.secrets_home or machine / "run") / f"{host}-secrets",
             health=HealthConfig(
                 failed_units=True,
                 remote=True,
@@ -296,6 +320,101 @@ class DemoFleet:
 
     def run_agents(self, hosts: list[str] | None = None) -> dict[str, CycleResult]:
         return {host: self.run_agent(host) for host in hosts or self.hosts}
+
+    # -- enrolment and secrets -----------------------------------------------------------
+
+    def propose_host(self, name: str, profile: str) -> enrol.Proposed:
+        """A new machine runs ``gitops enroll``: its own key and facts, a proposal signed
+        with that key on ``enroll/<name>``, pushed to the forge."""
+        machine = self.machines / name
+        write_machine(machine, name, {"profiles": [profile]})
+        key = self.keys_dir / name
+        proposed = enrol.propose(
+            str(self.server), name, key, profiles=[profile], owner="dana@example.org", root=machine
+        )
+        self.host_keys[name] = keys.load_signing_key(key)
+        return proposed
+
+    def review_enrolment(self, name: str) -> enrolment.Proposal:
+        """The admin fetches the proposals (``gitops enroll list``)."""
+        git("fetch", "-q", "origin", f"+{enroll_ref(name)}:{enroll_ref(name)}", cwd=self.repo_dir)
+        return next(p for p in enrolment.pending(self.repository()) if p.host == name)
+
+    def accept_enrolment(self, name: str) -> str:
+        """``gitops enroll accept``: a merge commit signed by the admin, on main (not pushed)."""
+        repo = self.repository()
+        who = commits.signature_of("Alice Admin", ADMIN)
+        _, merge, _ = enrolment.accept(repo, name, self.admin_key(), who)
+        git("merge", "-q", "--ff-only", str(merge), cwd=self.repo_dir)
+        return str(merge)
+
+    def declare_secret(self, name: str, host: str, plaintext: bytes) -> str:
+        """What ``gitops secrets edit`` leaves: ``secrets/secrets.yaml`` names the secret
+        and its reader, ``secrets/<name>.age`` is encrypted to that host's key and the
+        admin's (added to ``fleet.yaml`` ``admins``). Owned by whoever runs the demo (the
+        agent chowns it, as root would)."""
+        fleet_yaml = self.repo_dir / "fleet.yaml"
+        settings = yaml.safe_load(fleet_yaml.read_text(encoding="utf-8"))
+        admin = {"name": ADMIN, "key": keys.public_line(self.admin_key()).strip()}
+        if admin not in settings.setdefault("admins", []):
+            settings["admins"].append(admin)  # fleet.yaml is in no deploy tree: no host rebuilds
+            text = "# Fleet-wide settings (demo).\n" + yaml.safe_dump(settings, sort_keys=False)
+            fleet_yaml.write_text(text, encoding="utf-8")
+        owner, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+        declared = {name: {"hosts": [host], "owner": owner, "group": group, "mode": "0400"}}
+        (self.repo_dir / SECRETS_FILE).parent.mkdir(exist_ok=True)
+        (self.repo_dir / SECRETS_FILE).write_text(
+            "# Who reads which secret (docs/secrets.md).\n" + yaml.safe_dump(declared),
+            encoding="utf-8",
+        )
+        fleet = load_fleet(DirSource(self.repo_dir), Problems())
+        secret = next(s for s in fleet.secrets if s.name == name)
+        atomic.write_bytes(self.repo_dir / secret.path, age.encrypt(plaintext, secret.recipients))
+        return secret.path
+
+    def use_memory_for_secrets(self) -> Path:
+        """Where the agents decrypt secrets from now on: the demo's directory if it is on a
+        tmpfs, else a private directory on one ($XDG_RUNTIME_DIR or /dev/shm). The agent
+        refuses a secrets directory on a disk; call :meth:`forget_secrets` after."""
+        if self.secrets_home is None:
+            if memfs.in_memory(self.root):
+                self.secrets_home = self.root / "secrets"
+                self.secrets_home.mkdir(mode=0o700)
+            else:
+                self.secrets_home = Path(
+                    tempfile.mkdtemp(prefix="gitops-demo-secrets-", dir=memfs.memory_dir())
+                )
+        return self.secrets_home
+
+    def forget_secrets(self) -> None:
+        if self.secrets_home is not None:
+            shutil.rmtree(self.secrets_home, ignore_errors=True)
+
+    def plaintext_found(self, plaintext: bytes, host: str) -> tuple[list[str], int, int]:
+        """Where ``plaintext`` occurs in git (every object of every repository of the demo)
+        or in the Nix store (``host``'s system closure): the places, the git objects and
+        the store paths searched."""
+        found = []
+        repos = [self.repo_dir / ".git", self.server, self.record, *self._more_repositories(host)]
+        objects = 0
+        for path in dict.fromkeys(repos):
+            odb = pygit2.Repository(str(path)).odb
+            for oid in odb:
+                objects += 1
+                if plaintext in odb.read(oid)[1]:
+                    found.append(f"{path}: object {oid}")
+        system = (self.machines / host / "run" / "current-system").resolve()
+        closure = process.run(["nix-store", "-qR", str(system)], check=True).stdout.split()
+        for store_path in closure:
+            for file in [Path(store_path), *Path(store_path).rglob("*")]:
+                if file.is_file() and not file.is_symlink() and plaintext in file.read_bytes():
+                    found.append(str(file))
+        return found, objects, len(closure)
+
+    def _more_repositories(self, host: str) -> list[Path]:
+        """The agent's mirror of its repository."""
+        state = self.agent_config(host).state_dir
+        return [p.parent for p in state.rglob("HEAD") if (p.parent / "objects").is_dir()]
 
     # -- attacks -----------------------------------------------------------------------
 

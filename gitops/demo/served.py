@@ -174,6 +174,10 @@ class ServedFleet(DemoFleet):
     def record(self) -> Path:
         return self.layout.fleet
 
+    @override
+    def _more_repositories(self, host: str) -> list[Path]:
+        return [self.layout.host_repo(host), *super()._more_repositories(host)]
+
     # -- attacks through the server ------------------------------------------------------
 
     def _refused(self, attempt: str, args: list[str], env: Mapping[str, str]) -> Refusal:

@@ -4,7 +4,8 @@ Keys for a publisher and every host, a fleet repository made from this repositor
 ``hosts/``, and the gitops server in front of it (gitops/demo/served.py); then: publish,
 run every agent, change one profile and publish again (only its hosts rebuild), break a
 build and a health check, attack (the server refuses each attempt; what is written past
-it, the agents refuse), and build the site from the server.
+it, the agents refuse), enrol a new machine and deliver it a secret, let a canary wave
+halt a bad change (gitops/demo/waves.py), and build the site from the server.
 
 The walkthrough is a library too: the end-to-end test (tests/test_demo.py) plays it and
 checks every step.
@@ -13,18 +14,23 @@ checks every step.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pygit2
+
 from gitops import output
 from gitops.agent.cycle import CycleResult
-from gitops.demo import standin
+from gitops.demo import standin, waves
 from gitops.demo.scenario import InventoryHost, default_inventory, read_inventory
 from gitops.demo.served import Refusal, ServedFleet
+from gitops.demo.waves import WavesOutcome
 from gitops.errors import GitopsError
+from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
 from gitops.sitegen.serve import serve_site
 
@@ -50,6 +56,30 @@ def _refusals(refusals: tuple[Refusal, ...]) -> str:
     return "\n".join(f"   - {r.attempt}\n       {r.line}" for r in refusals)
 
 
+NEW_HOST = "lab-ws-1"
+SECRET = "wifi-lab"
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A new machine enrols itself and gets a secret (step 7)."""
+
+    host: str
+    proposal: str  # the commit on enroll/<host>
+    verdict: tuple[str, ...]  # the admin's review: the problems found (none)
+    merge: str  # the admin's signed merge commit
+    secret_file: str  # secrets/<name>.age in the fleet repository
+    published: tuple[str, ...]  # the hosts whose deploy branch moved
+    deploy_files: tuple[str, ...]  # what deploy/<host> carries under secrets/
+    result: CycleResult
+    delivered: bool  # the decrypted file holds exactly what the admin wrote
+    mode: int  # its permission bits
+    found: tuple[str, ...]  # where the plaintext was found in git or the Nix store (nowhere)
+    objects: int  # git objects searched
+    store_paths: int  # store paths searched
+    secrets_dir: Path  # the tmpfs directory the demo used, removed after the step
+
+
 @dataclass(frozen=True)
 class DemoOutcome:
     """What each step of the walkthrough did (the end-to-end test checks all of it)."""
@@ -68,7 +98,96 @@ class DemoOutcome:
     rollback_victim: str
     refusals: tuple[Refusal, ...]  # what the server answered each attempt through it
     attacks: dict[str, CycleResult]  # what the agents did with what was written past it
+    enrolment: Enrolment
     site: Path
+    waves: WavesOutcome | None = None  # the canary wave that halted a bad change
+
+
+def _pick_enrol_profile(inventory: list[InventoryHost]) -> str:
+    counts: dict[str, int] = {}
+    for host in inventory:
+        for profile in host.profiles:
+            counts[profile] = counts.get(profile, 0) + 1
+    return "workstation" if "workstation" in counts else max(sorted(counts), key=counts.__getitem__)
+
+
+def _deploy_secrets(demo: ServedFleet, host: str) -> tuple[str, ...]:
+    repo = demo.repository()
+    tree = repo.revparse_single(deploy_ref(host)).peel(pygit2.Tree)
+    if "secrets" not in tree:
+        return ()
+    return tuple(sorted(f"secrets/{e.name}" for e in tree["secrets"].peel(pygit2.Tree)))
+
+
+def _enrol(demo: ServedFleet, say: Callable[[str], None], profile: str) -> Enrolment:
+    name = NEW_HOST
+    say(f"7. A new machine, {name}, enrols itself; the admin accepts it and gives it a secret")
+    proposed = demo.propose_host(name, profile)
+    say(
+        f"   on {name}: 'gitops enroll --remote FORGE --name {name} --profile {profile}'\n"
+        f"   made its host key ({proposed.key.fingerprint}), read its facts\n"
+        f"   and pushed enroll/{name}: hosts/{name}/ on top of main, signed with that key.\n"
+        "   It goes to the forge: the gitops server refuses enroll/*, since a machine not yet\n"
+        "   in main has no key there"
+    )
+    review = demo.review_enrolment(name)
+    verdict = "ready to accept" if review.ok else "refused: " + "; ".join(review.problems)
+    say(f"   gitops enroll list: {name} {str(review.commit)[:8]}: {verdict}")
+    merge = demo.accept_enrolment(name)
+    plaintext = f"psk={os.urandom(16).hex()}\n".encode()
+    secret_file = demo.declare_secret(SECRET, name, plaintext)
+    say(
+        f"   gitops enroll accept {name}: merge {merge[:8]}, signed by the admin; and a secret\n"
+        f"   for it: {secret_file}, encrypted to {name}'s host key and the admin's"
+    )
+    demo.merge_change({}, f"Merge pull request #4 from alice/{name}\n\n{name}: enrol, {SECRET}")
+    say(f"   gitops server sync: hosts/{name}.git, and {name}'s key let in for it alone")
+    published = demo.publish()
+    deploy_files = _deploy_secrets(demo, name)
+    moved = ", ".join(f"deploy/{h}" for h in sorted(published.commits))
+    say(
+        f"   publish: {moved} moved; deploy/{name} carries {', '.join(deploy_files)}:\n"
+        "   the ciphertext and where it goes, nothing a reader of git can decrypt"
+    )
+    home = demo.use_memory_for_secrets()
+    try:
+        result = demo.run_agent(name)
+        say(_summary({name: result}))
+        secrets_dir = demo.agent_config(name).secrets_dir
+        target = secrets_dir / SECRET
+        delivered = target.is_file() and target.read_bytes() == plaintext
+        mode = target.stat().st_mode & 0o777 if target.is_file() else 0
+        say(
+            f"   the secret arrived: {target}\n   (mode {mode:04o}, on a tmpfs) holds what the admin wrote"
+            if delivered
+            else f"   the secret did not arrive in {target}"
+        )
+        found, objects, paths = demo.plaintext_found(plaintext, name)
+        say(
+            f"   its plaintext is in none of the demo's git repositories ({objects} objects) nor in\n"
+            f"   {name}'s system in the Nix store ({paths} store paths)"
+            if not found
+            else "   its plaintext was found in: " + ", ".join(found)
+        )
+    finally:
+        demo.forget_secrets()
+    say(f"   (the demo's secrets directory {home} is removed again)\n")
+    return Enrolment(
+        host=name,
+        proposal=str(proposed.commit),
+        verdict=review.problems,
+        merge=merge,
+        secret_file=secret_file,
+        published=tuple(sorted(published.commits)),
+        deploy_files=deploy_files,
+        result=result,
+        delivered=delivered,
+        mode=mode,
+        found=tuple(found),
+        objects=objects,
+        store_paths=paths,
+        secrets_dir=home,
+    )
 
 
 def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutcome:
@@ -171,9 +290,21 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
     attacks = demo.run_agents([victim_unsigned, victim_rollback])
     say(_summary(attacks) + "\n")
 
+    enrolled = _enrol(demo, say, _pick_enrol_profile(inventory))
+    canary = next(
+        h.name
+        for h in inventory
+        if h.name not in (broken.name, unhealthy.name, victim_unsigned, victim_rollback)
+    )
+    say(
+        f"8. Waves: fleet.yaml makes {canary} the canary, then a change to the shared module "
+        "breaks every host's health check;\n   gitops publish gives it to the canary wave only"
+    )
+    staged = waves.canary_halts(demo, canary, say)
+
     site = demo.root / "site"
     say(
-        "7. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
+        "9. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
     )
     demo.build_site(site)
     say(
@@ -194,7 +325,9 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         rollback_victim=victim_rollback,
         refusals=refusals,
         attacks=attacks,
+        enrolment=enrolled,
         site=site,
+        waves=staged,
     )
 
 

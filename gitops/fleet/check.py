@@ -3,7 +3,8 @@
 Schema and names (fleet.py), that each host's ``.nix`` files import exactly the profiles
 its ``host.yaml`` lists (otherwise the deploy tree would lack a file, or the inventory
 would lie), policies, and that every ``.nix`` file parses (``nix-instantiate --parse``,
-when nix is installed).
+when nix is installed). With ``--eval``, every host's system is evaluated too
+(fleet/evaluate.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitops.errors import GitopsError
-from gitops.fleet import policies
+from gitops.fleet import evaluate, policies
 from gitops.fleet.model import (
     DEFAULT_SHARED,
     FLAKE_FILE,
@@ -41,6 +42,7 @@ class CheckResult:
     problems: tuple[Problem, ...]
     nix_files: int
     parsed_with_nix: bool
+    evaluated: tuple[evaluate.Evaluated, ...] = ()  # with --eval: each host's toplevel
 
 
 def nix_files(root: Path) -> list[Path]:
@@ -148,7 +150,9 @@ def ensure_fleet_repository(root: Path) -> None:
         )
 
 
-def check_repository(root: Path, *, parse_nix: bool | None = None) -> CheckResult:
+def check_repository(
+    root: Path, *, parse_nix: bool | None = None, evaluate_hosts: bool = False, jobs: int = 2
+) -> CheckResult:
     ensure_fleet_repository(root)
     problems = Problems()
     source = DirSource(root)
@@ -163,4 +167,8 @@ def check_repository(root: Path, *, parse_nix: bool | None = None) -> CheckResul
     use_nix = shutil.which("nix-instantiate") is not None if parse_nix is None else parse_nix
     if use_nix:
         parse_nix_files(files, root, problems)
-    return CheckResult(fleet, tuple(problems.items), len(files), use_nix)
+    evaluated: list[evaluate.Evaluated] = []
+    if evaluate_hosts and not problems:  # a fleet that does not load cannot be evaluated
+        evaluated = evaluate.evaluate_hosts(root, fleet, jobs=jobs)
+        evaluate.add_problems(evaluated, problems)
+    return CheckResult(fleet, tuple(problems.items), len(files), use_nix, tuple(evaluated))

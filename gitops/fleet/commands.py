@@ -10,7 +10,7 @@ lists them (docs/commands.md).
 from __future__ import annotations
 
 import logging
-import os
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,8 +71,7 @@ class BadCommand:
 
 
 def new_id(name: CommandName, issued: datetime) -> str:
-    # os.urandom, not the secrets module: mypy resolves `secrets` here to fleet/secrets.py
-    return f"{issued:%Y%m%d-%H%M%S}-{name}-{os.urandom(4).hex()}"
+    return f"{issued:%Y%m%d-%H%M%S}-{name}-{secrets.token_hex(4)}"
 
 
 def select_hosts(fleet: Fleet, hosts: Sequence[str], tags: Sequence[str]) -> tuple[str, ...]:

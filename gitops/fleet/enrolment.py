@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import pygit2
 
-from gitops.errors import GitopsError
+from gitops.errors import GitopsError, ProblemsError
 from gitops.fleet.model import HOST_FILE, HOSTS_DIR, Fleet, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
-from gitops.protocol import ENROLL_PREFIX, MAIN_REF, is_host_name
+from gitops.protocol import ENROLL_PREFIX, MAIN_REF, enroll_ref, is_host_name
 from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
-from gitops.trust.sshsig import PublicKey
+from gitops.trust.sshsig import PublicKey, SigningKey
 
 MAX_PROPOSAL_FILES = 32
 MAX_PROPOSALS = 50  # checked per listing; more is a queue to clear (or a flood), not work
@@ -135,3 +135,56 @@ def _only_adds_the_host(
             )
         elif any(part.startswith(".") for part in path.removeprefix(mine).split("/")):
             problems.append(f"{path[:200]}: a proposal adds no dot files")
+
+
+def accept(
+    repo: pygit2.Repository,
+    name: str,
+    signer: SigningKey,
+    author: pygit2.Signature,
+    *,
+    target: pygit2.Oid | None = None,
+) -> tuple[pygit2.Oid, pygit2.Oid, Proposal]:
+    """The signed merge commit of ``enroll/<name>`` into main (its parents: main and the
+    proposal; its tree: main's with ``hosts/<name>/`` added), after checking the proposal
+    again. Returns main's commit, the merge (no ref moved) and the proposal."""
+    ref = enroll_ref(name)
+    target = (
+        target
+        or commits.ref_target(repo, ref)
+        or commits.ref_target(repo, f"refs/remotes/origin/{ref.removeprefix('refs/heads/')}")
+    )
+    if target is None:
+        pattern = ENROLL_PREFIX.removeprefix("refs/heads/") + "*"
+        raise GitopsError(
+            f"no branch enroll/{name} here; fetch it first "
+            f"(git fetch origin 'refs/heads/{pattern}:refs/heads/{pattern}')"
+        )
+    main = commits.resolve_commit(repo, MAIN_REF)
+    proposal = check_proposal(repo, name, target, main)
+    if not proposal.ok:
+        raise ProblemsError(f"enroll/{name} is refused", list(proposal.problems))
+    proposed = repo.get(target)
+    assert isinstance(proposed, pygit2.Commit)
+    host_tree = proposed.tree[f"{HOSTS_DIR}/{name}"]
+    hosts = (
+        repo.TreeBuilder(main.tree[HOSTS_DIR].peel(pygit2.Tree))
+        if HOSTS_DIR in main.tree
+        else repo.TreeBuilder()
+    )
+    hosts.insert(name, host_tree.id, pygit2.enums.FileMode.TREE)
+    root = repo.TreeBuilder(main.tree)
+    root.insert(HOSTS_DIR, hosts.write(), pygit2.enums.FileMode.TREE)
+    fingerprint = proposal.key.fingerprint if proposal.key else "?"
+    oid = commits.create_signed_commit(
+        repo,
+        tree=root.write(),
+        parents=[main.id, target],
+        message=commits.format_message(
+            f"Merge enroll/{name}: add host {name}",
+            f"Key {fingerprint}, proposed by the machine itself.",
+        ),
+        author=author,
+        key=signer,
+    )
+    return main.id, oid, proposal

@@ -93,7 +93,21 @@ class UnknownSource:
         )
 
 
-Reason = BadBranch | OlderSource | UnrelatedSource | UnknownSource
+@dataclass(frozen=True)
+class NotBuilt:
+    """Publishing with a systems file, a host whose new tree is not one it names."""
+
+    systems: str  # the systems file
+
+    def describe(self, hosts: Sequence[str]) -> str:
+        return (
+            f"{self.systems} names no system built from the deploy tree of {_hosts(hosts)} "
+            "(built from another main commit, or the host failed to build); run "
+            f"'gitops build --systems {self.systems}' from the commit you publish"
+        )
+
+
+Reason = BadBranch | OlderSource | UnrelatedSource | UnknownSource | NotBuilt
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from enum import StrEnum
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.fleet.model import HOSTS_DIR, Fleet, Host, load_fleet, profile_path
+from gitops.fleet.model import Fleet, Host, deploy_paths, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
@@ -26,6 +26,7 @@ from gitops.protocol import (
     TRAILER_RECOVERS,
     TRAILER_SOURCE,
     TRAILER_SOURCE_GENERATION,
+    TRAILER_SYSTEM_PATH,
     deploy_ref,
     format_time,
     secrets_manifest,
@@ -121,18 +122,6 @@ def _write(repo: pygit2.Repository, node: _Nested) -> pygit2.Oid:
         else:
             builder.insert(name, child[0], child[1])
     return builder.write()
-
-
-def deploy_paths(fleet: Fleet, host: Host, source: TreeSource) -> list[str]:
-    """What ``host`` receives: the shared paths, its own directory, its profiles."""
-    paths = [p for p in fleet.settings.shared if source.read(p) is not None or source.is_dir(p)]
-    paths.append(f"{HOSTS_DIR}/{host.name}")
-    for profile in host.profiles:
-        path = profile_path(source, profile)
-        if path is None:  # load_fleet reported it already
-            raise GitopsError(f"{host.name}: unknown profile {profile!r}")
-        paths.append(path)
-    return paths
 
 
 def render_host_tree(
@@ -269,7 +258,9 @@ _SUBJECTS = {
 }
 
 
-def deploy_message(plan: HostPlan, source: Source, expires: datetime | None) -> str:
+def deploy_message(
+    plan: HostPlan, source: Source, expires: datetime | None, system: str | None = None
+) -> str:
     main_subject = (
         source.commit.message.strip().splitlines()[0] if source.commit.message.strip() else ""
     )
@@ -297,6 +288,8 @@ def deploy_message(plan: HostPlan, source: Source, expires: datetime | None) -> 
         trailers[TRAILER_EXPIRES] = format_time(expires)
     if plan.recovers is not None:
         trailers[TRAILER_RECOVERS] = str(plan.recovers)
+    if system is not None:
+        trailers[TRAILER_SYSTEM_PATH] = system
     return commits.format_message(
         f"deploy {plan.host}: {subject}", "\n\n".join(paragraphs), trailers
     )
@@ -336,12 +329,14 @@ def write_commits(
     progress: Callable[[str], None] | None = None,
     generations: Generations | None = None,
     move_refs: bool = True,
+    systems: Mapping[str, str] | None = None,
 ) -> Published:
     """Write a signed commit for every host that gets one and move all their refs at once
     (unless ``move_refs`` is false: a push moves them once the server took the commits).
 
     ``generations`` caches main's generation numbers for a publish run that calls this
-    more than once."""
+    more than once. ``systems`` (host -> store path) pins each host's centrally built
+    system in its commit (``System-Path``)."""
     principal = publisher_principal(plan.fleet, key)
     moment = now or datetime.now(UTC)
     expires = None
@@ -358,7 +353,7 @@ def write_commits(
             repo,
             tree=host_plan.new_tree,
             parents=[host_plan.old_head] if host_plan.old_head is not None else [],
-            message=deploy_message(host_plan, source, expires),
+            message=deploy_message(host_plan, source, expires, (systems or {}).get(host_plan.host)),
             author=identity,
             key=key,
         )

@@ -18,7 +18,7 @@ import pygit2
 from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet
 from gitops.protocol import deploy_ref
-from gitops.publish import checks, evidence, push
+from gitops.publish import build, checks, evidence, push
 from gitops.publish import plan as planning
 from gitops.publish.lineage import Generations, SourceOrder
 from gitops.trust import commits, keys
@@ -35,6 +35,7 @@ class Request:
     key_path: Path
     push: bool
     remote: str
+    systems: Path | None = None  # `gitops build`'s systems file: pin each host's system
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class _Run:
     fleet: Fleet
     generations: Generations
     progress: push.Progress
+    built: dict[str, build.BuiltSystem] | None  # the systems file, read once
 
 
 def publish(request: Request, *, progress: push.Progress = push.quiet) -> Outcome:
@@ -63,7 +65,8 @@ def publish(request: Request, *, progress: push.Progress = push.quiet) -> Outcom
     fleet = planning.load_fleet_at(repository, source)
     generations = Generations(repository)
     generations.of(source.id)  # a shallow clone fails here, before any work
-    run = _Run(request, repository, key, source, fleet, generations, progress)
+    built = build.read_systems(request.systems) if request.systems is not None else None
+    run = _Run(request, repository, key, source, fleet, generations, progress, built)
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return _attempt(run)
@@ -85,6 +88,9 @@ def _attempt(run: _Run) -> Outcome:
         repository, str(run.source.id), only=request.hosts, fleet=run.fleet, heads=heads
     )
     reasons = _check(run, plan, heads)
+    pinned, missing = build.pins(repository, plan, run.built)
+    for host in missing:
+        reasons.setdefault(host, checks.NotBuilt(str(request.systems)))
     kept = replace(plan, hosts=tuple(h for h in plan.hosts if h.host not in reasons))
     if heads is not None:
         push.adopt(repository, _bases(kept), remote=request.remote)
@@ -95,6 +101,7 @@ def _attempt(run: _Run) -> Outcome:
         progress=run.progress,
         generations=run.generations,
         move_refs=not request.push,
+        systems=pinned,
     )
     if request.push:
         push.push_published(repository, request.remote, published, progress=run.progress)

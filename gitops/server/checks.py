@@ -25,6 +25,7 @@ from gitops.protocol import (
     ENROLL_PREFIX,
     ESCROW_DIR,
     MAIN_REF,
+    ROLLOUT_REF,
     SBOM_FILE,
     STATUS_FILE,
     TRAILER_HOST,
@@ -196,9 +197,17 @@ def check_report_update(
 def check_deploy_update(
     repo: pygit2.Repository, update: Update, *, trust: AllowedSigners, now: datetime
 ) -> str | None:
+    if update.ref == ROLLOUT_REF:  # staged rollouts' record (docs/rollout.md)
+        return _check_commits(
+            repo,
+            update,
+            lambda repo, commit: _signature_problem(
+                repo, commit, trust, "a publisher in main's fleet.yaml", now
+            ),
+        )
     host = deploy_host(update.ref)
     if host is None:
-        return "publishers may push only deploy/<host>"
+        return "publishers may push only deploy/<host> and rollout"
 
     def check(repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
         signed = _signature_problem(repo, commit, trust, "a publisher in main's fleet.yaml", now)

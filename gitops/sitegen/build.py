@@ -50,8 +50,9 @@ from gitops.sitegen import (
 from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
 from gitops.sitegen.derived import Derived, PageFile, Rules, age_flips
 from gitops.sitegen.model import MainCommit
-from gitops.sitegen.overview import CHART_DAYS, Overview, Sources, aggregate_pages
+from gitops.sitegen.overview import CHART_DAYS, AggregatePage, Overview, Sources, aggregate_pages
 from gitops.sitegen.render import Renderer
+from gitops.sitegen.rollout import rollout_page
 from gitops.sitegen.verify import trust_id
 from gitops.trust.allowed_signers import AllowedSigners
 
@@ -431,7 +432,9 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         "host_count": len(names),
     }
     head = {"schema": export.SCHEMA, "built": format_time(rules.now)}
-    for page in aggregate_pages(view, sources):
+    staged = rollout_page(main.repo, main.head, main.fleet, rules.now)  # docs/rollout.md
+    pages = (*aggregate_pages(view, sources), AggregatePage("rollout", "Rollout", *staged))
+    for page in pages:
         html = renderer.render(
             f"{page.name}.html",
             root="",

@@ -67,7 +67,9 @@ COMMAND_OUTPUT_LIMIT = 64 * 1024  # characters of a command's output (collect-lo
 MAX_ERROR = 300  # characters of why a report is invalid
 MAX_DROPPED = 50  # reports remembered as dropped from a rewritten branch
 MAX_PARSED = 10  # verified reports parsed and kept, newest first, when the newest are future
-FAILURES = frozenset({Result.BUILD_FAILED, Result.SWITCH_FAILED, Result.ROLLED_BACK})
+FAILURES = frozenset(
+    {Result.BUILD_FAILED, Result.SUBSTITUTE_FAILED, Result.SWITCH_FAILED, Result.ROLLED_BACK}
+)
 _PULL_REQUEST = (
     re.compile(r"^Merge pull request #(\d+)\b"),
     re.compile(r"\(#(\d+)\)\s*$"),

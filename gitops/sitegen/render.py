@@ -27,6 +27,7 @@ PAGES = (
     ("drift.html", "Drift"),
     ("compliance.html", "Compliance"),
     ("audit.html", "Audit trail"),
+    ("rollout.html", "Rollout"),
     ("software.html", "Software"),
     ("vulnerabilities.html", "Vulnerabilities"),
     ("commands.html", "Commands"),

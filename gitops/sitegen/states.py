@@ -4,7 +4,7 @@ for the 30-day chart.
 Only verified reports and verified deploy commits count, and a report dated ahead of the
 build (beyond CLOCK_SKEW) does not. The newest counted report decides: none → never
 reported (or unverified, when reports exist but none counts); older than ``stale_after``
-→ stale; ``build-failed``/``switch-failed`` → failed; ``rolled-back`` → rolled back;
+→ stale; ``build-failed``/``substitute-failed``/``switch-failed`` → failed; ``rolled-back`` → rolled back;
 ``rejected`` → rejected; ``fetch-failed`` → offline; ``deploy_applied`` equal to the
 verified head of ``deploy/<host>`` → up to date; otherwise pending. Flags beside the state
 say what else is true (drift, reboot needed or pending, a rewound deploy head, a
@@ -31,6 +31,7 @@ from gitops.sitegen.model import (
 _BY_RESULT: dict[Result | None, State] = {
     Result.BUILD_FAILED: State.FAILED,
     Result.SWITCH_FAILED: State.FAILED,
+    Result.SUBSTITUTE_FAILED: State.FAILED,
     Result.ROLLED_BACK: State.ROLLED_BACK,
     Result.REJECTED: State.REJECTED,
     Result.FETCH_FAILED: State.OFFLINE,

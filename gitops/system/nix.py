@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,24 @@ def parse_files(files: list[Path]) -> list[tuple[Path, str]]:
     return errors
 
 
+def has_nix_instantiate() -> bool:
+    return shutil.which("nix-instantiate") is not None
+
+
+def normalised_source(text: str, *, cwd: Path) -> str | None:
+    """``text`` as ``nix-instantiate --parse -`` prints it back: the parsed expression,
+    without comments or layout, attributes in one order (None: it does not parse).
+
+    Relative paths come out resolved against ``cwd``: compare two versions of a file
+    normalised with the same ``cwd``. One process per text, so what Nix prints does not
+    depend on what it read before.
+    """
+    result = process.run(["nix-instantiate", "--parse", "-"], check=False, input=text, cwd=cwd)
+    if result.returncode != 0:
+        return None
+    return result.stdout
+
+
 def _nix_error(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     error = next((line.removeprefix("error: ") for line in lines if line.startswith("error:")), "")
@@ -220,3 +239,174 @@ def _nix_error(stderr: str) -> str:
     )
     location = where.rsplit("/", 1)[-1]
     return f"{error} (at {location})" if where else error or "syntax error"
+
+
+# -- binary caches: signing, copying, substituting ---------------------------------------
+
+STORE_DIR = "/nix/store"
+_STORE_PATH = re.compile(r"^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
+
+
+class SubstituteError(GitopsError):
+    def __init__(self, message: str, log_tail: str) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def is_store_path(text: str) -> bool:
+    """``/nix/store/<32 base-32 chars>-<name>``, nothing below it, no ``..``."""
+    return _STORE_PATH.match(text) is not None and ".." not in text
+
+
+def is_valid(path: str) -> bool:
+    """Whether the store has ``path`` as a valid path (not merely a directory on disk: a
+    failed substitution may leave one behind)."""
+    return process.run([NIX_STORE, "--check-validity", path], check=False).returncode == 0
+
+
+def generate_signing_key(name: str) -> tuple[str, str]:
+    """A new binary-cache signing key pair ``(secret, public)`` as ``name:base64`` text
+    (``nix key generate-secret`` / ``convert-secret-to-public``)."""
+    secret = process.run(
+        [
+            NIX,
+            "--extra-experimental-features",
+            "nix-command",
+            "key",
+            "generate-secret",
+            "--key-name",
+            name,
+        ],
+        check=True,
+    ).stdout.strip()
+    public = process.run(
+        [NIX, "--extra-experimental-features", "nix-command", "key", "convert-secret-to-public"],
+        check=True,
+        input=secret,
+    ).stdout.strip()
+    return secret, public
+
+
+def sign_closure(paths: list[str], key_file: Path) -> None:
+    """Sign ``paths`` and everything they need with the secret key in ``key_file``
+    (``nix store sign --recursive``): the signatures travel with them to a cache."""
+    if paths:
+        process.run(
+            [
+                NIX,
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "sign",
+                "--key-file",
+                key_file,
+                "--recursive",
+                *paths,
+            ],
+            check=True,
+        )
+
+
+def copy_to(cache: str, paths: list[str]) -> None:
+    """``nix copy --to <cache>``: the closures of ``paths`` into a binary cache
+    (``file:///dir``, or any store URL Nix knows, such as ``s3://``)."""
+    if paths:
+        process.run(
+            [NIX, "--extra-experimental-features", "nix-command", "copy", "--to", cache, *paths],
+            check=True,
+        )
+
+
+def realise_from(
+    path: str,
+    substituters: tuple[str, ...],
+    trusted_public_keys: tuple[str, ...],
+    *,
+    timeout: float | None = None,
+) -> Path:
+    """Make ``path`` valid in the local store by substitution only: from ``substituters``,
+    accepting only what ``trusted_public_keys`` signed, never building.
+
+    A path already valid here is not fetched again. :class:`SubstituteError` carries Nix's
+    own words: a path signed by no trusted key, a NAR that is not what its signed narinfo
+    says, a cache that does not have it.
+    """
+    argv = [
+        NIX_STORE,
+        "--realise",
+        path,
+        "--option",
+        "substituters",
+        " ".join(substituters),
+        "--option",
+        "trusted-public-keys",
+        " ".join(trusted_public_keys),
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "fallback",
+        "false",
+        # Only what the caches hold: no building, even if a .drv is known here.
+        "--option",
+        "max-jobs",
+        "0",
+    ]
+    try:
+        result = process.stream(argv, on_line=_log_line, timeout=timeout, tail_lines=LOG_TAIL_LINES)
+    except process.TimedOutError as err:
+        raise SubstituteError(
+            f"fetching {path} timed out after {process.format_seconds(err.timeout)}",
+            "\n".join(err.tail),
+        ) from err
+    if result.returncode != 0:
+        raise SubstituteError(
+            _substitute_problem(result.tail, result.returncode), "\n".join(result.tail)
+        )
+    return Path(path)
+
+
+def _substitute_problem(tail: tuple[str, ...], returncode: int) -> str:
+    """The line of Nix's output that says why, most telling first."""
+    lines = [line.strip() for line in tail if line.strip()]
+    for marker in ("not signed by any of the keys", "hash mismatch", "error:", "warning:"):
+        for line in lines:
+            if marker in line and "build of '" not in line:
+                return line.removeprefix("error: ").removeprefix("warning: ")
+    if any("don't know how to build" in line for line in lines):
+        return "no configured cache has it"
+    return f"nix-store --realise failed (exit {returncode})"
+
+
+def eval_drv_path(flake_ref: str, attr: str, *, timeout: float | None = None) -> str:
+    """Evaluate ``<flake>#<attr>.drvPath`` (``nix eval --raw``): the derivation, no build.
+    GitopsError carries Nix's error."""
+    result = process.run(
+        [
+            NIX,
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--raw",
+            f"{flake_ref}#{attr}.drvPath",
+        ],
+        check=False,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise GitopsError(eval_error(result.stderr))
+    return result.stdout.strip()
+
+
+def eval_error(stderr: str) -> str:
+    """Nix's evaluation error in one line: the message, then where (``at file:line``)."""
+    lines = [_ANSI.sub("", line).strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ").strip() for line in lines if line.startswith("error:")]
+    # Nix 2.8 prints the outermost context first ("while evaluating ..."), the cause last.
+    message = next((e for e in reversed(errors) if e and not e.startswith("…")), "")
+    if not message:
+        message = next((line for line in lines if not line.startswith("…")), "evaluation failed")
+    where = next(
+        (line.removeprefix("at ").rstrip(":") for line in lines if line.startswith("at ")), ""
+    )
+    return f"{message} (at {where})" if where else message

@@ -13,8 +13,10 @@ duplicate entry.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Final
 
 import pygit2
@@ -40,6 +42,8 @@ MODES: Final = {
 MAX_DEPTH: Final = 64  # directories below the root; deploy trees are a few levels deep
 MAX_LINK_TARGET: Final = 4096  # PATH_MAX
 _OID_SIZE: Final = 20
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TreeError(GitopsError):
@@ -183,3 +187,38 @@ def _link_problem(target: bytes, depth: int) -> str | None:
     if (not rest and not ups) or any(part in (b"", b".", b"..") for part in rest):
         return "must be '../' components, then names (no '.', '..' or '//' after a name)"
     return None
+
+
+def write_tree(repo: pygit2.Repository, tree: pygit2.Oid, directory: int) -> None:
+    """Create the checked tree's entries in ``directory`` (a descriptor): never through a
+    link, never over an existing name (O_EXCL; mkdir fails on an existing name too)."""
+    for entry in read_tree(repo, tree):
+        match entry.kind:
+            case Kind.TREE:
+                os.mkdir(entry.name, 0o755, dir_fd=directory)
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=directory)
+                try:
+                    write_tree(repo, entry.oid, child)
+                finally:
+                    os.close(child)
+            case Kind.SYMLINK:
+                target = bytes(repo.odb.read(entry.oid)[1])
+                os.symlink(target, os.fsencode(entry.name), dir_fd=directory)
+            case Kind.FILE | Kind.EXECUTABLE:
+                mode = 0o755 if entry.kind is Kind.EXECUTABLE else 0o644
+                fd = os.open(entry.name, _FILE_FLAGS, mode, dir_fd=directory)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(bytes(repo.odb.read(entry.oid)[1]))
+
+
+def export(
+    repo: pygit2.Repository, tree: pygit2.Oid, directory: Path, *, what: str = "tree"
+) -> None:
+    """Check ``tree`` (:func:`check_tree`) and write it into the new, empty ``directory``."""
+    check_tree(repo, tree, what=what)
+    directory.mkdir(parents=True)
+    fd = os.open(directory, _DIR_FLAGS)
+    try:
+        write_tree(repo, tree, fd)
+    finally:
+        os.close(fd)

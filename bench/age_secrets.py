@@ -4,7 +4,7 @@ in-process) vs Debian's ``age`` CLI; checking a file's recipients from its heade
 hosts with S secrets vs the same fleet without; the agent's install of K secrets into a
 tmpfs. Asserts only that the work was right.
 
-    .venv/bin/python bench/secrets.py --hosts 100 --secrets 20 --readers 10
+    .venv/bin/python bench/age_secrets.py --hosts 100 --secrets 20 --readers 10
 """
 
 from __future__ import annotations
