@@ -186,9 +186,8 @@ def test_no_name_that_nixos_26_05_renamed_or_removed() -> None:
     table = (REPO / "docs" / "nixos-versions.md").read_text(encoding="utf-8")
     old_names = re.findall(r"^\| `([\w.-]+)` \|", table, flags=re.MULTILINE)
     assert {"systemd.watchdog.runtimeTime", "nixfmt-rfc-style"} <= set(old_names)
-    files = [REPO / "flake.nix"] + sorted(
-        path for top in ("hosts", "profiles", "modules", "nixos") for path in (REPO / top).rglob("*.nix")
-    )
+    tops = ("hosts", "profiles", "modules", "nixos")
+    files = [REPO / "flake.nix", *sorted(p for top in tops for p in (REPO / top).rglob("*.nix"))]
     assert len(files) >= 30
     for path in files:
         text = path.read_text(encoding="utf-8")
