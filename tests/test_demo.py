@@ -64,9 +64,39 @@ def test_profile_change_rebuilds_only_its_hosts(played: tuple[ServedFleet, DemoO
         assert result.result == expected, (host, result.reason)
 
 
+def test_hosts_substitute_the_pinned_system(played: tuple[ServedFleet, DemoOutcome]) -> None:
+    demo, outcome = played
+    assert outcome.cache_key.startswith("demo-fleet-cache-1:")
+    # Every host fetched its system in step 3, the profile's users again in step 4.
+    assert outcome.substituted == tuple(demo.hosts)
+    for host in outcome.profile_users:
+        # The deploy commit the step-4 report applied (later steps may move the branch).
+        report = outcome.second_run[host].report
+        assert report is not None and report.deploy_applied is not None
+        applied = demo.repository().get(report.deploy_applied)
+        assert isinstance(applied, pygit2.Commit)
+        pinned = commits.trailers(applied.message)["System-Path"]
+        assert report.system.store_path == pinned
+        assert "substitute" in report.durations and "build" not in report.durations
+        narinfo = demo.cache / (Path(pinned).name.split("-")[0] + ".narinfo")
+        assert "Sig: demo-fleet-cache-1:" in narinfo.read_text()
+    assert any(f"substitute mode: {len(demo.hosts)} hosts realised" in line for line in SAID)
+    assert any("share one Nix store" in line for line in SAID)
+    config = demo.agent_config(demo.hosts[0])
+    assert config.mode.value == "substitute" and config.substituters == (demo.cache_url,)
+    assert config.trusted_public_keys == (outcome.cache_key,)
+
+
 def test_failures_are_contained(played: tuple[ServedFleet, DemoOutcome]) -> None:
-    _, outcome = played
-    assert outcome.failures[outcome.broken].result == Result.BUILD_FAILED
+    demo, outcome = played
+    # The broken change fails on the build host: held back, its host never sees it.
+    assert outcome.held_back == (outcome.broken,)
+    assert outcome.failures[outcome.broken].result == Result.UNCHANGED
+    assert any(f"{outcome.broken}: does not build" in line for line in SAID)
+    head = demo.repository().revparse_single(deploy_ref(outcome.broken)).peel(pygit2.Commit)
+    assert "buildFails" not in git_out(
+        "show", f"{head.id}:hosts/{outcome.broken}/configuration.nix", cwd=demo.repo_dir
+    )
     assert outcome.failures[outcome.unhealthy].result == Result.ROLLED_BACK
 
 
@@ -147,7 +177,9 @@ def test_server_holds_the_signed_record(played: tuple[ServedFleet, DemoOutcome])
         ids = [r.report_id for r in reports]
         assert len(ids) == len(set(ids)), "no duplicated report"
     assert _reports(demo, outcome.unsigned_victim)[-1].result == Result.REJECTED
-    assert _reports(demo, outcome.broken)[-1].result == Result.BUILD_FAILED
+    # The broken change never reached its host (held back at the build); the unhealthy one did.
+    assert _reports(demo, outcome.broken)[-1].result == Result.APPLIED
+    assert _reports(demo, outcome.unhealthy)[-1].result == Result.ROLLED_BACK
     # git, as an independent peer, accepts every branch head's signature.
     publishers = demo.keys_dir / "publishers.allowed_signers"
     for host in demo.hosts:
@@ -277,6 +309,9 @@ def test_demo_command_prints_each_step(tmp_path: Path) -> None:
         assert step in done.stdout
     assert "stand-ins" in done.stdout
     assert "No sshd in the demo: a stand-in ssh" in done.stdout
+    assert "every host runs its agent in substitute mode" in done.stdout
+    assert "gitops build: 8 changed hosts built on the build host" in done.stdout
+    assert "substitute mode: 8 hosts realised the store path" in done.stdout
     assert "gitops: error: host:" in done.stdout  # the server's own refusal, shown
     assert "gitops enroll list: lab-ws-1 " in done.stdout and ": ready to accept" in done.stdout
     assert "the secret arrived: " in done.stdout
