@@ -41,7 +41,8 @@ def reports_ref(host: str) -> str:
 # -- archive marks (written by the gitops server only; docs/server.md#retention) ---------
 # ``refs/archive/reports/<host>/<YYYY-MM>`` points at the last report commit of that month
 # on ``reports/<host>``: a cheap, never-moved mark in history that is never rewritten.
-ARCHIVE_PREFIX: Final = "refs/archive/reports/"
+ARCHIVE_ROOT: Final = "refs/archive/"
+ARCHIVE_PREFIX: Final = f"{ARCHIVE_ROOT}reports/"
 ARCHIVE_MONTH: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 
 
