@@ -25,7 +25,7 @@ from gitops.sitegen import collect
 from gitops.sitegen.model import Trust
 from gitops.sitegen.verify import trust_id
 from gitops.trust import commits
-from testing.helpers import published_demo
+from testing.helpers import public_line, published_demo
 
 HOSTS = {"web-1": ["server"], "db-1": ["server"]}
 HOST = "web-1"
@@ -217,8 +217,16 @@ def test_archive_marks_months_once_keeps_their_pack_and_the_chain_verifies(
     first = kept_packs(layout.fleet)
     assert len(first) == 1 and commits_in(layout.fleet, next(iter(first))) == 4
     fsck(layout.fleet)
-    # The site reads and verifies across the marks as before.
+    # The site reads and verifies across the marks as before, and git verifies every
+    # commit from a mark down, as docs/server.md shows.
     assert _site_entries(layout, demo) == site_before
+    signers = tmp_path / "web-1.allowed_signers"
+    signers.write_text(f"{HOST} {public_line(demo.host_keys[HOST])}\n")
+    verdicts = git_out(
+        layout.fleet, "-c", f"gpg.ssh.allowedSignersFile={signers}", "log", "--format=%G?",
+        archive_ref(HOST, "2026-10"),
+    ).split()  # fmt: skip
+    assert verdicts == ["G"] * 4
     # Maintenance never rewrites the kept pack, and nothing is stored twice.
     for n in range(40):
         agent.commit(_day("2026-12-02").replace(minute=n))
