@@ -18,7 +18,8 @@ verify it from any commit down. What this adds, in fleet.git:
   is repacked once without it, so nothing is stored twice.
 
 Host repositories are not archived: a host's repository holds its own two branches, and
-maintenance packs it geometrically.
+maintenance packs it geometrically. If the command stops after writing the marks and before
+the pack, their history stays in the ordinary packs, complete; nothing is lost.
 """
 
 from __future__ import annotations
@@ -157,7 +158,6 @@ def archive(
     layout: Layout,
     before: str,
     *,
-    pack: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ArchiveResult:
     """Create the marks for months before ``before`` and pack what they reach (above)."""
@@ -193,7 +193,7 @@ def archive(
                 say(f"  {count} of {len(heads)} hosts")
         if lines:
             git(layout.fleet, "update-ref", "--stdin", input="".join(lines))
-        if pack and new:
+        if new:
             old = [oid for months in existing.values() for oid in months.values()]
             result.pack = _write_pack(layout.fleet, new, old, before)
             size = (layout.fleet / "objects" / "pack" / f"{result.pack}.pack").stat().st_size

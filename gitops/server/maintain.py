@@ -10,8 +10,9 @@ timer, does in each repository whose loose objects reached ``min_loose``:
   into one new pack, so the packs form a geometric progression (a handful, whatever the
   age) and each run rewrites in proportion to what is new, not to the history. Packs
   marked ``.keep`` (the archive pack, :mod:`gitops.server.archive`) are never rewritten;
-- ``git commit-graph write --reachable --split``: an incremental commit-graph, so walks
-  of long report branches (the site, ancestry checks) read it instead of every commit;
+- ``git commit-graph write --reachable --split``: an incremental commit-graph, so git's
+  walks of long report branches (repacks, fetches, ``git log``) and ancestry checks read
+  it instead of parsing every commit;
 - ``git pack-refs --all`` where refs pile up as files (fleet.git: two refs per host,
   archive marks).
 
