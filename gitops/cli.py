@@ -90,7 +90,32 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     hook = actions.add_parser("hook", help="git's pre-receive and post-receive hooks")
     hook.add_argument("hook", choices=["pre-receive", "post-receive"])
-    for sub in (init, sync, serve, hook):
+    maintain = actions.add_parser(
+        "maintain", help="pack loose objects and refs in every repository (run on a timer)"
+    )
+    maintain.add_argument(
+        "--jobs", type=int, help="repositories maintained at once (default: half the CPUs)"
+    )
+    maintain.add_argument(
+        "--min-loose",
+        type=int,
+        default=100,
+        help="pack a repository once it has this many loose objects (default: 100)",
+    )
+    archive = actions.add_parser(
+        "archive",
+        help="mark each host's reports month by month (refs/archive/) and keep what is "
+        "below the marks in a pack maintenance never rewrites; history is never rewritten",
+    )
+    when = archive.add_mutually_exclusive_group(required=True)
+    when.add_argument("--before", metavar="YYYY-MM", help="mark the months before this one")
+    when.add_argument(
+        "--months",
+        type=int,
+        metavar="N",
+        help="mark the months that ended more than N months ago (0: every month that ended)",
+    )
+    for sub in (init, sync, serve, hook, maintain, archive):
         sub.add_argument("--dir", type=Path, required=True, help="the server directory")
 
 
@@ -655,6 +680,10 @@ def _server(args: argparse.Namespace) -> int:
             return server_cmd.sync_server(args.dir, fetch=not args.no_fetch)
         case "serve":
             return server_cmd.serve(args.dir, args.identity)
+        case "maintain":
+            return server_cmd.maintain(args.dir, jobs=args.jobs, min_loose=args.min_loose)
+        case "archive":
+            return server_cmd.archive(args.dir, before=args.before, months=args.months)
         case _:
             return server_cmd.hook(args.hook, args.dir)
 

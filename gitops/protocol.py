@@ -38,6 +38,26 @@ def reports_ref(host: str) -> str:
     return f"{REPORTS_PREFIX}{host}"
 
 
+# -- archive marks (written by the gitops server only; docs/server.md#retention) ---------
+# ``refs/archive/reports/<host>/<YYYY-MM>`` points at the last report commit of that month
+# on ``reports/<host>``: a cheap, never-moved mark in history that is never rewritten.
+ARCHIVE_ROOT: Final = "refs/archive/"
+ARCHIVE_PREFIX: Final = f"{ARCHIVE_ROOT}reports/"
+ARCHIVE_MONTH: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+
+
+def archive_ref(host: str, month: str) -> str:
+    return f"{ARCHIVE_PREFIX}{host}/{month}"
+
+
+def parse_archive_ref(ref: str) -> tuple[str, str] | None:
+    """``refs/archive/reports/web-1/2026-01`` → ``("web-1", "2026-01")``; None otherwise."""
+    host, sep, month = ref.removeprefix(ARCHIVE_PREFIX).partition("/")
+    if not ref.startswith(ARCHIVE_PREFIX) or not sep:
+        return None
+    return (host, month) if is_host_name(host) and ARCHIVE_MONTH.match(month) else None
+
+
 def branch_name(ref: str) -> str:
     """``refs/heads/deploy/web-1`` → ``deploy/web-1`` (what users type)."""
     return ref.removeprefix("refs/heads/")

@@ -67,6 +67,22 @@ def test_the_documented_rollout_record_parses() -> None:
     assert [w.name for w in record.reached()] == ["canary", "early"]
 
 
+def test_archive_refs_are_documented_and_parse_back() -> None:
+    assert f"`{protocol.ARCHIVE_PREFIX}<host>/<YYYY-MM>`" in DOC
+    assert protocol.ARCHIVE_MONTH.pattern in DOC
+    ref = protocol.archive_ref("web-1", "2026-01")
+    assert ref == "refs/archive/reports/web-1/2026-01"
+    assert protocol.parse_archive_ref(ref) == ("web-1", "2026-01")
+    for bad in (
+        "refs/archive/reports/web-1/2026-13",
+        "refs/archive/reports/Web_1/2026-01",
+        "refs/archive/reports/web-1",
+        "refs/heads/reports/web-1",
+        "refs/archive/reports/web-1/2026-01/x",
+    ):
+        assert protocol.parse_archive_ref(bad) is None, bad
+
+
 def test_policies_may_name_every_report_field_including_changes() -> None:
     assert set(protocol.REPORT_FIELDS) <= FACT_ROOTS
     assert "changes" in FACT_ROOTS

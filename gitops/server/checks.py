@@ -11,7 +11,8 @@ pusher can act on (the hook prints ``gitops: <branch>: <reason>``). The rules:
 - an admin pushes only ``main``, fast-forward, each commit on its first-parent line (the
   admin's own commits and merges) signed by an admin key of the server (``main:
   signed``), or not at all (``main: mirror``);
-- nobody deletes a branch or rewrites one.
+- nobody deletes a branch or rewrites one, and nobody pushes ``refs/archive/`` (the
+  server's own marks, docs/server.md#retention).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import datetime
 import pygit2
 
 from gitops.protocol import (
+    ARCHIVE_ROOT,
     ENROLL_PREFIX,
     ESCROW_DIR,
     MAIN_REF,
@@ -280,6 +282,16 @@ def enrolment_refusal(update: Update) -> str | None:
             "enrolment proposals go to the fleet's forge or plain repository, not this "
             "server (it knows no key of a machine main does not list yet); see "
             "docs/enroll-host.md"
+        )
+    return None
+
+
+def archive_refusal(update: Update) -> str | None:
+    """``refs/archive/`` is written by ``gitops server archive`` on the server alone."""
+    if update.ref.startswith(ARCHIVE_ROOT):
+        return (
+            "refs/archive/ is written only by 'gitops server archive' on the server itself; "
+            "nobody pushes it"
         )
     return None
 
