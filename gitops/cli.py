@@ -719,13 +719,22 @@ def _add_plan_options(plan: argparse.ArgumentParser) -> None:
         default=None,
         help="text (default), json (as --json), or markdown for a pull-request comment",
     )
+    plan.add_argument(
+        "--systems",
+        type=Path,
+        metavar="FILE",
+        help="the systems file of 'gitops build': compare each host's built system with "
+        "the one its deploy commit pins (same system, or nix store diff-closures)",
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
     from gitops.commands import plan_cmd
 
     fmt = plan_cmd.Format(args.format or ("json" if args.json else "text"))
-    return plan_cmd.plan(args.repo, args.source, args.host, fmt=fmt, remote=args.remote)
+    return plan_cmd.plan(
+        args.repo, args.source, args.host, fmt=fmt, remote=args.remote, systems=args.systems
+    )
 
 
 def _command(args: argparse.Namespace) -> int:

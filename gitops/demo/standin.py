@@ -35,6 +35,9 @@ FLAKE = r"""{
           buildFails = setting "buildFails" false;
           unhealthy = setting "unhealthy" false;
           root = "${machinesRoot}/${name}";
+          # Each package is a store path named after it ("nginx-1.26.1"), so the system's
+          # closure holds them and nix store diff-closures sees versions come and go.
+          packagePaths = map (p: builtins.toFile p "${p}\n") packages;
           # Same kernel version, same store path: reboot-needed checks compare these links.
           kernelPackage = derivation {
             name = "linux-${kernel}";
@@ -100,6 +103,7 @@ FLAKE = r"""{
             /bin/ln -s ${kernelPackage}/initrd $out/initrd
             /bin/ln -s ${kernelPackage}/lib $out/kernel-modules
             echo "${builtins.concatStringsSep "\n" packages}" > $out/sw/packages
+            echo "${builtins.concatStringsSep "\n" packagePaths}" > $out/sw/package-paths
           '' ];
         };
     in
