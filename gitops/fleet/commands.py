@@ -152,11 +152,17 @@ def commander_principal(fleet: Fleet, key: SigningKey) -> str:
 def write(repo_dir: Path, signed: SignedCommand) -> tuple[Path, Path]:
     """Write the command and its signature into ``repo_dir/commands/``."""
     directory = repo_dir / COMMANDS_DIR
-    directory.mkdir(exist_ok=True)
     payload = directory / signed.file_name
     signature = directory / f"{signed.file_name}{SIGNATURE_SUFFIX}"
-    atomic.write_bytes(signature, signed.signature)
-    atomic.write_bytes(payload, signed.payload)
+    try:
+        directory.mkdir(exist_ok=True)
+        atomic.write_bytes(signature, signed.signature)
+        atomic.write_bytes(payload, signed.payload)
+    except OSError as err:
+        raise GitopsError(
+            f"{directory}: cannot write the command there ({err.strerror}); {COMMANDS_DIR}/ "
+            "must be a directory you can write in the fleet repository"
+        ) from err
     return payload, signature
 
 
