@@ -17,8 +17,9 @@ from gitops.errors import GitopsError, ProblemsError
 from gitops.fleet.check import ensure_fleet_repository
 from gitops.fleet.model import HOST_FILE, HOSTS_DIR, Fleet, load_fleet
 from gitops.fleet.schema import Problems
-from gitops.fleet.secrets import SECRETS_DIR, Secret, undeclared_files
+from gitops.fleet.secrets import Secret, undeclared_files
 from gitops.fleet.source import DirSource
+from gitops.protocol import SECRETS_DIR
 from gitops.system import atomic, memfs, process
 from gitops.trust import age
 from gitops.trust.sshsig import PublicKey

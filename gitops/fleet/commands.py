@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet
+from gitops.fleet.schema import Problems
 from gitops.fleet.source import Source
 from gitops.protocol import (
     COMMAND_NAMESPACE,
@@ -252,3 +253,15 @@ def deliverable(
             if host in fleet.hosts:
                 by_host.setdefault(host, []).append(item)
     return by_host
+
+
+def check_commands(fleet: Fleet, source: Source, problems: Problems) -> None:
+    """``gitops check``: each command file parses and was signed by a commander when it was
+    issued; publish would leave any other out (with only a warning) and hosts refuse it."""
+    for item in checked(fleet.settings.commander_trust(), load(source)):
+        if isinstance(item, BadCommand):
+            problems.add(
+                source.describe(item.path),
+                item.reason,
+                "issue it again with 'gitops command', or delete it",
+            )
