@@ -226,9 +226,23 @@ def rotate_key(repo: Path, host: str, new_key: Path, identity_path: Path | None)
     if not host_file.is_file():
         raise GitopsError(f"{host_file}: no such host; hosts are the directories in hosts/")
     try:
-        key = PublicKey.parse(new_key.read_text(encoding="utf-8"))
+        text = new_key.read_text(encoding="utf-8")
     except (OSError, ValueError) as err:
-        raise GitopsError(f"{new_key}: not a public key line ({err})") from err
+        raise GitopsError(
+            f"{new_key}: cannot read the new public key ({getattr(err, 'strerror', None) or err}); "
+            "pass the host's .pub file"
+        ) from err
+    if "PRIVATE KEY" in text:
+        raise GitopsError(
+            f"{new_key}: is a private key; pass the public key, {new_key}.pub "
+            "(ssh-keygen -y -f KEY prints it)"
+        )
+    try:
+        key = PublicKey.parse(text)
+    except ValueError as err:
+        raise GitopsError(
+            f"{new_key}: not a public key line ({err}); pass the host's .pub file"
+        ) from err
     text = host_file.read_text(encoding="utf-8")
     if _KEY_LINE.search(text) is None:
         raise GitopsError(f"{host_file}: has no 'key:' line to replace")
