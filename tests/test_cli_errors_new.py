@@ -118,12 +118,8 @@ def _age_file_is_a_directory(*argv: str) -> Prepare:
     def prepare(world: World, work: Path, tmp: Path) -> Args:
         (work / "secrets" / "wifi.age").unlink()
         (work / "secrets" / "wifi.age").mkdir()
-        return [
-            *argv,
-            "--repo",
-            work,
-            *(["--identity", world.admin_identity] if argv[1] != "list" else []),
-        ]
+        identity: Args = ["--identity", world.admin_identity] if argv[1] != "list" else []
+        return [*argv, "--repo", work, *identity]
 
     return prepare
 
@@ -431,5 +427,5 @@ def _copy_tree(
     builder = target.TreeBuilder()
     for entry in subtree:
         blob = target.create_blob(source[entry.id].peel(pygit2.Blob).data)
-        builder.insert(entry.name, blob, entry.filemode)
+        builder.insert(str(entry.name), blob, entry.filemode)
     return builder.write()
