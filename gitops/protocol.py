@@ -485,20 +485,32 @@ _STRICT_DECODER: Final = json.JSONDecoder(
 )
 
 
-def _load_object(text: bytes | str, *, strict: bool = False) -> dict[str, Any]:
-    if len(text) > MAX_REPORT_BYTES:
-        raise ValueError(f"larger than {MAX_REPORT_BYTES} bytes")
+def parse_json(text: bytes | str, *, strict: bool = False, limit: int | None = None) -> Any:
+    """Any JSON value from a file another program or a host may have written. ValueError
+    (never RecursionError, UnicodeDecodeError, an endless number) says what is wrong, so
+    each reader handles one exception; ``limit`` bounds the size read."""
+    if limit is not None and len(text) > limit:
+        raise ValueError(f"larger than {limit} bytes")
     decoder = _STRICT_DECODER if strict else _DECODER
     try:
-        data = decoder.decode(text.decode() if isinstance(text, bytes) else text)
+        return decoder.decode(text.decode() if isinstance(text, bytes) else text)
     except json.JSONDecodeError as err:
         raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
     except UnicodeDecodeError as err:
         raise ValueError(f"not UTF-8 (byte {err.start})") from err
     except RecursionError as err:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
+        raise ValueError("not JSON gitops reads (nested too deep)") from err
     except ValueError as err:  # a number too long to read, NaN or Infinity
         raise ValueError(f"not JSON ({err})") from err
+
+
+def _load_object(text: bytes | str, *, strict: bool = False) -> dict[str, Any]:
+    try:
+        data = parse_json(text, strict=strict, limit=MAX_REPORT_BYTES)
+    except ValueError as err:
+        if "nested too deep" in str(err):
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
+        raise
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data

@@ -40,6 +40,13 @@ def status(
     wanted = [parse_state(s) for s in states]
 
     def show(found: fleetstatus.FleetStatus) -> None:
+        known = {t for row in found.rows for t in row.host.tags}
+        unknown = sorted(set(tags) - known)
+        if unknown:  # a typo would otherwise show an empty, reassuring table
+            raise GitopsError(
+                f"--tag {unknown[0]!r}: no host in main has this tag; "
+                f"known tags: {', '.join(sorted(known)) or 'none'}"
+            )
         selected = found.select(states=wanted, tags=tags)
         if as_json:
             output.emit_json(selected.to_json())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet
+from gitops.fleet.schema import Problems
 from gitops.fleet.source import Source
 from gitops.protocol import (
     COMMAND_NAMESPACE,
@@ -152,11 +153,17 @@ def commander_principal(fleet: Fleet, key: SigningKey) -> str:
 def write(repo_dir: Path, signed: SignedCommand) -> tuple[Path, Path]:
     """Write the command and its signature into ``repo_dir/commands/``."""
     directory = repo_dir / COMMANDS_DIR
-    directory.mkdir(exist_ok=True)
     payload = directory / signed.file_name
     signature = directory / f"{signed.file_name}{SIGNATURE_SUFFIX}"
-    atomic.write_bytes(signature, signed.signature)
-    atomic.write_bytes(payload, signed.payload)
+    try:
+        directory.mkdir(exist_ok=True)
+        atomic.write_bytes(signature, signed.signature)
+        atomic.write_bytes(payload, signed.payload)
+    except OSError as err:
+        raise GitopsError(
+            f"{directory}: cannot write the command there ({err.strerror}); {COMMANDS_DIR}/ "
+            "must be a directory you can write in the fleet repository"
+        ) from err
     return payload, signature
 
 
@@ -246,3 +253,15 @@ def deliverable(
             if host in fleet.hosts:
                 by_host.setdefault(host, []).append(item)
     return by_host
+
+
+def check_commands(fleet: Fleet, source: Source, problems: Problems) -> None:
+    """``gitops check``: each command file parses and was signed by a commander when it was
+    issued; publish would leave any other out (with only a warning) and hosts refuse it."""
+    for item in checked(fleet.settings.commander_trust(), load(source)):
+        if isinstance(item, BadCommand):
+            problems.add(
+                source.describe(item.path),
+                item.reason,
+                "issue it again with 'gitops command', or delete it",
+            )

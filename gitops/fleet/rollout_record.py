@@ -42,6 +42,7 @@ from gitops.protocol import (
     branch_name,
     format_time,
     is_host_name,
+    parse_json,
     parse_time,
     reports_ref,
 )
@@ -53,6 +54,7 @@ from gitops.trust.sshsig import SignatureError, SigningKey
 MAX_REPORTS: Final = 200  # newest reports read per host to find since when it runs the change
 CLOCK_SKEW: Final = timedelta(minutes=5)  # a report dated further ahead does not count
 MAX_REASON: Final = 2000
+MAX_RECORD_BYTES: Final = 1 << 20  # a larger rollout.json is refused unread
 
 
 class Status(StrEnum):
@@ -118,10 +120,7 @@ class Record:
     @classmethod
     def from_json(cls, text: bytes | str) -> Record:
         """ValueError says what is wrong."""
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"not JSON ({err})") from err
+        data = parse_json(text, limit=MAX_RECORD_BYTES)
         if not isinstance(data, dict) or data.get("schema") != ROLLOUT_SCHEMA:
             raise ValueError(f"not a rollout record of schema {ROLLOUT_SCHEMA}")
         waves = tuple(_wave(item) for item in _typed(data, "waves", list))

@@ -22,7 +22,6 @@ Matching is a heuristic, as vulnix's is (docs/inventory.md says how good it is):
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -37,6 +36,7 @@ from gitops.fleet.model import CveExemption, Fleet
 from gitops.inventory import reports
 from gitops.inventory.nixnames import compare_versions
 from gitops.inventory.sbom import Package
+from gitops.protocol import parse_json
 
 # The CPE product (normalised) → the nixpkgs package name, where they differ.
 ALIASES: Final = {"linux-kernel": "linux", "http-server": "apache-httpd"}
@@ -169,7 +169,7 @@ def load_feed(paths: Iterable[Path]) -> list[Cve]:
 def _read_feed(path: Path) -> Iterator[Cve]:
     try:
         raw = path.read_bytes()
-        data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+        data = parse_json(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     except (OSError, ValueError, EOFError) as err:
         raise GitopsError(f"{path}: not a readable NVD CVE JSON feed ({err})") from err
     items = data.get("vulnerabilities") if isinstance(data, dict) else None

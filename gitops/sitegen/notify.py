@@ -31,7 +31,7 @@ from typing import Any
 
 from gitops.errors import GitopsError
 from gitops.fleet.alerts import AlertSettings, CommitStatus, Forge, Webhook
-from gitops.protocol import format_time
+from gitops.protocol import format_time, parse_json
 from gitops.sitegen.derived import Derived
 from gitops.sitegen.model import HostStatus, State
 from gitops.system import http
@@ -72,7 +72,7 @@ class Saved:
     @classmethod
     def load(cls, path: Path) -> Saved:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_bytes())
             hosts = {n: HostMark(**m) for n, m in data["hosts"].items()}
             statuses = {sha: (s[0], s[1]) for sha, s in data["statuses"].items()}
             return cls(hosts, statuses, list(data["outbox"]))
