@@ -21,7 +21,7 @@ Matching is a heuristic, as vulnix's is (docs/inventory.md says how good it is):
 
 from __future__ import annotations
 
-import gzip
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -166,10 +166,27 @@ def load_feed(paths: Iterable[Path]) -> list[Cve]:
     return list(cves.values())
 
 
+# NVD's largest yearly feed is a few hundred MB unpacked; anything far beyond is a bomb.
+MAX_FEED_BYTES = 2 * 1024**3
+
+
+def _gunzip(raw: bytes, limit: int | None = None) -> bytes:
+    """Unpack a gzip feed, refusing more than ``limit`` bytes (a gzip bomb would otherwise
+    fill memory before the JSON parser sees a byte)."""
+    limit = MAX_FEED_BYTES if limit is None else limit
+    unpacker = zlib.decompressobj(wbits=31)  # 31: gzip header
+    data = unpacker.decompress(raw, limit + 1)
+    if len(data) > limit or unpacker.unconsumed_tail:
+        raise ValueError(f"unpacks to more than {limit // 1024**2} MiB")
+    if not unpacker.eof:
+        raise EOFError("the gzip stream is truncated")
+    return data
+
+
 def _read_feed(path: Path) -> Iterator[Cve]:
     try:
         raw = path.read_bytes()
-        data = parse_json(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+        data = parse_json(_gunzip(raw) if raw[:2] == b"\x1f\x8b" else raw)
     except (OSError, ValueError, EOFError) as err:
         raise GitopsError(f"{path}: not a readable NVD CVE JSON feed ({err})") from err
     items = data.get("vulnerabilities") if isinstance(data, dict) else None
