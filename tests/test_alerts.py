@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from typing_extensions import override
 
-from gitops.fleet.alerts import parse_alerts
+from gitops.errors import GitopsError
+from gitops.fleet.alerts import Secret, parse_alerts
 from gitops.fleet.schema import Problems, Reader
 from gitops.protocol import Result
 from gitops.sitegen import build as site_build
@@ -231,3 +232,11 @@ def test_alerts_settings_are_checked() -> None:
         "colour",
     ):
         assert expected in text
+
+
+def test_a_secret_file_that_is_not_text_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    binary = tmp_path / "webhook-secret"
+    binary.write_bytes(b"\xff\xfe\x00hunter2")
+    with pytest.raises(GitopsError, match="webhook-secret: not UTF-8 text") as caught:
+        Secret(file=str(binary)).read()
+    assert "\n" not in str(caught.value) and "hunter2" not in str(caught.value)
