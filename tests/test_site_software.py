@@ -12,8 +12,12 @@ import pygit2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gitops import cli
+from gitops.errors import GitopsError
+from gitops.inventory.sbom import PackageQuery
 from gitops.protocol import SBOM_FILE, STATUS_FILE, reports_ref
 from gitops.sitegen import build as site_build
+from gitops.sitegen import fleetstatus
 from gitops.trust import commits
 from testing.sboms import HOST_PACKAGES, NOW, NVD, WHEN, SoftwareFleet
 from testing.site_helpers import broken_links
@@ -228,3 +232,39 @@ def test_a_nixpkgs_age_policy_flips_without_a_new_report(
     assert answer() == "pass"
     build(fleet, out, NOW + timedelta(hours=2))  # same day, no new commit
     assert answer() == "fail"
+
+
+def test_status_package_and_the_software_page_agree(
+    fleet: SoftwareFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "site"
+    build(fleet, out)
+    data = load(out, "software.json")
+    site: dict[tuple[str, str], list[str]] = {}
+    for name, version, audience in data["packages"]:
+        hosts = [h for i in data["audiences"][audience] for h in data["sets"][i]["hosts"]]
+        site[(name, version)] = sorted(hosts)
+    status = fleetstatus.read_status(fleet.path, NOW, software=True)
+    for (name, version), hosts in site.items():
+        found = status.select(package=PackageQuery(name, version))
+        assert [r.host.name for r in found.rows] == hosts, (name, version)
+        assert {r.matched for r in found.rows} == {((name, version),)}
+    for name in {n for n, _v in site}:
+        anyversion = sorted({h for (n, _v), hosts in site.items() if n == name for h in hosts})
+        found = status.select(package=PackageQuery(name, None))
+        assert [r.host.name for r in found.rows] == anyversion, name
+    assert status.select(package=PackageQuery("nonexistent", None)).rows == ()
+
+    cli.execute(["status", "--repo", str(fleet.path), "--package", "OpenSSL"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["HOST", "VERSION", "STATE"]
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:4]}
+    assert rows == {"kiosk-1": "3.0.15", "web-1": "3.0.13", "web-2": "3.0.13"}
+    assert lines[-1].startswith("3 hosts running openssl:")
+    cli.execute(["status", "--repo", str(fleet.path), "--json", "--package", "openssl@3.0.13"])
+    hosts = json.loads(capsys.readouterr().out)["hosts"]
+    assert [(h["name"], h["packages"]) for h in hosts] == [
+        (n, [{"name": "openssl", "version": "3.0.13"}]) for n in ("web-1", "web-2")
+    ]
+    with pytest.raises(GitopsError, match="--package 'open ssl': name one package"):
+        cli.execute(["status", "--repo", str(fleet.path), "--package", "open ssl"])

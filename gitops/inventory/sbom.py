@@ -74,6 +74,32 @@ class Sbom:
     packages: tuple[Package, ...]
 
 
+@dataclass(frozen=True)
+class PackageQuery:
+    """ "Which hosts run package X (version Y)?": ``NAME`` in any version, or
+    ``NAME@VERSION`` exactly; letter case does not count. The site's software page reads
+    its filter box the same way for ``name@`` and ``name@version`` (site/assets/software.js),
+    and a bare word there also narrows to names that contain it, as one types."""
+
+    name: str
+    version: str | None  # None: any version
+
+    @classmethod
+    def parse(cls, text: str) -> PackageQuery:
+        name, _, version = text.strip().lower().partition("@")
+        if not name or any(c.isspace() for c in name + version):
+            raise ValueError(f"{text[:80]!r}: name one package, as NAME or NAME@VERSION")
+        return cls(name, version or None)
+
+    def __str__(self) -> str:
+        return self.name + (f"@{self.version}" if self.version is not None else "")
+
+    def matches(self, name: str, version: str) -> bool:
+        return name.lower() == self.name and (
+            self.version is None or version.lower() == self.version
+        )
+
+
 def packages_of(closure: Iterable[str], system: str) -> list[Package]:
     """The closure's store paths (the system itself excluded) as packages, in path order."""
     return [Package.from_store_path(path) for path in sorted(set(closure)) if path != system]
