@@ -268,3 +268,76 @@ def test_status_package_and_the_software_page_agree(
     ]
     with pytest.raises(GitopsError, match="--package 'open ssl': name one package"):
         cli.execute(["status", "--repo", str(fleet.path), "--package", "open ssl"])
+
+
+def test_host_pages_list_their_cves_as_the_vulnerabilities_page_does(
+    fleet: SoftwareFleet, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    build(fleet, out)
+    by_cve = load(out, "vulnerabilities.json")["vulnerabilities"]
+    for host in HOST_PACKAGES:
+        mine = load(out, f"hosts/{host}.json")["vulnerabilities"]
+        assert mine["unknown"] is None
+        opened = {f["cve"] for f in mine["findings"] if f["exemption"] is None}
+        exempt = {f["cve"] for f in mine["findings"] if f["exemption"] is not None}
+        assert opened == {v["cve"] for v in by_cve if host in v["hosts"]}, host
+        assert exempt == {v["cve"] for v in by_cve if host in v["exempt_hosts"]}, host
+    web1 = load(out, "hosts/web-1.json")["vulnerabilities"]["findings"]
+    assert [(f["cve"], f["severity"], f["package"], f["fixed_in"]) for f in web1] == [
+        ("CVE-2024-5535", "critical", "openssl", "3.0.15"),
+        ("CVE-2024-2398", "high", "curl", "8.7.0"),
+    ]
+    page = (out / "hosts" / "web-2.html").read_text()
+    section = page.split('id="vulnerabilities"')[1].split("</section>")[0]
+    assert "1 open, 2 exempt" in section
+    assert '<a href="../vulnerabilities.html#CVE-2024-5535">CVE-2024-5535</a>' in section
+    assert "until 2099-01-01: no verify=False anywhere" in section  # the host's own
+    assert "until 2099-12-31: no untrusted qdisc" in section  # the fleet's
+    assert "1 open, 0 exempt" in (out / "hosts" / "kiosk-1.html").read_text()  # hello
+    assert "no SBOM from this host yet" in (out / "hosts" / "new-1.html").read_text()
+    assert broken_links(out) == []
+    # A host exemption added in main: its page is rendered again, the CVE exempt there.
+    fleet.hosts["web-1"]["vulnerabilities"] = {
+        "exemptions": [{"cve": "CVE-2024-2398", "reason": "patched", "expires": "2099-01-01"}]
+    }
+    fleet.commit_main("exempt web-1", WHEN)
+    build(fleet, out)
+    web1 = load(out, "hosts/web-1.json")["vulnerabilities"]["findings"]
+    assert [f["exemption"] for f in web1 if f["cve"] == "CVE-2024-2398"] == [
+        {"reason": "patched", "expires": "2099-01-01"}
+    ]
+
+
+def test_a_policy_on_old_critical_cves(fleet: SoftwareFleet, tmp_path: Path) -> None:
+    fleet.policies["no-old-critical.yaml"] = (
+        "name: no-old-critical\ncondition: {fact: vulns.oldest_days.critical, at_most: 30}\n"
+    )
+    fleet.policies["no-high.yaml"] = (
+        "name: no-high\ncondition: {fact: vulns.open.high, equals: 0}\n"
+    )
+    fleet.hosts["web-2"]["vulnerabilities"]["exemptions"].append(
+        {"cve": "CVE-2024-5535", "reason": "not reachable", "expires": "2099-01-01"}
+    )
+    fleet.commit_main("policies on known vulnerabilities", WHEN)
+    out = tmp_path / "site"
+
+    def answers() -> dict[str, dict[str, str]]:
+        hosts = load(out, "compliance.json")["hosts"]
+        return {h: {p: str(a) for p, a in hosts[h].items()} for h in sorted(hosts)}
+
+    build(fleet, out)
+    assert answers() == {
+        "kiosk-1": {"no-old-critical": "pass", "no-high": "pass"},  # hello: medium only
+        "new-1": {"no-old-critical": "unknown", "no-high": "unknown"},  # never reported
+        "web-1": {"no-old-critical": "fail", "no-high": "fail"},  # openssl, curl
+        "web-2": {"no-old-critical": "pass", "no-high": "pass"},  # exempt from both
+    }
+    status = {r.host.name: r.failing for r in fleetstatus.read_status(fleet.path, NOW).rows}
+    assert status["web-1"] == ("no-high", "no-old-critical")  # the terminal agrees
+    assert status["web-2"] == ()
+    fleet.vulnerabilities = None  # no feed: every host's answer is unknown
+    fleet.commit_main("no feed", WHEN)
+    build(fleet, out)
+    assert {a for host in answers().values() for a in host.values()} == {"unknown"}
+    assert {r.failing for r in fleetstatus.read_status(fleet.path, NOW).rows} == {()}

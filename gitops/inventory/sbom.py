@@ -30,6 +30,7 @@ from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.license import LicenseExpression
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
+from typing_extensions import override
 
 from gitops import __version__
 from gitops.inventory.nixnames import package_name
@@ -74,6 +75,15 @@ class Sbom:
     packages: tuple[Package, ...]
 
 
+def parse_packages(text: str) -> list[tuple[str, str]]:
+    """A package set's ``name<TAB>version`` lines (sitegen/software.py ``packages_text``)."""
+    pairs = []
+    for line in text.splitlines():
+        name, _, version = line.partition("\t")
+        pairs.append((name, version))
+    return pairs
+
+
 @dataclass(frozen=True)
 class PackageQuery:
     """ "Which hosts run package X (version Y)?": ``NAME`` in any version, or
@@ -91,6 +101,7 @@ class PackageQuery:
             raise ValueError(f"{text[:80]!r}: name one package, as NAME or NAME@VERSION")
         return cls(name, version or None)
 
+    @override
     def __str__(self) -> str:
         return self.name + (f"@{self.version}" if self.version is not None else "")
 

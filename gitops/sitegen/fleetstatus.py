@@ -27,9 +27,9 @@ from gitops.errors import GitopsError
 from gitops.fleet.model import Host
 from gitops.inventory.sbom import PackageQuery
 from gitops.protocol import MAIN_REF
-from gitops.sitegen import collect, export, software, states
+from gitops.sitegen import collect, export, software, states, vulnscan
 from gitops.sitegen.compliance import failing
-from gitops.sitegen.model import STATE_ORDER, Flag, HostData, HostStatus, State
+from gitops.sitegen.model import STATE_ORDER, Flag, HostData, HostSoftware, HostStatus, State
 from gitops.sitegen.pages import judge
 from gitops.sitegen.render import iso
 from gitops.sitegen.verify import trust_id
@@ -128,7 +128,12 @@ class FleetReader:
         publishers_id = trust_id(publishers)
         deploys, reports = collect.list_heads(repo)
         reader = collect.HostReader(repo)
-        sboms = software.SbomFinder(repo, reader.verdict) if self.software else None
+        scanner = None
+        if vulnscan.uses_vulns(policies):  # judged with the feed, as the site judges them
+            feed = vulnscan.load_feed(Path(repo.workdir or repo.path), settings, None)
+            scanner = vulnscan.Scanner(feed, None, settings.vulnerabilities.exemptions)
+        wanted = self.software or scanner is not None
+        sboms = software.SbomFinder(repo, reader.verdict) if wanted else None
         rows = []
         seen: dict[str, HostData] = {}
         for name, host in sorted(fleet.hosts.items()):
@@ -146,7 +151,15 @@ class FleetReader:
             if sboms is not None:
                 data, packages = self._software(sboms, data, host, self.previous.get(name))
             seen[name] = data
-            judged = judge(data, host, policies, moment, settings.stale_after)
+            found = data.sbom.found if data.sbom is not None else None
+            scan = vulnscan.scan(
+                scanner,
+                name,
+                HostSoftware.of(data, host.cve_exemptions),
+                moment.date(),
+                (found.packages_id, packages) if found and packages else None,
+            )
+            judged = judge(data, host, policies, moment, settings.stale_after, scan)
             rows.append(HostRow(host, judged.status, tuple(failing(judged.answers)), packages))
         self.previous = seen
         used = {d.sbom.found.packages_id for d in seen.values() if d.sbom and d.sbom.found}
