@@ -341,3 +341,39 @@ def test_a_policy_on_old_critical_cves(fleet: SoftwareFleet, tmp_path: Path) -> 
     build(fleet, out)
     assert {a for host in answers().values() for a in host.values()} == {"unknown"}
     assert {r.failing for r in fleetstatus.read_status(fleet.path, NOW).rows} == {()}
+
+
+def test_the_overview_shows_the_fleets_nixpkgs_spread(fleet: SoftwareFleet, tmp_path: Path) -> None:
+    for host, revision, day in (
+        ("web-1", "ac62194" * 5 + "a", "2026-11-10T00:00:00Z"),  # 10 days old
+        ("web-2", "ac62194" * 5 + "a", "2026-11-10T00:00:00Z"),
+        ("kiosk-1", "0123abc" * 5 + "d", "2026-03-01T00:00:00Z"),  # 264 days
+    ):
+        fleet.send(host, (), WHEN, facts={"nixpkgs_revision": revision, "nixpkgs_date": day})
+    out = tmp_path / "site"
+    build(fleet, out)
+    spread = load(out, "index.json")["nixpkgs"]
+    assert spread["by_age"] == {
+        "30 days or less": 2,
+        "31 to 90 days": 0,
+        "91 to 180 days": 0,
+        "181 to 365 days": 1,
+        "over a year": 0,
+        "date unknown": 0,
+        "not reported": 1,  # new-1
+    }
+    assert [(r["revision"][:7], r["hosts"]) for r in spread["revisions"]] == [
+        ("ac62194", 2),
+        ("0123abc", 1),
+    ]
+    assert (spread["oldest"], spread["newest"]) == ("2026-03-01T00:00:00Z", "2026-11-10T00:00:00Z")
+    page = (out / "index.html").read_text()
+    section = page.split('id="nixpkgs"')[1].split("</section>")[0]
+    assert "from 2026-03-01 to 2026-11-10" in section
+    assert "<tr><td>30 days or less</td><td>2</td></tr>" in section
+    assert "<tr><td><code>ac62194ac621</code></td><td>2026-11-10</td><td>2</td></tr>" in section
+    # A host that says its revision but not its date, and a day later: buckets move.
+    fleet.send("web-2", (), WHEN, facts={"nixpkgs_revision": "ac62194" * 5 + "a"})
+    build(fleet, out, NOW + timedelta(days=25))
+    spread = load(out, "index.json")["nixpkgs"]
+    assert spread["by_age"]["31 to 90 days"] == 1 and spread["by_age"]["date unknown"] == 1
