@@ -377,3 +377,28 @@ def test_the_overview_shows_the_fleets_nixpkgs_spread(fleet: SoftwareFleet, tmp_
     build(fleet, out, NOW + timedelta(days=25))
     spread = load(out, "index.json")["nixpkgs"]
     assert spread["by_age"]["31 to 90 days"] == 1 and spread["by_age"]["date unknown"] == 1
+
+
+def test_the_inventory_row_carries_the_hosts_hardware(fleet: SoftwareFleet, tmp_path: Path) -> None:
+    hardware = {
+        "hardware_vendor": "Framework",
+        "hardware_model": "Laptop 13",
+        "memory_total_bytes": 32 << 30,
+        "disk_encryption": "luks",
+    }
+    fleet.send("web-1", (), WHEN, facts=hardware)
+    out = tmp_path / "site"
+    build(fleet, out)
+    page = (out / "inventory.html").read_text()
+    (row,) = [line for line in page.splitlines() if 'href="hosts/web-1.html"' in line]
+    assert row.startswith(
+        '<tr data-vendor="Framework" data-model="Laptop 13" data-memory="32.0" '
+        'data-encryption="luks">'
+    )
+    assert (
+        '<td data-sort="34359738368">Framework Laptop 13, 32.0 GiB, disk encryption luks</td>'
+        in row
+    )
+    (row,) = [line for line in page.splitlines() if 'href="hosts/web-2.html"' in line]
+    assert 'data-memory="" data-encryption="unknown"' in row  # it did not say
+    assert "unknown, memory unknown, disk encryption unknown</td>" in row

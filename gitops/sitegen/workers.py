@@ -124,7 +124,8 @@ class Worker:
         judged = judge(data, host, rules.policies, rules.now, rules.stale_after, scan)
         status, answers = judged.status, judged.answers
         samples = encode_samples(states.samples(data, rules.window, rules.stale_after))
-        row = self.renderer.inventory_row(host, status, failing(answers))
+        facts = judged.report.facts if judged.report is not None else None
+        row = self.renderer.inventory_row(host, status, failing(answers), facts)
         derived = derive(data, host, status, answers, rules, samples=samples, row_html=str(row))
         derived = replace(derived, page_key=vulnscan.page_key(derived.page_key, scan))
         pages = self.store.link(host_paths(name), derived.page_key, job.old_pages)
