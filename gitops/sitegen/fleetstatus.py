@@ -154,7 +154,6 @@ class FleetReader:
             found = data.sbom.found if data.sbom is not None else None
             scan = vulnscan.scan(
                 scanner,
-                name,
                 HostSoftware.of(data, host.cve_exemptions),
                 moment.date(),
                 (found.packages_id, packages) if found and packages else None,

@@ -288,14 +288,13 @@ def _vulnerabilities(
     feeds, error, cves = feed.configured, feed.error, feed.cves
     today = rules.now.date()
     scans = {
-        host: scanner.host(host, ware.software[host], today, ware.texts[set_id])
+        host: scanner.host(ware.software[host], today, ware.texts[set_id])
         for set_id, names in ware.sets.items()
         for host in names
     }
     hosts = [HostVulns(n, s.open, s.exempt) for n, s in vulnscan.by_host(scans)]
-    findings = [f for h in hosts for f in (*h.open, *h.exempt)]
-    found = vulns.by_cve(findings)
-    exemptions = {(f.cve.id, f.host): f.exemption for f in findings if f.exemption is not None}
+    found = vulnscan.by_cve(scans)
+    exemptions = {(f.cve.id, h.host): f.exemption for h in hosts for f in h.exempt}
     html = renderer.render(
         "vulnerabilities.html",
         root="",

@@ -20,10 +20,11 @@ host (:meth:`Scanner.host`). The result, a :class:`HostScan`:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,18 @@ def _parsed(files: list[Path], key: str, cache: Path | None) -> list[vulns.Cve]:
 
 @dataclass(frozen=True)
 class HostScan:
-    """One host's known vulnerabilities today, or why nothing is known."""
+    """A host's known vulnerabilities today, or why nothing is known. Hosts running the
+    same package set with the same exemptions share one (its findings name no host)."""
 
     unknown: str = ""  # why nothing is known ("" when the host was matched)
     open: tuple[vulns.Finding, ...] = ()
     exempt: tuple[vulns.Finding, ...] = ()  # an exemption in force today
+    today: date | None = None  # the day it was judged at
+
+    @functools.cached_property
+    def facts(self) -> dict[str, Any]:
+        """The policies' ``vulns`` root on ``today`` (:func:`facts`), computed once."""
+        return _facts(self, self.today or date.min)
 
     @property
     def findings(self) -> tuple[vulns.Finding, ...]:
@@ -109,6 +117,8 @@ class Scanner:
     fleet_exemptions: Sequence[CveExemption]
     _index: dict[str, list[tuple[vulns.Cve, vulns.Affected]]] | None = None
     _sets: dict[str, tuple[vulns.Finding, ...]] = field(default_factory=dict)
+    # (set, day, the host's own exemptions) -> its scan: hosts alike share one
+    _scans: dict[tuple[str, date, tuple[CveExemption, ...]], HostScan] = field(default_factory=dict)
 
     def matched(self, set_id: str, text: str | None) -> tuple[vulns.Finding, ...] | None:
         """A package set's findings (no host, no exemption); None when its packages are
@@ -129,12 +139,11 @@ class Scanner:
 
     def host(
         self,
-        name: str,
         software: HostSoftware | None,
         today: date,
         text: str | None = None,
     ) -> HostScan:
-        """``name``'s vulnerabilities by its accepted SBOM (``text``: its package set when
+        """A host's vulnerabilities by its accepted SBOM (``text``: its package set when
         the caller has it), the exemptions in force ``today`` applied."""
         if not self.feed.configured:
             return HostScan("no vulnerability feed is configured")
@@ -146,20 +155,26 @@ class Scanner:
         matched = self.matched(found.packages_id, text)
         if matched is None:
             return HostScan("its package list is not in the site cache (build without it)")
+        key = (found.packages_id, today, software.exemptions)  # the fleet's are the same
+        kept = self._scans.get(key)
+        if kept is not None:
+            return kept
         exemptions = vulns.exemptions_for(self.fleet_exemptions, software.exemptions)
         open_: list[vulns.Finding] = []
         exempt: list[vulns.Finding] = []
         for finding in matched:
             exemption = exemptions.get(finding.cve.id)
             in_force = exemption if exemption and exemption.expires >= today else None
-            mine = vulns.Finding(finding.cve, name, finding.package, finding.fixed_in, in_force)
-            (exempt if in_force else open_).append(mine)
-        return HostScan("", tuple(open_), tuple(exempt))
+            if in_force is None:
+                open_.append(finding)
+            else:
+                exempt.append(replace(finding, exemption=in_force))
+        scan = self._scans[key] = HostScan("", tuple(open_), tuple(exempt), today)
+        return scan
 
 
 def scan(
     scanner: Scanner | None,
-    name: str,
     software: HostSoftware | None,
     today: date,
     packages: tuple[str, str] | None = None,
@@ -170,9 +185,10 @@ def scan(
         return None
     found = software.sbom.found if software is not None else None
     text = packages[1] if packages and found and packages[0] == found.packages_id else None
-    return scanner.host(name, software, today, text)
+    return scanner.host(software, today, text)
 
 
+@functools.lru_cache(maxsize=65536)
 def _age_days(published: str, today: date) -> int | None:
     try:
         return (today - date.fromisoformat(published[:10])).days
@@ -184,6 +200,10 @@ def facts(scan: HostScan | None, today: date) -> dict[str, Any]:
     """The ``vulns`` root the policies see (see the module docstring)."""
     if scan is None or scan.unknown:
         return {VULN_ROOT: UNKNOWN}
+    return scan.facts if scan.today == today else _facts(scan, today)
+
+
+def _facts(scan: HostScan, today: date) -> dict[str, Any]:
     counts: dict[str, int] = dict.fromkeys(VULN_SEVERITIES, 0)
     oldest: dict[str, int | str] = dict.fromkeys(VULN_SEVERITIES, 0)
     seen: set[str] = set()
@@ -250,3 +270,21 @@ def to_json(scan: HostScan | None) -> dict[str, Any] | None:
 def by_host(scans: Mapping[str, HostScan]) -> list[tuple[str, HostScan]]:
     """The hosts with a finding, by name."""
     return sorted(((n, s) for n, s in scans.items() if s.open or s.exempt), key=lambda i: i[0])
+
+
+def by_cve(scans: Mapping[str, HostScan]) -> list[vulns.Vulnerability]:
+    """The hosts' findings per CVE (:func:`gitops.inventory.vulns.by_cve`), each shared
+    scan's findings read once for all the hosts that share it."""
+    shared: dict[int, tuple[HostScan, list[str]]] = {}
+    for name, scan in scans.items():
+        shared.setdefault(id(scan), (scan, []))[1].append(name)
+    # A set's open findings are the same objects in every scan of it: gather their hosts.
+    hosts_of: dict[int, tuple[vulns.Finding, list[str]]] = {}
+    for scan, hosts in shared.values():
+        for finding in (*scan.open, *scan.exempt):
+            entry = hosts_of.get(id(finding))
+            if entry is None:
+                hosts_of[id(finding)] = (finding, list(hosts))
+            else:
+                entry[1].extend(hosts)
+    return vulns.by_cve((hosts, finding) for finding, hosts in hosts_of.values())

@@ -120,7 +120,7 @@ class Worker:
         data = replace(data, sbom=sbom.state)
         rules = job.rules
         ware = HostSoftware.of(data, host.cve_exemptions)
-        scan = vulnscan.scan(job.vulns, name, ware, rules.now.date(), sbom.packages)
+        scan = vulnscan.scan(job.vulns, ware, rules.now.date(), sbom.packages)
         judged = judge(data, host, rules.policies, rules.now, rules.stale_after, scan)
         status, answers = judged.status, judged.answers
         samples = encode_samples(states.samples(data, rules.window, rules.stale_after))
