@@ -135,6 +135,12 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument(
         "--tag", action="append", default=[], help="only hosts with this tag (repeatable)"
     )
+    status.add_argument(
+        "--package",
+        metavar="NAME[@VERSION]",
+        help="only hosts running this package (by their newest signed SBOM), with its "
+        "version: NAME@VERSION exactly, NAME@ in any version, NAME part of a name",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable result")
     status.add_argument(
         "--watch", action="store_true", help="show it again whenever the repository changes"
@@ -816,7 +822,12 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import status_cmd
 
             return status_cmd.status(
-                args.repo, states=args.state, tags=args.tag, as_json=args.json, watch=args.watch
+                args.repo,
+                states=args.state,
+                tags=args.tag,
+                package=args.package,
+                as_json=args.json,
+                watch=args.watch,
             )
         case "site":
             from gitops.commands import site_cmd

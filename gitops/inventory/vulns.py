@@ -342,24 +342,31 @@ def exemptions_for(
     return found
 
 
-def by_cve(findings: Iterable[Finding]) -> list[Vulnerability]:
-    """Findings grouped per CVE, worst first."""
-    groups: dict[str, list[Finding]] = {}
-    for finding in findings:
-        groups.setdefault(finding.cve.id, []).append(finding)
-    result = []
-    for group in groups.values():
-        open_hosts = sorted({f.host for f in group if f.exemption is None})
-        exempt = sorted({f.host for f in group if f.exemption is not None} - set(open_hosts))
-        result.append(
-            Vulnerability(
-                cve=group[0].cve,
-                hosts=tuple(open_hosts),
-                exempt_hosts=tuple(exempt),
-                packages=tuple(sorted({f.package.label for f in group})),
-                fixed_in=tuple(sorted({f.fixed_in for f in group if f.fixed_in})),
-            )
+def by_cve(findings: Iterable[Finding | tuple[Iterable[str], Finding]]) -> list[Vulnerability]:
+    """Findings grouped per CVE, worst first. A finding may come with the hosts it stands
+    for (``(hosts, finding)``: hosts sharing a package set share their findings), else it
+    stands for its own ``host``."""
+    groups: dict[str, tuple[Cve, set[str], set[str], set[str], set[str]]] = {}
+    for item in findings:
+        hosts, finding = item if isinstance(item, tuple) else ((item.host,), item)
+        cve = finding.cve
+        _, open_hosts, exempt, packages, fixed = groups.setdefault(
+            cve.id, (cve, set(), set(), set(), set())
         )
+        (exempt if finding.exemption is not None else open_hosts).update(hosts)
+        packages.add(finding.package.label)
+        if finding.fixed_in:
+            fixed.add(finding.fixed_in)
+    result = [
+        Vulnerability(
+            cve=cve,
+            hosts=tuple(sorted(open_hosts)),
+            exempt_hosts=tuple(sorted(exempt - open_hosts)),
+            packages=tuple(sorted(packages)),
+            fixed_in=tuple(sorted(fixed)),
+        )
+        for cve, open_hosts, exempt, packages, fixed in groups.values()
+    ]
     return sorted(result, key=lambda v: (v.cve.severity.rank, -len(v.hosts), v.cve.id))
 
 
