@@ -187,7 +187,7 @@ def _read_feed(path: Path) -> Iterator[Cve]:
     try:
         raw = path.read_bytes()
         data = parse_json(_gunzip(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zlib.error) as err:
         raise GitopsError(f"{path}: not a readable NVD CVE JSON feed ({err})") from err
     items = data.get("vulnerabilities") if isinstance(data, dict) else None
     if not isinstance(items, list):
