@@ -1,7 +1,7 @@
 {
   description = "nixos-gitops: GitOps for fleets of NixOS machines, and an example fleet that uses it";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs =
     { self, nixpkgs }:

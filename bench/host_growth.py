@@ -157,7 +157,7 @@ def step(c: Contender, number: int, base_facts: dict[str, object], push_every: i
             c.pushes += 1
         if due:
             before = time.perf_counter()
-            done = compact.compact_if_due(c.reporter.mirror)
+            done = compact.compact_if_due(c.reporter.mirror, c.reporter.key)
             assert done is not None
             c.compactions += 1
             c.compact_seconds += time.perf_counter() - before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,7 +90,32 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     hook = actions.add_parser("hook", help="git's pre-receive and post-receive hooks")
     hook.add_argument("hook", choices=["pre-receive", "post-receive"])
-    for sub in (init, sync, serve, hook):
+    maintain = actions.add_parser(
+        "maintain", help="pack loose objects and refs in every repository (run on a timer)"
+    )
+    maintain.add_argument(
+        "--jobs", type=int, help="repositories maintained at once (default: half the CPUs)"
+    )
+    maintain.add_argument(
+        "--min-loose",
+        type=int,
+        default=100,
+        help="pack a repository once it has this many loose objects (default: 100)",
+    )
+    archive = actions.add_parser(
+        "archive",
+        help="mark each host's reports month by month (refs/archive/) and keep what is "
+        "below the marks in a pack maintenance never rewrites; history is never rewritten",
+    )
+    when = archive.add_mutually_exclusive_group(required=True)
+    when.add_argument("--before", metavar="YYYY-MM", help="mark the months before this one")
+    when.add_argument(
+        "--months",
+        type=int,
+        metavar="N",
+        help="mark the months that ended more than N months ago (0: every month that ended)",
+    )
+    for sub in (init, sync, serve, hook, maintain, archive):
         sub.add_argument("--dir", type=Path, required=True, help="the server directory")
 
 
@@ -110,9 +135,52 @@ def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.add_argument(
         "--tag", action="append", default=[], help="only hosts with this tag (repeatable)"
     )
+    status.add_argument(
+        "--package",
+        metavar="NAME[@VERSION]",
+        help="only hosts running this package (by their newest signed SBOM), with its "
+        "version: NAME@VERSION exactly, NAME@ in any version, NAME part of a name",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable result")
     status.add_argument(
         "--watch", action="store_true", help="show it again whenever the repository changes"
+    )
+
+
+def _add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="staged rollouts (fleet.yaml's rollout: waves): status, resume, abort"
+    )
+    actions = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="each wave's progress, from the repository alone")
+    _add_repo(status)
+    status.add_argument("--json", action="store_true", help="machine-readable result")
+    for name, helptext in (
+        ("resume", "let a halted rollout go on to the next wave (recorded on 'rollout')"),
+        ("abort", "stop a rollout: no further wave gets its source (recorded on 'rollout')"),
+    ):
+        sub = actions.add_parser(name, help=helptext)
+        _add_repo(sub)
+        sub.add_argument("--key", type=Path, required=True, help="a publisher's key (as publish)")
+        sub.add_argument("--reason", default="", help="why, for the record")
+        sub.add_argument("--push", action="store_true", help="record it on the remote's rollout")
+        sub.add_argument("--remote", default="origin", help="the remote (default: origin)")
+        sub.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from gitops.commands import rollout_cmd
+
+    if args.rollout_command == "status":
+        return rollout_cmd.status(args.repo, as_json=args.json)
+    return rollout_cmd.admin(
+        args.repo,
+        rollout_cmd.Action(args.rollout_command),
+        key_path=args.key,
+        reason=args.reason,
+        push=args.push,
+        remote=args.remote,
+        as_json=args.json,
     )
 
 
@@ -456,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     vulns.add_argument("--json", action="store_true", help="machine-readable result")
 
     _add_status(commands)
+    _add_rollout(commands)
 
     site = commands.add_parser("site", help="the fleet dashboard")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -586,6 +655,10 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         remote=args.remote,
         systems=args.systems,
     )
+    from gitops.commands import rollout_cmd
+
+    if rollout_cmd.has_waves(request):  # fleet.yaml's rollout: (docs/rollout.md)
+        return rollout_cmd.publish(request, as_json=args.json)
     return publish_cmd.publish(request, as_json=args.json)
 
 
@@ -613,6 +686,10 @@ def _server(args: argparse.Namespace) -> int:
             return server_cmd.sync_server(args.dir, fetch=not args.no_fetch)
         case "serve":
             return server_cmd.serve(args.dir, args.identity)
+        case "maintain":
+            return server_cmd.maintain(args.dir, jobs=args.jobs, min_loose=args.min_loose)
+        case "archive":
+            return server_cmd.archive(args.dir, before=args.before, months=args.months)
         case _:
             return server_cmd.hook(args.hook, args.dir)
 
@@ -648,13 +725,22 @@ def _add_plan_options(plan: argparse.ArgumentParser) -> None:
         default=None,
         help="text (default), json (as --json), or markdown for a pull-request comment",
     )
+    plan.add_argument(
+        "--systems",
+        type=Path,
+        metavar="FILE",
+        help="the systems file of 'gitops build': compare each host's built system with "
+        "the one its deploy commit pins (same system, or nix store diff-closures)",
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
     from gitops.commands import plan_cmd
 
     fmt = plan_cmd.Format(args.format or ("json" if args.json else "text"))
-    return plan_cmd.plan(args.repo, args.source, args.host, fmt=fmt, remote=args.remote)
+    return plan_cmd.plan(
+        args.repo, args.source, args.host, fmt=fmt, remote=args.remote, systems=args.systems
+    )
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -679,6 +765,18 @@ def _command(args: argparse.Namespace) -> int:
     return command_cmd.issue(request, as_json=args.json)
 
 
+# Commands whose whole dispatch is one helper taking the parsed arguments.
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sbom": _sbom,
+    "rollout": _rollout,
+    "server": _server,
+    "secrets": _secrets,
+    "command": _command,
+    "build": _build,
+    "plan": _plan,
+}
+
+
 def execute(argv: Sequence[str]) -> int:
     hot = _server_hot_path(argv)
     if hot is not None:
@@ -686,6 +784,9 @@ def execute(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output.configure_logging(debug=args.debug, verbose=args.verbose)
+    handler = _HANDLERS.get(args.command)
+    if handler is not None:
+        return handler(args)
     match args.command:
         case "keys":
             from gitops.commands import keys_cmd
@@ -703,14 +804,8 @@ def execute(argv: Sequence[str]) -> int:
                 evaluate=args.evaluate,
                 jobs=args.jobs,
             )
-        case "plan":
-            return _plan(args)
         case "publish":
             return _publish(parser, args)
-        case "command":
-            return _command(args)
-        case "build":
-            return _build(args)
         case "verify":
             from gitops.commands import verify_cmd
 
@@ -719,8 +814,6 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import agent_cmd
 
             return agent_cmd.dispatch(args)
-        case "sbom":
-            return _sbom(args)
         case "vulns":
             from gitops.commands import vulns_cmd
 
@@ -729,7 +822,12 @@ def execute(argv: Sequence[str]) -> int:
             from gitops.commands import status_cmd
 
             return status_cmd.status(
-                args.repo, states=args.state, tags=args.tag, as_json=args.json, watch=args.watch
+                args.repo,
+                states=args.state,
+                tags=args.tag,
+                package=args.package,
+                as_json=args.json,
+                watch=args.watch,
             )
         case "site":
             from gitops.commands import site_cmd
@@ -742,10 +840,6 @@ def execute(argv: Sequence[str]) -> int:
                 as_json=args.json,
                 send_alerts=not args.no_alerts,
             )
-        case "server":
-            return _server(args)
-        case "secrets":
-            return _secrets(args)
         case "enroll":
             return _enroll(parser, args)
         case "escrow":
@@ -779,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except GitopsError as err:
         if debug:
             raise
-        print(f"gitops: error: {err}", file=sys.stderr)
+        print(f"gitops: error: {output.printable(str(err))}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         print("gitops: interrupted", file=sys.stderr)
@@ -793,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         print(
-            f"gitops: unexpected error: {type(err).__name__}: {err} (a bug; rerun with --debug "
+            f"gitops: unexpected error: {type(err).__name__}: {output.printable(str(err))} (a bug; rerun with --debug "
             "for a traceback and report it)",
             file=sys.stderr,
         )

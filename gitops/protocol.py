@@ -38,6 +38,26 @@ def reports_ref(host: str) -> str:
     return f"{REPORTS_PREFIX}{host}"
 
 
+# -- archive marks (written by the gitops server only; docs/server.md#retention) ---------
+# ``refs/archive/reports/<host>/<YYYY-MM>`` points at the last report commit of that month
+# on ``reports/<host>``: a cheap, never-moved mark in history that is never rewritten.
+ARCHIVE_ROOT: Final = "refs/archive/"
+ARCHIVE_PREFIX: Final = f"{ARCHIVE_ROOT}reports/"
+ARCHIVE_MONTH: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+
+
+def archive_ref(host: str, month: str) -> str:
+    return f"{ARCHIVE_PREFIX}{host}/{month}"
+
+
+def parse_archive_ref(ref: str) -> tuple[str, str] | None:
+    """``refs/archive/reports/web-1/2026-01`` → ``("web-1", "2026-01")``; None otherwise."""
+    host, sep, month = ref.removeprefix(ARCHIVE_PREFIX).partition("/")
+    if not ref.startswith(ARCHIVE_PREFIX) or not sep:
+        return None
+    return (host, month) if is_host_name(host) and ARCHIVE_MONTH.match(month) else None
+
+
 def branch_name(ref: str) -> str:
     """``refs/heads/deploy/web-1`` → ``deploy/web-1`` (what users type)."""
     return ref.removeprefix("refs/heads/")
@@ -77,6 +97,8 @@ SECRET_SUFFIX: Final = ".age"
 SECRETS_SCHEMA: Final = 1
 SECRET_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _UNIX_NAME: Final = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$")
+MAX_UNIX_ID: Final = 2**32 - 2  # (uid_t)-1 means "leave unchanged"
+MAX_SECRET_PATH: Final = 1024
 
 
 def is_secret_name(name: str) -> bool:
@@ -118,23 +140,35 @@ def check_secret_file(file: SecretFile) -> str | None:
     if not is_secret_name(file.name):
         return f"{file.name[:80]!r} is not a secret name (letters, digits, . _ -; no .age)"
     for what, value in (("owner", file.owner), ("group", file.group)):
-        if not _UNIX_NAME.match(value):
+        if not _UNIX_NAME.match(value) or (value.isdigit() and int(value) > MAX_UNIX_ID):
             return f"{file.name}: {what} {value[:40]!r} is not a user or group name or number"
     if not 0 <= file.mode <= 0o777:
         return f"{file.name}: mode {file.mode:o} is not a permission mode (e.g. 0400)"
+    if file.mode & 0o022:
+        return (
+            f"{file.name}: mode {file.mode:04o} lets others than its owner change the secret "
+            "(a service would read what they wrote); use e.g. 0400 or 0440"
+        )
     if file.path is not None and (
         not file.path.startswith("/")
-        or any(part in ("", ".", "..") for part in file.path[1:].split("/"))
+        or any(part in ("", ".", "..") or len(part) > 255 for part in file.path[1:].split("/"))
         or file.path.startswith("/nix/")
+        or len(file.path) > MAX_SECRET_PATH
+        or not file.path.isprintable()
     ):
-        return f"{file.name}: path {file.path[:80]!r} must be an absolute path outside /nix"
+        return (
+            f"{file.name}: path {file.path[:80]!r} must be an absolute path outside /nix, "
+            f"printable, at most {MAX_SECRET_PATH} characters"
+        )
     return None
 
 
 def parse_secrets_manifest(text: bytes | str) -> tuple[SecretFile, ...]:
     """Read ``secrets/secrets.json``; ValueError says what is wrong."""
-    data = _load_object(text)
-    if data.get("schema") != SECRETS_SCHEMA or type(data.get("secrets")) is not dict:
+    data = _load_object(text, strict=True)
+    if type(data.get("schema")) is not int or data["schema"] != SECRETS_SCHEMA:
+        raise ValueError(f"not a schema {SECRETS_SCHEMA} secrets manifest")
+    if type(data.get("secrets")) is not dict:
         raise ValueError(f"not a schema {SECRETS_SCHEMA} secrets manifest")
     files = []
     for name, entry in data["secrets"].items():
@@ -161,6 +195,16 @@ ENROLL_PREFIX: Final = "refs/heads/enroll/"
 
 def enroll_ref(host: str) -> str:
     return f"{ENROLL_PREFIX}{host}"
+
+
+# -- staged rollouts ---------------------------------------------------------------------
+# With ``rollout:`` in fleet.yaml, ``gitops publish`` records each step of a rollout (a new
+# source, a wave reached, a halt, an admin's resume or abort) as a commit signed by a
+# publisher key on ``rollout``, whose tree holds ``rollout.json`` (docs/rollout.md).
+# Agents never read it.
+ROLLOUT_REF: Final = "refs/heads/rollout"
+ROLLOUT_FILE: Final = "rollout.json"
+ROLLOUT_SCHEMA: Final = 1
 
 
 # A report commit may carry ``escrow/<name>.age``: recovery material (a LUKS recovery key,
@@ -423,23 +467,50 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key[:80]!r} is given twice")
+        data[key] = value
+    return data
+
+
 # One decoder, made once (json.loads with any option makes a new one per call).
 _DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+# For the files that tell a host what to do as root (commands, settings, secrets): a key
+# given twice is refused, so that no reader can see another value than the agent does.
+_STRICT_DECODER: Final = json.JSONDecoder(
+    parse_constant=_no_constant, object_pairs_hook=_unique_keys
+)
 
 
-def _load_object(text: bytes | str) -> dict[str, Any]:
-    if len(text) > MAX_REPORT_BYTES:
-        raise ValueError(f"larger than {MAX_REPORT_BYTES} bytes")
+def parse_json(text: bytes | str, *, strict: bool = False, limit: int | None = None) -> Any:
+    """Any JSON value from a file another program or a host may have written. ValueError
+    (never RecursionError, UnicodeDecodeError, an endless number) says what is wrong, so
+    each reader handles one exception; ``limit`` bounds the size read."""
+    if limit is not None and len(text) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    decoder = _STRICT_DECODER if strict else _DECODER
     try:
-        data = _DECODER.decode(text.decode() if isinstance(text, bytes) else text)
+        return decoder.decode(text.decode() if isinstance(text, bytes) else text)
     except json.JSONDecodeError as err:
         raise ValueError(f"not JSON ({err.msg} at line {err.lineno})") from err
     except UnicodeDecodeError as err:
         raise ValueError(f"not UTF-8 (byte {err.start})") from err
     except RecursionError as err:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
+        raise ValueError("not JSON gitops reads (nested too deep)") from err
     except ValueError as err:  # a number too long to read, NaN or Infinity
         raise ValueError(f"not JSON ({err})") from err
+
+
+def _load_object(text: bytes | str, *, strict: bool = False) -> dict[str, Any]:
+    try:
+        data = parse_json(text, strict=strict, limit=MAX_REPORT_BYTES)
+    except ValueError as err:
+        if "nested too deep" in str(err):
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from err
+        raise
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data
@@ -558,7 +629,7 @@ class Command:
         """Parse and check a command file; ValueError says what is wrong."""
         if len(text) > MAX_COMMAND_BYTES:
             raise ValueError(f"larger than {MAX_COMMAND_BYTES} bytes")
-        data = _load_object(text)
+        data = _load_object(text, strict=True)
         if data.get("schema") != COMMAND_SCHEMA or type(data.get("schema")) is not int:
             raise ValueError(f"unknown command schema {data.get('schema')!r}")
         top = _typed(data, _COMMAND_FIELDS, "")
@@ -802,7 +873,7 @@ class HostControl:
 
     @classmethod
     def from_json(cls, text: bytes | str) -> HostControl:
-        data = _load_object(text)
+        data = _load_object(text, strict=True)
         if data.get("schema") != CONTROL_SCHEMA:
             raise ValueError(f"unknown settings schema {data.get('schema')!r}")
         reboot = data.get("reboot") or {}

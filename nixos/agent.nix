@@ -422,6 +422,8 @@ in
         example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
         description = "The host keys of an ssh `enrol.remote` (ssh-keyscan output); checked strictly when set.";
       };
+    };
+
     mode = mkOption {
       type = types.enum [
         "build"

@@ -205,6 +205,35 @@ in
       };
     };
 
+    maintenance = {
+      interval = mkOption {
+        type = types.str;
+        default = "hourly";
+        description = ''
+          When `gitops server maintain` runs (systemd OnCalendar): it packs the loose objects
+          that report pushes and the fan-in leave in every repository, and packs refs
+          (docs/server.md#maintenance). A repository with fewer than 100 loose objects is
+          left alone, so a run costs little where little happened.
+        '';
+      };
+      jobs = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        description = "Repositories maintained at once; null: half the CPUs (pushes keep the rest).";
+      };
+      archiveAfterMonths = mkOption {
+        type = types.nullOr types.ints.unsigned;
+        default = null;
+        example = 3;
+        description = ''
+          Before each maintenance run, `gitops server archive --months N`: every host's
+          reports get a mark (refs/archive/reports/<host>/<YYYY-MM>) for each month that
+          ended more than N months ago, and the history below the marks moves into a pack
+          that maintenance never rewrites. History is never rewritten. null: no archive.
+        '';
+      };
+    };
+
     site = {
       enable = mkOption {
         type = types.bool;
@@ -285,6 +314,35 @@ in
           timerConfig = {
             OnBootSec = "1min";
             OnUnitActiveSec = cfg.syncInterval;
+          };
+        };
+      }
+
+      {
+        systemd.services.gitops-server-maintain = {
+          description = "Pack what pushes left loose in the gitops server's repositories";
+          after = [ "gitops-server-setup.service" ];
+          requisite = [ "gitops-server-setup.service" ];
+          inherit environment;
+          serviceConfig = hardening // {
+            Type = "oneshot";
+            Nice = 10;
+            IOSchedulingClass = "idle";
+            ExecStartPre = lib.optional (cfg.maintenance.archiveAfterMonths != null)
+              "${command} server archive --dir ${cfg.dataDir} --months ${toString cfg.maintenance.archiveAfterMonths}";
+            ExecStart =
+              "${command} server maintain --dir ${cfg.dataDir}"
+              + lib.optionalString (cfg.maintenance.jobs != null) " --jobs ${toString cfg.maintenance.jobs}";
+          };
+        };
+
+        systemd.timers.gitops-server-maintain = {
+          description = "Pack the gitops server's repositories";
+          wantedBy = [ "timers.target" ];
+          timerConfig = {
+            OnCalendar = cfg.maintenance.interval;
+            Persistent = true;
+            RandomizedDelaySec = "5min";
           };
         };
       }

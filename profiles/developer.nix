@@ -19,6 +19,6 @@
     jq
     ripgrep
     kubectl
-    nixfmt-rfc-style
+    nixfmt
   ];
 }

@@ -4,7 +4,7 @@
   fleet.security.passwordManager = null;
 
   services.smartd.enable = true;
-  systemd.watchdog.runtimeTime = lib.mkDefault "30s";
+  systemd.settings.Manager.RuntimeWatchdogSec = lib.mkDefault "30s";
   documentation.nixos.enable = false;
 
   # Services on a server take longer to settle after a switch before health is judged.

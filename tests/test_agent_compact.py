@@ -157,3 +157,38 @@ def test_a_server_that_lost_reports_gets_new_ones_from_a_compacted_mirror(
     after = [r.report_id for r in remote_reports(demo, "alpha")]
     assert after[0] == ids[0] and len(after) == len(set(after))
     assert after[-2] == ids[-1], "the last report the host had pushed is pushed again"
+
+
+def test_a_server_cannot_cut_the_mirror_inside_the_deploy_chain(demo: DemoFleet) -> None:
+    """The git server serves a deploy commit the host has not fetched yet as reports/gamma
+    and refuses the host's reports, until compaction is due. Cutting the history there
+    would hide the path from every later head down to the applied commit: the host would
+    refuse each new deploy for good. The cut is made only at a report the host signed."""
+    assert run(demo, "gamma").result == Result.APPLIED
+    applied = git("rev-parse", "refs/heads/deploy/gamma", cwd=demo.server)
+    heads = []
+    for value in ('"1"', '"2"'):
+        demo.merge_change(
+            {"hosts/gamma/configuration.nix": standin.host_configuration(["server"], {"k": value})},
+            f"gamma: k={value}",
+        )
+        demo.publish()
+        heads.append(git("rev-parse", "refs/heads/deploy/gamma", cwd=demo.server))
+    middle, newest = heads
+    git("update-ref", "refs/heads/deploy/gamma", applied, cwd=demo.server)
+    git("update-ref", reports_ref("gamma"), middle, cwd=demo.server)
+    hook = demo.server / "hooks" / "pre-receive"
+    hook.write_text('#!/bin/sh\necho "gitops: reports are paused" >&2\nexit 1\n')
+    hook.chmod(0o755)
+    for _ in range(4):
+        run(demo, "gamma", force_report=True)
+    mirror = mirror_of(demo, "gamma")
+    assert str(mirror.target(REMOTE_REPORTS_REF)) == middle
+    assert compact.loose_objects(mirror.path) < LIMIT, "compacted while refused"
+    shallow = mirror.path / compact.SHALLOW_FILE
+    assert not shallow.exists() or middle not in shallow.read_text()
+    # The server behaves again: the newest head descends from the applied one, as it did.
+    hook.unlink()
+    git("update-ref", "refs/heads/deploy/gamma", newest, cwd=demo.server)
+    result = run(demo, "gamma")
+    assert result.result == Result.APPLIED, result.reason

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from typing_extensions import override
 
-from gitops.fleet.alerts import parse_alerts
+from gitops.errors import GitopsError
+from gitops.fleet.alerts import Secret, parse_alerts
 from gitops.fleet.schema import Problems, Reader
 from gitops.protocol import Result
 from gitops.sitegen import build as site_build
@@ -168,6 +169,34 @@ def test_state_changes_reach_the_webhook_signed_and_commit_statuses_follow(
     assert SECRET not in caplog.text
 
 
+def test_a_webhook_url_with_a_token_is_not_published_or_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack, Teams and Discord webhooks carry their token in the URL. alerts.json is
+    published with the site, and the build's warnings reach CI logs: neither names it."""
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out = tmp_path / "site"
+    token_path = "/services/T0001/B0002/XXXXtokenXXXX"
+    with receiver() as hook:
+        fleet.alerts = {"webhooks": [{"url": f"{hook.url}{token_path}?key=query-token"}]}
+        fleet.commit_main("Send alerts", NOW - timedelta(hours=1))
+        site_build.build(fleet.path, out, now=NOW, workers=1)
+        hook.failing = True
+        fleet.report("up", NOW + timedelta(minutes=30), Result.SWITCH_FAILED)
+        stats = site_build.build(fleet.path, out, now=NOW + timedelta(hours=1), workers=1)
+        assert stats.alerts["failed"] == 1
+        published = (out / notify.FILE).read_text()
+        assert json.loads(published)["outbox"][0]["kind"] == "webhook"
+        assert "HTTP 503" in caplog.text and f"POST {hook.url}/…" in caplog.text
+        hook.failing = False
+        stats = site_build.build(fleet.path, out, now=NOW + timedelta(hours=1), workers=1)
+        assert stats.alerts["sent"] == 1
+        (request,) = hook.take()
+        assert request.path == f"{token_path}?key=query-token"
+    for text in (published, caplog.text, json.dumps(stats.alerts)):
+        assert "XXXXtokenXXXX" not in text and "query-token" not in text
+
+
 def test_github_statuses_and_no_alerts(tmp_path: Path) -> None:
     fleet = standard_fleet(tmp_path / "fleet.git")
     out = tmp_path / "site"
@@ -203,3 +232,11 @@ def test_alerts_settings_are_checked() -> None:
         "colour",
     ):
         assert expected in text
+
+
+def test_a_secret_file_that_is_not_text_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    binary = tmp_path / "webhook-secret"
+    binary.write_bytes(b"\xff\xfe\x00hunter2")
+    with pytest.raises(GitopsError, match="webhook-secret: not UTF-8 text") as caught:
+        Secret(file=str(binary)).read()
+    assert "\n" not in str(caught.value) and "hunter2" not in str(caught.value)

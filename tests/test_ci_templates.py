@@ -177,6 +177,7 @@ class Runner:
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
             "PYTHONPATH": str(ROOT),
             "RUNNER_TEMP": str(self.tmp / "runner-temp"),
+            "GITHUB_STEP_SUMMARY": str(self.tmp / "runner-temp" / "summary.md"),
             **extra,
         }
 
@@ -336,7 +337,8 @@ def test_template_runs_check_plan_then_build_publish_in_order(kind: str, forge: 
     pr_steps = _steps(kind, plan_job, forge)
     publish_steps = _steps(kind, publish_job, forge)
     assert _gitops_commands(pr_steps) == ["check", "check --eval", "plan", "plan"]
-    assert _gitops_commands(publish_steps) == ["check", "build", "publish"]
+    plans = ["plan"] if kind == "forgejo" else ["plan", "plan"]  # GitHub, GitLab: markdown too
+    assert _gitops_commands(publish_steps) == ["check", "build", *plans, "publish"]
 
     # A pull request that adds a package: every step passes and the plan is written.
     change = standin.profile_file("workstation", ["firefox"])
@@ -353,6 +355,8 @@ def test_template_runs_check_plan_then_build_publish_in_order(kind: str, forge: 
     published = forge.runner.run(publish_steps, forge.checkout("main-1", shallow=False))
     assert [r.returncode for r in published] == [0] * len(published), published[-1].stderr
     assert "publish" in published[-1].name.lower()
+    systems_plan = next(r.stdout for r in published if "built systems:" in r.stdout)
+    assert "no closure diff: no published system to compare with (a new host)" in systems_plan
     for host in HOSTS:
         assert git_out("rev-parse", deploy_ref(host), cwd=forge.server)
     if "--signing-key" in _cli_help("build"):  # the built systems are in the cache, signed
@@ -369,6 +373,21 @@ def test_template_runs_check_plan_then_build_publish_in_order(kind: str, forge: 
     assert "**2 of 3 hosts change**" in plan
     assert "<b>web-1</b>, <b>web-2</b>: 1 file" in plan
     assert "| unchanged | 1 |" in plan
+
+    # It merges: before publishing, the merge job shows what changes in each built system.
+    forge.merge("profiles/server.nix", server_change)
+    published = forge.runner.run(publish_steps, forge.checkout("main-2", shallow=False))
+    assert [r.returncode for r in published] == [0] * len(published), published[-1].stderr
+    systems_plan = next(r.stdout for r in published if "built systems:" in r.stdout)
+    assert "  web-1 (changed): profiles/server.nix\n    system: 1 added\n" in systems_plan
+    assert "      nginx: \u2205 \u2192 \u03b5\n" in systems_plan  # a package with no version
+    assert "ws-1" not in systems_plan
+    markdown = {
+        "github": forge.runner.tmp / "runner-temp" / "summary.md",
+        "gitlab": forge.runner.tmp / "main-2" / "systems-plan.md",
+    }.get(kind)
+    if markdown is not None:
+        assert "<b>web-1</b>, <b>web-2</b>: 1 added</summary>" in markdown.read_text()
 
 
 @pytest.mark.parametrize("kind", ["github", "gitlab"])

@@ -4,6 +4,7 @@ git, real signatures, real Nix builds and profiles, everything through the gitop
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 from gitops.demo.scenario import default_inventory, read_inventory
 from gitops.demo.served import ServedFleet
 from gitops.demo.walkthrough import DemoOutcome, play
-from gitops.protocol import Report, Result, deploy_ref, reports_ref
+from gitops.fleet.rollout_record import Status
+from gitops.protocol import ROLLOUT_REF, Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import read_report_commit, walk_reports
 from gitops.trust import commits, keys
 from testing.helpers import git, git_out, public_line
@@ -62,9 +64,39 @@ def test_profile_change_rebuilds_only_its_hosts(played: tuple[ServedFleet, DemoO
         assert result.result == expected, (host, result.reason)
 
 
+def test_hosts_substitute_the_pinned_system(played: tuple[ServedFleet, DemoOutcome]) -> None:
+    demo, outcome = played
+    assert outcome.cache_key.startswith("demo-fleet-cache-1:")
+    # Every host fetched its system in step 3, the profile's users again in step 4.
+    assert outcome.substituted == tuple(demo.hosts)
+    for host in outcome.profile_users:
+        # The deploy commit the step-4 report applied (later steps may move the branch).
+        report = outcome.second_run[host].report
+        assert report is not None and report.deploy_applied is not None
+        applied = demo.repository().get(report.deploy_applied)
+        assert isinstance(applied, pygit2.Commit)
+        pinned = commits.trailers(applied.message)["System-Path"]
+        assert report.system.store_path == pinned
+        assert "substitute" in report.durations and "build" not in report.durations
+        narinfo = demo.cache / (Path(pinned).name.split("-")[0] + ".narinfo")
+        assert "Sig: demo-fleet-cache-1:" in narinfo.read_text()
+    assert any(f"substitute mode: {len(demo.hosts)} hosts realised" in line for line in SAID)
+    assert any("share one Nix store" in line for line in SAID)
+    config = demo.agent_config(demo.hosts[0])
+    assert config.mode.value == "substitute" and config.substituters == (demo.cache_url,)
+    assert config.trusted_public_keys == (outcome.cache_key,)
+
+
 def test_failures_are_contained(played: tuple[ServedFleet, DemoOutcome]) -> None:
-    _, outcome = played
-    assert outcome.failures[outcome.broken].result == Result.BUILD_FAILED
+    demo, outcome = played
+    # The broken change fails on the build host: held back, its host never sees it.
+    assert outcome.held_back == (outcome.broken,)
+    assert outcome.failures[outcome.broken].result == Result.UNCHANGED
+    assert any(f"{outcome.broken}: does not build" in line for line in SAID)
+    head = demo.repository().revparse_single(deploy_ref(outcome.broken)).peel(pygit2.Commit)
+    assert "buildFails" not in git_out(
+        "show", f"{head.id}:hosts/{outcome.broken}/configuration.nix", cwd=demo.repo_dir
+    )
     assert outcome.failures[outcome.unhealthy].result == Result.ROLLED_BACK
 
 
@@ -145,7 +177,9 @@ def test_server_holds_the_signed_record(played: tuple[ServedFleet, DemoOutcome])
         ids = [r.report_id for r in reports]
         assert len(ids) == len(set(ids)), "no duplicated report"
     assert _reports(demo, outcome.unsigned_victim)[-1].result == Result.REJECTED
-    assert _reports(demo, outcome.broken)[-1].result == Result.BUILD_FAILED
+    # The broken change never reached its host (held back at the build); the unhealthy one did.
+    assert _reports(demo, outcome.broken)[-1].result == Result.APPLIED
+    assert _reports(demo, outcome.unhealthy)[-1].result == Result.ROLLED_BACK
     # git, as an independent peer, accepts every branch head's signature.
     publishers = demo.keys_dir / "publishers.allowed_signers"
     for host in demo.hosts:
@@ -212,6 +246,25 @@ def test_a_new_machine_enrols_and_its_secret_reaches_only_it(
     assert plaintext.strip().decode() not in report.to_json()
 
 
+def test_a_canary_wave_halts_a_bad_change_before_the_other_hosts(
+    played: tuple[ServedFleet, DemoOutcome],
+) -> None:
+    demo, outcome = played
+    staged = outcome.waves
+    assert staged is not None
+    assert staged.started.status is Status.ROLLING and staged.started.current.name == "canary"
+    assert staged.canary_run.result == Result.ROLLED_BACK
+    assert staged.halted.status is Status.HALTED
+    assert staged.halted.reason.startswith(
+        f"wave canary: 1 of 1 hosts failed ({staged.canary} (rolled-back))"
+    )
+    assert sorted(staged.untouched) == sorted(h for h in demo.hosts if h != staged.canary)
+    # The record is on the gitops server, and the site shows it.
+    assert commits.ref_target(pygit2.Repository(str(demo.record)), ROLLOUT_REF) is not None
+    data = json.loads((outcome.site / "rollout.json").read_text())["rollout"]
+    assert (data["status"], data["wave"]) == ("halted", "canary")
+
+
 def test_site_was_built(played: tuple[ServedFleet, DemoOutcome]) -> None:
     demo, outcome = played
     inventory = (outcome.site / "inventory.html").read_text()
@@ -250,11 +303,15 @@ def test_demo_command_prints_each_step(tmp_path: Path) -> None:
         "5. A change",
         "6. Attacks",
         "7. A new machine, lab-ws-1, enrols itself",
-        "8. The site",
+        "8. Waves",
+        "9. The site",
     ):
         assert step in done.stdout
     assert "stand-ins" in done.stdout
     assert "No sshd in the demo: a stand-in ssh" in done.stdout
+    assert "every host runs its agent in substitute mode" in done.stdout
+    assert "gitops build: 8 changed hosts built on the build host" in done.stdout
+    assert "substitute mode: 8 hosts realised the store path" in done.stdout
     assert "gitops: error: host:" in done.stdout  # the server's own refusal, shown
     assert "gitops enroll list: lab-ws-1 " in done.stdout and ": ready to accept" in done.stdout
     assert "the secret arrived: " in done.stdout

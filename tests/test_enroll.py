@@ -394,3 +394,56 @@ def test_the_site_lists_pending_enrolments_with_their_verdict(
     index = (out / "index.html").read_text()
     assert "Pending enrolments" in index
     assert "<code>enroll/delta</code>" in index and "ready to accept" in index
+
+
+def test_a_proposal_adds_only_regular_files_and_its_names_cannot_drive_a_terminal(
+    demo: DemoFleet, tmp_path: Path
+) -> None:
+    """Whoever can push enroll/ is not trusted yet: a link (leading readers of a checkout
+    out of the directory), a submodule or a dot file is refused, and the names it chose
+    are printed with their control characters escaped."""
+    repo = demo.repository()
+    main = repo.references["refs/heads/main"].peel(pygit2.Commit)
+    who = commits.signature_of("x", "x@example.org")
+    blob, link = pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.LINK
+    cases: dict[str, dict[str, tuple[bytes | pygit2.Oid, int]]] = {
+        "linked": {"configuration.nix": (b"../alpha/configuration.nix", link)},
+        "sub": {"vendor": (pygit2.Oid(hex="3" * 40), pygit2.enums.FileMode.COMMIT)},
+        "dotted": {".gitattributes": (b"* filter=evil\n", blob)},
+        "loud": {"\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J": (b"/etc/shadow", link)},
+    }
+    for name, extra in cases.items():
+        key = tmp_path / f"{name}_key"
+        public = keys.new_keypair(key, f"root@{name}")
+        files: dict[str, tuple[bytes | pygit2.Oid, int]] = {
+            "host.yaml": (f"key: {public.openssh()}\nprofiles: [workstation]\n".encode(), blob),
+            "configuration.nix": (b"{ imports = [ ../../profiles/workstation.nix ]; }\n", blob),
+            **extra,
+        }
+        host_dir = repo.TreeBuilder()
+        for file, (data, mode) in files.items():
+            oid = data if isinstance(data, pygit2.Oid) else repo.create_blob(data)
+            host_dir.insert(file, oid, mode)
+        hosts = repo.TreeBuilder(main.tree["hosts"].peel(pygit2.Tree))
+        hosts.insert(name, host_dir.write(), pygit2.enums.FileMode.TREE)
+        top = repo.TreeBuilder(main.tree)
+        top.insert("hosts", hosts.write(), pygit2.enums.FileMode.TREE)
+        proposal = commits.create_signed_commit(
+            repo, tree=top.write(), parents=[main.id], message=f"enroll {name}\n", author=who,
+            key=keys.load_signing_key(key),
+        )  # fmt: skip
+        repo.references.create(enroll_ref(name), proposal)
+    listed = gitops("enroll", "list", "--repo", demo.repo_dir)
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split(" ")[0]: line for line in listed.stdout.splitlines()}
+    assert "configuration.nix is a link or submodule" in lines["linked"]
+    assert "hosts/sub/vendor is a link or submodule" in lines["sub"]
+    assert "hosts/dotted/.gitattributes: a proposal adds no dot files" in lines["dotted"]
+    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
+    assert "hosts/loud/\\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b[2J" in listed.stdout
+    admin = tmp_path / "admin"
+    keys.new_keypair(admin, "alice@example.org")
+    for name in ("linked", "sub", "dotted"):
+        refused = gitops("enroll", "accept", name, "--key", admin, "--repo", demo.repo_dir)
+        assert refused.returncode == 1, refused.stdout
+    assert repo.references["refs/heads/main"].target == main.id

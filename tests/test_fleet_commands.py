@@ -228,3 +228,42 @@ def test_shutdown_inhibitors_are_read_from_systemd_inhibit_output() -> None:
     )
     (found,) = parse_inhibitors(listing)
     assert found.startswith("restic (restic)") and "Backup is running" in found
+
+
+def test_a_command_that_lies_about_its_signer_is_neither_delivered_nor_listed_as_one(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A command file in main (merged by pull request) signed by a stranger, or by a
+    commander but naming another issuer: hosts refuse both, so publish does not deliver
+    them and the site lists them as invalid, never as "pending, issued by alice"."""
+    from dataclasses import replace
+
+    from gitops.protocol import COMMAND_NAMESPACE
+    from gitops.trust.sshsig import sign
+
+    fleet, _ = fleet_of(repo)
+    admin = keys.load_signing_key(tmp_path / "admin")
+    good = commands.issue(fleet, CommandName.GC, ("web-1",), admin, now=NOW, expires_in=3600)
+    lying = replace(good.command, id=good.command.id[:-8] + "0badc0de", issuer="bob@example.org")
+    payload = lying.to_json().encode()
+    liar = commands.SignedCommand(
+        lying, payload, sign(payload, admin, namespace=COMMAND_NAMESPACE).encode()
+    )
+    stranger_key = keys.load_signing_key(tmp_path / "stranger")
+    foreign = replace(good.command, id=good.command.id[:-8] + "0000f00d")
+    payload = foreign.to_json().encode()
+    stranger = commands.SignedCommand(
+        foreign, payload, sign(payload, stranger_key, namespace=COMMAND_NAMESPACE).encode()
+    )
+    for signed in (good, liar, stranger):
+        commands.write(repo, signed)
+    commit_all(repo, "commands")
+    found = commands.load(DirSource(repo))
+    listed = commands.checked(fleet.settings.commander_trust(), found)
+    ok = [c.command.id for c in listed if isinstance(c, commands.SignedCommand)]
+    bad = {c.path: c.reason for c in listed if isinstance(c, commands.BadCommand)}
+    assert ok == [good.command.id]
+    assert "says it was issued by bob@example.org" in bad[f"commands/{liar.file_name}"]
+    assert "signature refused" in bad[f"commands/{stranger.file_name}"]
+    delivered = commands.deliverable(fleet, found, NOW + timedelta(seconds=1))
+    assert [c.command.id for c in delivered["web-1"]] == [good.command.id]

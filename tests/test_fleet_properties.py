@@ -91,6 +91,51 @@ FLEET_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "publishers.0.principal": st.sampled_from(["ci@example.org", "a.b+c@d", "x y"]),
     "publishers": st.none(),
     "unknown_field": texts,
+    # The newer sections (alerts, admins, commanders, checks, reboot, rollout).
+    "alerts.webhooks.0.url": st.sampled_from(["https://hooks.example.org/x", "ftp://x", ""]),
+    "alerts.webhooks.0.secret_env": st.sampled_from(["HOOK_SECRET", "1x", ""]),
+    "alerts.commit_status": st.fixed_dictionaries(
+        {
+            "forge": st.sampled_from(["forgejo", "github", "gitlab"]),
+            "api": st.sampled_from(["https://git.example.org/api/v1", "x"]),
+            "repo": st.sampled_from(["ops/fleet", "nope"]),
+            "token_env": st.sampled_from(["TOKEN", ""]),
+        }
+    ),
+    "admins.0.name": texts,
+    "admins.0.key": st.sampled_from(
+        [
+            "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq",
+            "age1x",
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ",
+            "ecdsa-sha2-nistp256 AAAAE2VjZHNh",
+        ]
+    ),
+    "commanders.0.principal": st.sampled_from(["ops@example.org", "a b", ""]),
+    "commanders.0.key": st.sampled_from(["ssh-ed25519 AAAA", "x", ""]),
+    "checks.disk.command": st.lists(st.sampled_from(["/bin/true", "", "df"]), max_size=2),
+    "checks.disk.timeout": durations,
+    "checks.Bad Name.command": st.just(["/bin/true"]),
+    "reboot.allow": st.booleans(),
+    "reboot.window": st.sampled_from(
+        ["Mon-Fri 02:00-05:00", "any", "Sun 23:00-01:00", "Mon-Zzz 02:00", "25:00-26:00"]
+    ),
+    "reboot.timezone": st.sampled_from(["Europe/Berlin", "UTC", "Mars/Olympus", "../etc"]),
+    "reboot.profiles.server.allow": st.booleans(),
+    "reboot.profiles.nope.allow": st.booleans(),
+    "rollout.waves": st.lists(
+        st.fixed_dictionaries(
+            {"name": st.sampled_from(["canary", "rest", "a"])},
+            optional={
+                "tags": st.lists(st.sampled_from(["canary", "nope"]), max_size=2),
+                "hosts": st.lists(st.sampled_from(["web-1", "dev-ws-1", "nope"]), max_size=2),
+                "percent": st.one_of(st.integers(-5, 120), st.floats()),
+            },
+        ),
+        max_size=3,
+    ),
+    "rollout.success_threshold": st.one_of(st.floats(), st.integers(-1, 2)),
+    "rollout.soak": durations,
 }
 HOST_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "profiles": st.lists(st.sampled_from(["server", "workstation", "nope", "../x"]), max_size=2),

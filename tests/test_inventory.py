@@ -25,6 +25,7 @@ from gitops.agent.cycle import Cycle
 from gitops.agent.mirror import Mirror
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, git
+from gitops.errors import GitopsError
 from gitops.fleet.model import CveExemption
 from gitops.inventory import nixnames, sbom, vulns
 from gitops.protocol import SBOM_FILE, Report, Result, SystemInfo, reports_ref
@@ -561,3 +562,21 @@ def test_fleet_yaml_cve_exemptions_are_checked(tmp_path: Path) -> None:
     result = gitops("sbom", "web-1", "--repo", fleet.path)
     assert result.returncode == 1
     assert "vulnerabilities.exemptions[0].cve: '2024-5535' is not a CVE id" in result.stderr
+
+
+def test_a_gzip_bomb_feed_is_refused_before_it_fills_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed that unpacks beyond the bound is one clear error, not an out-of-memory kill;
+    a truncated one too; a good one still reads."""
+    good = gzip.compress(b'{"vulnerabilities": []}')
+    assert vulns._gunzip(good) == b'{"vulnerabilities": []}'
+    with pytest.raises(ValueError, match="unpacks to more than"):
+        vulns._gunzip(gzip.compress(b"0" * 5 * 1024**2), limit=1024**2)
+    with pytest.raises(EOFError):
+        vulns._gunzip(good[:-12])
+    monkeypatch.setattr(vulns, "MAX_FEED_BYTES", 1024**2)
+    bomb = tmp_path / "nvdcve-2.0-2099.json.gz"
+    bomb.write_bytes(gzip.compress(b" " * (3 * 1024**2)))
+    with pytest.raises(GitopsError, match=r"not a readable NVD CVE JSON feed \(unpacks to more"):
+        list(vulns._read_feed(bomb))

@@ -101,6 +101,14 @@ def _load(tmp_path: Path, text: str) -> list[str]:
             "policies/bad.yaml: condition: must be a mapping",
         ),
         ("name: [x\n", "policies/bad.yaml:"),
+        (
+            "name: x\ncondition: {fact: vulns.oldest_days, at_most: 30}\n",
+            "policies/bad.yaml:2: condition.fact: vulns.* is vulns.<open|oldest_days>.<severity>",
+        ),
+        (
+            "name: x\ncondition: {fact: vulns.open.severe, equals: 0}\n",
+            "policies/bad.yaml:2: condition.fact: vulns.* is",
+        ),
     ],
 )
 def test_a_bad_policy_names_file_and_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -175,3 +183,72 @@ def test_max_age_days_says_when_its_answer_flips() -> None:
         datetime(2026, 11, 25, 0, 0, 1, tzinfo=UTC)
     ]
     assert deadlines(policy.condition, dated_report("unknown")) == []
+
+
+# -- vulns.*: known vulnerabilities, which the site adds from the feed --------------------
+
+
+def test_vuln_severities_are_the_feeds() -> None:
+    from gitops.fleet.policies import VULN_SEVERITIES
+    from gitops.inventory.vulns import Severity
+
+    assert tuple(str(s) for s in Severity) == VULN_SEVERITIES
+
+
+def test_vulns_facts_judge_old_critical_cves_and_unknown_without_a_feed() -> None:
+    from datetime import date
+
+    from gitops.fleet.model import CveExemption
+    from gitops.inventory.sbom import Package
+    from gitops.inventory.vulns import Cve, Finding, Severity
+    from gitops.sitegen.vulnscan import HostScan, facts
+
+    def finding(cve: str, severity: Severity, published: str, exempt: bool = False) -> Finding:
+        exemption = CveExemption(cve, "why", date(2099, 1, 1)) if exempt else None
+        entry = Cve(cve, severity, 9.0, published, "", ())
+        return Finding(entry, "h", Package("", "openssl", "3.0.13"), "3.0.15", exemption)
+
+    today = date(2026, 11, 20)
+    scan = HostScan(
+        "",
+        open=(
+            finding("CVE-1", Severity.CRITICAL, "2026-11-01"),
+            finding("CVE-2", Severity.CRITICAL, "2026-10-01"),
+            finding("CVE-3", Severity.HIGH, ""),  # undated: its age is unknown
+        ),
+        exempt=(finding("CVE-4", Severity.CRITICAL, "2020-01-01", exempt=True),),
+    )
+    found = facts(scan, today)
+    assert found["vulns"]["open"] == {
+        "critical": 2,
+        "high": 1,
+        "medium": 0,
+        "low": 0,
+        "none": 0,
+        "unknown": 0,
+    }
+    assert found["vulns"]["oldest_days"]["critical"] == 50  # the exempt one does not count
+    assert found["vulns"]["oldest_days"]["medium"] == 0  # none open
+
+    text = "name: x\ncondition: {{fact: vulns.oldest_days.{0}, at_most: {1}}}\n"
+    with tempfile.TemporaryDirectory() as root:
+        for days, severity, outcome in (
+            (30, "critical", Outcome.FAIL),
+            (50, "critical", Outcome.PASS),
+            (30, "high", Outcome.UNKNOWN),
+            (30, "low", Outcome.PASS),
+        ):
+            (policy,) = _load_ok(Path(root), text.format(severity, days))
+            assert evaluate(policy.condition, {**report(), **found}) is outcome, severity
+            for nothing in (None, HostScan("no vulnerability feed is configured")):
+                unknown = {**report(), **facts(nothing, today)}
+                assert evaluate(policy.condition, unknown) is Outcome.UNKNOWN
+
+
+def _load_ok(root: Path, text: str) -> list[Policy]:
+    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies" / "x.yaml").write_text(text)
+    problems = Problems()
+    found = load_policies(DirSource(root), problems)
+    assert problems.items == []
+    return found

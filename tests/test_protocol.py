@@ -11,6 +11,7 @@ import pytest
 
 from gitops import protocol
 from gitops.fleet.policies import FACT_ROOTS
+from gitops.fleet.rollout_record import Record
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 
@@ -54,6 +55,32 @@ def test_every_trailer_and_ref_prefix_is_documented() -> None:
     for prefix in (protocol.DEPLOY_PREFIX, protocol.REPORTS_PREFIX):
         assert f"`{protocol.branch_name(prefix)}<host>`" in DOC
     assert protocol.HOST_NAME.pattern in DOC
+    assert f"`{protocol.branch_name(protocol.ROLLOUT_REF)}`" in DOC
+    assert f"`{protocol.ROLLOUT_FILE}`" in DOC
+
+
+def test_the_documented_rollout_record_parses() -> None:
+    text = DOC.split("## The rollout branch", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    record = Record.from_json(text)
+    assert record.to_json() == Record.from_json(record.to_json()).to_json()
+    assert json.loads(record.to_json())["schema"] == protocol.ROLLOUT_SCHEMA
+    assert [w.name for w in record.reached()] == ["canary", "early"]
+
+
+def test_archive_refs_are_documented_and_parse_back() -> None:
+    assert f"`{protocol.ARCHIVE_PREFIX}<host>/<YYYY-MM>`" in DOC
+    assert protocol.ARCHIVE_MONTH.pattern in DOC
+    ref = protocol.archive_ref("web-1", "2026-01")
+    assert ref == "refs/archive/reports/web-1/2026-01"
+    assert protocol.parse_archive_ref(ref) == ("web-1", "2026-01")
+    for bad in (
+        "refs/archive/reports/web-1/2026-13",
+        "refs/archive/reports/Web_1/2026-01",
+        "refs/archive/reports/web-1",
+        "refs/heads/reports/web-1",
+        "refs/archive/reports/web-1/2026-01/x",
+    ):
+        assert protocol.parse_archive_ref(bad) is None, bad
 
 
 def test_policies_may_name_every_report_field_including_changes() -> None:
@@ -254,3 +281,32 @@ def test_host_control_settings_round_trip() -> None:
         {"disk": protocol.CheckSpec(("/bin/true",), 5)},
     )
     assert protocol.HostControl.from_json(control.to_json()) == control
+
+
+def test_files_that_drive_root_refuse_a_key_given_twice_and_unsafe_secrets() -> None:
+    """A command, the host settings and the secrets manifest mean one thing to every
+    reader: a key given twice (the last wins in Python, the first in other parsers) is
+    refused. Reports, which only describe, are read as before."""
+    command = json.dumps(_command())
+    twice = command.replace('"hosts": ["web-1"]', '"hosts": ["web-1"], "hosts": ["web-2"]')
+    assert twice != command
+    with pytest.raises(ValueError, match="'hosts' is given twice"):
+        protocol.Command.from_json(twice)
+    control = protocol.HostControl(protocol.RebootPolicy(True, "Sat 03:00-04:00", "UTC"), {})
+    text = control.to_json().replace("{", '{"checks": {}, ', 1)
+    with pytest.raises(ValueError, match="given twice"):
+        protocol.HostControl.from_json(text)
+    with pytest.raises(ValueError, match="'x' is given twice"):
+        protocol.parse_secrets_manifest('{"schema": 1, "secrets": {"x": {}, "x": {}}}')
+    with pytest.raises(ValueError, match="not a schema 1"):
+        protocol.parse_secrets_manifest('{"schema": true, "secrets": {}}')
+    for owner in ("4294967295", "9999999999"):
+        with pytest.raises(ValueError, match="not a user or group"):
+            protocol.parse_secrets_manifest(
+                json.dumps({"schema": 1, "secrets": {"x": {"owner": owner}}})
+            )
+    for mode in ("0666", "0620", "0777"):
+        with pytest.raises(ValueError, match="lets others than its owner change the secret"):
+            protocol.parse_secrets_manifest(
+                json.dumps({"schema": 1, "secrets": {"x": {"mode": mode}}})
+            )

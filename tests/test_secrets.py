@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -490,3 +490,141 @@ def test_the_fleet_refuses_secrets_for_unknown_hosts_and_without_admins(demo: De
     assert "no host has the tag 'none'" in text
     assert "secrets are declared but no admins" in text
     assert "secrets/x.age does not exist" in text
+
+
+# -- what a deploy tree can ask of the agent (as root) ----------------------------------
+
+
+Entries = Mapping[str, tuple[bytes | pygit2.Oid, int]]
+
+
+def _deploy_with(repo: pygit2.Repository, manifest: bytes, files: Entries) -> pygit2.Oid:
+    """A commit whose tree is ``secrets/secrets.json`` and ``files`` under secrets/."""
+    sub = repo.TreeBuilder()
+    sub.insert("secrets.json", repo.create_blob(manifest), pygit2.enums.FileMode.BLOB)
+    for name, (data, mode) in files.items():
+        oid = data if isinstance(data, pygit2.Oid) else repo.create_blob(data)
+        sub.insert(name, oid, mode)
+    top = repo.TreeBuilder()
+    top.insert("secrets", sub.write(), pygit2.enums.FileMode.TREE)
+    someone = pygit2.Signature("Test", "test@example.org")
+    return repo.create_commit(None, someone, someone, "t", top.write(), [])
+
+
+def _entry(**fields: object) -> dict[str, object]:
+    return {"owner": "root", "group": "root", "mode": "0400", "path": None, **fields}
+
+
+def test_a_deploy_tree_the_agent_cannot_follow_is_refused_in_one_line_and_changes_nothing(
+    demo: DemoFleet, shm: Path
+) -> None:
+    """Every crafted manifest or age entry is a SecretsError (the agent's one line, and
+    the switch does not happen), never a crash of the agent running as root."""
+    repo = demo.repository()
+    key = demo.keys_dir / "alpha"
+    ciphertext = age.encrypt(
+        b"s3cret", [age.parse_recipient((demo.keys_dir / "alpha.pub").read_text())]
+    )
+    blob = pygit2.enums.FileMode.BLOB
+    good = {"x.age": (ciphertext, blob)}
+    secrets_dir = shm / "gitops-secrets"
+    first = _deploy_with(repo, secrets_manifest([SecretFile("x")]).encode(), good)
+    assert agent_secrets.install(repo, first, secrets_dir, key) is not None
+    installed = secrets_dir.resolve()
+
+    def manifest(**fields: object) -> bytes:
+        return json.dumps({"schema": 1, "secrets": {"x": _entry(**fields)}}).encode()
+
+    cases: dict[str, tuple[bytes, Entries, str]] = {
+        "uid out of range": (manifest(owner="9999999999"), good, "is not a user or group"),
+        "NUL in path": (manifest(path="/run/a\0b"), good, "printable"),
+        "newline in path": (manifest(path="/run/a\nb"), good, "printable"),
+        "path below a file": (manifest(path="/etc/hostname/x"), good, "is not a directory"),
+        "schema true": (b'{"schema": true, "secrets": {}}', good, "not a schema 1"),
+        "a key twice": (
+            b'{"schema": 1, "secrets": {"x": {"owner": "root"}, "x": {"owner": "root"}}}',
+            good,
+            "given twice",
+        ),
+        "age file is a tree": (
+            manifest(),
+            {"x.age": (repo.TreeBuilder().write(), pygit2.enums.FileMode.TREE)},
+            "is not a file",
+        ),
+        "age file is a submodule": (
+            manifest(),
+            {"x.age": (pygit2.Oid(hex="1" * 40), pygit2.enums.FileMode.COMMIT)},
+            "is not a file",
+        ),
+        "age file is a link": (
+            manifest(),
+            {"x.age": (b"/etc/shadow", pygit2.enums.FileMode.LINK)},
+            "is not a file",
+        ),
+        "not an age file": (manifest(), {"x.age": (b"A" * 4096, blob)}, "cannot decrypt it"),
+    }
+    Path("/etc/hostname").touch(exist_ok=True)
+    for case, (text, files, expected) in cases.items():
+        commit = _deploy_with(repo, text, files)
+        with pytest.raises(agent_secrets.SecretsError) as raised:
+            agent_secrets.install(repo, commit, secrets_dir, key)
+        message = str(raised.value)
+        assert expected in message and "\n" not in message, (case, message)
+        assert secrets_dir.resolve() == installed and (installed / "x").read_bytes() == b"s3cret"
+
+
+def test_a_path_link_is_never_made_through_a_directory_another_user_controls(
+    demo: DemoFleet, shm: Path, tmp_path: Path
+) -> None:
+    """``path: /home/anna/.ssh/authorized_keys``: anna can swap ``.ssh`` for a link to
+    /root/.ssh between the agent's check and its rename. A link goes only where every
+    directory on the way is root's alone (or sticky); anything else is refused."""
+    repo = demo.repository()
+    key = demo.keys_dir / "alpha"
+    ciphertext = age.encrypt(
+        b"ssh-ed25519 AAAA anna", [age.parse_recipient((demo.keys_dir / "alpha.pub").read_text())]
+    )
+    root_ssh = tmp_path / "root-ssh"
+    root_ssh.mkdir()
+    (root_ssh / "authorized_keys").write_text("ssh-ed25519 AAAA admin\n")
+    home = tmp_path / "home" / "anna"
+    home.mkdir(parents=True)
+    os.chown(home, 1000, 1000)
+    (home / ".ssh").symlink_to(root_ssh)  # made by anna, in her home
+    (home / "own").mkdir()
+    os.chown(home / "own", 1000, 1000)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    open_dir.chmod(0o777)
+    secrets_dir = shm / "gitops-secrets"
+    for path, expected in (
+        (home / ".ssh" / "authorized_keys", "belongs to uid 1000"),
+        (home / ".ssh" / "id_ed25519", "belongs to uid 1000"),
+        (home / "own" / "token", "belongs to uid 1000"),
+        (home / "new" / "token", "belongs to uid 1000"),
+        (open_dir / "token", "writable by others"),
+    ):
+        text = json.dumps({"schema": 1, "secrets": {"x": _entry(path=str(path))}}).encode()
+        commit = _deploy_with(repo, text, {"x.age": (ciphertext, pygit2.enums.FileMode.BLOB)})
+        with pytest.raises(agent_secrets.SecretsError, match=expected):
+            agent_secrets.install(repo, commit, secrets_dir, key)
+    assert (root_ssh / "authorized_keys").read_text() == "ssh-ed25519 AAAA admin\n"
+    assert sorted(p.name for p in root_ssh.iterdir()) == ["authorized_keys"]
+    assert not (home / "new").exists() and not list(open_dir.iterdir())
+    # A directory only root writes in is fine, missing directories are made there.
+    fine = tmp_path / "etc" / "app" / "token"
+    text = json.dumps({"schema": 1, "secrets": {"x": _entry(path=str(fine))}}).encode()
+    commit = _deploy_with(repo, text, {"x.age": (ciphertext, pygit2.enums.FileMode.BLOB)})
+    agent_secrets.install(repo, commit, secrets_dir, key)
+    assert fine.is_symlink() and fine.read_bytes() == b"ssh-ed25519 AAAA anna"
+
+
+def test_check_refuses_ids_and_paths_the_agent_could_not_use(demo: DemoFleet) -> None:
+    (demo.repo_dir / "secrets").mkdir()
+    (demo.repo_dir / "secrets" / "secrets.yaml").write_text(
+        'a: {hosts: [alpha], owner: "9999999999"}\nb: {hosts: [alpha], path: "/etc/a\\0b"}\n'
+    )
+    checked = gitops("check", "--no-nix", "--repo", demo.repo_dir)
+    assert checked.returncode == 1
+    assert "owner '9999999999' is not a user or group name or number" in checked.stderr
+    assert "path '/etc/a\\x00b' must be an absolute path outside /nix, printable" in checked.stderr

@@ -32,7 +32,16 @@ from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import Reporter
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
-from gitops.protocol import MAIN_REF, TRAILER_HOST, Report, Result, deploy_ref, reports_ref
+from gitops.fleet.rollout_record import Record, Status, WaveRecord, write_record
+from gitops.protocol import (
+    MAIN_REF,
+    ROLLOUT_REF,
+    TRAILER_HOST,
+    Report,
+    Result,
+    deploy_ref,
+    reports_ref,
+)
 from gitops.report_commits import create_report_commit
 from gitops.server.layout import Layout
 from gitops.system import transport
@@ -508,8 +517,8 @@ def test_publisher_deploy_push_is_refused(
 @pytest.mark.parametrize(
     ("ref", "expected"),
     [
-        (reports_ref("web-1"), "publishers may push only deploy/<host>"),
-        (MAIN_REF, "publishers may push only deploy/<host>"),
+        (reports_ref("web-1"), "publishers may push only deploy/<host> and rollout"),
+        (MAIN_REF, "publishers may push only deploy/<host> and rollout"),
     ],
 )
 def test_publisher_pushes_nothing_but_deploy_branches(
@@ -519,6 +528,40 @@ def test_publisher_pushes_nothing_but_deploy_branches(
     done = push(world, client, world.publisher_key, "fleet.git", f"+{new}:{ref}")
     assert_refused(done, expected)
     assert world.head(ref) != str(new)
+
+
+@pytest.mark.parametrize("signer", ["publisher", "host", "nobody"])
+def test_publisher_pushes_the_rollout_record_only_signed(
+    world: World, client: pygit2.Repository, signer: str
+) -> None:
+    record = Record(
+        source="0" * 40,
+        status=Status.ABORTED,
+        wave=0,
+        waves=(WaveRecord("everyone", {"web-1": None}),),
+        updated=datetime.now(UTC),
+        by="publisher@example.org",
+    )
+    key = {"publisher": world.publisher_key, "host": world.host_key("web-1")}.get(signer)
+    before = world.head(ROLLOUT_REF)
+    parent = pygit2.Oid(hex=before) if before else None
+    if parent is not None:  # a fast-forward of what an earlier case pushed
+        fetch_into(world, client, world.publisher_key, "fleet.git", ROLLOUT_REF)
+    if key is None:
+        who = commits.signature_of("Publisher", "publisher@example.org")
+        tree = client.TreeBuilder().write()
+        new = client.create_commit(None, who, who, "rollout", tree, [parent] if parent else [])
+    else:
+        new = write_record(
+            client, record, parent=parent, key=keys.load_signing_key(key), subject="test"
+        )
+    done = push(world, client, world.publisher_key, "fleet.git", f"{new}:{ROLLOUT_REF}")
+    if signer == "publisher":
+        assert done.returncode == 0, done.stderr
+        assert world.head(ROLLOUT_REF) == str(new)
+        return
+    assert_refused(done, "gitops: rollout:", "is not signed by a publisher in main's fleet.yaml")
+    assert world.head(ROLLOUT_REF) == before
 
 
 def test_publisher_reaches_no_host_repository(world: World, client: pygit2.Repository) -> None:
@@ -662,7 +705,7 @@ def test_an_agent_pushes_reports_from_a_compacted_mirror(world: World, tmp_path:
         for _ in range(3):
             reporter.add(report("web-2"))
         assert reporter.push().pushed
-        done = compact.compact(mirror)
+        done = compact.compact(mirror, reporter.key)
         assert done.cut_at == str(mirror.target(reports_ref("web-2")))
         assert mirror.repo.is_shallow
     reporter.add(report("web-2"))

@@ -57,7 +57,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     fleet.publish(NOW - timedelta(hours=6))
     fleet.report(
-        "units", NOW - timedelta(hours=1), facts={**GOOD_FACTS, "failed_units": ["x.service"]}
+        "units",
+        NOW - timedelta(hours=1),
+        facts={
+            **GOOD_FACTS,
+            "failed_units": ["x.service"],
+            "hardware_vendor": "LENOVO",
+            "hardware_model": "ThinkPad T14 Gen 3",
+            "memory_total_bytes": 16 << 30,
+        },
     )
     fleet.report(
         "laptop",
@@ -180,6 +188,12 @@ def test_inventory_filter_matches_the_fields_it_names(browser: object, served: s
     _filter(browser, 'flag:"reboot pending"', 1)
     assert _visible_hosts(browser) == ["laptop"]
     _filter(browser, "tag:rack", 1)
+    for query in ("lenovo", "vendor:lenovo", 'model:"thinkpad t14 gen 3"', "memory>=15.5"):
+        _filter(browser, query, 1)
+        assert _visible_hosts(browser) == ["units"], query
+    _filter(browser, "memory<16", 0)  # 16 GiB is not less; unknown memory never compares
+    _filter(browser, "encryption:none", 1)
+    assert _visible_hosts(browser) == ["exempt"]
     _filter(browser, " ", HOSTS)  # an input event with no words: every row again
 
 

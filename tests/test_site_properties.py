@@ -41,6 +41,8 @@ FIELDS = (
     "durations",
     "log_tail",
     "changes",
+    "commands",  # the agent's acknowledgements of signed commands
+    "reboot_needed_since",
 )
 SYSTEM_FIELDS = (
     "store_path",
@@ -71,6 +73,26 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+ACKS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.sampled_from(["reboot-20261123-abcdef12", "x", ""]),
+            "name": st.sampled_from(["reboot", "collect-logs", "run-check", "nope"]),
+            "outcome": st.sampled_from(["done", "failed", "refused", "maybe"]),
+            "at": st.sampled_from(TIMES),
+        },
+        optional={"detail": json_values, "output": json_values},
+    ),
+    max_size=3,
+)
+# Values plausible for a field (so that some reports parse and reach the pages), beside
+# any JSON at all.
+PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
+    "commands": ACKS,
+    "reboot_needed_since": st.sampled_from(TIMES),
+}
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,7 @@ def statuses(draw: st.DrawFn, good: dict[str, Any]) -> bytes:
     if draw(st.booleans()) and key != "system":
         parent.pop(key, None)
     else:
-        parent[key] = draw(json_values)
+        parent[key] = draw(PLAUSIBLE.get(key, json_values) | json_values)
     return json.dumps(status).encode()
 
 

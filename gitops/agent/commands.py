@@ -41,6 +41,7 @@ from gitops.protocol import (
     CommandOutcome,
     HostControl,
     format_time,
+    parse_json,
     parse_time,
 )
 from gitops.system import atomic, process
@@ -92,12 +93,17 @@ class CommandStore:
 
     def load(self) -> CommandState:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()
         except FileNotFoundError:
             return CommandState()
+        except OSError as err:
+            raise GitopsError(
+                f"{self.path}: cannot read the command state ({err.strerror}); no command "
+                "runs until it is readable (it must be a file the agent's user can read)"
+            ) from err
         try:
-            return _state_from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as err:
+            return _state_from_json(parse_json(text))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise GitopsError(
                 f"{self.path}: corrupt command state ({err}); no command runs until it is "
                 "fixed or removed (removing it forgets which commands ran: unexpired ones "

@@ -40,7 +40,11 @@ import pygit2
 
 from gitops.agent.mirror import REMOTE_REPORTS_REF, Mirror
 from gitops.errors import GitopsError
+from gitops.protocol import STATUS_FILE
 from gitops.system import atomic, transport
+from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
+from gitops.trust.sshsig import PrivateKeyTypes, PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ def packs(git_dir: Path) -> int:
     return sum(1 for p in directory.iterdir() if p.suffix == ".pack")
 
 
-def compact_if_due(mirror: Mirror) -> Compaction | None:
+def compact_if_due(mirror: Mirror, key: PrivateKeyTypes) -> Compaction | None:
     """Compact the mirror when enough has piled up; None when it was not due. A failure
     is logged, not raised: the cycle's work is done, and the next cycle tries again."""
     loose = loose_objects(mirror.path, LOOSE_LIMIT)
@@ -87,21 +91,36 @@ def compact_if_due(mirror: Mirror) -> Compaction | None:
     if loose < LOOSE_LIMIT and pack_count < PACK_LIMIT:
         return None
     try:
-        return compact(mirror, loose=loose, pack_count=pack_count)
+        return compact(mirror, key, loose=loose, pack_count=pack_count)
     except (GitopsError, OSError, pygit2.GitError) as err:
         log.warning("could not compact %s (tried again next cycle): %s", mirror.path, err)
         return None
 
 
-def compact(mirror: Mirror, *, loose: int = 0, pack_count: int = 0) -> Compaction:
-    """Cut the pushed report history (see the module's text), then pack and prune."""
+def compact(
+    mirror: Mirror, key: PrivateKeyTypes, *, loose: int = 0, pack_count: int = 0
+) -> Compaction:
+    """Cut the pushed report history (see the module's text), then pack and prune.
+    ``key``: this host's key, which signed every report it may cut at."""
+    trust = AllowedSigners.of([(mirror.host, PublicKey.from_crypto(key.public_key()))])
     cut = pushed_tip(mirror)
-    if cut is not None:
-        shallow = mirror.path / SHALLOW_FILE
-        listed = set(shallow.read_text(encoding="ascii").split()) if shallow.exists() else set()
-        if str(cut) not in listed:
-            # git prune drops the lines of commits that are gone (the previous cut).
-            atomic.write_text(shallow, "".join(f"{c}\n" for c in sorted(listed | {str(cut)})))
+    if cut is not None and not _own_report(mirror, cut, trust):
+        log.warning(
+            "the server's reports/%s head %s is not a report this host signed: history not cut",
+            mirror.host,
+            str(cut)[:8],
+        )
+        cut = None
+    shallow = mirror.path / SHALLOW_FILE
+    listed = set(shallow.read_text(encoding="ascii").split()) if shallow.exists() else set()
+    # git prune drops the lines of commits that are gone (the previous cut).
+    kept = {c for c in listed if _own_report(mirror, c, trust)}
+    wanted = kept | ({str(cut)} if cut is not None else set())
+    if wanted != listed:
+        if wanted:
+            atomic.write_text(shallow, "".join(f"{c}\n" for c in sorted(wanted)))
+        else:
+            shallow.unlink()
     transport.prune(mirror.path)
     # libgit2 reads the new pack and the shallow file on a fresh handle.
     mirror.repo = pygit2.Repository(str(mirror.path))
@@ -113,6 +132,21 @@ def compact(mirror: Mirror, *, loose: int = 0, pack_count: int = 0) -> Compactio
         f", report history cut below {str(cut)[:8]} (on the server)" if cut else "",
     )
     return Compaction(loose, pack_count, str(cut) if cut else None)
+
+
+def _own_report(mirror: Mirror, oid: pygit2.Oid | str, trust: AllowedSigners) -> bool:
+    """Whether ``oid`` is a report commit signed by this host's key."""
+    try:
+        commit = mirror.repo.get(str(oid))
+    except ValueError:
+        return False
+    if not isinstance(commit, pygit2.Commit) or STATUS_FILE not in commit.tree:
+        return False
+    try:
+        commits.verify_commit(mirror.repo, commit.id, trust)
+    except GitopsError:
+        return False
+    return True
 
 
 def pushed_tip(mirror: Mirror) -> pygit2.Oid | None:

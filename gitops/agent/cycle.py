@@ -382,7 +382,7 @@ class Cycle:
         if reporter.pending():
             log.info("pushing reports to %s", self.config.remote)
         push = reporter.push() if reporter.pending() else None
-        compact.compact_if_due(self.mirror)  # keep the state directory small
+        compact.compact_if_due(self.mirror, reporter.key)  # keep the state directory small
         level = (
             logging.INFO
             if outcome.result in (Result.APPLIED, Result.UNCHANGED)

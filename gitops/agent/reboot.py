@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gitops.agent.config import Action, AgentConfig
-from gitops.protocol import HostControl, SystemInfo, format_time, parse_time
+from gitops.protocol import HostControl, SystemInfo, format_time, parse_json, parse_time
 from gitops.system import atomic
 from gitops.system.host import Host
 
@@ -55,12 +55,12 @@ def needed(config: AgentConfig, system: SystemInfo, applied_store_path: str | No
 
 def _load(path: Path) -> datetime | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_bytes())
         since = data.get("needed_since")
         return None if since is None else parse_time(since)
     except FileNotFoundError:
         return None
-    except (ValueError, AttributeError) as err:  # corrupt: start counting again
+    except (OSError, ValueError, AttributeError, TypeError) as err:  # corrupt: count again
         log.warning("%s unreadable (%s); reboot-needed time starts now", path, err)
         return None
 

@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -82,18 +83,19 @@ def install(
     new = generations / str(number)
     new.mkdir(mode=0o751)
     unowned = []
+    short = str(commit)[:8]
     try:
         for file in files:
-            try:
-                data = repo[tree[file.file].id].peel(pygit2.Blob).data
-            except KeyError as err:
-                raise SecretsError(f"deploy {str(commit)[:8]} lacks {file.file}") from err
+            data = _ciphertext(repo, tree, file, short)
             try:
                 plaintext = age.decrypt(data, identity, file.file)
             except age.AgeError as err:
-                raise SecretsError(f"deploy {str(commit)[:8]}: {err}") from err
-            if not _write_secret(new / file.name, plaintext, file):
-                unowned.append(file)
+                raise SecretsError(f"deploy {short}: {err}") from err
+            try:
+                if not _write_secret(new / file.name, plaintext, file):
+                    unowned.append(file)
+            except (OSError, ValueError, OverflowError) as err:
+                raise SecretsError(f"deploy {short}: secret {file.name}: {err}") from err
         links = _link_paths(files, secrets_dir)
         atomic.write_text(new / LINKS_FILE, json.dumps(links), mode=0o600)
     except BaseException:
@@ -158,20 +160,84 @@ def _write_secret(path: Path, plaintext: bytes, file: SecretFile) -> bool:
     return ids is not None
 
 
+def _ciphertext(repo: pygit2.Repository, tree: pygit2.Tree, file: SecretFile, short: str) -> bytes:
+    """The age file of ``file`` in the deploy tree: a regular file, nothing else."""
+    try:
+        entry = tree[file.file]
+    except KeyError as err:
+        raise SecretsError(f"deploy {short} lacks {file.file}") from err
+    if entry.filemode not in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
+        raise SecretsError(
+            f"deploy {short}: {file.file} is not a file (a link, directory or submodule)"
+        )
+    blob = repo.get(entry.id)
+    if not isinstance(blob, pygit2.Blob):
+        raise SecretsError(f"deploy {short} lacks {file.file}")
+    return bytes(blob.data)
+
+
+def _root_only(directory: Path) -> str | None:
+    """Why a directory on the way to a ``path`` link is not safe for root to write in (a
+    user who can change it could point the link, or its removal, elsewhere), or None.
+    ``directory`` is a real path: every directory from ``/`` to it is owned by root and
+    writable only by root, or sticky (others may add entries, never move root's)."""
+    for step in (directory, *directory.parents):
+        info = os.lstat(step)
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{step} is not a directory"
+        if info.st_uid != 0 and info.st_uid != os.geteuid():
+            return f"{step} belongs to uid {info.st_uid}, not root"
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            return f"{step} is writable by others than its owner"
+    return None
+
+
+def _safe_link_path(file: SecretFile, *, create: bool) -> Path | None:
+    """Where ``file.path`` really is, its directory made (``create``) and checked; None
+    when its directory does not exist and ``create`` is False."""
+    assert file.path is not None
+    link = Path(file.path)
+    existing, missing = link.parent, list[str]()
+    while not existing.exists():
+        missing.insert(0, existing.name)
+        existing = existing.parent
+    if missing and not create:
+        return None
+    # Each directory on the way as written (a link in it is followed only when the
+    # directory holding the link is root's alone) and where it really is.
+    for step in (*reversed(existing.parents), existing):
+        problem = _root_only(Path(os.path.realpath(step)))
+        if problem is not None:
+            raise SecretsError(
+                f"secret {file.name}: path {link}: {problem}; choose a path in a directory "
+                "only root can write"
+            )
+    real = Path(os.path.realpath(existing))
+    for name in missing:  # in root-only directories: nobody else can create them first
+        real = real / name
+        real.mkdir(mode=0o755)
+    return real / link.name
+
+
 def _link_paths(files: tuple[SecretFile, ...], secrets_dir: Path) -> list[str]:
-    """Point each declared ``path`` at ``secrets_dir/<name>``; never replace a real file."""
+    """Point each declared ``path`` at ``secrets_dir/<name>``; never replace a real file,
+    never write through a directory a user other than root controls."""
     made = []
     for file in files:
         if file.path is None:
             continue
-        link = Path(file.path)
-        if link.exists() and not link.is_symlink():
-            raise SecretsError(
-                f"secret {file.name}: {link} exists and is not a symlink; remove it or change path"
-            )
-        link.parent.mkdir(parents=True, exist_ok=True)
-        atomic.replace_symlink(link, secrets_dir / file.name)
-        made.append(str(link))
+        try:
+            link = _safe_link_path(file, create=True)
+            assert link is not None
+            if link.exists() and not link.is_symlink():
+                raise SecretsError(
+                    f"secret {file.name}: {file.path} exists and is not a symlink; remove it "
+                    "or change path"
+                )
+            atomic.replace_symlink(link, secrets_dir / file.name)
+        except (OSError, ValueError) as err:
+            raise SecretsError(f"secret {file.name}: path {file.path}: {err}") from err
+        made.append(file.path)
     return made
 
 
@@ -194,12 +260,21 @@ def _retire(secrets_dir: Path, generations: Path, *, keep: Path | None, declared
         if old == keep:
             continue
         for link in _links_of(old) - declared:
-            path = Path(link)
-            if path.is_symlink() and path.readlink().parent == secrets_dir:
-                path.unlink()
+            _unlink(link, secrets_dir)
         shutil.rmtree(old, ignore_errors=True)
     if keep is None:
         shutil.rmtree(generations, ignore_errors=True)
+
+
+def _unlink(link: str, secrets_dir: Path) -> None:
+    """Remove a ``path`` link made before, if it still points into ``secrets_dir`` and its
+    directory is still root's only."""
+    try:
+        path = _safe_link_path(SecretFile(Path(link).name, path=link), create=False)
+        if path is not None and path.is_symlink() and path.readlink().parent == secrets_dir:
+            path.unlink()
+    except (SecretsError, OSError, ValueError) as err:
+        log.warning("left the old secret link %s in place: %s", link, err)
 
 
 def _links_of(generation: Path) -> set[str]:

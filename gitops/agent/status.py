@@ -19,7 +19,7 @@ from typing import Any
 
 from gitops.agent.state import AgentState
 from gitops.errors import GitopsError
-from gitops.protocol import Result, format_time, parse_time
+from gitops.protocol import Result, format_time, parse_json, parse_time
 from gitops.system import atomic
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ class Status:
 
     @classmethod
     def from_json(cls, text: str) -> Status:
-        data: dict[str, Any] = json.loads(text)
-        if data.get("schema") != STATUS_SCHEMA:
+        data = parse_json(text)
+        if not isinstance(data, dict) or data.get("schema") != STATUS_SCHEMA:
             raise ValueError(f"unknown status schema {data.get('schema')!r}")
         return cls(
             host=str(data["host"]),

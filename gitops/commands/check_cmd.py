@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from gitops import output
-from gitops.errors import ProblemsError
+from gitops.errors import GitopsError, ProblemsError
 from gitops.fleet.check import check_repository
 
 
 def check(
     repo: Path, *, as_json: bool, parse_nix: bool | None, evaluate: bool = False, jobs: int = 2
 ) -> int:
+    if jobs < 1:
+        raise GitopsError(f"--jobs {jobs}: must be 1 or more")
     result = check_repository(repo, parse_nix=parse_nix, evaluate_hosts=evaluate, jobs=jobs)
     if as_json:
         output.emit_json(

@@ -11,6 +11,7 @@ from pathlib import Path
 from gitops import output, protocol
 from gitops.errors import GitopsError
 from gitops.fleet import commands
+from gitops.fleet.check import ensure_fleet_repository
 from gitops.fleet.model import load_fleet
 from gitops.fleet.schema import Problems, parse_duration
 from gitops.fleet.source import DirSource
@@ -39,6 +40,7 @@ def _seconds(text: str, option: str) -> int:
 
 
 def issue(request: CommandRequest, *, as_json: bool = False, now: datetime | None = None) -> int:
+    ensure_fleet_repository(request.repo)
     problems = Problems()
     fleet = load_fleet(DirSource(request.repo), problems)
     problems.raise_if_any(f"{request.repo}: the fleet is invalid (run 'gitops check')")

@@ -3,6 +3,7 @@ admin key (docs/secrets.md#key-escrow)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from gitops import output
@@ -15,8 +16,10 @@ from gitops.protocol import MAIN_REF, branch_name, reports_ref
 from gitops.report_commits import read_report_commit, walk_reports
 from gitops.system import atomic
 from gitops.trust import age, commits
+from gitops.trust.sshsig import SignatureError
 
 MAX_WALK = 10_000
+log = logging.getLogger(__name__)
 
 
 def show(
@@ -34,13 +37,26 @@ def show(
     )
     if head is None:
         raise GitopsError(f"no {branch} here; git fetch origin {branch}:{branch}")
+    skipped = 0
     for count, oid in enumerate(walk_reports(repo, head)):
         if count >= MAX_WALK:
             break
         found = read_report_commit(repo, oid).escrow
         if not found or (name is not None and name not in found):
             continue
-        commits.verify_commit(repo, oid, trust)  # only what the host itself signed
+        try:  # only what the host itself signed: anyone who can push may add a commit
+            commits.verify_commit(repo, oid, trust)
+        except SignatureError as err:
+            skipped += 1
+            log.warning(
+                "%s: report %s carries escrow files but is not signed by %s's key (%s); "
+                "skipped, looking further back",
+                branch,
+                str(oid)[:8],
+                host,
+                err,
+            )
+            continue
         chosen = name or sorted(found)[0]
         if name is None and len(found) > 1:
             raise GitopsError(f"{host} escrowed {', '.join(sorted(found))}; pass --name")
@@ -52,5 +68,10 @@ def show(
         else:
             output.say(plaintext.decode("utf-8", "replace").rstrip("\n"))
         return 0
+    if skipped:
+        raise GitopsError(
+            f"{branch}: no escrow file signed by {host}'s key ({skipped} unsigned or foreign "
+            "report(s) skipped); run the agent with escrow set, or check who pushes to it"
+        )
     what = f"escrow/{name}.age" if name else "no escrow/ file"
     raise GitopsError(f"{branch} holds {what}; is escrow set in its agent configuration?")

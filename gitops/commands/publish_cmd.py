@@ -57,11 +57,11 @@ def publish(request: run.Request, *, as_json: bool) -> int:
         _print_plan(published.plan)
         where = f" and pushed to {request.remote}" if request.push and published.commits else ""
         output.say(f"published {len(published.commits)} deploy commits{where}")
-    _raise_if_refused(outcome.refused)
+    raise_if_refused(outcome.refused)
     return 0
 
 
-def _raise_if_refused(refused: tuple[Refusal, ...]) -> None:
+def raise_if_refused(refused: tuple[Refusal, ...]) -> None:
     if not refused:
         return
     hosts = sorted(host for refusal in refused for host in refusal.hosts)

@@ -14,10 +14,12 @@ from typing import Any
 
 from gitops import output
 from gitops.errors import GitopsError, ProblemsError
+from gitops.fleet.check import ensure_fleet_repository
 from gitops.fleet.model import HOST_FILE, HOSTS_DIR, Fleet, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.secrets import Secret, undeclared_files
 from gitops.fleet.source import DirSource
+from gitops.protocol import SECRETS_DIR
 from gitops.system import atomic, memfs, process
 from gitops.trust import age
 from gitops.trust.sshsig import PublicKey
@@ -34,8 +36,44 @@ def default_identity(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def _load(repo: Path) -> tuple[Fleet, Problems]:
+    ensure_fleet_repository(repo)
     problems = Problems()
     return load_fleet(DirSource(repo), problems), problems
+
+
+def _secrets_problems(problems: Problems) -> list[str]:
+    """The problems in what the secrets commands rely on: the declarations and the admins."""
+    return [str(p) for p in problems.items if "secrets" in p.file or p.field == "admins"]
+
+
+def _load_declared(repo: Path) -> Fleet:
+    """The fleet, refusing to go on when the secrets declarations are broken: a secret the
+    file fails to declare would otherwise be silently skipped (listed as none, not rekeyed)."""
+    fleet, problems = _load(repo)
+    found = [  # the age files' own state (missing, stale) is what list and rekey are for
+        str(p)
+        for p in problems.items
+        if ("secrets" in p.file or p.field == "admins")
+        and not p.problem.startswith(f"{SECRETS_DIR}/")
+    ]
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise GitopsError(f"{found[0]}{more}; fix it first, 'gitops secrets check' lists all")
+    return fleet
+
+
+def _read_age(repo: Path, secret: Secret) -> bytes | None:
+    """The secret's age file, None when there is none yet."""
+    target = repo / secret.path
+    try:
+        return target.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise GitopsError(
+            f"{target}: cannot read it ({err.strerror}); it must be the age file of "
+            f"secret {secret.name!r}"
+        ) from err
 
 
 def _secret(fleet: Fleet, problems: Problems, name: str) -> Secret:
@@ -54,8 +92,9 @@ def edit(repo: Path, name: str, identity_path: Path | None) -> int:
     """Decrypt into a tmpfs, run $EDITOR, encrypt what it left to the declared recipients."""
     fleet, problems = _load(repo)
     secret = _secret(fleet, problems, name)
+    _load_declared(repo)
     target = repo / secret.path
-    old = target.read_bytes() if target.exists() else None
+    old = _read_age(repo, secret)
     editor = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
     with memfs.private_dir() as scratch:
         plain = scratch / name
@@ -89,16 +128,16 @@ def rekey(
 ) -> list[str]:
     """Re-encrypt each secret whose recipients changed (all with ``everything``; only
     those ``host`` reads with ``host``); the paths rewritten."""
-    fleet, _ = _load(repo)
+    fleet = _load_declared(repo)
     identity = None
     rewritten = []
     for secret in fleet.secrets:
         if host is not None and host not in secret.readers:
             continue
         target = repo / secret.path
-        if not target.exists():
+        data = _read_age(repo, secret)
+        if data is None:
             continue  # nothing to rekey: 'edit' creates it
-        data = target.read_bytes()
         if not everything and age.header_problem(data, secret.recipients, secret.path) is None:
             continue
         identity = identity or age.load_identity(identity_path or default_identity())
@@ -123,10 +162,10 @@ def rekey_command(
 
 def list_secrets(repo: Path, *, as_json: bool) -> int:
     """Who can read what."""
-    fleet, _ = _load(repo)
+    fleet = _load_declared(repo)
     rows: list[dict[str, Any]] = []
     for secret in fleet.secrets:
-        data = (repo / secret.path).read_bytes() if (repo / secret.path).exists() else None
+        data = _read_age(repo, secret)
         state = "missing"
         if data is not None:
             state = "needs rekey" if age.header_problem(data, secret.recipients, "") else "ok"
@@ -162,7 +201,7 @@ def check(repo: Path, *, as_json: bool) -> int:
     """Every declaration valid, every age file present and encrypted to exactly its
     recipients (read from its header, nothing decrypted), no undeclared age file."""
     fleet, problems = _load(repo)
-    found = [str(p) for p in problems.items if "secrets" in p.file or p.field == "admins"]
+    found = _secrets_problems(problems)
     found += [
         f"{path}: not declared in secrets/secrets.yaml; declare it or delete it"
         for path in undeclared_files(DirSource(repo), fleet.secrets)
@@ -182,13 +221,28 @@ _KEY_LINE = re.compile(r"^key:.*$", re.M)
 def rotate_key(repo: Path, host: str, new_key: Path, identity_path: Path | None) -> int:
     """Put ``new_key`` in hosts/<host>/host.yaml and rekey every secret the host reads:
     from the commit that carries this, the old key reads no new secret."""
+    ensure_fleet_repository(repo)
     host_file = repo / HOSTS_DIR / host / HOST_FILE
     if not host_file.is_file():
         raise GitopsError(f"{host_file}: no such host; hosts are the directories in hosts/")
     try:
-        key = PublicKey.parse(new_key.read_text(encoding="utf-8"))
+        text = new_key.read_text(encoding="utf-8")
     except (OSError, ValueError) as err:
-        raise GitopsError(f"{new_key}: not a public key line ({err})") from err
+        raise GitopsError(
+            f"{new_key}: cannot read the new public key ({getattr(err, 'strerror', None) or err}); "
+            "pass the host's .pub file"
+        ) from err
+    if "PRIVATE KEY" in text:
+        raise GitopsError(
+            f"{new_key}: is a private key; pass the public key, {new_key}.pub "
+            "(ssh-keygen -y -f KEY prints it)"
+        )
+    try:
+        key = PublicKey.parse(text)
+    except ValueError as err:
+        raise GitopsError(
+            f"{new_key}: not a public key line ({err}); pass the host's .pub file"
+        ) from err
     text = host_file.read_text(encoding="utf-8")
     if _KEY_LINE.search(text) is None:
         raise GitopsError(f"{host_file}: has no 'key:' line to replace")

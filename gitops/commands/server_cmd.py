@@ -1,4 +1,4 @@
-"""``gitops server init|sync|serve|hook``."""
+"""``gitops server init|sync|serve|hook|maintain|archive``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,35 @@ def sync_server(directory: Path, *, fetch: bool) -> int:
     from gitops.server import sync
 
     result = sync.sync(Layout(directory.absolute()), fetch=fetch, progress=output.progress)
+    for line in result.lines():
+        output.say(line)
+    return 0
+
+
+def maintain(directory: Path, *, jobs: int | None, min_loose: int) -> int:
+    from gitops.server import maintain as maintaining
+
+    result = maintaining.maintain(
+        Layout(directory.absolute()), jobs=jobs, min_loose=min_loose, progress=output.progress
+    )
+    for line in result.lines():
+        output.say(line)
+    return 1 if result.problems else 0
+
+
+def archive(directory: Path, *, before: str | None, months: int | None) -> int:
+    from datetime import UTC, datetime
+
+    from gitops.server import archive as archiving
+
+    if before is None:
+        assert months is not None
+        if months < 0:
+            raise GitopsError(f"--months {months}: give 0 or more")
+        before = archiving.months_ago(datetime.now(UTC), months)
+    result = archiving.archive(
+        Layout(directory.absolute()), archiving.parse_month(before), progress=output.progress
+    )
     for line in result.lines():
         output.say(line)
     return 0

@@ -10,6 +10,7 @@ Tests build small fleets with it; ``gitops demo`` puts the gitops server in fron
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import hashlib
 import os
@@ -27,7 +28,7 @@ import yaml
 import gitops
 from gitops import output
 from gitops.agent import enrol
-from gitops.agent.config import AgentConfig, HealthConfig
+from gitops.agent.config import AgentConfig, HealthConfig, Mode
 from gitops.agent.cycle import Cycle, CycleResult
 from gitops.demo import standin
 from gitops.errors import GitopsError
@@ -40,12 +41,13 @@ from gitops.protocol import deploy_ref, enroll_ref
 from gitops.publish import build as central
 from gitops.publish import plan as publish
 from gitops.sitegen import build as site_build
-from gitops.system import atomic, memfs, process, transport
+from gitops.system import atomic, memfs, nix, process, transport
 from gitops.trust import age, commits, keys
 from gitops.trust.sshsig import PrivateKeyTypes
 
 PUBLISHER = "publisher@example.org"
 ADMIN = "alice@example.org"
+CACHE_KEY_NAME = "demo-fleet-cache-1"
 
 
 def default_inventory() -> Path:
@@ -162,6 +164,11 @@ class DemoFleet:
         self.secrets_home: Path | None = None  # a tmpfs directory, once a host has secrets
         self.host_keys: dict[str, PrivateKeyTypes] = {}
         self.publisher_key: PrivateKeyTypes | None = None
+        # Central builds (use_central_builds): the cache, its signing key, the last build.
+        self.cache = root / "cache"
+        self.cache_key_path = self.keys_dir / "cache-signing.secret"
+        self.cache_public_key: str | None = None
+        self.last_build: central.Outcome | None = None
 
     def inventory_host(self, name: str) -> InventoryHost:
         return next(h for h in self.inventory if h.name == name)
@@ -265,15 +272,44 @@ class DemoFleet:
     def repository(self) -> pygit2.Repository:
         return pygit2.Repository(str(self.repo_dir))
 
+    def use_central_builds(self) -> str:
+        """From now on every publish is ``gitops build`` (sign, copy to the ``file://``
+        cache in the demo directory) then ``gitops publish --systems``, and every agent runs
+        in substitute mode with that cache and its public key. Returns the public key."""
+        secret, public = nix.generate_signing_key(CACHE_KEY_NAME)
+        atomic.write_text(self.cache_key_path, secret + "\n", mode=0o600)
+        self.cache_public_key = public
+        return public
+
+    @property
+    def cache_url(self) -> str:
+        return f"file://{self.cache}"
+
     def publish(self, systems: Path | None = None) -> publish.Published:
-        """Publish main; with ``systems`` (``gitops build``'s file), pin each host's system."""
+        """Publish main; with ``systems`` (``gitops build``'s file), pin each host's system.
+        With central builds, build the changed hosts first; a host that fails to build is
+        held back, as ``gitops publish --systems`` holds it back."""
         assert self.publisher_key is not None
+        if systems is None and self.cache_public_key is not None:
+            systems = self.root / "systems.json"
+            self.last_build = central.build(
+                central.Request(
+                    repo=self.repo_dir,
+                    source="main",
+                    hosts=(),
+                    every_host=False,
+                    signing_key=self.cache_key_path,
+                    cache=self.cache_url,
+                    systems=systems,
+                )
+            )
         repo = self.repository()
         plan = publish.make_plan(repo, "main")
         built = central.read_systems(systems) if systems is not None else None
         pinned, missing = central.pins(repo, plan, built)
-        if missing:
-            raise GitopsError(f"demo: no system built for {', '.join(missing)}")
+        plan = dataclasses.replace(
+            plan, hosts=tuple(h for h in plan.hosts if h.host not in missing)
+        )
         published = publish.write_commits(repo, plan, self.publisher_key, systems=pinned)
         if published.commits:
             refspecs = [f"{deploy_ref(h)}:{deploy_ref(h)}" for h in sorted(published.commits)]
@@ -291,7 +327,7 @@ class DemoFleet:
         if not (machine / "etc").exists():
             write_machine(machine, host, self.inventory_host(host).data)
         (machine / "run").mkdir(parents=True, exist_ok=True)
-        return AgentConfig(
+        config = AgentConfig(
             host=host,
             remote=str(self.server),
             trusted_publishers=self.keys_dir / "publishers.allowed_signers",
@@ -313,6 +349,18 @@ class DemoFleet:
                 ),
                 grace=0,
             ),
+        )
+        return self.substitute_config(config)
+
+    def substitute_config(self, config: AgentConfig) -> AgentConfig:
+        """With central builds: fetch the pinned system from the demo's cache, never build."""
+        if self.cache_public_key is None:
+            return config
+        return dataclasses.replace(
+            config,
+            mode=Mode.SUBSTITUTE,
+            substituters=(self.cache_url,),
+            trusted_public_keys=(self.cache_public_key,),
         )
 
     def run_agent(self, host: str) -> CycleResult:

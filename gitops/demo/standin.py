@@ -35,6 +35,12 @@ FLAKE = r"""{
           buildFails = setting "buildFails" false;
           unhealthy = setting "unhealthy" false;
           root = "${machinesRoot}/${name}";
+          # Each package is a store path named after it ("nginx-1.26.1"), so the system's
+          # closure holds them and nix store diff-closures sees versions come and go.
+          # (Only names a store path may carry: tests put shell in a name to hang the build.)
+          packagePaths = map (p: builtins.toFile p "${p}\n") (
+            builtins.filter (p: builtins.match "[A-Za-z0-9+._?=-]+" p != null) packages
+          );
           # Same kernel version, same store path: reboot-needed checks compare these links.
           kernelPackage = derivation {
             name = "linux-${kernel}";
@@ -100,6 +106,7 @@ FLAKE = r"""{
             /bin/ln -s ${kernelPackage}/initrd $out/initrd
             /bin/ln -s ${kernelPackage}/lib $out/kernel-modules
             echo "${builtins.concatStringsSep "\n" packages}" > $out/sw/packages
+            echo "${builtins.concatStringsSep "\n" packagePaths}" > $out/sw/package-paths
           '' ];
         };
     in

@@ -1,11 +1,12 @@
 """``gitops demo``: the whole loop on one machine, through the gitops server.
 
 Keys for a publisher and every host, a fleet repository made from this repository's
-``hosts/``, and the gitops server in front of it (gitops/demo/served.py); then: publish,
-run every agent, change one profile and publish again (only its hosts rebuild), break a
+``hosts/``, and the gitops server in front of it (gitops/demo/served.py); then: build the
+changed hosts centrally into a signed ``file://`` cache and publish with the systems pinned
+(every agent runs in substitute mode), run every agent, change one profile and publish again (only its hosts rebuild), break a
 build and a health check, attack (the server refuses each attempt; what is written past
-it, the agents refuse), enrol a new machine and deliver it a secret, and build the site
-from the server.
+it, the agents refuse), enrol a new machine and deliver it a secret, let a canary wave
+halt a bad change (gitops/demo/waves.py), and build the site from the server.
 
 The walkthrough is a library too: the end-to-end test (tests/test_demo.py) plays it and
 checks every step.
@@ -25,9 +26,10 @@ import pygit2
 
 from gitops import output
 from gitops.agent.cycle import CycleResult
-from gitops.demo import standin
-from gitops.demo.scenario import InventoryHost, default_inventory, read_inventory
+from gitops.demo import standin, waves
+from gitops.demo.scenario import CACHE_KEY_NAME, InventoryHost, default_inventory, read_inventory
 from gitops.demo.served import Refusal, ServedFleet
+from gitops.demo.waves import WavesOutcome
 from gitops.errors import GitopsError
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
@@ -49,6 +51,55 @@ def _pick_profile(inventory: list[InventoryHost]) -> str:
 
 def _summary(results: dict[str, CycleResult]) -> str:
     return "\n".join(f"    {host:<16} {r.result:<13} {r.reason}" for host, r in results.items())
+
+
+def _substituted(results: dict[str, CycleResult]) -> tuple[str, ...]:
+    """The hosts whose cycle fetched the pinned system and built nothing (report durations)."""
+    return tuple(
+        host
+        for host, r in results.items()
+        if r.report is not None
+        and "substitute" in r.report.durations
+        and "build" not in r.report.durations
+    )
+
+
+def _built_centrally(demo: ServedFleet) -> str:
+    """What the last ``gitops build`` did, in the walkthrough's words."""
+    built = demo.last_build
+    if built is None:
+        return "   gitops build: nothing to build"
+    count = len(built.built)
+    lines = [
+        f"   gitops build: {count} changed host{'' if count == 1 else 's'} built on the build "
+        f"host, their closures signed\n   ({CACHE_KEY_NAME}) and copied to the cache {demo.cache_url}"
+    ]
+    if built.failed:
+        names = ", ".join(f.host for f in built.failed)
+        lines.append(
+            f"   {names}: does not build; 'gitops publish --systems' holds it back, so its\n"
+            "   deploy branch does not move and the host never sees the change"
+        )
+    lines.append("   gitops publish --systems: each deploy commit pins its system (System-Path)")
+    return "\n".join(lines)
+
+
+def _fetched(results: dict[str, CycleResult], *, explain: bool) -> str:
+    hosts = _substituted(results)
+    if not hosts:
+        return "   no host fetched a system this time"
+    said = (
+        f"   substitute mode: {len(hosts)} hosts realised the store path their signed deploy "
+        "commit pins"
+    )
+    if not explain:
+        return said + "; none evaluated or built anything"
+    return said + (
+        ",\n   from the cache only and only if signed by the key they pin (nix-store --realise,"
+        "\n   require-sigs); none evaluated or built anything. On this one machine the build"
+        "\n   host and the hosts share one Nix store, so the path was already there and nothing"
+        "\n   was downloaded; tests/test_agent_substitute.py deletes it first to show the real fetch"
+    )
 
 
 def _refusals(refusals: tuple[Refusal, ...]) -> str:
@@ -83,14 +134,17 @@ class Enrolment:
 class DemoOutcome:
     """What each step of the walkthrough did (the end-to-end test checks all of it)."""
 
+    cache_key: str  # the public key of the fleet's binary cache, pinned on every host
     first_publish: tuple[str, ...]
     first_run: dict[str, CycleResult]
+    substituted: tuple[str, ...]  # hosts that fetched their pinned system (steps 3 and 4)
     changed_profile: str
     profile_users: tuple[str, ...]
     second_publish: tuple[str, ...]
     second_run: dict[str, CycleResult]
     broken: str
     unhealthy: str
+    held_back: tuple[str, ...]  # hosts gitops build could not build: not published
     failures: dict[str, CycleResult]
     attacker: str  # the host whose key tries what a host must not
     unsigned_victim: str
@@ -99,6 +153,7 @@ class DemoOutcome:
     attacks: dict[str, CycleResult]  # what the agents did with what was written past it
     enrolment: Enrolment
     site: Path
+    waves: WavesOutcome | None = None  # the canary wave that halted a bad change
 
 
 def _pick_enrol_profile(inventory: list[InventoryHost]) -> str:
@@ -141,6 +196,7 @@ def _enrol(demo: ServedFleet, say: Callable[[str], None], profile: str) -> Enrol
     demo.merge_change({}, f"Merge pull request #4 from alice/{name}\n\n{name}: enrol, {SECRET}")
     say(f"   gitops server sync: hosts/{name}.git, and {name}'s key let in for it alone")
     published = demo.publish()
+    say(_built_centrally(demo))
     deploy_files = _deploy_secrets(demo, name)
     moved = ", ".join(f"deploy/{h}" for h in sorted(published.commits))
     say(
@@ -205,9 +261,19 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         "   command of the key's line in the server's authorized_keys, as sshd would\n"
         "   (docs/server.md sets up the real one).\n"
     )
+    cache_key = demo.use_central_builds()
+    say(
+        f"   Central builds: a signing key for the fleet's binary cache (nix key generate-secret),\n"
+        f"   the cache {demo.cache_url}; every host runs its agent in substitute mode\n"
+        f"   with that cache and the public key {cache_key.split(':')[0]}:... pinned\n"
+    )
 
-    say("2. Publish: one signed commit on deploy/<host> per host, pushed with the publisher's key")
+    say(
+        "2. Publish: each host's system built once, centrally; one signed commit on deploy/<host>\n"
+        "   per host, pinning that system, pushed with the publisher's key"
+    )
     first = demo.publish()
+    say(_built_centrally(demo))
     say(
         f"   {len(first.commits)} deploy branches checked by the server and handed to each "
         "host's repository\n"
@@ -215,10 +281,11 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
 
     say(
         "3. Every agent runs once with its host's key: fetch its branch from hosts/<host>.git, "
-        "verify, nix build, switch, report"
+        "verify, fetch the pinned system, switch, report"
     )
     first_run = demo.run_agents()
-    say(_summary(first_run) + "\n")
+    say(_summary(first_run))
+    say(_fetched(first_run, explain=True) + "\n")
 
     profile = _pick_profile(inventory)
     users = tuple(h.name for h in inventory if profile in h.profiles)
@@ -239,9 +306,11 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         f"   plan: {len(plan.changed)} of {len(plan.hosts)} hosts change: {', '.join(h.host for h in plan.changed)}"
     )
     second = demo.publish()
+    say(_built_centrally(demo))
     say(f"   published {len(second.commits)} commits; the other hosts' branches did not move")
     second_run = demo.run_agents()
-    say(_summary(second_run) + "\n")
+    say(_summary(second_run))
+    say(_fetched(second_run, explain=False) + "\n")
 
     # The rollback victim must have moved on (two deploy commits): one of the profile's users.
     by_name = {h.name: h for h in inventory}
@@ -265,6 +334,8 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         f"Merge pull request #3 from bob/tuning\n\n{broken.name}, {unhealthy.name}: tuning",
     )
     demo.publish()
+    say(_built_centrally(demo))
+    held_back = tuple(f.host for f in demo.last_build.failed) if demo.last_build else ()
     failures = demo.run_agents([broken.name, unhealthy.name])
     say(_summary(failures) + "\n")
 
@@ -289,24 +360,37 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
     say(_summary(attacks) + "\n")
 
     enrolled = _enrol(demo, say, _pick_enrol_profile(inventory))
+    canary = next(
+        h.name
+        for h in inventory
+        if h.name not in (broken.name, unhealthy.name, victim_unsigned, victim_rollback)
+    )
+    say(
+        f"8. Waves: fleet.yaml makes {canary} the canary, then a change to the shared module "
+        "breaks every host's health check;\n   gitops publish gives it to the canary wave only"
+    )
+    staged = waves.canary_halts(demo, canary, say)
 
     site = demo.root / "site"
     say(
-        "8. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
+        "9. The site, built from the gitops server's fleet.git alone (every report's signature checked)"
     )
     demo.build_site(site)
     say(
         f"   check any report with git: git --git-dir {demo.record} log --show-signature reports/{inventory[0].name}"
     )
     return DemoOutcome(
+        cache_key=cache_key,
         first_publish=tuple(sorted(first.commits)),
         first_run=first_run,
+        substituted=tuple(sorted(set(_substituted(first_run)) | set(_substituted(second_run)))),
         changed_profile=profile,
         profile_users=users,
         second_publish=tuple(sorted(second.commits)),
         second_run=second_run,
         broken=broken.name,
         unhealthy=unhealthy.name,
+        held_back=held_back,
         failures=failures,
         attacker=attacker,
         unsigned_victim=victim_unsigned,
@@ -315,6 +399,7 @@ def play(demo: ServedFleet, say: Callable[[str], None] = output.say) -> DemoOutc
         attacks=attacks,
         enrolment=enrolled,
         site=site,
+        waves=staged,
     )
 
 

@@ -45,6 +45,10 @@ class Secret:
             value = Path(self.file).read_text(encoding="utf-8").strip()
         except OSError as err:
             raise GitopsError(f"{self.describe()}: cannot read ({err.strerror})") from err
+        except UnicodeDecodeError as err:
+            raise GitopsError(
+                f"{self.describe()}: not UTF-8 text; write the secret as text"
+            ) from err
         if not value:
             raise GitopsError(f"{self.describe()} is empty")
         return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitops.errors import GitopsError
-from gitops.fleet import evaluate, policies
+from gitops.fleet import commands, evaluate, policies
 from gitops.fleet.model import (
     DEFAULT_SHARED,
     FLAKE_FILE,
@@ -158,6 +158,7 @@ def check_repository(
     source = DirSource(root)
     fleet = load_fleet(source, problems)
     check_shared(fleet, source, problems)
+    commands.check_commands(fleet, source, problems)
     check_profile_imports(root, fleet, problems)
     before = len(problems.items)
     found = policies.load_policies(source, problems)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet
+from gitops.fleet.schema import Problems
 from gitops.fleet.source import Source
 from gitops.protocol import (
     COMMAND_NAMESPACE,
@@ -152,11 +153,17 @@ def commander_principal(fleet: Fleet, key: SigningKey) -> str:
 def write(repo_dir: Path, signed: SignedCommand) -> tuple[Path, Path]:
     """Write the command and its signature into ``repo_dir/commands/``."""
     directory = repo_dir / COMMANDS_DIR
-    directory.mkdir(exist_ok=True)
     payload = directory / signed.file_name
     signature = directory / f"{signed.file_name}{SIGNATURE_SUFFIX}"
-    atomic.write_bytes(signature, signed.signature)
-    atomic.write_bytes(payload, signed.payload)
+    try:
+        directory.mkdir(exist_ok=True)
+        atomic.write_bytes(signature, signed.signature)
+        atomic.write_bytes(payload, signed.payload)
+    except OSError as err:
+        raise GitopsError(
+            f"{directory}: cannot write the command there ({err.strerror}); {COMMANDS_DIR}/ "
+            "must be a directory you can write in the fleet repository"
+        ) from err
     return payload, signature
 
 
@@ -195,6 +202,34 @@ def load(source: Source, directory: str = COMMANDS_DIR) -> list[SignedCommand | 
     return found
 
 
+def signature_problem(item: SignedCommand, trust: AllowedSigners, now: datetime) -> str | None:
+    """Why hosts would refuse ``item``'s signature at ``now`` (a commander in ``trust`` at
+    its issue and at ``now``, and the issuer it names), or None."""
+    try:
+        verified = item.verify(trust, now)
+    except GitopsError as err:
+        return f"signature refused: {err}"
+    if item.command.issuer and verified.principal != item.command.issuer:
+        return f"signed by {verified.principal}, but says it was issued by {item.command.issuer}"
+    return None
+
+
+def checked(
+    trust: AllowedSigners, found: Iterable[SignedCommand | BadCommand]
+) -> list[SignedCommand | BadCommand]:
+    """``found``, with each command that was not signed by a commander when it was issued
+    (as it says) turned into a BadCommand: what the site lists as a command is one."""
+    result: list[SignedCommand | BadCommand] = []
+    for item in found:
+        if isinstance(item, SignedCommand):
+            problem = signature_problem(item, trust, item.command.issued)
+            if problem is not None:
+                result.append(BadCommand(f"{COMMANDS_DIR}/{item.file_name}", problem))
+                continue
+        result.append(item)
+    return result
+
+
 def deliverable(
     fleet: Fleet, found: Iterable[SignedCommand | BadCommand], now: datetime
 ) -> dict[str, list[SignedCommand]]:
@@ -210,12 +245,23 @@ def deliverable(
         command = item.command
         if command.expires <= now:
             continue  # done with: removed from the deploy trees
-        try:
-            item.verify(trust, now)
-        except GitopsError as err:
-            log.warning("commands: %s: %s; not delivered", item.file_name, err)
+        problem = signature_problem(item, trust, now)
+        if problem is not None:
+            log.warning("commands: %s: %s; not delivered", item.file_name, problem)
             continue
         for host in command.hosts:
             if host in fleet.hosts:
                 by_host.setdefault(host, []).append(item)
     return by_host
+
+
+def check_commands(fleet: Fleet, source: Source, problems: Problems) -> None:
+    """``gitops check``: each command file parses and was signed by a commander when it was
+    issued; publish would leave any other out (with only a warning) and hosts refuse it."""
+    for item in checked(fleet.settings.commander_trust(), load(source)):
+        if isinstance(item, BadCommand):
+            problems.add(
+                source.describe(item.path),
+                item.reason,
+                "issue it again with 'gitops command', or delete it",
+            )

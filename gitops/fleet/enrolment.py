@@ -1,9 +1,12 @@
 """Enrolment proposals: a new machine's ``enroll/<host>`` branch (docs/enroll-host.md).
 
 A proposal is one commit on top of a commit of ``main``, signed by the new machine's own
-host key, that only adds files under ``hosts/<host>/``, whose ``host.yaml`` names that
-key. It is refused when the name exists in ``main``, the key is another host's, or the
-fleet with the proposal added has problems in the new host's files.
+host key, that only adds regular files under ``hosts/<host>/``, whose ``host.yaml`` names
+that key. It is refused when the name exists in ``main``, the key is another host's, or
+the fleet with the proposal added has problems in the new host's files. Links (which
+could lead a checkout's readers out of the directory), submodules and dot files (git
+reads ``.gitattributes`` and ``.gitmodules``) are refused: whoever can push an
+``enroll/`` branch is not trusted yet.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey, SigningKey
 
 MAX_PROPOSAL_FILES = 32
+MAX_PROPOSALS = 50  # checked per listing; more is a queue to clear (or a flood), not work
+_FILE_MODES = frozenset({pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE})
 
 
 @dataclass(frozen=True)
@@ -39,17 +44,23 @@ class Proposal:
 def pending(repo: pygit2.Repository, main: pygit2.Commit | None = None) -> list[Proposal]:
     """Every ``enroll/<host>`` branch of ``repo``, checked against ``main``."""
     main = main or commits.resolve_commit(repo, MAIN_REF)
+    names = sorted(name for name in repo.references if name.startswith(ENROLL_PREFIX))
     found = []
-    for name in sorted(repo.references):
-        if name.startswith(ENROLL_PREFIX):
-            target = commits.ref_target(repo, name)
-            if target is not None:
-                found.append(check_proposal(repo, name.removeprefix(ENROLL_PREFIX), target, main))
+    main_fleet = _fleet(repo, main, Problems()) if names else None
+    for name in names[:MAX_PROPOSALS]:
+        target = commits.ref_target(repo, name)
+        if target is not None:
+            host = name.removeprefix(ENROLL_PREFIX)
+            found.append(check_proposal(repo, host, target, main, main_fleet))
     return found
 
 
 def check_proposal(
-    repo: pygit2.Repository, host: str, oid: pygit2.Oid, main: pygit2.Commit
+    repo: pygit2.Repository,
+    host: str,
+    oid: pygit2.Oid,
+    main: pygit2.Commit,
+    main_fleet: Fleet | None = None,
 ) -> Proposal:
     problems: list[str] = []
     if not is_host_name(host):
@@ -60,7 +71,7 @@ def check_proposal(
     base = _base(repo, commit, main, problems)
     if base is not None:
         _only_adds_the_host(base, commit, host, problems)
-    main_fleet = _fleet(repo, main, Problems())
+    main_fleet = main_fleet or _fleet(repo, main, Problems())
     if host in main_fleet.hosts or TreeSource(repo, main.tree).is_dir(f"{HOSTS_DIR}/{host}"):
         problems.append(f"a host named {host} exists in main; choose another name")
     fleet_problems = Problems()
@@ -115,9 +126,15 @@ def _only_adds_the_host(
     for delta in diff.deltas:
         path = delta.new_file.path or delta.old_file.path
         if not path.startswith(mine):
-            problems.append(f"it changes {path}; a proposal only adds {mine}")
+            problems.append(f"it changes {path[:200]}; a proposal only adds {mine}")
         elif delta.status != pygit2.enums.DeltaStatus.ADDED:
-            problems.append(f"it changes {path}, which exists; a proposal only adds files")
+            problems.append(f"it changes {path[:200]}, which exists; a proposal only adds files")
+        elif delta.new_file.mode not in _FILE_MODES:
+            problems.append(
+                f"{path[:200]} is a link or submodule; a proposal adds only regular files"
+            )
+        elif any(part.startswith(".") for part in path.removeprefix(mine).split("/")):
+            problems.append(f"{path[:200]}: a proposal adds no dot files")
 
 
 def accept(

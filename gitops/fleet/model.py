@@ -13,6 +13,7 @@ from typing import Final
 
 from gitops.errors import GitopsError
 from gitops.fleet.alerts import AlertSettings, parse_alerts
+from gitops.fleet.rollout import RolloutSettings, parse_rollout, unknown_hosts
 from gitops.fleet.schema import Problems, Reader, load_yaml
 from gitops.fleet.secrets import Admin, Secret, parse_secrets
 from gitops.fleet.source import Source
@@ -113,6 +114,7 @@ class FleetSettings:
     reboot: RebootRule | None = None
     profile_reboot: dict[str, RebootRule] = field(default_factory=dict)
     checks: dict[str, CheckSpec] = field(default_factory=dict)
+    rollout: RolloutSettings | None = None  # staged rollout waves (docs/rollout.md)
 
     def publisher_trust(self) -> AllowedSigners:
         """The publishers as an allowed-signers list (what agents pin on their machine)."""
@@ -421,6 +423,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
     commanders = _parse_commanders(top)
     reboot, profile_reboot = _parse_fleet_reboot(top)
     checks = _parse_checks(top)
+    rollout = parse_rollout(top)
     top.finish()
     return FleetSettings(
         commanders=commanders,
@@ -438,6 +441,7 @@ def _parse_settings(source: Source, problems: Problems) -> FleetSettings:
         vulnerabilities=vulnerability_settings,
         alerts=alerts,
         admins=admins,
+        rollout=rollout,
     )
 
 
@@ -594,6 +598,7 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
                 "each host signs its reports with its own key",
                 field="key",
             )
+    _check_rollout_hosts(source, settings, hosts, problems)
     profiles = frozenset(
         entry.removesuffix(".nix") for entry in source.list_dir(PROFILES_DIR) or []
     )
@@ -608,3 +613,17 @@ def load_fleet(source: Source, problems: Problems) -> Fleet:
             field=f"reboot.profiles.{profile}",
         )
     return Fleet(settings, hosts, profiles, secrets)
+
+
+def _check_rollout_hosts(
+    source: Source, settings: FleetSettings, hosts: dict[str, Host], problems: Problems
+) -> None:
+    if settings.rollout is None:
+        return
+    for index, host in unknown_hosts(settings.rollout, hosts):
+        problems.add(
+            source.describe(FLEET_FILE),
+            f"unknown host {host!r}",
+            "hosts are the directories in hosts/",
+            field=f"rollout.waves[{index}].hosts",
+        )

@@ -18,7 +18,9 @@ condition:
 
 Comparisons (:class:`Comparison`, each defined once in :data:`COMPARISONS`) on a ``fact``
 (a dotted path into the report: ``facts.firewall``, ``system.reboot_required``,
-``facts.disk_free_bytes./``), combined with ``all``, ``any`` and ``not``.
+``facts.disk_free_bytes./``), combined with ``all``, ``any`` and ``not``. The site adds
+two roots of its own at build time: ``report.*`` (the report's age) and ``vulns.*`` (the
+host's known vulnerabilities, from the feed: ``vulns.oldest_days.critical``).
 
 Everything is checked when the file is loaded (``gitops check``): the fact names a report
 field, each operator's value has the type it needs, regular expressions compile, nesting is
@@ -46,8 +48,13 @@ POLICIES_DIR = "policies"
 UNKNOWN_VALUES = (None, "unknown")
 # Where a ``fact`` path may start: status.json's top-level keys (docs/protocol.md), plus
 # ``report``, which the site adds at build time (sitegen/compliance.py ``context``).
-FACT_ROOTS = frozenset({*REPORT_FIELDS, "report"})
+FACT_ROOTS = frozenset({*REPORT_FIELDS, "report", "vulns"})
 SITE_FACTS: Final = ("age_seconds", "verified")
+# ``vulns.<fact>.<severity>``: the host's known vulnerabilities, which the site adds at build
+# time from the feed fleet.yaml names (sitegen/vulnscan.py); "unknown" without one.
+VULN_ROOT: Final = "vulns"
+VULN_FACTS: Final = ("open", "oldest_days")
+VULN_SEVERITIES: Final = ("critical", "high", "medium", "low", "none", "unknown")
 AGE_FACT: Final = "report.age_seconds"
 MAX_CONDITION_DEPTH: Final = 16  # all/any/not levels; real policies use two or three
 MAX_PATTERN: Final = 1000  # characters in a `matches` pattern
@@ -347,6 +354,13 @@ def evaluated_at(report: Mapping[str, Any]) -> datetime | None:
     return moment
 
 
+def facts_used(condition: Condition) -> list[str]:
+    """Every fact path ``condition`` looks at."""
+    if condition.children:
+        return [f for c in condition.children for f in facts_used(c)]
+    return [condition.fact]
+
+
 def is_dated(condition: Condition) -> bool:
     """Whether ``condition`` measures a fact's age (its answer changes with time)."""
     if condition.children:
@@ -413,6 +427,13 @@ def fact_problem(fact: str) -> str | None:
         if len(rest) == 1 and rest[0] in SITE_FACTS:
             return None
         return f"report.* is one of {', '.join('report.' + f for f in SITE_FACTS)}"
+    if root == VULN_ROOT:
+        if len(rest) == 2 and rest[0] in VULN_FACTS and rest[1] in VULN_SEVERITIES:
+            return None
+        return (
+            f"vulns.* is vulns.<{'|'.join(VULN_FACTS)}>.<severity>, severity one of "
+            f"{', '.join(VULN_SEVERITIES)} (e.g. vulns.oldest_days.critical)"
+        )
     shape = _SHAPES[root]
     if is_dataclass(shape):
         names = [f.name for f in fields(shape)]
@@ -495,7 +516,7 @@ class _Parse:
             self.problem(
                 f"{field_name}.fact",
                 problem,
-                "start with facts., system., report. or another status.json key "
+                "start with facts., system., report., vulns. or another status.json key "
                 "(docs/protocol.md lists them)",
             )
             return None

@@ -19,7 +19,7 @@ from gitops.errors import GitopsError
 from gitops.fleet.model import Fleet, Host, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
-from gitops.inventory.sbom import Package, Sbom, read_sbom
+from gitops.inventory.sbom import Package, PackageQuery, Sbom, read_sbom
 from gitops.protocol import MAIN_REF, SBOM_FILE, STATUS_FILE, Report, reports_ref
 from gitops.report_commits import read_file, walk_reports
 from gitops.trust import commits
@@ -163,12 +163,14 @@ class Running:
 
 
 def which(sboms: Iterable[HostSbom], name: str, version: str | None) -> list[Running]:
-    """Hosts whose SBOM has package ``name`` (at ``version``, when given)."""
+    """Hosts whose SBOM has package ``name`` (at ``version``, when given), as ``gitops
+    status --package`` and the site's software page answer it (:class:`PackageQuery`)."""
+    query = PackageQuery(name.lower(), version.lower() if version is not None else None)
     found = []
     for host_sbom in sboms:
         seen: set[tuple[str, str]] = set()
         for package in host_sbom.sbom.packages:
-            wanted = package.name == name and (version is None or package.version == version)
+            wanted = query.matches(package.name, package.version)
             if wanted and (package.name, package.version) not in seen:
                 seen.add((package.name, package.version))
                 found.append(Running(host_sbom.host, package, host_sbom.stale))

@@ -30,6 +30,7 @@ from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.license import LicenseExpression
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
+from typing_extensions import override
 
 from gitops import __version__
 from gitops.inventory.nixnames import package_name
@@ -72,6 +73,42 @@ class Sbom:
     nixos_version: str
     time: str
     packages: tuple[Package, ...]
+
+
+def parse_packages(text: str) -> list[tuple[str, str]]:
+    """A package set's ``name<TAB>version`` lines (sitegen/software.py ``packages_text``)."""
+    pairs = []
+    for line in text.splitlines():
+        name, _, version = line.partition("\t")
+        pairs.append((name, version))
+    return pairs
+
+
+@dataclass(frozen=True)
+class PackageQuery:
+    """ "Which hosts run package X (version Y)?": ``NAME`` in any version, or
+    ``NAME@VERSION`` exactly; letter case does not count. The site's software page reads
+    its filter box the same way for ``name@`` and ``name@version`` (site/assets/software.js),
+    and a bare word there also narrows to names that contain it, as one types."""
+
+    name: str
+    version: str | None  # None: any version
+
+    @classmethod
+    def parse(cls, text: str) -> PackageQuery:
+        name, _, version = text.strip().lower().partition("@")
+        if not name or any(c.isspace() for c in name + version):
+            raise ValueError(f"{text[:80]!r}: name one package, as NAME or NAME@VERSION")
+        return cls(name, version or None)
+
+    @override
+    def __str__(self) -> str:
+        return self.name + (f"@{self.version}" if self.version is not None else "")
+
+    def matches(self, name: str, version: str) -> bool:
+        return name.lower() == self.name and (
+            self.version is None or version.lower() == self.version
+        )
 
 
 def packages_of(closure: Iterable[str], system: str) -> list[Package]:

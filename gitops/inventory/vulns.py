@@ -21,8 +21,7 @@ Matching is a heuristic, as vulnix's is (docs/inventory.md says how good it is):
 
 from __future__ import annotations
 
-import gzip
-import json
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -37,6 +36,7 @@ from gitops.fleet.model import CveExemption, Fleet
 from gitops.inventory import reports
 from gitops.inventory.nixnames import compare_versions
 from gitops.inventory.sbom import Package
+from gitops.protocol import parse_json
 
 # The CPE product (normalised) → the nixpkgs package name, where they differ.
 ALIASES: Final = {"linux-kernel": "linux", "http-server": "apache-httpd"}
@@ -166,11 +166,28 @@ def load_feed(paths: Iterable[Path]) -> list[Cve]:
     return list(cves.values())
 
 
+# NVD's largest yearly feed is a few hundred MB unpacked; anything far beyond is a bomb.
+MAX_FEED_BYTES = 2 * 1024**3
+
+
+def _gunzip(raw: bytes, limit: int | None = None) -> bytes:
+    """Unpack a gzip feed, refusing more than ``limit`` bytes (a gzip bomb would otherwise
+    fill memory before the JSON parser sees a byte)."""
+    limit = MAX_FEED_BYTES if limit is None else limit
+    unpacker = zlib.decompressobj(wbits=31)  # 31: gzip header
+    data = unpacker.decompress(raw, limit + 1)
+    if len(data) > limit or unpacker.unconsumed_tail:
+        raise ValueError(f"unpacks to more than {limit // 1024**2} MiB")
+    if not unpacker.eof:
+        raise EOFError("the gzip stream is truncated")
+    return data
+
+
 def _read_feed(path: Path) -> Iterator[Cve]:
     try:
         raw = path.read_bytes()
-        data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, ValueError, EOFError) as err:
+        data = parse_json(_gunzip(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    except (OSError, ValueError, EOFError, zlib.error) as err:
         raise GitopsError(f"{path}: not a readable NVD CVE JSON feed ({err})") from err
     items = data.get("vulnerabilities") if isinstance(data, dict) else None
     if not isinstance(items, list):
@@ -325,24 +342,31 @@ def exemptions_for(
     return found
 
 
-def by_cve(findings: Iterable[Finding]) -> list[Vulnerability]:
-    """Findings grouped per CVE, worst first."""
-    groups: dict[str, list[Finding]] = {}
-    for finding in findings:
-        groups.setdefault(finding.cve.id, []).append(finding)
-    result = []
-    for group in groups.values():
-        open_hosts = sorted({f.host for f in group if f.exemption is None})
-        exempt = sorted({f.host for f in group if f.exemption is not None} - set(open_hosts))
-        result.append(
-            Vulnerability(
-                cve=group[0].cve,
-                hosts=tuple(open_hosts),
-                exempt_hosts=tuple(exempt),
-                packages=tuple(sorted({f.package.label for f in group})),
-                fixed_in=tuple(sorted({f.fixed_in for f in group if f.fixed_in})),
-            )
+def by_cve(findings: Iterable[Finding | tuple[Iterable[str], Finding]]) -> list[Vulnerability]:
+    """Findings grouped per CVE, worst first. A finding may come with the hosts it stands
+    for (``(hosts, finding)``: hosts sharing a package set share their findings), else it
+    stands for its own ``host``."""
+    groups: dict[str, tuple[Cve, set[str], set[str], set[str], set[str]]] = {}
+    for item in findings:
+        hosts, finding = item if isinstance(item, tuple) else ((item.host,), item)
+        cve = finding.cve
+        _, open_hosts, exempt, packages, fixed = groups.setdefault(
+            cve.id, (cve, set(), set(), set(), set())
         )
+        (exempt if finding.exemption is not None else open_hosts).update(hosts)
+        packages.add(finding.package.label)
+        if finding.fixed_in:
+            fixed.add(finding.fixed_in)
+    result = [
+        Vulnerability(
+            cve=cve,
+            hosts=tuple(sorted(open_hosts)),
+            exempt_hosts=tuple(sorted(exempt - open_hosts)),
+            packages=tuple(sorted(packages)),
+            fixed_in=tuple(sorted(fixed)),
+        )
+        for cve, open_hosts, exempt, packages, fixed in groups.values()
+    ]
     return sorted(result, key=lambda v: (v.cve.severity.rank, -len(v.hosts), v.cve.id))
 
 

@@ -28,12 +28,13 @@ from typing import Any, Final
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.protocol import TRAILER_SYSTEM_PATH
+from gitops.protocol import TRAILER_SYSTEM_PATH, parse_json
 from gitops.publish import plan as planning
 from gitops.system import atomic, nix
 from gitops.trust import commits, trees
 
 SYSTEMS_SCHEMA: Final = 1
+MAX_SYSTEMS_BYTES: Final = 64 << 20  # a larger systems file is refused unread
 _OID: Final = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 DEFAULT_JOBS: Final = 2
 
@@ -172,7 +173,7 @@ class BuiltSystem:
 def read_systems(path: Path) -> dict[str, BuiltSystem]:
     """host -> the tree and the system built from it; GitopsError says what is wrong."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_bytes(), limit=MAX_SYSTEMS_BYTES)
     except OSError as err:
         raise GitopsError(f"{path}: cannot read the systems file ({err.strerror})") from err
     except ValueError as err:

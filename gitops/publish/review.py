@@ -6,23 +6,29 @@ layout of ``.nix`` files build the same system, so each changed ``.nix`` file is
 as ``nix-instantiate --parse`` prints it back (the parsed expression: no comments, no
 whitespace, attributes in one order); a host whose every changed file is such a file is
 "unchanged" for the reviewer. ``publish`` still writes it a deploy commit (its tree is
-not the same), which builds the same toplevel. The stronger check, comparing the
-toplevels themselves, needs the systems built (``gitops build``); this module does not.
+not the same), which builds the same toplevel.
+
+The stronger check compares the systems themselves: given the systems file of
+``gitops build`` (``--systems``), a host whose new tree builds exactly the system its
+deploy head pins is "same system", and one whose system differs gets its
+``nix store diff-closures`` (:mod:`gitops.publish.closures`).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 import pygit2
 
 from gitops.protocol import DEPLOY_PREFIX
-from gitops.publish import push
+from gitops.publish import closures, push
+from gitops.publish.build import BuiltSystem
+from gitops.publish.closures import SystemChange
 from gitops.publish.plan import HostPlan, Plan, Why, load_fleet_at, make_plan
 from gitops.system import nix
 from gitops.trust import commits
@@ -34,6 +40,7 @@ class Verdict(StrEnum):
     NEW = "new"
     CHANGED = "changed"
     FORMATTING = "comments or formatting only"  # the tree changed, the parsed .nix did not
+    SAME_SYSTEM = "same system"  # the tree changed, the built system is the published one
     RENEW = "renews expiry"
     RECOVER = "recovery"
     UNCHANGED = "unchanged"
@@ -48,6 +55,7 @@ class HostReview:
     plan: HostPlan
     paths: tuple[str, ...]  # changed paths that can change the system
     cosmetic: tuple[str, ...]  # changed .nix files whose parsed expression is the same
+    system: SystemChange | None = None  # with a systems file: the built systems compared
 
     @property
     def host(self) -> str:
@@ -55,6 +63,11 @@ class HostReview:
 
     @property
     def verdict(self) -> Verdict:
+        if self.plan.why is Why.CHANGED and self.system is not None:
+            if self.system.same:
+                return Verdict.SAME_SYSTEM
+            if self.system.different:  # the built systems are the last word
+                return Verdict.CHANGED
         match self.plan.why:
             case Why.NEW:
                 return Verdict.NEW
@@ -75,6 +88,7 @@ class Review:
     heads_from: str  # "this clone's deploy branches", or the remote they were read from
     normalised: bool  # .nix files compared as parsed (nix-instantiate was found)
     fetch_hint: str | None  # one line: what to fetch for a meaningful plan, when needed
+    systems_file: str | None = None  # the systems file the built systems came from
 
     def by_verdict(self, verdict: Verdict) -> list[HostReview]:
         return [h for h in self.hosts if h.verdict is verdict]
@@ -91,12 +105,15 @@ def review(
     remote: str | None = None,
     normalise: bool | None = None,
     progress: push.Progress = push.quiet,
+    systems: Mapping[str, BuiltSystem] | None = None,
+    systems_file: str | None = None,
 ) -> Review:
     """Plan ``source`` against the deploy heads of ``remote`` (fetched as ``publish``
     fetches them) or of this clone, and say which changes are comments or layout only.
 
     ``normalise``: compare ``.nix`` files as parsed (default: when nix-instantiate is
-    installed)."""
+    installed). ``systems`` (read from ``systems_file``, what ``gitops build`` wrote):
+    compare each changed host's built system with the one its deploy head pins."""
     commit = commits.resolve_commit(repository, source)
     fleet = load_fleet_at(repository, commit)
     hint = None
@@ -113,7 +130,10 @@ def review(
     use_nix = nix.has_nix_instantiate() if normalise is None else normalise
     with _Normaliser.open(enabled=use_nix) as normaliser:
         hosts = tuple(_review_host(repository, host, normaliser) for host in plan.hosts)
-    return Review(plan, hosts, heads_from, use_nix, hint)
+    if systems is not None:
+        compared = closures.compare(repository, plan.hosts, systems)
+        hosts = tuple(replace(h, system=compared.get(h.host)) for h in hosts)
+    return Review(plan, hosts, heads_from, use_nix, hint, systems_file)
 
 
 def fetch_hint(repository: pygit2.Repository) -> str:

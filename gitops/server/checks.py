@@ -11,7 +11,8 @@ pusher can act on (the hook prints ``gitops: <branch>: <reason>``). The rules:
 - an admin pushes only ``main``, fast-forward, each commit on its first-parent line (the
   admin's own commits and merges) signed by an admin key of the server (``main:
   signed``), or not at all (``main: mirror``);
-- nobody deletes a branch or rewrites one.
+- nobody deletes a branch or rewrites one, and nobody pushes ``refs/archive/`` (the
+  server's own marks, docs/server.md#retention).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from datetime import datetime
 import pygit2
 
 from gitops.protocol import (
+    ARCHIVE_ROOT,
     ENROLL_PREFIX,
     ESCROW_DIR,
     MAIN_REF,
+    ROLLOUT_REF,
     SBOM_FILE,
     STATUS_FILE,
     TRAILER_HOST,
@@ -196,9 +199,17 @@ def check_report_update(
 def check_deploy_update(
     repo: pygit2.Repository, update: Update, *, trust: AllowedSigners, now: datetime
 ) -> str | None:
+    if update.ref == ROLLOUT_REF:  # staged rollouts' record (docs/rollout.md)
+        return _check_commits(
+            repo,
+            update,
+            lambda repo, commit: _signature_problem(
+                repo, commit, trust, "a publisher in main's fleet.yaml", now
+            ),
+        )
     host = deploy_host(update.ref)
     if host is None:
-        return "publishers may push only deploy/<host>"
+        return "publishers may push only deploy/<host> and rollout"
 
     def check(repo: pygit2.Repository, commit: pygit2.Commit) -> str | None:
         signed = _signature_problem(repo, commit, trust, "a publisher in main's fleet.yaml", now)
@@ -271,6 +282,16 @@ def enrolment_refusal(update: Update) -> str | None:
             "enrolment proposals go to the fleet's forge or plain repository, not this "
             "server (it knows no key of a machine main does not list yet); see "
             "docs/enroll-host.md"
+        )
+    return None
+
+
+def archive_refusal(update: Update) -> str | None:
+    """``refs/archive/`` is written by ``gitops server archive`` on the server alone."""
+    if update.ref.startswith(ARCHIVE_ROOT):
+        return (
+            "refs/archive/ is written only by 'gitops server archive' on the server itself; "
+            "nobody pushes it"
         )
     return None
 

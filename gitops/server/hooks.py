@@ -94,14 +94,14 @@ def pre_receive(
     now: datetime | None = None,
 ) -> list[str]:
     """One line per refused update; an empty list accepts the push."""
-    from gitops.server.checks import enrolment_refusal, refusal_lines
+    from gitops.server.checks import archive_refusal, enrolment_refusal, refusal_lines
 
     try:
         rule = _rule(layout, git_dir, environ, now or datetime.now(UTC))
         refused = [
             (update, reason)
             for update in updates
-            if (reason := enrolment_refusal(update) or rule(update))
+            if (reason := archive_refusal(update) or enrolment_refusal(update) or rule(update))
         ]
     except GitopsError as err:
         refused = [(update, str(err)) for update in updates]

@@ -25,6 +25,7 @@ AUTHORIZED_KEYS: Final = "authorized_keys"
 CONFIG_FILE: Final = "server.yaml"
 SSHD_SNIPPET: Final = "sshd_config"
 LOCK_FILE: Final = ".sync.lock"
+MAINTAIN_LOCK: Final = ".maintain.lock"  # one maintain or archive at a time
 SLOTS_DIR: Final = "slots"  # lock files: pushes that may run, and pushes that may wait
 SLOT_PREFIX: Final = "push-"
 QUEUE_PREFIX: Final = "queue-"
@@ -144,6 +145,15 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
+
+    @property
+    def maintain_lock(self) -> Path:
+        return self.root / MAINTAIN_LOCK
+
+    def repositories(self) -> list[Path]:
+        """fleet.git and every host's repository (not the retired ones), in name order."""
+        hosts = sorted(self.hosts_dir.glob("*.git")) if self.hosts_dir.is_dir() else []
+        return [self.fleet, *(p for p in hosts if not p.name.startswith("."))]
 
     def host_repo(self, host: str) -> Path:
         return self.hosts_dir / f"{host}.git"

@@ -113,8 +113,26 @@ def repo_config(layout: Layout) -> str:
         # Our hooks refuse first, with a clearer message; git's own checks stay as a floor.
         "[receive]\n\tdenyDeletes = true\n\tdenyNonFastForwards = true\n\tfsckObjects = true\n"
         "[uploadpack]\n\tallowAnySHA1InWant = false\n\tallowReachableSHA1InWant = false\n"
-        "\tallowTipSHA1InWant = false\n"
+        "\tallowTipSHA1InWant = false\n" + MAINTENANCE_CONFIG
     )
+
+
+# How objects are kept (docs/server.md#maintenance). A report push of a few objects is
+# exploded into loose objects (receive.unpackLimit), and fanned-in reports are written
+# loose by libgit2, which never runs git's automatic gc: 'gitops server maintain', on a
+# timer, packs them. git's own gc after a push stays as a floor for a server without the
+# timer. Packs marked .keep (the archive pack of 'gitops server archive') are never
+# rewritten: not by maintain's geometric repack, nor by a full repack (bitmaps would pack
+# kept objects again, so none are written). refs/archive/ is the server's own: no client
+# sees it in an advertisement or may push to it.
+MAINTENANCE_CONFIG = (
+    "[receive]\n\tunpackLimit = 100\n\tautogc = true\n"
+    "[gc]\n\tauto = 6700\n\tautoPackLimit = 50\n\twriteCommitGraph = true\n"
+    "[repack]\n\tpackKeptObjects = false\n\twriteBitmaps = false\n"
+    "[core]\n\tcommitGraph = true\n"
+    "[fetch]\n\twriteCommitGraph = true\n"
+    "[transfer]\n\thideRefs = refs/archive/\n"
+)
 
 
 def hook_script(config: ServerConfig, layout: Layout, hook: str) -> str:

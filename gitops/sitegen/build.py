@@ -45,13 +45,15 @@ from gitops.sitegen import (
     software,
     software_pages,
     states,
+    vulnscan,
     workers,
 )
 from gitops.sitegen.cache import Cache, cache_dir_for, thaw_collector
 from gitops.sitegen.derived import Derived, PageFile, Rules, age_flips
 from gitops.sitegen.model import MainCommit
-from gitops.sitegen.overview import CHART_DAYS, Overview, Sources, aggregate_pages
+from gitops.sitegen.overview import CHART_DAYS, AggregatePage, Overview, Sources, aggregate_pages
 from gitops.sitegen.render import Renderer
+from gitops.sitegen.rollout import rollout_page
 from gitops.sitegen.verify import trust_id
 from gitops.trust.allowed_signers import AllowedSigners
 
@@ -144,6 +146,7 @@ class Main:
     publishers: AllowedSigners
     docs: str  # the handbook link
     rules: Rules
+    vulns: vulnscan.Scanner | None = None  # the feed, for host pages, policies, vulnerabilities
 
 
 def build(
@@ -190,7 +193,9 @@ def build(
         mark = stats.phase("aggregate pages", mark)
         templates = cache.directory / "templates" if cache is not None else None
         settings, rules = main.summary.settings, main.rules
-        software_pages.write(main.repo, settings, rules, main.docs, derived, tmp, sets, templates)
+        software_pages.write(
+            main.repo, settings, rules, main.docs, derived, tmp, sets, templates, main.vulns
+        )
         mark = stats.phase("software pages", mark)
         sent = notify.run(
             out,
@@ -251,8 +256,10 @@ def _read_main(
     settings, policies = summary.settings, summary.policies
     deploys, reports = collect.list_heads(repo)
     docs = outdir.docs_link(settings.site.docs_url, out)
+    cache_dir = cache.directory if cache is not None else None
+    feed = vulnscan.load_feed(Path(repo.workdir or repo.path), settings, cache_dir)
     global_id = hashlib.sha256(
-        repr((resources.code_id(), settings, policies, docs)).encode()
+        repr((resources.code_id(), settings, policies, docs, feed.ident)).encode()
     ).hexdigest()
     rules = Rules(
         policies=policies,
@@ -264,7 +271,9 @@ def _read_main(
         flips=age_flips(policies),
     )
     publishers = settings.publisher_trust()
-    return Main(repo, head, summary, fleet, deploys, reports, publishers, docs, rules)
+    packages = software_pages.PackageSets.directory_in(cache_dir)
+    scanner = vulnscan.Scanner(feed, packages, settings.vulnerabilities.exemptions)
+    return Main(repo, head, summary, fleet, deploys, reports, publishers, docs, rules, scanner)
 
 
 # -- 2. and 3. the hosts: reuse what is still valid, refresh the rest ---------------------
@@ -355,6 +364,7 @@ def _job(
         tmp=tmp,
         store=cache.pages_dir if cache is not None else None,
         old_pages=old_pages,
+        vulns=main.vulns,
     )
 
 
@@ -423,7 +433,9 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         commits,
         collect.orphans(set(names), main.deploys, main.reports),
         collect.enrolments(main.repo, main.head),
-        fleet_commands.load(TreeSource(main.repo, main.head.tree)),
+        fleet_commands.checked(
+            settings.commander_trust(), fleet_commands.load(TreeSource(main.repo, main.head.tree))
+        ),
     )
     common = {
         "now": rules.now,
@@ -432,7 +444,9 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         "host_count": len(names),
     }
     head = {"schema": export.SCHEMA, "built": format_time(rules.now)}
-    for page in aggregate_pages(view, sources):
+    staged = rollout_page(main.repo, main.head, main.fleet, rules.now)  # docs/rollout.md
+    pages = (*aggregate_pages(view, sources), AggregatePage("rollout", "Rollout", *staged))
+    for page in pages:
         html = renderer.render(
             f"{page.name}.html",
             root="",

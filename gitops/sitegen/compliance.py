@@ -46,11 +46,11 @@ class PolicySummary:
     exempt: list[str] = field(default_factory=list)
 
 
-def context(report: Report, now: datetime) -> dict[str, Any]:
+def context(report: Report, now: datetime, site: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a policy's ``fact`` paths look into: the report as status.json has it, plus
-    ``report.*`` the site adds."""
+    ``report.*`` and ``site``'s roots (``vulns.*``: sitegen/vulnscan.py) the site adds."""
     age = int((now - report.time).total_seconds())
-    return {**report.to_dict(), "report": {"age_seconds": age, "verified": True}}
+    return {**report.to_dict(), **(site or {}), "report": {"age_seconds": age, "verified": True}}
 
 
 def applies(policy: Policy, host: Host) -> bool:
@@ -58,13 +58,17 @@ def applies(policy: Policy, host: Host) -> bool:
 
 
 def answer(
-    policies: Iterable[Policy], host: Host, report: Report | None, now: datetime
+    policies: Iterable[Policy],
+    host: Host,
+    report: Report | None,
+    now: datetime,
+    site: Mapping[str, Any] | None = None,
 ) -> tuple[Answer, ...]:
-    """Each policy that applies to ``host``, asked of its newest verified ``report``
-    (unknown to all without one)."""
+    """Each policy that applies to ``host``, asked of its newest verified ``report`` with
+    the ``site`` facts (unknown to all without a report)."""
     today: date = now.date()
     exemptions = {e.policy: e for e in host.exemptions}
-    ctx = context(report, now) if report is not None else None
+    ctx = context(report, now, site) if report is not None else None
     answers = []
     for policy in policies:
         if not applies(policy, host):

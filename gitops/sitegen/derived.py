@@ -106,6 +106,7 @@ class Derived:
     pages: tuple[PageFile, ...] = ()
     software: HostSoftware | None = None  # gitops.sitegen.software
     commands: tuple[CommandAck, ...] = ()  # verified acknowledgements, newest last, no output
+    nixpkgs: tuple[str, str] | None = None  # the counted report's (revision, date or "")
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
@@ -236,7 +237,20 @@ def derive(
         samples=samples,
         invalid_reports=sum(1 for r in data.reports if r.error),
         commands=command_acks(data),
+        nixpkgs=nixpkgs_of(data, rules.now),
     )
+
+
+def nixpkgs_of(data: HostData, now: datetime) -> tuple[str, str] | None:
+    """The nixpkgs the counted report says the host runs (``facts.nixpkgs_revision`` and
+    ``nixpkgs_date``), for the overview's spread; None when it does not say."""
+    newest = states.counted(data, now)
+    report = data.report_of(newest) if newest is not None else None
+    facts = report.facts if report is not None else {}
+    revision, day = facts.get("nixpkgs_revision"), facts.get("nixpkgs_date")
+    if not isinstance(revision, str) or revision in ("", "unknown"):
+        return None
+    return revision, day if isinstance(day, str) and day != "unknown" else ""
 
 
 def command_acks(data: HostData) -> tuple[CommandAck, ...]:

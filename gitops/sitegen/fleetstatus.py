@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,11 @@ import watchfiles
 
 from gitops.errors import GitopsError
 from gitops.fleet.model import Host
+from gitops.inventory.sbom import PackageQuery
 from gitops.protocol import MAIN_REF
-from gitops.sitegen import collect, export, states
+from gitops.sitegen import collect, export, software, states, vulnscan
 from gitops.sitegen.compliance import failing
-from gitops.sitegen.model import STATE_ORDER, Flag, HostData, HostStatus, State
+from gitops.sitegen.model import STATE_ORDER, Flag, HostData, HostSoftware, HostStatus, State
 from gitops.sitegen.pages import judge
 from gitops.sitegen.render import iso
 from gitops.sitegen.verify import trust_id
@@ -45,9 +46,12 @@ class HostRow:
     host: Host
     status: HostStatus
     failing: tuple[str, ...]  # policies the host fails
+    packages: str | None = None  # its package set (software.packages_text), when read
+    matched: tuple[tuple[str, str], ...] = ()  # what a --package query found in it
 
     def to_json(self) -> dict[str, Any]:
-        """The host's object in the site's inventory.json, as it is."""
+        """The host's object in the site's inventory.json, as it is (with the packages a
+        query found, when there is one)."""
         return export.inventory_json(self.host, self.status, list(self.failing))
 
     @property
@@ -66,25 +70,41 @@ class FleetStatus:
     fleet: str  # fleet.yaml's name
     now: datetime
     rows: tuple[HostRow, ...]  # sorted by host name
+    package: PackageQuery | None = None  # the hosts running it, with what they run
 
-    def select(self, *, states: Iterable[State] = (), tags: Iterable[str] = ()) -> FleetStatus:
-        """Only the hosts in one of ``states`` and with one of ``tags`` (each: all if empty)."""
+    def select(
+        self,
+        *,
+        states: Iterable[State] = (),
+        tags: Iterable[str] = (),
+        package: PackageQuery | None = None,
+    ) -> FleetStatus:
+        """Only the hosts in one of ``states``, with one of ``tags`` (each: all if empty),
+        and running ``package`` (by their newest accepted SBOM, as the site's software
+        page answers it; read with ``FleetReader(software=True)``)."""
         wanted, tagged = set(states), set(tags)
-        rows = tuple(
+        rows = [
             r
             for r in self.rows
             if (not wanted or r.status.state in wanted)
             and (not tagged or tagged.intersection(r.host.tags))
-        )
-        return FleetStatus(self.main, self.fleet, self.now, rows)
+        ]
+        if package is not None:
+            found = [replace(r, matched=software.matching(package, r.packages or "")) for r in rows]
+            rows = [r for r in found if r.matched]
+        return FleetStatus(self.main, self.fleet, self.now, tuple(rows), package or self.package)
 
     def to_json(self) -> dict[str, Any]:
+        hosts = [row.to_json() for row in self.rows]
+        if self.package is not None:
+            for entry, row in zip(hosts, self.rows, strict=True):
+                entry["packages"] = [{"name": n, "version": v} for n, v in row.matched]
         return {
             "schema": export.SCHEMA,
             "built": iso(self.now),
             "main": self.main,
             "fleet": self.fleet,
-            "hosts": [row.to_json() for row in self.rows],
+            "hosts": hosts,
         }
 
 
@@ -92,9 +112,11 @@ class FleetReader:
     """Reads and judges the fleet of one repository; keeps each host's data for the next
     read (only new commits are read and verified again)."""
 
-    def __init__(self, repo_path: Path) -> None:
+    def __init__(self, repo_path: Path, *, software: bool = False) -> None:
         self.repo_path = repo_path
         self.previous: dict[str, HostData] = {}
+        self.software = software  # also find each host's SBOM (its package set)
+        self.sets: dict[str, str] = {}  # package set id -> its packages
 
     def read(self, now: datetime | None = None) -> FleetStatus:
         moment = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -106,6 +128,12 @@ class FleetReader:
         publishers_id = trust_id(publishers)
         deploys, reports = collect.list_heads(repo)
         reader = collect.HostReader(repo)
+        scanner = None
+        if vulnscan.uses_vulns(policies):  # judged with the feed, as the site judges them
+            feed = vulnscan.load_feed(Path(repo.workdir or repo.path), settings, None)
+            scanner = vulnscan.Scanner(feed, None, settings.vulnerabilities.exemptions)
+        wanted = self.software or scanner is not None
+        sboms = software.SbomFinder(repo, reader.verdict) if wanted else None
         rows = []
         seen: dict[str, HostData] = {}
         for name, host in sorted(fleet.hosts.items()):
@@ -119,27 +147,58 @@ class FleetReader:
                 previous=self.previous.get(name),
                 now=moment,
             )
+            packages = None
+            if sboms is not None:
+                data, packages = self._software(sboms, data, host, self.previous.get(name))
             seen[name] = data
-            judged = judge(data, host, policies, moment, settings.stale_after)
-            rows.append(HostRow(host, judged.status, tuple(failing(judged.answers))))
+            found = data.sbom.found if data.sbom is not None else None
+            scan = vulnscan.scan(
+                scanner,
+                HostSoftware.of(data, host.cve_exemptions),
+                moment.date(),
+                (found.packages_id, packages) if found and packages else None,
+            )
+            judged = judge(data, host, policies, moment, settings.stale_after, scan)
+            rows.append(HostRow(host, judged.status, tuple(failing(judged.answers)), packages))
         self.previous = seen
+        used = {d.sbom.found.packages_id for d in seen.values() if d.sbom and d.sbom.found}
+        self.sets = {k: v for k, v in self.sets.items() if k in used}
         return FleetStatus(str(head.id), settings.name, moment, tuple(rows))
 
+    def _software(
+        self, sboms: software.SbomFinder, data: HostData, host: Host, previous: HostData | None
+    ) -> tuple[HostData, str | None]:
+        """``data`` with its SBOM found as a site build finds it, and its package set."""
+        update = sboms.update(data, host, previous)
+        if update.packages is not None:
+            self.sets[update.packages[0]] = update.packages[1]
+        found = update.state.found
+        return replace(data, sbom=update.state), self.sets.get(found.packages_id) if found else None
 
-def read_status(repo_path: Path, now: datetime | None = None) -> FleetStatus:
-    return FleetReader(repo_path).read(now)
+
+def read_status(
+    repo_path: Path, now: datetime | None = None, *, software: bool = False
+) -> FleetStatus:
+    return FleetReader(repo_path, software=software).read(now)
 
 
 # -- the table ----------------------------------------------------------------------------
 
 COLUMNS = ("HOST", "STATE", "APPLIED", "PUBLISHED", "LAST SEEN", "REBOOT", "FAILING POLICIES")
+VERSION = "VERSION"  # the column --package adds
 
 
-def _cells(row: HostRow, now: datetime) -> tuple[str, ...]:
+def _versions(row: HostRow) -> str:
+    """The versions of the queried package the host runs."""
+    return ", ".join(v or "(no version)" for _n, v in row.matched)
+
+
+def _cells(row: HostRow, now: datetime, query: PackageQuery | None) -> tuple[str, ...]:
     status = row.status
     seen = status.last_seen
     return (
-        row.host.name,
+        *((row.host.name, _versions(row)) if query is not None else ()),
+        *(() if query is not None else (row.host.name,)),
         str(status.state),
         states.short(status.applied) if status.applied else "-",
         states.short(status.published) if status.published else "-",
@@ -151,8 +210,10 @@ def _cells(row: HostRow, now: datetime) -> tuple[str, ...]:
 
 def table(status: FleetStatus) -> str:
     """One line per host under a header, columns aligned, then a count by state."""
-    lines = [COLUMNS, *(_cells(r, status.now) for r in status.rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    query = status.package
+    header = (COLUMNS[0], VERSION, *COLUMNS[1:]) if query is not None else COLUMNS
+    lines = [header, *(_cells(r, status.now, query) for r in status.rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
@@ -164,6 +225,7 @@ def table(status: FleetStatus) -> str:
     text.append("")
     text.append(
         f"{len(status.rows)} host{'s' if len(status.rows) != 1 else ''}"
+        + (f" running {query}" if query is not None else "")
         + (f": {summary}" if summary else "")
         + f"; main {status.main[:8]}, {iso(status.now)}"
     )
@@ -233,10 +295,11 @@ def watch(
     fail: Callable[[GitopsError], None],
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     retick: float = RETICK_SECONDS,
+    software: bool = False,
 ) -> None:
     """Read and ``show`` the fleet, then again on each change until ``stop``; a fleet that
     cannot be read (main invalid for a while) is said through ``fail``, and watched on."""
-    reader = FleetReader(repo_path)
+    reader = FleetReader(repo_path, software=software)
     for _why in changes(repo_path, stop, retick=retick):
         try:
             show(reader.read(now()))

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from gitops.errors import GitopsError
-from gitops.fleet.alerts import AlertSettings, CommitStatus, Forge
-from gitops.protocol import format_time
+from gitops.fleet.alerts import AlertSettings, CommitStatus, Forge, Webhook
+from gitops.protocol import format_time, parse_json
 from gitops.sitegen.derived import Derived
 from gitops.sitegen.model import HostStatus, State
 from gitops.system import http
@@ -72,7 +72,7 @@ class Saved:
     @classmethod
     def load(cls, path: Path) -> Saved:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_bytes())
             hosts = {n: HostMark(**m) for n, m in data["hosts"].items()}
             statuses = {sha: (s[0], s[1]) for sha, s in data["statuses"].items()}
             return cls(hosts, statuses, list(data["outbox"]))
@@ -195,7 +195,7 @@ def plan(
     if changes:
         event = _event(settings, fleet, now, main, changes)
         outbox += [
-            {"kind": "webhook", "url": hook.url, "body": event, "attempts": 0}
+            {"kind": "webhook", "hook": hook_id(hook), "body": event, "attempts": 0}
             for hook in settings.webhooks
         ]
     current = commit_statuses(statuses)
@@ -219,11 +219,30 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def hook_id(hook: Webhook) -> str:
+    """What the outbox (in the published site) names a webhook by: never its URL, which
+    may carry a token (Slack, Teams and Discord put one in the path)."""
+    return hashlib.sha256(hook.url.encode()).hexdigest()[:16]
+
+
+def _webhook(item: Mapping[str, Any], settings: AlertSettings) -> Webhook:
+    for hook in settings.webhooks:
+        if hook_id(hook) == item.get("hook") or hook.url == item.get(
+            "url"
+        ):  # url: outboxes saved before hook ids
+            return hook
+    raise _DroppedError("its webhook is no longer in fleet.yaml's alerts.webhooks")
+
+
+def _target(item: Mapping[str, Any], settings: AlertSettings) -> str:
+    if item["kind"] == "webhook":
+        return _webhook(item, settings).url
+    return str(item["url"])
+
+
 def _headers(item: Mapping[str, Any], body: bytes, settings: AlertSettings) -> dict[str, str]:
     if item["kind"] == "webhook":
-        hook = next((h for h in settings.webhooks if h.url == item["url"]), None)
-        if hook is None:
-            raise _DroppedError("no longer in fleet.yaml's alerts.webhooks")
+        hook = _webhook(item, settings)
         headers = {"X-Gitops-Event": str(item["body"]["event"]), "X-Gitops-Delivery": item_id(item)}
         if hook.secret is not None:
             headers[SIGNATURE_HEADER] = signature(hook.secret.read(), body)
@@ -265,7 +284,12 @@ def deliver(saved: Saved, settings: AlertSettings, *, timeout: float = http.TIME
     kept: list[dict[str, Any]] = []
     unreachable: set[str] = set()
     for item in saved.outbox:
-        url = str(item["url"])
+        try:
+            url = _target(item, settings)
+        except _DroppedError as why:
+            log.warning("alerts: dropped a %s delivery: %s", item.get("kind"), why)
+            result.dropped += 1
+            continue
         if url in unreachable:
             kept.append(item)
             continue
@@ -275,13 +299,15 @@ def deliver(saved: Saved, settings: AlertSettings, *, timeout: float = http.TIME
             http.post_json(url, body, headers, timeout=timeout)
             result.sent += 1
         except _DroppedError as why:
-            log.warning("alerts: dropped a delivery to %s: %s", url, why)
+            log.warning("alerts: dropped a delivery to %s: %s", http.public(url), why)
             result.dropped += 1
         except GitopsError as err:
             attempts = int(item.get("attempts", 0)) + 1
             result.errors.append(str(err))
             if attempts >= MAX_ATTEMPTS:
-                log.warning("alerts: gave up on %s after %d builds: %s", url, attempts, err)
+                log.warning(
+                    "alerts: gave up on %s after %d builds: %s", http.public(url), attempts, err
+                )
                 result.dropped += 1
                 continue
             log.warning("alerts: %s (tried again by the next build)", err)

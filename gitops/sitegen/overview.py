@@ -17,7 +17,7 @@ from gitops.fleet.commands import BadCommand, SignedCommand
 from gitops.fleet.model import FleetSettings
 from gitops.fleet.policies import Outcome, Policy
 from gitops.protocol import format_time
-from gitops.sitegen import audit, commands, compliance, export, states
+from gitops.sitegen import audit, commands, compliance, currency, export, states
 from gitops.sitegen.audit import ApplyRef
 from gitops.sitegen.charts import PALETTE, STATE_COLORS, Series, stacked_bars
 from gitops.sitegen.derived import Derived, decode_samples
@@ -230,7 +230,10 @@ def _index_page(
     failing = [(s.policy, s.counts[Outcome.FAIL]) for s in summaries if s.counts[Outcome.FAIL]]
     failing.sort(key=lambda item: (-item[1], item[0].name))
     drawn = charts(view)
+    nixpkgs = currency.spread(view.derived.values(), view.now)
     context = {
+        "nixpkgs": nixpkgs,
+        "max_revisions": currency.MAX_REVISIONS,
         "counts": counts,
         "states_order": STATE_ORDER,
         "flag_counts": flag_counts,
@@ -253,7 +256,7 @@ def _index_page(
         problems=found,
         chart_data=drawn.data,
     )
-    return AggregatePage("index", "Overview", context, data)
+    return AggregatePage("index", "Overview", context, {**data, "nixpkgs": nixpkgs.to_json()})
 
 
 def _inventory_page(view: Overview, sources: Sources) -> AggregatePage:

@@ -14,7 +14,7 @@ from typing import Any
 from gitops.fleet.model import Host
 from gitops.fleet.policies import Policy
 from gitops.protocol import Report
-from gitops.sitegen import compliance, export, states
+from gitops.sitegen import compliance, export, states, vulnscan
 from gitops.sitegen.model import HostData, HostSoftware, HostStatus, ReportEntry
 from gitops.sitegen.render import Renderer
 
@@ -28,15 +28,23 @@ class Judged:
     answers: tuple[compliance.Answer, ...]
     newest: ReportEntry | None  # the counted report (None: none counts)
     report: Report | None  # and its status.json, parsed
+    vulns: vulnscan.HostScan | None = None  # its known vulnerabilities (None: not scanned)
 
 
 def judge(
-    data: HostData, host: Host, policies: Sequence[Policy], now: datetime, stale_after: int
+    data: HostData,
+    host: Host,
+    policies: Sequence[Policy],
+    now: datetime,
+    stale_after: int,
+    vulns: vulnscan.HostScan | None = None,
 ) -> Judged:
     status = states.judge(data, now=now, stale_after=stale_after)
     newest = states.counted(data, now)
     report = data.report_of(newest) if newest is not None else None
-    return Judged(status, compliance.answer(policies, host, report, now), newest, report)
+    site = vulnscan.facts(vulns, now.date())
+    answers = compliance.answer(policies, host, report, now, site)
+    return Judged(status, answers, newest, report, vulns)
 
 
 def generations(data: HostData) -> list[dict[str, Any]]:
@@ -86,6 +94,7 @@ class HostPages:
             "failures": [r for r in data.reports if r.log_tail][:5],
             "published": data.published,
             "software": HostSoftware.of(data, host.cve_exemptions),
+            "vulns": judged.vulns,
             "command_acks": [
                 (entry, ack)
                 for entry in data.reports
@@ -101,4 +110,6 @@ class HostPages:
     @staticmethod
     def json(host: Host, data: HostData, judged: Judged) -> str:
         detail = export.host_detail(host, data, judged.status, judged.answers, judged.report)
+        if judged.vulns is not None:
+            detail["vulnerabilities"] = vulnscan.to_json(judged.vulns)
         return export.dumps(detail)

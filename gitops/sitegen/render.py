@@ -18,6 +18,7 @@ from gitops.protocol import format_time as protocol_time
 from gitops.sitegen import resources
 from gitops.sitegen.charts import STATE_COLORS
 from gitops.sitegen.compliance import Answer, Exempt, Verdict
+from gitops.sitegen.hardware import Hardware
 from gitops.sitegen.model import CLOCK_SKEW, QUIET_FLAGS, DeployEntry, HostStatus, ReportEntry
 from gitops.sitegen.states import describe_age
 
@@ -27,6 +28,7 @@ PAGES = (
     ("drift.html", "Drift"),
     ("compliance.html", "Compliance"),
     ("audit.html", "Audit trail"),
+    ("rollout.html", "Rollout"),
     ("software.html", "Software"),
     ("vulnerabilities.html", "Vulnerabilities"),
     ("commands.html", "Commands"),
@@ -212,10 +214,18 @@ class Renderer:
             )
         return Markup("\n".join(items))
 
-    def inventory_row(self, host: Host, status: HostStatus, failing: list[str]) -> Markup:
+    def inventory_row(
+        self,
+        host: Host,
+        status: HostStatus,
+        failing: list[str],
+        facts: Mapping[str, Any] | None = None,
+    ) -> Markup:
         """One host's inventory row (cached per host: the same until its state changes).
         Each cell says which field it holds (``data-field``), for the filter; the state
-        sorts by urgency, most urgent first."""
+        sorts by urgency, most urgent first. The hardware its counted report's ``facts``
+        give is a last cell and the row's ``data-vendor``, ``data-model``,
+        ``data-memory`` (GiB) and ``data-encryption``, which the filter reads too."""
         state = str(status.state)
         flags = "".join(" " + flag_badge(f) for f in status.flags)
         seen = status.last_seen
@@ -230,9 +240,21 @@ class Renderer:
             ("applied", "", self.commit_link(status.applied)),
             ("published", "", self.commit_link(status.published)),
             ("policy", "", escape(", ".join(failing))),
+            _hardware_cell(kit := Hardware.of(facts)),
+        )
+        attributes = "".join(
+            f' data-{name}="{escape(value)}"'
+            for name, value in (
+                ("vendor", kit.vendor),
+                ("model", kit.model),
+                ("memory", kit.memory_gib),
+                ("encryption", kit.encryption),
+            )
         )
         return Markup(
-            "<tr>" + "".join(f"<td{extra}>{content}</td>" for _, extra, content in cells) + "</tr>"
+            f"<tr{attributes}>"
+            + "".join(f"<td{extra}>{content}</td>" for _, extra, content in cells)
+            + "</tr>"
         )
 
     def render(self, template: str, *, root: str, current: str, **context: Any) -> str:
@@ -242,6 +264,14 @@ class Renderer:
         return self.env.get_template(template).render(
             root=root, current=current, docs=docs, **context
         )
+
+
+def _hardware_cell(kit: Hardware) -> tuple[str, str, Markup]:
+    """Vendor and model, memory, root disk encryption; sorted by memory."""
+    machine = " ".join(v for v in (kit.vendor, kit.model) if v != "unknown") or "unknown"
+    memory = human_size(kit.memory_bytes) if kit.memory_bytes is not None else "memory unknown"
+    text = f"{machine}, {memory}, disk encryption {kit.encryption}"
+    return ("hardware", f' data-sort="{kit.memory_bytes or 0}"', escape(text))
 
 
 _ANSWER_LABELS: dict[Verdict, str] = {

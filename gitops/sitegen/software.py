@@ -27,7 +27,13 @@ import pygit2
 
 from gitops.fleet.model import Host
 from gitops.inventory.reports import MAX_WALK
-from gitops.inventory.sbom import MAX_SBOM_BYTES, Sbom, read_sbom
+from gitops.inventory.sbom import (
+    MAX_SBOM_BYTES,
+    PackageQuery,
+    Sbom,
+    parse_packages,
+    read_sbom,
+)
 from gitops.protocol import SBOM_FILE
 from gitops.sitegen import commitgraph
 from gitops.sitegen.derived import Derived, PageFile
@@ -59,12 +65,9 @@ def packages_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def parse_packages(text: str) -> list[tuple[str, str]]:
-    pairs = []
-    for line in text.splitlines():
-        name, _, version = line.partition("\t")
-        pairs.append((name, version))
-    return pairs
+def matching(query: PackageQuery, text: str) -> tuple[tuple[str, str], ...]:
+    """The (name, version) pairs of a package set (:func:`packages_text`) ``query`` finds."""
+    return tuple(pair for pair in parse_packages(text) if query.matches(*pair))
 
 
 @dataclass(frozen=True)

@@ -17,28 +17,23 @@ workers; the pages of a set are kept there too, by content, and linked while unc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pygit2
 from markupsafe import Markup, escape
 
-from gitops.errors import GitopsError
 from gitops.fleet.model import CveExemption, FleetSettings
 from gitops.inventory import vulns
-from gitops.inventory.sbom import Package
+from gitops.inventory.sbom import parse_packages
 from gitops.protocol import format_time
-from gitops.sitegen import export, resources
+from gitops.sitegen import export, resources, vulnscan
 from gitops.sitegen.derived import Derived, Rules
 from gitops.sitegen.model import HostSoftware
 from gitops.sitegen.render import Renderer, host_link
-from gitops.sitegen.software import parse_packages
 from gitops.system import atomic
 
 MAX_CVE_HOSTS = 100  # host links per CVE on the page (the JSON has them all)
@@ -48,13 +43,18 @@ class PackageSets:
     """Package sets by id: those this build's workers sent, and the cache's."""
 
     def __init__(self, cache_dir: Path | None) -> None:
-        self.directory = cache_dir / "packages" if cache_dir is not None else None
+        self.directory = self.directory_in(cache_dir)
         self.pages = cache_dir / "software-pages" if cache_dir is not None else None
         self.new: dict[str, str] = {}
         self.used: set[str] = set()  # kept pages this build links
         for directory in (self.directory, self.pages):
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def directory_in(cache_dir: Path | None) -> Path | None:
+        """Where the sets are kept in the site cache ``cache_dir``."""
+        return cache_dir / "packages" if cache_dir is not None else None
 
     def add(self, set_id: str, text: str) -> None:
         self.new[set_id] = text
@@ -175,8 +175,11 @@ def write(
     tmp: Path,
     sets: PackageSets,
     templates: Path | None,
+    scanner: vulnscan.Scanner | None = None,
 ) -> None:
-    """software.html, software/<set>.html and vulnerabilities.html, with their JSON."""
+    """software.html, software/<set>.html and vulnerabilities.html, with their JSON; the
+    hosts matched against the feed by ``scanner`` (:mod:`gitops.sitegen.vulnscan`), as
+    their pages and policies were."""
     renderer = Renderer(settings.site, rules.now, docs, compiled=templates)
     ware = _fleetware(derived, sets)
     head = {"schema": export.SCHEMA, "built": format_time(rules.now)}
@@ -223,7 +226,11 @@ def write(
     )
     (tmp / "software.html").write_text(html, encoding="utf-8")
     (tmp / "software.json").write_text(export.dumps(data), encoding="utf-8")
-    _vulnerabilities(repo, settings, rules, renderer, ware, tmp, sets, head)
+    if scanner is None:  # no build passed one: the feed fleet.yaml names, read here
+        cache = sets.directory.parent if sets.directory is not None else None
+        feed = vulnscan.load_feed(Path(repo.workdir or repo.path), settings, cache)
+        scanner = vulnscan.Scanner(feed, sets.directory, settings.vulnerabilities.exemptions)
+    _vulnerabilities(rules, renderer, ware, tmp, scanner, head)
     sets.prune_pages()
 
 
@@ -269,78 +276,25 @@ class HostVulns:
     exempt: tuple[vulns.Finding, ...]
 
 
-def _load_feed(repo_dir: Path, feeds: Sequence[str], cache: Path | None) -> list[vulns.Cve]:
-    """The feed, parsed once per change of its files (kept pickled in the cache)."""
-    files = vulns.feed_files(repo_dir / f for f in feeds)
-    stamp = repr([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-    key = hashlib.sha256(stamp.encode()).hexdigest()[:32]
-    kept = cache / f"feed-{key}" if cache is not None else None
-    if kept is not None and kept.exists():
-        with contextlib.suppress(Exception):
-            loaded = pickle.loads(kept.read_bytes())
-            if isinstance(loaded, list):
-                return loaded
-    cves = vulns.load_feed(files)
-    if kept is not None:
-        for old in kept.parent.glob("feed-*"):
-            old.unlink(missing_ok=True)
-        atomic.write_bytes(kept, pickle.dumps(cves, protocol=pickle.HIGHEST_PROTOCOL))
-    return cves
-
-
-def _host_vulns(
-    ware: Fleetware,
-    cves: list[vulns.Cve],
-    fleet_wide: Sequence[CveExemption],
-    today: date,
-) -> list[HostVulns]:
-    index = vulns.index_by_product(cves)
-    by_set: dict[str, list[vulns.Finding]] = {}
-    for set_id, text in ware.texts.items():
-        packages = [Package("", name, version) for name, version in parse_packages(text)]
-        by_set[set_id] = vulns.match_host("", packages, index, {}, today)
-    found = []
-    for set_id, hosts in ware.sets.items():
-        for host in hosts:
-            row = ware.software[host]
-            assert row is not None
-            exemptions = vulns.exemptions_for(fleet_wide, row.exemptions)
-            open_: list[vulns.Finding] = []
-            exempt: list[vulns.Finding] = []
-            for finding in by_set[set_id]:
-                exemption = exemptions.get(finding.cve.id)
-                in_force = exemption if exemption and exemption.expires >= today else None
-                mine = vulns.Finding(finding.cve, host, finding.package, finding.fixed_in, in_force)
-                (exempt if in_force else open_).append(mine)
-            if open_ or exempt:
-                found.append(HostVulns(host, tuple(open_), tuple(exempt)))
-    return sorted(found, key=lambda h: h.host)
-
-
 def _vulnerabilities(
-    repo: pygit2.Repository,
-    settings: FleetSettings,
     rules: Rules,
     renderer: Renderer,
     ware: Fleetware,
     tmp: Path,
-    sets: PackageSets,
+    scanner: vulnscan.Scanner,
     head: Mapping[str, Any],
 ) -> None:
-    feeds = settings.vulnerabilities.feeds
-    error = ""
-    cves: list[vulns.Cve] = []
-    if feeds:
-        repo_dir = Path(repo.workdir or repo.path)
-        try:
-            cves = _load_feed(repo_dir, feeds, sets.directory.parent if sets.directory else None)
-        except GitopsError as err:
-            error = str(err)
+    feed = scanner.feed
+    feeds, error, cves = feed.configured, feed.error, feed.cves
     today = rules.now.date()
-    hosts = _host_vulns(ware, cves, settings.vulnerabilities.exemptions, today)
-    findings = [f for h in hosts for f in (*h.open, *h.exempt)]
-    found = vulns.by_cve(findings)
-    exemptions = {(f.cve.id, f.host): f.exemption for f in findings if f.exemption is not None}
+    scans = {
+        host: scanner.host(ware.software[host], today, ware.texts[set_id])
+        for set_id, names in ware.sets.items()
+        for host in names
+    }
+    hosts = [HostVulns(n, s.open, s.exempt) for n, s in vulnscan.by_host(scans)]
+    found = vulnscan.by_cve(scans)
+    exemptions = {(f.cve.id, h.host): f.exemption for h in hosts for f in h.exempt}
     html = renderer.render(
         "vulnerabilities.html",
         root="",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pygit2
 
 from gitops.fleet.model import Fleet, Host, SiteSettings
-from gitops.sitegen import collect, software, states
+from gitops.sitegen import collect, software, states, vulnscan
 from gitops.sitegen.cache import CacheReader, collector_paused
 from gitops.sitegen.collect import HostReader
 from gitops.sitegen.compliance import failing
@@ -56,6 +56,7 @@ class Job:
     tmp: Path  # the new site
     store: Path | None  # the page store
     old_pages: Mapping[str, PageFile]  # path -> what the previous build wrote there
+    vulns: vulnscan.Scanner | None = None  # known vulnerabilities (host pages, policies)
 
 
 def host_paths(name: str) -> tuple[str, str]:
@@ -130,11 +131,15 @@ class Worker:
         sbom = self.sboms.update(data, host, previous)
         data = replace(data, sbom=sbom.state)
         rules = job.rules
-        judged = judge(data, host, rules.policies, rules.now, rules.stale_after)
+        ware = HostSoftware.of(data, host.cve_exemptions)
+        scan = vulnscan.scan(job.vulns, ware, rules.now.date(), sbom.packages)
+        judged = judge(data, host, rules.policies, rules.now, rules.stale_after, scan)
         status, answers = judged.status, judged.answers
         samples = encode_samples(states.samples(data, rules.window, rules.stale_after))
-        row = self.renderer.inventory_row(host, status, failing(answers))
+        facts = judged.report.facts if judged.report is not None else None
+        row = self.renderer.inventory_row(host, status, failing(answers), facts)
         derived = derive(data, host, status, answers, rules, samples=samples, row_html=str(row))
+        derived = replace(derived, page_key=vulnscan.page_key(derived.page_key, scan))
         pages = self.store.link(host_paths(name), derived.page_key, job.old_pages)
         rendered = pages is None
         if pages is None:
@@ -147,7 +152,7 @@ class Worker:
             rules.global_id,
             job.old_pages,
         )
-        derived = replace(derived, software=HostSoftware.of(data, host.cve_exemptions))
+        derived = replace(derived, software=ware)
         changed = previous is None or previous != data
         cache_row = (
             (name, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)) if changed else None

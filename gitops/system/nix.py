@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitops.errors import GitopsError
-from gitops.system import process
+from gitops.system import closure_diff, process
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +142,31 @@ def delete_generations(profile: Path, numbers: list[int]) -> None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _diff_closures_argv(old: Path | str, new: Path | str) -> list[str | Path]:
+    return [NIX, "--extra-experimental-features", "nix-command", "store", "diff-closures", old, new]
+
+
 def diff_closures(old: Path, new: Path, *, limit: int = 200) -> list[str]:
     """What changed between two systems, as ``nix store diff-closures`` says it
     (``firefox: 128.0 → 129.0, +1.2 MiB``); empty when it cannot tell."""
-    result = process.run(
-        [NIX, "--extra-experimental-features", "nix-command", "store", "diff-closures", old, new],
-        check=False,
-    )
+    result = process.run(_diff_closures_argv(old, new), check=False)
     if result.returncode != 0:
         return []
     lines = [_ANSI.sub("", line).strip() for line in result.stdout.splitlines()]
     return [line for line in lines if line][:limit]
+
+
+def closure_changes(old: Path | str, new: Path | str) -> closure_diff.ClosureDiff:
+    """``nix store diff-closures old new``, parsed: packages added, removed, with other
+    versions, and size changes. Both paths must be valid in the local store; GitopsError
+    carries Nix's words when the command fails."""
+    result = process.run(_diff_closures_argv(old, new), check=False)
+    if result.returncode != 0:
+        raise GitopsError(
+            f"nix store diff-closures {old} {new} failed: "
+            + (_nix_error(result.stderr) or f"exit {result.returncode}")
+        )
+    return closure_diff.parse(result.stdout)
 
 
 def closure(path: Path | str) -> list[str]:
@@ -262,6 +276,15 @@ def is_valid(path: str) -> bool:
     """Whether the store has ``path`` as a valid path (not merely a directory on disk: a
     failed substitution may leave one behind)."""
     return process.run([NIX_STORE, "--check-validity", path], check=False).returncode == 0
+
+
+def invalid_paths(paths: list[str]) -> set[str]:
+    """Which of ``paths`` the local store does not have as valid paths (one
+    ``nix-store --check-validity --print-invalid`` for all of them)."""
+    if not paths:
+        return set()
+    result = process.run([NIX_STORE, "--check-validity", "--print-invalid", *paths], check=True)
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
 
 def generate_signing_key(name: str) -> tuple[str, str]:

@@ -132,7 +132,8 @@ def decrypt(ciphertext: bytes, identity: Identity, what: str) -> bytes:
     try:
         return bytes(pyrage.decrypt(ciphertext, list(identity.keys)))
     except pyrage.DecryptError as err:
-        raise AgeError(f"{what}: {identity.where} cannot decrypt it ({err})") from err
+        why = " ".join(str(err).split())  # pyrage's messages span lines
+        raise AgeError(f"{what}: {identity.where} cannot decrypt it ({why})") from err
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,11 @@
 
   // Plain words look in these fields (never in the failing policies: "failed" is a state,
   // not part of a policy's name); field:value looks in the field it names, exactly.
-  var PLAIN = ["host", "state", "flag", "nixos", "profile", "tag", "owner"];
+  var PLAIN = ["host", "state", "flag", "nixos", "profile", "tag", "owner", "vendor", "model"];
+  // Hardware, from the row's data-* attributes (the Hardware cell shows them in one line);
+  // memory (GiB) is compared with memory>=16, memory<8, ...
+  var ROW_FIELDS = ["vendor", "model", "encryption"];
+  var NUMBERS = { memory: true };
   var LISTS = { profile: true, tag: true, policy: true };
   var columns = {};
   Array.prototype.forEach.call(heads, function (th, i) {
@@ -26,6 +30,13 @@
 
   function valuesOf(row) {
     var found = {};
+    ROW_FIELDS.forEach(function (name) {
+      found[name] = [(row.getAttribute("data-" + name) || "").toLowerCase()];
+    });
+    Object.keys(NUMBERS).forEach(function (name) {
+      var number = parseFloat(row.getAttribute("data-" + name) || "");
+      found[name] = isNaN(number) ? null : number;
+    });
     Object.keys(columns).forEach(function (name) {
       var cell = row.cells[columns[name]];
       if (name === "state") {
@@ -46,12 +57,17 @@
 
   function parse(query) {
     var terms = [];
-    var pattern = /([a-z]+):"([^"]*)"?|([a-z]+):(\S+)|"([^"]*)"?|(\S+)/g;
+    var pattern = /([a-z]+)(>=|<=|>|<)(\d+(?:\.\d+)?)|([a-z]+):"([^"]*)"?|([a-z]+):(\S+)|"([^"]*)"?|(\S+)/g;
     var match;
     while ((match = pattern.exec(query.toLowerCase())) !== null) {
+      if (match[1] && NUMBERS[match[1]]) {
+        terms.push({ field: match[1], compare: match[2], number: parseFloat(match[3]) });
+        continue;
+      }
+      match = [match[0], match[4], match[5], match[6], match[7], match[8], match[9]];
       var field = match[1] || match[3];
       var value = match[2] !== undefined ? match[2] : match[4];
-      if (field && values.length && values[0][field] !== undefined) {
+      if (field && !NUMBERS[field] && values.length && values[0][field] !== undefined) {
         terms.push({ field: field, value: value.trim() });
       } else {
         terms.push({ word: (match[5] !== undefined ? match[5] : match[0]).trim() });
@@ -62,6 +78,12 @@
 
   function matches(i, term) {
     if (term.word !== undefined) { return plain[i].indexOf(term.word) !== -1; }
+    if (term.compare !== undefined) {
+      var n = values[i][term.field];
+      if (n === null) { return false; }  // unknown: never matches a comparison
+      return term.compare === ">=" ? n >= term.number : term.compare === "<=" ? n <= term.number
+        : term.compare === ">" ? n > term.number : n < term.number;
+    }
     return values[i][term.field].indexOf(term.value) !== -1;
   }
 
