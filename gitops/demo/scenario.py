@@ -290,19 +290,8 @@ class DemoFleet:
         With central builds, build the changed hosts first; a host that fails to build is
         held back, as ``gitops publish --systems`` holds it back."""
         assert self.publisher_key is not None
-        if systems is None and self.cache_public_key is not None:
-            systems = self.root / "systems.json"
-            self.last_build = central.build(
-                central.Request(
-                    repo=self.repo_dir,
-                    source="main",
-                    hosts=(),
-                    every_host=False,
-                    signing_key=self.cache_key_path,
-                    cache=self.cache_url,
-                    systems=systems,
-                )
-            )
+        if systems is None:
+            systems = self.build_systems()
         repo = self.repository()
         plan = publish.make_plan(repo, "main")
         built = central.read_systems(systems) if systems is not None else None
@@ -315,6 +304,25 @@ class DemoFleet:
             refspecs = [f"{deploy_ref(h)}:{deploy_ref(h)}" for h in sorted(published.commits)]
             self.push_deploy(Path(repo.path), refspecs)
         return published
+
+    def build_systems(self) -> Path | None:
+        """With central builds on, ``gitops build`` the changed hosts into the demo's cache,
+        as CI would, and return the systems file; None when hosts build for themselves."""
+        if self.cache_public_key is None:
+            return None
+        systems = self.root / "systems.json"
+        self.last_build = central.build(
+            central.Request(
+                repo=self.repo_dir,
+                source="main",
+                hosts=(),
+                every_host=False,
+                signing_key=self.cache_key_path,
+                cache=self.cache_url,
+                systems=systems,
+            )
+        )
+        return systems
 
     def push_deploy(self, git_dir: Path, refspecs: list[str]) -> None:
         """The publisher's push of its new deploy commits (to the plain bare repository)."""

@@ -9,7 +9,6 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pygit2
 import yaml
@@ -20,7 +19,6 @@ from gitops.demo.scenario import git
 from gitops.demo.served import ServedFleet
 from gitops.fleet.rollout_record import Record
 from gitops.protocol import deploy_ref
-from gitops.publish import build as central
 from gitops.publish import rollout, run
 from gitops.trust import commits
 
@@ -65,30 +63,10 @@ def _staged_publish(demo: ServedFleet) -> rollout.Staged:
         key_path=demo.publisher_key_path,
         push=True,
         remote=REMOTE,
-        systems=_built_systems(demo),
+        systems=demo.build_systems(),
     )
     with _as_publisher(demo):
         return rollout.publish(request)
-
-
-def _built_systems(demo: ServedFleet) -> Path | None:
-    """With central builds on, ``gitops build`` the changed hosts first, as CI would, so
-    the staged publish pins each system (the demo's agents run in substitute mode)."""
-    if demo.cache_public_key is None:
-        return None
-    systems = demo.root / "systems.json"
-    central.build(
-        central.Request(
-            repo=demo.repo_dir,
-            source="main",
-            hosts=(),
-            every_host=False,
-            signing_key=demo.cache_key_path,
-            cache=demo.cache_url,
-            systems=systems,
-        )
-    )
-    return systems
 
 
 def canary_halts(demo: ServedFleet, canary: str, say: Callable[[str], None]) -> WavesOutcome:
