@@ -9,10 +9,7 @@ What the test does not run, plainly:
   this checkout's ``python -m gitops`` instead.
 * steps named "Post ..." (GitLab: jobs named ``post-*``): they call the forge's API
   (comment, commit status), which is not here.
-* while ``gitops build`` and ``check --eval`` are not in this checkout's CLI (issue 11
-  items 1 and 3 land on another branch), their steps are skipped and ``--systems FILE``
-  is left off ``publish``; each skip is reported as a warning. Nothing else is skipped:
-  any other command or option the CLI lacks fails the test.
+* nothing else is skipped: a command or option the CLI lacks fails the test.
 * a template's ``NIX_CONFIG`` is added to this machine's (which says how Nix runs here).
 """
 
@@ -23,10 +20,8 @@ import re
 import shlex
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -124,34 +119,6 @@ def gitlab_steps(job: str, context: Mapping[str, str]) -> list[Step]:
 # -- what this checkout's CLI has (the pending items of issue 11) ------------------------
 
 
-@cache
-def _cli_help(*command: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "gitops", *command, "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout if done.returncode == 0 else ""
-
-
-def _pending(step: Step) -> tuple[str, str] | None:
-    """(why the step is skipped, how it is changed) for commands this CLI does not have yet."""
-    words = step.script.split()
-    runs_build = "gitops" in words and words[words.index("gitops") + 1 :][:1] == ["build"]
-    if runs_build and "--signing-key" not in _cli_help("build"):
-        return ("skip", "gitops build is not in this checkout's CLI")
-    if "--eval" in words and "--eval" not in _cli_help("check"):
-        return ("skip", "gitops check --eval is not in this checkout's CLI")
-    if "publish" in words and "--systems" in words and "--systems" not in _cli_help("publish"):
-        return ("drop-systems", "gitops publish --systems is not in this checkout's CLI")
-    return None
-
-
-def _without_systems(script: str) -> str:
-    return re.sub(r'\s*--systems\s+("[^"]*"|\S+)', "", script.replace("\\\n", " "))
-
-
 # -- running them ------------------------------------------------------------------------
 
 
@@ -188,15 +155,8 @@ class Runner:
         for step in steps:
             if _skipped_by_design(step):
                 continue
-            script = step.script
-            pending = _pending(step)
-            if pending is not None:
-                warnings.warn(f"{step.name!r}: {pending[1]}", stacklevel=1)
-                if pending[0] == "skip":
-                    continue
-                script = _without_systems(script)
             done = subprocess.run(
-                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step.script],
                 cwd=checkout,
                 env=self.env(step.env),
                 capture_output=True,
@@ -359,10 +319,10 @@ def test_template_runs_check_plan_then_build_publish_in_order(kind: str, forge: 
     assert "no closure diff: no published system to compare with (a new host)" in systems_plan
     for host in HOSTS:
         assert git_out("rev-parse", deploy_ref(host), cwd=forge.server)
-    if "--signing-key" in _cli_help("build"):  # the built systems are in the cache, signed
-        narinfos = list((forge.runner.tmp / "cache").glob("*.narinfo"))
-        assert narinfos
-        assert all("Sig: test-cache-1:" in n.read_text() for n in narinfos)
+    # The built systems are in the cache, signed.
+    narinfos = list((forge.runner.tmp / "cache").glob("*.narinfo"))
+    assert narinfos
+    assert all("Sig: test-cache-1:" in n.read_text() for n in narinfos)
 
     # The next pull request is planned against what the server now holds.
     server_change = standin.profile_file("server", ["nginx"])
