@@ -14,10 +14,9 @@ let
   cfg = config.services.gitops-agent;
   defaults = lib.importJSON ./agent-defaults.json;
   inherit (lib) mkOption types;
-
-  # An absolute path as a string. For secrets this matters: a Nix path would copy the
-  # file into the world-readable store, a string is only read by the agent at run time.
-  pathString = types.strMatching "/.*";
+  shared = import ./lib.nix { inherit lib; };
+  # Secrets are these strings, never Nix paths, which would be copied to the store.
+  inherit (shared) pathString;
 
   trustedPublishersFile =
     if cfg.trustedPublishersFile != null then
@@ -68,20 +67,13 @@ let
   # `--config` belongs to the `agent` command: gitops agent --config FILE once|trigger.
   agentCommand = "${cfg.package}/bin/gitops agent --config ${configFile}";
 
-  isSshRemote =
-    lib.hasPrefix "ssh://" cfg.remote
-    || (builtins.match "[^/]*@[^/]*:.*" cfg.remote != null && !(lib.hasInfix "://" cfg.remote));
+  isSshRemote = shared.isSshUrl cfg.remote;
 in
 {
   options.services.gitops-agent = {
     enable = lib.mkEnableOption "the nixos-gitops agent, which applies this host's signed deploy branch";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { nix = config.nix.package; };
-      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { nix = config.nix.package; }";
-      description = "The nixos-gitops package (it provides the `gitops` command).";
-    };
+    package = shared.packageOption { inherit config pkgs; } "the `gitops` command";
 
     remote = mkOption {
       type = types.str;
@@ -199,9 +191,7 @@ in
       description = "Private key to log in to an ssh remote (for example the host key, registered as a deploy key).";
     };
 
-    knownHosts = mkOption {
-      type = types.nullOr types.lines;
-      default = null;
+    knownHosts = shared.knownHostsOption {
       example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
       description = "The git server's host keys (ssh-keyscan output). Required for an ssh remote, unless `knownHostsFile` is set.";
     };
@@ -416,9 +406,7 @@ in
           push enroll/* branches). A string path, never read at evaluation time.
         '';
       };
-      knownHosts = mkOption {
-        type = types.nullOr types.lines;
-        default = null;
+      knownHosts = shared.knownHostsOption {
         example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
         description = "The host keys of an ssh `enrol.remote` (ssh-keyscan output); checked strictly when set.";
       };
@@ -643,7 +631,7 @@ in
 
     systemd.services."gitops-agent-trigger@" = lib.mkIf cfg.trigger.enable {
       description = "Answer a local request to run the nixos-gitops agent now";
-      serviceConfig = {
+      serviceConfig = shared.sandbox // {
         ExecStart = "${agentCommand} trigger --http --start-unit gitops-agent.service";
         StandardInput = "socket";
         StandardOutput = "socket";
@@ -652,27 +640,9 @@ in
         # needs no capability, no network of its own (the connection is passed in)
         # and no writable file system apart from the agent's trigger file.
         RuntimeMaxSec = 30;
-        CapabilityBoundingSet = "";
-        NoNewPrivileges = true;
         PrivateNetwork = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        ReadWritePaths = [ "-${cfg.stateDir}" ];
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
         RestrictAddressFamilies = [ "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" ];
+        ReadWritePaths = [ "-${cfg.stateDir}" ];
         UMask = "0077";
       };
     };

@@ -14,8 +14,8 @@
 let
   cfg = config.services.gitops-server;
   inherit (lib) mkOption types;
-
-  pathString = types.strMatching "/.*";
+  shared = import ./lib.nix { inherit lib; };
+  inherit (shared) pathString;
 
   command = "${cfg.package}/bin/gitops";
   serverYaml = pkgs.writeText "gitops-server.yaml" (
@@ -28,18 +28,10 @@ let
   };
 
   knownHostsFile = if cfg.knownHosts != null then pkgs.writeText "gitops-server-known-hosts" cfg.knownHosts else null;
-  sshCommand = lib.concatStringsSep " " (
-    [
-      "ssh"
-      "-o BatchMode=yes"
-      "-o IdentitiesOnly=yes"
-    ]
-    ++ lib.optionals (cfg.sshKey != null) [ "-i ${lib.escapeShellArg cfg.sshKey}" ]
-    ++ lib.optionals (knownHostsFile != null) [
-      "-o StrictHostKeyChecking=yes"
-      "-o UserKnownHostsFile=${knownHostsFile}"
-    ]
-  );
+  sshCommand = shared.sshCommand {
+    inherit (cfg) sshKey;
+    inherit knownHostsFile;
+  };
 
   syncScript = pkgs.writeShellApplication {
     name = "gitops-server-sync";
@@ -51,9 +43,7 @@ let
     text = builtins.readFile ./server-sync.sh;
   };
 
-  isSshUrl =
-    lib.hasPrefix "ssh://" cfg.repository
-    || (builtins.match "[^/]*@[^/]*:.*" cfg.repository != null && !(lib.hasInfix "://" cfg.repository));
+  isSshUrl = shared.isSshUrl cfg.repository;
 
   environment = {
     HOME = cfg.dataDir;
@@ -65,34 +55,19 @@ let
     GIT_SSH_COMMAND = sshCommand;
   } // config.networking.proxy.envVars;
 
-  hardening = {
+  hardening = shared.sandbox // {
     User = cfg.user;
     Group = cfg.group;
     UMask = "0027";
     ReadWritePaths = [ cfg.dataDir ];
-    CapabilityBoundingSet = "";
-    NoNewPrivileges = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-      "AF_INET6"
-    ];
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [ "@system-service" ];
+  };
+
+  # A oneshot that works in the server directory once gitops-server-setup made it.
+  afterSetup = description: serviceConfig: {
+    inherit description environment;
+    after = [ "gitops-server-setup.service" ];
+    requisite = [ "gitops-server-setup.service" ];
+    serviceConfig = hardening // { Type = "oneshot"; } // serviceConfig;
   };
 in
 {
@@ -102,12 +77,7 @@ in
   options.services.gitops-server = {
     enable = lib.mkEnableOption "the gitops server: per-host repositories behind sshd's forced commands, every push checked";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { nix = config.nix.package; };
-      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { nix = config.nix.package; }";
-      description = "The nixos-gitops package (it provides `gitops server`).";
-    };
+    package = shared.packageOption { inherit config pkgs; } "`gitops server`";
 
     repository = mkOption {
       type = types.str;
@@ -181,9 +151,7 @@ in
       description = "Private key to fetch main from an ssh `repository`, readable by `user`. A string path: it never enters the store.";
     };
 
-    knownHosts = mkOption {
-      type = types.nullOr types.lines;
-      default = null;
+    knownHosts = shared.knownHostsOption {
       example = "forge.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
       description = "The forge's host keys (ssh-keyscan output), for an ssh `repository`.";
     };
@@ -297,16 +265,11 @@ in
           };
         };
 
-        systemd.services.gitops-server-sync = lib.mkIf cfg.mirror {
-          description = "Mirror main from the forge into the gitops server when it moved";
-          after = [ "gitops-server-setup.service" ];
-          requisite = [ "gitops-server-setup.service" ];
-          inherit environment;
-          serviceConfig = hardening // {
-            Type = "oneshot";
+        systemd.services.gitops-server-sync = lib.mkIf cfg.mirror (
+          afterSetup "Mirror main from the forge into the gitops server when it moved" {
             ExecStart = "${lib.getExe syncScript} poll";
-          };
-        };
+          }
+        );
 
         systemd.timers.gitops-server-sync = lib.mkIf cfg.mirror {
           description = "Look whether the forge's main moved";
@@ -319,13 +282,8 @@ in
       }
 
       {
-        systemd.services.gitops-server-maintain = {
-          description = "Pack what pushes left loose in the gitops server's repositories";
-          after = [ "gitops-server-setup.service" ];
-          requisite = [ "gitops-server-setup.service" ];
-          inherit environment;
-          serviceConfig = hardening // {
-            Type = "oneshot";
+        systemd.services.gitops-server-maintain =
+          afterSetup "Pack what pushes left loose in the gitops server's repositories" {
             Nice = 10;
             IOSchedulingClass = "idle";
             ExecStartPre = lib.optional (cfg.maintenance.archiveAfterMonths != null)
@@ -334,7 +292,6 @@ in
               "${command} server maintain --dir ${cfg.dataDir}"
               + lib.optionalString (cfg.maintenance.jobs != null) " --jobs ${toString cfg.maintenance.jobs}";
           };
-        };
 
         systemd.timers.gitops-server-maintain = {
           description = "Pack the gitops server's repositories";

@@ -14,8 +14,8 @@ let
   cfg = config.services.gitops-site;
   vhost = config.services.nginx.virtualHosts.${cfg.nginx.virtualHost};
   inherit (lib) mkOption types;
-
-  pathString = types.strMatching "/.*";
+  shared = import ./lib.nix { inherit lib; };
+  inherit (shared) pathString;
 
   knownHostsFile =
     if cfg.knownHostsFile != null then
@@ -25,22 +25,12 @@ let
     else
       null;
 
-  isSshUrl =
-    lib.hasPrefix "ssh://" cfg.repository
-    || (builtins.match "[^/]*@[^/]*:.*" cfg.repository != null && !(lib.hasInfix "://" cfg.repository));
+  isSshUrl = shared.isSshUrl cfg.repository;
 
-  sshCommand = lib.concatStringsSep " " (
-    [
-      "ssh"
-      "-o BatchMode=yes"
-      "-o IdentitiesOnly=yes"
-    ]
-    ++ lib.optionals (cfg.sshKey != null) [ "-i ${lib.escapeShellArg cfg.sshKey}" ]
-    ++ lib.optionals (knownHostsFile != null) [
-      "-o StrictHostKeyChecking=yes"
-      "-o UserKnownHostsFile=${knownHostsFile}"
-    ]
-  );
+  sshCommand = shared.sshCommand {
+    inherit (cfg) sshKey;
+    inherit knownHostsFile;
+  };
 
   # The token stays in its file: git asks this helper, which reads it at run time.
   credentialHelper = pkgs.writeShellScript "gitops-site-credentials" ''
@@ -64,12 +54,7 @@ in
   options.services.gitops-site = {
     enable = lib.mkEnableOption "the nixos-gitops fleet site (inventory, drift, compliance, audit trail)";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { nix = config.nix.package; };
-      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { nix = config.nix.package; }";
-      description = "The nixos-gitops package (it provides `gitops site build`).";
-    };
+    package = shared.packageOption { inherit config pkgs; } "`gitops site build`";
 
     repository = mkOption {
       type = types.str;
@@ -108,9 +93,7 @@ in
       description = "Private key for an ssh repository URL, readable by `user`. A string path: it never enters the store.";
     };
 
-    knownHosts = mkOption {
-      type = types.nullOr types.lines;
-      default = null;
+    knownHosts = shared.knownHostsOption {
       example = "git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
       description = "The git server's host keys (ssh-keyscan output), for an ssh repository URL.";
     };
@@ -222,36 +205,13 @@ in
               GIT_CONFIG_VALUE_0 = "${credentialHelper}";
             }
             // config.networking.proxy.envVars;
-          serviceConfig = {
+          serviceConfig = shared.sandbox // {
             Type = "oneshot";
             ExecStart = lib.getExe update;
             User = cfg.user;
             Group = cfg.group;
             UMask = "0022";
             ReadWritePaths = [ cfg.stateDir ];
-            CapabilityBoundingSet = "";
-            NoNewPrivileges = true;
-            PrivateTmp = true;
-            PrivateDevices = true;
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            ProtectKernelTunables = true;
-            ProtectKernelModules = true;
-            ProtectKernelLogs = true;
-            ProtectControlGroups = true;
-            ProtectClock = true;
-            ProtectHostname = true;
-            RestrictAddressFamilies = [
-              "AF_UNIX"
-              "AF_INET"
-              "AF_INET6"
-            ];
-            RestrictNamespaces = true;
-            RestrictRealtime = true;
-            RestrictSUIDSGID = true;
-            LockPersonality = true;
-            SystemCallArchitectures = "native";
-            SystemCallFilter = [ "@system-service" ];
           };
         };
 

@@ -652,7 +652,11 @@ def declared_options(module: Path, prefix: str) -> set[str]:
         if re.match(r"^    \};$", line):
             group = ""
             continue
-        option = re.match(r"^\s+([A-Za-z]+) = (?:mkOption|lib\.mkEnableOption)", line)
+        # shared.*Option: the option constructors of nixos/lib.nix.
+        option = re.match(
+            r"^\s+([A-Za-z]+) = (?:mkOption|lib\.mkEnableOption|shared\.[a-z][A-Za-z]*Option)\b",
+            line,
+        )
         if option:
             names.add(group + option.group(1))
     return names

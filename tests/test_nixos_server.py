@@ -81,7 +81,7 @@ def nix_file(path: Path) -> str:
     return f"(/. + {json.dumps(str(path))})"
 
 
-@pytest.mark.parametrize("name", ["server.nix", "server-config.nix", "server-sshd.nix"])
+@pytest.mark.parametrize("name", ["server.nix", "server-config.nix", "server-sshd.nix", "lib.nix"])
 def test_the_nix_files_parse(name: str) -> None:
     nix("--parse", str(NIXOS / name))
 
