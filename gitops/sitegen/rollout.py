@@ -15,7 +15,7 @@ from gitops.fleet.model import Fleet, load_fleet
 from gitops.fleet.rollout_record import WaveView, local_record, view
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
-from gitops.protocol import ROLLOUT_REF, format_time
+from gitops.protocol import ROLLOUT_REF
 from gitops.trust import commits
 
 
@@ -39,15 +39,5 @@ def rollout_page(
         repo, record, fleet.hosts, settings, now=now, stale_after=fleet.settings.stale_after
     )
     context = {"record": record, "waves": waves, "problem": "", "rollout": settings}
-    data = {
-        "rollout": {
-            "source": record.source,
-            "status": str(record.status),
-            "wave": record.current.name,
-            "reason": record.reason,
-            "by": record.by,
-            "updated": format_time(record.updated),
-            "waves": [w.to_json() for w in waves],
-        }
-    }
+    data = {"rollout": {**record.summary(), "waves": [w.to_json() for w in waves]}}
     return context, data
