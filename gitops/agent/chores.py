@@ -1,7 +1,9 @@
 """The day-to-day work around a cycle's report: signed commands (:mod:`.commands`) and
 reboots when needed and allowed (:mod:`.reboot`). The cycle calls :meth:`Chores.start`
 after the deploy step, puts :meth:`Chores.acks` and :attr:`Chores.reboot_needed_since`
-into its report, and calls :meth:`Chores.after_report` once the report was pushed."""
+into its report, and calls :meth:`Chores.after_report` once the report was pushed.
+:attr:`Chores.system` is the running system, read once after commands ran; the report and
+the metrics of the cycle use it too."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from gitops.agent.mirror import Mirror
 from gitops.agent.reporter import PushOutcome
 from gitops.agent.state import AgentState
 from gitops.errors import GitopsError
-from gitops.protocol import CommandAck, CommandName, Report, Result
+from gitops.protocol import CommandAck, CommandName, Report, Result, SystemInfo
 from gitops.system import host as system_host
 
 log = logging.getLogger(__name__)
@@ -54,31 +56,35 @@ def verified_tree(mirror: Mirror, state: AgentState, outcome: Outcome) -> pygit2
 
 
 class Chores:
-    def __init__(self, config: AgentConfig, now: datetime, host: system_host.Host) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        host: system_host.Host,
+        commands: Commands,
+        system: SystemInfo,
+        assessment: reboot.Assessment,
+    ) -> None:
         self.config = config
-        self.now = now
         self.host = host
-        self.commands = Commands(config, host, now)
-        self.assessment = reboot.Assessment(None)
+        self.commands = commands
+        self.system = system
+        self.assessment = assessment
 
     @classmethod
     def start(
         cls, config: AgentConfig, mirror: Mirror, state: AgentState, outcome: Outcome, now: datetime
     ) -> Chores:
-        chores = cls(config, now, system_host.for_root(config.root))
+        host = system_host.for_root(config.root)
         tree = verified_tree(mirror, state, outcome)
-        chores.commands.run(tree)
+        control = read_control(tree)
+        commands = Commands(config, host, now)
+        commands.run(tree, control)
+        # Read once, after the commands ran; the report and the metrics use it too.
         system = facts.collect_system(config.root, config.system_profile)
-        chores.assessment = reboot.assess(
-            config, system, state.applied_store_path, read_control(tree), chores.host, now
-        )
-        if chores.assessment.needed_since is not None and not chores.assessment.due:
-            log.info(
-                "reboot needed (%s), not now: %s",
-                chores.assessment.why_needed,
-                chores.assessment.why_not,
-            )
-        return chores
+        assessment = reboot.assess(config, system, state.applied_store_path, control, host, now)
+        if assessment.needed_since is not None and not assessment.due:
+            log.info("reboot needed (%s), not now: %s", assessment.why_needed, assessment.why_not)
+        return cls(config, host, commands, system, assessment)
 
     @property
     def must_report(self) -> bool:

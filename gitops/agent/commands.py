@@ -226,9 +226,10 @@ class Commands:
         self.state = CommandState()
         self.broken = False
 
-    def run(self, tree: pygit2.Tree | None) -> None:
-        """Handle every command in ``tree`` (a verified deploy tree); never raises for a
-        command: each one's failure is its own acknowledgement."""
+    def run(self, tree: pygit2.Tree | None, control: HostControl | None) -> None:
+        """Handle every command in ``tree`` (a verified deploy tree; ``control`` is its
+        :func:`read_control`); never raises for a command: each one's failure is its own
+        acknowledgement."""
         try:
             self.state = self.store.load()
         except GitopsError as err:
@@ -236,7 +237,6 @@ class Commands:
             self.broken = True
             return
         self._recover_interrupted()
-        control = read_control(tree)
         seen: set[str] = set()
         files = _command_files(tree)
         for name, payload, signature in files:

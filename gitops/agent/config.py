@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from gitops.errors import GitopsError
 from gitops.fleet.schema import Problems, Reader, load_yaml
@@ -161,22 +162,19 @@ def _seconds(reader: Reader, key: str, cls: type[AgentConfig] | type[HealthConfi
     return reader.duration(key, default)
 
 
-def _action(top: Reader) -> Action:
-    text = top.string("action", str(_default(AgentConfig, "action")))
-    try:
-        return Action(text)
-    except ValueError:
-        top.problem("action", f"{text!r} is not switch, boot or test")
-        return Action.SWITCH
+_Choice = TypeVar("_Choice", Action, Mode)
 
 
-def _mode(top: Reader) -> Mode:
-    text = top.string("mode", str(_default(AgentConfig, "mode")))
+def _choice(top: Reader, key: str, kind: type[_Choice], words: str) -> _Choice:
+    """``key`` as one of ``kind`` (``words`` lists them); its default when it is not one."""
+    default = _default(AgentConfig, key)
+    assert isinstance(default, kind)  # a field declared ``kind``
+    text = top.string(key, str(default))
     try:
-        return Mode(text)
+        return kind(text)
     except ValueError:
-        top.problem("mode", f"{text!r} is not build, substitute or auto")
-        return Mode.AUTO
+        top.problem(key, f"{text!r} is not {words}")
+        return default
 
 
 def _substituter_problem(url: str) -> str | None:
@@ -289,7 +287,7 @@ def parse_config(
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     top = Reader(data, where, problems)
     host, remote, trusted = _required(top)
-    mode = _mode(top)
+    mode = _choice(top, "mode", Mode, "build, substitute or auto")
     substituters, trusted_public_keys = _substitution(top, mode)
     config = AgentConfig(
         host=host,
@@ -298,7 +296,7 @@ def parse_config(
         signing_key=_default_path(top, "signing_key"),
         state_dir=_default_path(top, "state_dir"),
         system_profile=_default_path(top, "system_profile"),
-        action=_action(top),
+        action=_choice(top, "action", Action, "switch, boot or test"),
         poll_interval=_seconds(top, "poll_interval", AgentConfig),
         poll_jitter=_seconds(top, "poll_jitter", AgentConfig),
         report_interval=_seconds(top, "report_interval", AgentConfig),

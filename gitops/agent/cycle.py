@@ -398,6 +398,7 @@ class Cycle:
             time=now,
             result=result.result,
             state=self.state,
+            system=self.chores.system,
             reboot_pending=result.reboot_pending,
             pending_reports=0 if push is None else push.pending,
             durations=self.durations,
@@ -425,7 +426,7 @@ class Cycle:
 
     def _report(self, outcome: _Outcome, now: datetime) -> Report:
         config = self.config
-        system = facts.collect_system(config.root, config.system_profile)
+        system = self.chores.system
         # The profile is a path in this process's file system (nix-env wrote it), which
         # may differ from the facts root's view; read its generation here.
         generation = nix.current_generation(config.system_profile)

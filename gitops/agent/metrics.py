@@ -18,10 +18,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from gitops import __version__
-from gitops.agent import facts
 from gitops.agent.config import AgentConfig
 from gitops.agent.state import AgentState
-from gitops.protocol import Result, parse_time
+from gitops.protocol import Result, SystemInfo, parse_time
 from gitops.system import atomic
 
 log = logging.getLogger(__name__)
@@ -153,14 +152,15 @@ def after_cycle(
     time: datetime,
     result: Result,
     state: AgentState,
+    system: SystemInfo,
     reboot_pending: bool,
     pending_reports: int,
     durations: Mapping[str, float],
 ) -> None:
-    """Write the metrics of the cycle that just ended, if ``metrics_file`` is set."""
+    """Write the metrics of the cycle that just ended, if ``metrics_file`` is set;
+    ``system`` is the running system the cycle read."""
     if config.metrics_file is None:
         return
-    system = facts.collect_system(config.root, config.system_profile)
     cycle = CycleMetrics(
         host=config.host,
         time=time,

@@ -238,6 +238,12 @@ def _groups(hosts: Sequence[HostReview]) -> list[tuple[tuple[str, ...], list[str
     return sorted(groups.items(), key=lambda item: (-len(item[1]), item[1]))
 
 
+def _names(names: list[str]) -> str:
+    """The first 20 host names, in bold, and how many more."""
+    summary = ", ".join(f"<b>{name}</b>" for name in names[:20])
+    return summary + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -275,9 +281,7 @@ def markdown(result: Review) -> str:
             continue
         lines += [f"#### {title}: {_plural(len(hosts), 'host')}", "", f"_{why}_", ""]
         for paths, names in _groups(hosts):
-            summary = ", ".join(f"<b>{name}</b>" for name in names[:20])
-            if len(names) > 20:
-                summary += f" and {len(names) - 20} more"
+            summary = _names(names)
             lines += [
                 f"<details><summary>{summary}: {_plural(len(paths), 'file')}</summary>",
                 "",
@@ -331,9 +335,7 @@ def _closures_markdown(result: Review) -> list[str]:
         elif system.note is not None:
             notes.append(f"- **{host.host}**: {system.note.replace('|', '/')}")
     for changes, names in sorted(groups.items(), key=lambda item: (-len(item[1]), item[1])):
-        summary = ", ".join(f"<b>{name}</b>" for name in names[:20])
-        if len(names) > 20:
-            summary += f" and {len(names) - 20} more"
+        summary = _names(names)
         lines += [
             f"<details><summary>{summary}: {ClosureDiff(changes).summary()}</summary>",
             "",

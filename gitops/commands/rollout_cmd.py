@@ -7,7 +7,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from gitops import output
 from gitops.commands.publish_cmd import publish_command_result, raise_if_refused
@@ -39,7 +38,7 @@ def publish(request: run.Request, *, as_json: bool) -> int:
     if as_json:
         output.emit_json(
             {
-                "rollout": _record_json(record),
+                "rollout": record.summary(),
                 "steps": list(staged.steps),
                 "wave": staged.verdict.reason if staged.verdict else None,
                 "publishes": [publish_command_result(o) for o in outcomes],
@@ -73,17 +72,6 @@ def _summary(record: Record, reason: str) -> str:
     raise AssertionError(record.status)
 
 
-def _record_json(record: Record) -> dict[str, Any]:
-    return {
-        "source": record.source,
-        "status": str(record.status),
-        "wave": record.current.name,
-        "reason": record.reason,
-        "by": record.by,
-        "updated": format_time(record.updated),
-    }
-
-
 def status(repo: Path, *, as_json: bool, now: datetime | None = None) -> int:
     repository = commits.open_repository(repo)
     fleet = load_main_fleet(repository)
@@ -105,7 +93,7 @@ def status(repo: Path, *, as_json: bool, now: datetime | None = None) -> int:
         stale_after=fleet.settings.stale_after,
     )
     if as_json:
-        output.emit_json({"rollout": _record_json(record), "waves": [w.to_json() for w in waves]})
+        output.emit_json({"rollout": record.summary(), "waves": [w.to_json() for w in waves]})
     else:
         output.say(table(record, waves))
     return 0
@@ -192,7 +180,7 @@ def admin(
         repository, changed, base=base, key=key, subject=subject, remote=remote if push else None
     )
     if as_json:
-        output.emit_json({"rollout": _record_json(changed), "commit": str(oid)})
+        output.emit_json({"rollout": changed.summary(), "commit": str(oid)})
     else:
         where = f" and pushed to {remote}" if push else ""
         output.say(f"{subject} ({str(oid)[:8]} on {branch_name(ROLLOUT_REF)}{where})")

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from gitops.errors import GitopsError
-from gitops.fleet.model import Fleet
+from gitops.fleet.model import Fleet, listed_principal
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import Source
 from gitops.protocol import (
@@ -141,9 +141,9 @@ def issue(
 
 def commander_principal(fleet: Fleet, key: SigningKey) -> str:
     public = public_key_of(key)
-    for commander in fleet.settings.commanders:
-        if commander.key.blob == public.blob:
-            return commander.principal
+    principal = listed_principal(fleet.settings.commanders, public)
+    if principal is not None:
+        return principal
     raise GitopsError(
         f"the key {public.fingerprint} is not in fleet.yaml 'commanders', so hosts would refuse "
         "what it signs; add it by pull request, or use a listed key"

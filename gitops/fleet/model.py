@@ -7,6 +7,7 @@ field and fix; nothing downstream sees an unchecked value.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Final
@@ -51,6 +52,11 @@ _URL_SCHEMES: Final = ("https://", "http://")
 class Publisher:
     principal: str
     key: PublicKey
+
+
+def listed_principal(listed: Iterable[Publisher], key: PublicKey) -> str | None:
+    """The principal ``key`` has in ``listed`` (fleet.yaml publishers or commanders)."""
+    return next((entry.principal for entry in listed if entry.key.blob == key.blob), None)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,18 @@ class Record:
     def wave_of(self, host: str) -> int | None:
         return next((i for i, w in enumerate(self.waves) if host in w.hosts), None)
 
+    def summary(self) -> dict[str, Any]:
+        """Where the rollout stands, as ``gitops rollout status --json`` and the site's
+        rollout.json show it (the current wave by name)."""
+        return {
+            "source": self.source,
+            "status": str(self.status),
+            "wave": self.current.name,
+            "reason": self.reason,
+            "by": self.by,
+            "updated": format_time(self.updated),
+        }
+
     def to_json(self) -> str:
         data: dict[str, Any] = {
             "schema": ROLLOUT_SCHEMA,

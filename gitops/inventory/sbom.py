@@ -16,7 +16,6 @@ small strict reader of what we write (one bad file refuses itself, nothing else)
 
 from __future__ import annotations
 
-import json
 import uuid
 import warnings
 from collections.abc import Iterable
@@ -34,7 +33,7 @@ from typing_extensions import override
 
 from gitops import __version__
 from gitops.inventory.nixnames import package_name
-from gitops.protocol import SBOM_FILE
+from gitops.protocol import SBOM_FILE, parse_json
 
 __all__ = ["SBOM_FILE", "Package", "Sbom", "build_sbom", "packages_of", "read_sbom"]
 
@@ -180,9 +179,9 @@ def read_sbom(text: bytes | str) -> Sbom:
     if len(text) > MAX_SBOM_BYTES:
         raise ValueError(f"SBOM larger than {MAX_SBOM_BYTES >> 20} MiB")
     try:
-        data = json.loads(text)
+        data = parse_json(text)  # bounded: a host wrote it (nesting, NaN, bad UTF-8)
     except ValueError as err:
-        raise ValueError(f"SBOM is not JSON ({err})") from err
+        raise ValueError(f"SBOM is {err}") from err
     if not isinstance(data, dict) or data.get("bomFormat") != "CycloneDX":
         raise ValueError("not a CycloneDX document")
     metadata = _mapping(data.get("metadata"), "metadata")

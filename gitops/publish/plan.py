@@ -16,7 +16,7 @@ from enum import StrEnum
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.fleet.model import Fleet, Host, deploy_paths, load_fleet
+from gitops.fleet.model import Fleet, Host, deploy_paths, listed_principal, load_fleet
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import TreeSource
 from gitops.protocol import (
@@ -297,9 +297,9 @@ def deploy_message(
 
 def publisher_principal(fleet: Fleet, key: SigningKey) -> str:
     public = public_key_of(key)
-    for publisher in fleet.settings.publishers:
-        if publisher.key.blob == public.blob:
-            return publisher.principal
+    principal = listed_principal(fleet.settings.publishers, public)
+    if principal is not None:
+        return principal
     raise GitopsError(
         f"the signing key {public.fingerprint} is not a publisher in fleet.yaml, so hosts would "
         "refuse what it signs; add it to 'publishers' by pull request, or use a listed key"

@@ -444,7 +444,13 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         "host_count": len(names),
     }
     head = {"schema": export.SCHEMA, "built": format_time(rules.now)}
-    staged = rollout_page(main.repo, main.head, main.fleet, rules.now)  # docs/rollout.md
+    staged = rollout_page(  # docs/rollout.md
+        main.repo,
+        settings,
+        main.publishers,
+        lambda: (main.fleet or _load_fleet(main.repo, main.head, cache, 1)).hosts,
+        rules.now,
+    )
     pages = (*aggregate_pages(view, sources), AggregatePage("rollout", "Rollout", *staged))
     for page in pages:
         html = renderer.render(

@@ -133,7 +133,7 @@ class FleetReader:
             feed = vulnscan.load_feed(Path(repo.workdir or repo.path), settings, None)
             scanner = vulnscan.Scanner(feed, None, settings.vulnerabilities.exemptions)
         wanted = self.software or scanner is not None
-        sboms = software.SbomFinder(repo, reader.verdict) if wanted else None
+        sboms = software.SbomFinder(repo, reader.verdict, reader.walks) if wanted else None
         rows = []
         seen: dict[str, HostData] = {}
         for name, host in sorted(fleet.hosts.items()):

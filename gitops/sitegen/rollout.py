@@ -5,49 +5,43 @@ verify is shown as such, never trusted, and never breaks the rest of the site.""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import pygit2
 
 from gitops.errors import GitopsError
-from gitops.fleet.model import Fleet, load_fleet
+from gitops.fleet.model import FleetSettings, Host
 from gitops.fleet.rollout_record import WaveView, local_record, view
-from gitops.fleet.schema import Problems
-from gitops.fleet.source import TreeSource
-from gitops.protocol import ROLLOUT_REF, format_time
+from gitops.protocol import ROLLOUT_REF
 from gitops.trust import commits
+from gitops.trust.allowed_signers import AllowedSigners
 
 
 def rollout_page(
-    repo: pygit2.Repository, main: pygit2.Commit, fleet: Fleet | None, now: datetime
+    repo: pygit2.Repository,
+    settings: FleetSettings,
+    publishers: AllowedSigners,
+    hosts: Callable[[], Mapping[str, Host]],
+    now: datetime,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The page's template context and its JSON data."""
+    """The page's template context and its JSON data. ``settings`` and ``publishers`` are
+    main's as the build read them; ``hosts`` gives main's hosts (the build's cached fleet),
+    asked for only when there is a rollout to show."""
     empty: dict[str, Any] = {"record": None, "waves": (), "problem": "", "rollout": None}
     if commits.ref_target(repo, ROLLOUT_REF) is None:
         return empty, {"rollout": None}
-    if fleet is None:  # the build reused a cached summary of main
-        fleet = load_fleet(TreeSource(repo, main.tree), Problems())
-    settings = fleet.settings.rollout
+    rollout = settings.rollout
     try:
-        record = local_record(repo, fleet.settings.publisher_trust())
+        record = local_record(repo, publishers)
     except GitopsError as err:
         return {**empty, "problem": str(err)}, {"rollout": None, "problem": str(err)}
-    if record is None or settings is None:
+    if record is None or rollout is None:
         return empty, {"rollout": None}
     waves: tuple[WaveView, ...] = view(
-        repo, record, fleet.hosts, settings, now=now, stale_after=fleet.settings.stale_after
+        repo, record, hosts(), rollout, now=now, stale_after=settings.stale_after
     )
-    context = {"record": record, "waves": waves, "problem": "", "rollout": settings}
-    data = {
-        "rollout": {
-            "source": record.source,
-            "status": str(record.status),
-            "wave": record.current.name,
-            "reason": record.reason,
-            "by": record.by,
-            "updated": format_time(record.updated),
-            "waves": [w.to_json() for w in waves],
-        }
-    }
+    context = {"record": record, "waves": waves, "problem": "", "rollout": rollout}
+    data = {"rollout": {**record.summary(), "waves": [w.to_json() for w in waves]}}
     return context, data

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +28,49 @@ LOG_TAIL_LINES = 40
 _GENERATION_LINK = re.compile(r"^(?P<profile>.+)-(?P<number>\d+)-link$")
 
 
-class BuildError(GitopsError):
+class StepError(GitopsError):
+    """A streamed step failed; ``log_tail`` is the end of its output."""
+
     def __init__(self, message: str, log_tail: str) -> None:
         super().__init__(message)
         self.log_tail = log_tail
 
 
-class ActivationError(GitopsError):
-    def __init__(self, message: str, log_tail: str) -> None:
-        super().__init__(message)
-        self.log_tail = log_tail
+class BuildError(StepError):
+    pass
+
+
+class ActivationError(StepError):
+    pass
+
+
+def _stream(
+    argv: Sequence[str | Path],
+    error: type[StepError],
+    what: str,
+    *,
+    timeout: float | None,
+    setting: str = "",
+    env: Mapping[str, str] | None = None,
+    merge_stdout: bool = False,
+) -> process.Streamed:
+    """Run ``argv`` with its output streamed to the log; past ``timeout``, ``error`` says
+    "<what> timed out after ... (<setting>)" and carries the output's tail."""
+    try:
+        return process.stream(
+            argv,
+            on_line=_log_line,
+            env=env,
+            timeout=timeout,
+            tail_lines=LOG_TAIL_LINES,
+            merge_stdout=merge_stdout,
+        )
+    except process.TimedOutError as err:
+        where = f" ({setting})" if setting else ""
+        raise error(
+            f"{what} timed out after {process.format_seconds(err.timeout)}{where}",
+            "\n".join(err.tail),
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -67,13 +101,7 @@ def build_flake(
         *extra_args,
         f"{flake_ref}#{attr}",
     ]
-    try:
-        result = process.stream(argv, on_line=_log_line, timeout=timeout, tail_lines=LOG_TAIL_LINES)
-    except process.TimedOutError as err:
-        raise BuildError(
-            f"nix build timed out after {process.format_seconds(err.timeout)} (build_timeout)",
-            "\n".join(err.tail),
-        ) from err
+    result = _stream(argv, BuildError, "nix build", timeout=timeout, setting="build_timeout")
     if result.returncode != 0:
         last = next(
             (line.strip() for line in reversed(result.tail) if line.startswith("error")),
@@ -188,21 +216,15 @@ def switch_to_configuration(path: Path, action: str, *, timeout: float | None = 
     script = path / "bin" / "switch-to-configuration"
     if not script.exists():
         raise ActivationError(f"{path} has no bin/switch-to-configuration: not a NixOS system", "")
-    try:
-        result = process.stream(
-            [script, action],
-            on_line=_log_line,
-            env={"NIXOS_INSTALL_BOOTLOADER": "0"},
-            timeout=timeout,
-            tail_lines=LOG_TAIL_LINES,
-            merge_stdout=True,
-        )
-    except process.TimedOutError as err:
-        raise ActivationError(
-            f"switch-to-configuration {action} timed out after "
-            f"{process.format_seconds(err.timeout)} (activation_timeout)",
-            "\n".join(err.tail),
-        ) from err
+    result = _stream(
+        [script, action],
+        ActivationError,
+        f"switch-to-configuration {action}",
+        timeout=timeout,
+        setting="activation_timeout",
+        env={"NIXOS_INSTALL_BOOTLOADER": "0"},
+        merge_stdout=True,
+    )
     if result.returncode != 0:
         raise ActivationError(
             f"switch-to-configuration {action} failed (exit {result.returncode})",
@@ -261,10 +283,8 @@ STORE_DIR = "/nix/store"
 _STORE_PATH = re.compile(r"^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+$")
 
 
-class SubstituteError(GitopsError):
-    def __init__(self, message: str, log_tail: str) -> None:
-        super().__init__(message)
-        self.log_tail = log_tail
+class SubstituteError(StepError):
+    pass
 
 
 def is_store_path(text: str) -> bool:
@@ -375,13 +395,7 @@ def realise_from(
         "max-jobs",
         "0",
     ]
-    try:
-        result = process.stream(argv, on_line=_log_line, timeout=timeout, tail_lines=LOG_TAIL_LINES)
-    except process.TimedOutError as err:
-        raise SubstituteError(
-            f"fetching {path} timed out after {process.format_seconds(err.timeout)}",
-            "\n".join(err.tail),
-        ) from err
+    result = _stream(argv, SubstituteError, f"fetching {path}", timeout=timeout)
     if result.returncode != 0:
         raise SubstituteError(
             _substitute_problem(result.tail, result.returncode), "\n".join(result.tail)

@@ -10,7 +10,6 @@ last deploy); otherwise the system's own, day-precise, answer is reported.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any
 
 from gitops.agent.facts.compliance import nixos_version
 from gitops.agent.facts.hostfs import Host
-from gitops.protocol import format_time
+from gitops.protocol import format_time, parse_json
 
 _LABEL = re.compile(r"^\d\d\.\d\d(?:pre-git|pre)?\.(?P<day>\d{8})\.(?P<rev>[0-9a-f]{7,40})$")
 
@@ -67,7 +66,7 @@ def _from_system(host: Host) -> Nixpkgs | None:
 def _from_lock(text: bytes) -> Nixpkgs | None:
     """``nodes.<root's nixpkgs input>.locked`` of a flake.lock (version 7)."""
     try:
-        lock = json.loads(text)
+        lock = parse_json(text)
         nodes = lock["nodes"]
         name = nodes[lock.get("root", "root")].get("inputs", {}).get("nixpkgs", "nixpkgs")
         locked = nodes[name if isinstance(name, str) else "nixpkgs"]["locked"]
