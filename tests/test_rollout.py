@@ -227,6 +227,10 @@ def test_failures_halt_the_rollout_before_the_next_wave_and_resume_goes_on(
         ("everyone", "waiting"),
     ]
     assert data["waves"][0]["members"][0]["progress"] == "failed"
+    # A second build reuses its cached summary of main: the same page.
+    first = (tmp_path / "site" / "rollout.json").read_text()
+    site.build(setup.fleet.server, tmp_path / "site", now=setup.t0 + 61 * MINUTE, send_alerts=False)
+    assert (tmp_path / "site" / "rollout.json").read_text() == first
 
     resumed = gitops(
         "rollout",
