@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pygit2
@@ -43,11 +46,34 @@ def public_line(key: PrivateKeyTypes) -> str:
     return keys.public_line(key).strip()
 
 
+def gitops(
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gitops ...`` as a user runs it; the caller checks the exit code.
+
+    ``env`` adds variables to the environment; ``environ`` replaces the whole environment
+    (``os.environ`` by default), for tests that leave a variable out.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        input=input,
+        timeout=timeout,
+        env={**(os.environ if environ is None else environ), **(env or {})},
+    )
+
+
 def git(
     *args: str | Path, cwd: Path, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         ["git", *map(str, args)],
         cwd=cwd,

@@ -5,7 +5,6 @@ each host's own key (what a fresh clone takes as the host's word)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from gitops.protocol import Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import create_report_commit
 from gitops.trust import commits, keys
 from gitops.trust.sshsig import PrivateKeyTypes
-from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
+from testing.helpers import commit_all, git, git_out, gitops, init_repo, write_fleet
 
 HOSTS = {
     "web-1": ["server"],
@@ -27,17 +26,6 @@ HOSTS = {
     "dev-ws-1": ["workstation", "developer"],
     "admin-1": ["workstation"],
 }
-
-
-def gitops(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m gitops ...`` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
 
 
 @dataclass

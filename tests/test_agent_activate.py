@@ -8,10 +8,10 @@ of gitops.demo.standin); the agent runs in-process or through ``python -m gitops
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +27,7 @@ from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
 from gitops.protocol import Result
 from gitops.system import nix, process
+from testing import helpers
 from testing.helpers import current_system, published_demo, remote_reports
 
 HOSTS = {"alpha": ["workstation"], "gamma": ["server"]}
@@ -43,14 +44,7 @@ def run(
     return Cycle(config or demo.agent_config(host), **options).run()
 
 
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+gitops = functools.partial(helpers.gitops, timeout=120)
 
 
 def write_config(demo: DemoFleet, host: str, **settings: object) -> Path:

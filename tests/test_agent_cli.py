@@ -32,7 +32,7 @@ from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
 from gitops.errors import GitopsError
 from gitops.protocol import Result, parse_time
-from testing.helpers import published_demo
+from testing.helpers import gitops, published_demo
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 
@@ -57,16 +57,6 @@ def write_config(demo: DemoFleet, host: str) -> Path:
     path = demo.root / f"{host}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def gitops(*args: str | Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        input=input,
-    )
 
 
 def test_once_and_status_json(demo: DemoFleet) -> None:

@@ -19,7 +19,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,7 +51,7 @@ from gitops.trust import commits, sshsig, trees
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import SignatureError
 from testing import servers
-from testing.helpers import current_system, public_line, published_demo, remote_reports
+from testing.helpers import current_system, gitops, public_line, published_demo, remote_reports
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 
@@ -91,15 +90,6 @@ def config_file(demo: DemoFleet, host: str, **settings: Any) -> Path:
     path = demo.root / f"{host}.agent.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def once(demo: DemoFleet, host: str, **settings: Any) -> Once:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +41,7 @@ from gitops.fleet.schema import Problems
 from gitops.fleet.source import DirSource, TreeSource
 from gitops.sitegen import build as site_build
 from gitops.trust import keys
-from testing.helpers import commit_all, init_repo, public_line, write_fleet
+from testing.helpers import commit_all, gitops, init_repo, public_line, write_fleet
 from testing.site_helpers import NOW as SITE_NOW
 from testing.site_helpers import Fleet as SiteFleet
 
@@ -89,15 +88,6 @@ def repo(tmp_path: Path) -> Repo:
         machines=tmp_path / "machines",
     )
     return Repo(root, tmp_path / "publisher")
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def assert_one_clear_line(done: subprocess.CompletedProcess[str], expected: str) -> None:

@@ -14,8 +14,7 @@ from gitops.commands.plan_cmd import MARKER
 from gitops.demo import standin
 from gitops.trust import keys
 from testing.env import needs_nix
-from testing.helpers import commit_all, git, init_repo, write_fleet
-from testing.publishing import gitops
+from testing.helpers import commit_all, git, gitops, init_repo, write_fleet
 
 HOSTS = {
     "web-1": ["server"],

@@ -18,7 +18,7 @@ from gitops.errors import GitopsError
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
 from gitops.trust import commits, keys
-from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
+from testing.helpers import commit_all, git, git_out, gitops, init_repo, write_fleet
 
 HOSTS = {
     "web-1": ["server"],
@@ -44,16 +44,6 @@ class Fleet:
             "rev-parse", "--verify", "-q", deploy_ref(host), cwd=repo or self.root, check=False
         )
         return result.stdout.strip() or None
-
-
-def gitops(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture
