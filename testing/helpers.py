@@ -132,6 +132,41 @@ def write_fleet(
         (directory / "configuration.nix").write_text(standin.host_configuration(profiles))
 
 
+def fleet_repo(
+    root: Path,
+    hosts: dict[str, list[str]],
+    *,
+    publisher_key: Path,
+    machines: Path,
+    extra_fleet: dict[str, object] | None = None,
+) -> tuple[PrivateKeyTypes, dict[str, PrivateKeyTypes]]:
+    """A new git repository ``root`` holding a stand-in fleet (not committed), with a fresh
+    publisher key written to ``publisher_key`` (and ``.pub``) and fresh host keys.
+
+    Returns (the publisher key, the host keys)."""
+    init_repo(root)
+    publisher = ed25519.Ed25519PrivateKey.generate()
+    keys.write_keypair(publisher_key, publisher, "publisher@example.org")
+    host_keys: dict[str, PrivateKeyTypes] = {h: ed25519.Ed25519PrivateKey.generate() for h in hosts}
+    write_fleet(
+        root,
+        publisher=publisher,
+        hosts=hosts,
+        host_keys=host_keys,
+        machines=machines,
+        extra_fleet=extra_fleet,
+    )
+    return publisher, host_keys
+
+
+def push_to_bare(root: Path, server: Path) -> Path:
+    """A new bare repository ``server``, added as ``origin`` of ``root``, with main pushed."""
+    git("init", "-q", "--bare", "-b", "main", server, cwd=server.parent)
+    git("remote", "add", "origin", server, cwd=root)
+    git("push", "-q", "origin", "main", cwd=root)
+    return server
+
+
 def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
     """A DemoFleet (bare git server, keys, stand-in systems) with every host published."""
     inventory = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in hosts.items()]
