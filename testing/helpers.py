@@ -177,6 +177,26 @@ def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
     return fleet
 
 
+def agent_config_file(demo: DemoFleet, host: str, **settings: object) -> Path:
+    """The host's agent configuration as a file for ``gitops agent --config``: no grace
+    period, its first health command; ``settings`` replace top-level keys."""
+    config = demo.agent_config(host)
+    data: dict[str, object] = {
+        "host": config.host,
+        "remote": config.remote,
+        "trusted_publishers": str(config.trusted_publishers),
+        "signing_key": str(config.signing_key),
+        "state_dir": str(config.state_dir),
+        "system_profile": str(config.system_profile),
+        "root": str(config.root),
+        "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
+        **settings,
+    }
+    path = demo.root / f"{host}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
 def remote_reports(demo: DemoFleet, host: str) -> list[Report]:
     """The host's reports on the demo's server, oldest first, each signature-checked."""
     repo = pygit2.Repository(str(demo.server))
