@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 from typing_extensions import override
 
 from gitops.system import nix
+from testing.servers import LOOPBACK, serving
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,6 @@ def http_cache(directory: Path) -> Iterator[CacheServer]:
     """Serve ``directory`` (a ``file://`` cache) as a static HTTP binary cache on loopback."""
     state = CacheServer("")
     own = type("CacheHandler", (_Handler,), {"server_state": state})  # one per server
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(own, directory=str(directory)))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(partial(own, directory=str(directory))) as port:
+        state.url = f"http://{LOOPBACK}:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pygit2
@@ -43,11 +46,34 @@ def public_line(key: PrivateKeyTypes) -> str:
     return keys.public_line(key).strip()
 
 
+def gitops(
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gitops ...`` as a user runs it; the caller checks the exit code.
+
+    ``env`` adds variables to the environment; ``environ`` replaces the whole environment
+    (``os.environ`` by default), for tests that leave a variable out.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        input=input,
+        timeout=timeout,
+        env={**(os.environ if environ is None else environ), **(env or {})},
+    )
+
+
 def git(
     *args: str | Path, cwd: Path, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         ["git", *map(str, args)],
         cwd=cwd,
@@ -106,6 +132,41 @@ def write_fleet(
         (directory / "configuration.nix").write_text(standin.host_configuration(profiles))
 
 
+def fleet_repo(
+    root: Path,
+    hosts: dict[str, list[str]],
+    *,
+    publisher_key: Path,
+    machines: Path,
+    extra_fleet: dict[str, object] | None = None,
+) -> tuple[PrivateKeyTypes, dict[str, PrivateKeyTypes]]:
+    """A new git repository ``root`` holding a stand-in fleet (not committed), with a fresh
+    publisher key written to ``publisher_key`` (and ``.pub``) and fresh host keys.
+
+    Returns (the publisher key, the host keys)."""
+    init_repo(root)
+    publisher = ed25519.Ed25519PrivateKey.generate()
+    keys.write_keypair(publisher_key, publisher, "publisher@example.org")
+    host_keys: dict[str, PrivateKeyTypes] = {h: ed25519.Ed25519PrivateKey.generate() for h in hosts}
+    write_fleet(
+        root,
+        publisher=publisher,
+        hosts=hosts,
+        host_keys=host_keys,
+        machines=machines,
+        extra_fleet=extra_fleet,
+    )
+    return publisher, host_keys
+
+
+def push_to_bare(root: Path, server: Path) -> Path:
+    """A new bare repository ``server``, added as ``origin`` of ``root``, with main pushed."""
+    git("init", "-q", "--bare", "-b", "main", server, cwd=server.parent)
+    git("remote", "add", "origin", server, cwd=root)
+    git("push", "-q", "origin", "main", cwd=root)
+    return server
+
+
 def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
     """A DemoFleet (bare git server, keys, stand-in systems) with every host published."""
     inventory = [InventoryHost(name, tuple(p), {"profiles": p}) for name, p in hosts.items()]
@@ -114,6 +175,26 @@ def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
     fleet.create()
     fleet.publish()
     return fleet
+
+
+def agent_config_file(demo: DemoFleet, host: str, **settings: object) -> Path:
+    """The host's agent configuration as a file for ``gitops agent --config``: no grace
+    period, its first health command; ``settings`` replace top-level keys."""
+    config = demo.agent_config(host)
+    data: dict[str, object] = {
+        "host": config.host,
+        "remote": config.remote,
+        "trusted_publishers": str(config.trusted_publishers),
+        "signing_key": str(config.signing_key),
+        "state_dir": str(config.state_dir),
+        "system_profile": str(config.system_profile),
+        "root": str(config.root),
+        "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
+        **settings,
+    }
+    path = demo.root / f"{host}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
 
 
 def remote_reports(demo: DemoFleet, host: str) -> list[Report]:

@@ -8,19 +8,25 @@ import functools
 import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from typing_extensions import override
 
-from testing.servers import LOOPBACK, ServerError, _wait_for_port, free_port, stop_process
+from testing.servers import (
+    LOOPBACK,
+    ServerError,
+    _wait_for_port,
+    free_port,
+    serving,
+    stop_process,
+)
 
 UP_TIMEOUT = 20.0  # seconds for Prometheus to start and scrape every target once
 
@@ -38,16 +44,8 @@ class _Quiet(SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def static_server(directory: Path) -> Iterator[str]:
     """Serve ``directory`` on loopback; yields its base URL (host:port)."""
-    handler = functools.partial(_Quiet, directory=str(directory))
-    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(functools.partial(_Quiet, directory=str(directory))) as port:
+        yield f"{LOOPBACK}:{port}"
 
 
 @dataclass

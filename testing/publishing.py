@@ -5,21 +5,19 @@ each host's own key (what a fresh clone takes as the host's word)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pygit2
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.demo import standin
 from gitops.protocol import Report, Result, deploy_ref, reports_ref
 from gitops.report_commits import create_report_commit
-from gitops.trust import commits, keys
+from gitops.trust import commits
 from gitops.trust.sshsig import PrivateKeyTypes
-from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
+from testing.helpers import commit_all, fleet_repo, git, git_out, gitops, push_to_bare
 
 HOSTS = {
     "web-1": ["server"],
@@ -27,17 +25,6 @@ HOSTS = {
     "dev-ws-1": ["workstation", "developer"],
     "admin-1": ["workstation"],
 }
-
-
-def gitops(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m gitops ...`` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
 
 
 @dataclass
@@ -108,21 +95,14 @@ class ServedFleet:
 
 
 def served_fleet(tmp_path: Path, *, extra_fleet: dict[str, object] | None = None) -> ServedFleet:
-    root = init_repo(tmp_path / "fleet")
-    publisher = ed25519.Ed25519PrivateKey.generate()
-    keys.write_keypair(tmp_path / "publisher", publisher, "publisher@example.org")
-    host_keys: dict[str, PrivateKeyTypes] = {h: ed25519.Ed25519PrivateKey.generate() for h in HOSTS}
-    write_fleet(
+    root = tmp_path / "fleet"
+    publisher, host_keys = fleet_repo(
         root,
-        publisher=publisher,
-        hosts=HOSTS,
-        host_keys=host_keys,
+        HOSTS,
+        publisher_key=tmp_path / "publisher",
         machines=tmp_path / "machines",
         extra_fleet=extra_fleet,
     )
     commit_all(root, "Initial fleet")
-    server = tmp_path / "server.git"
-    git("init", "-q", "--bare", "-b", "main", server, cwd=tmp_path)
-    git("remote", "add", "origin", server, cwd=root)
-    git("push", "-q", "origin", "main", cwd=root)
+    server = push_to_bare(root, tmp_path / "server.git")
     return ServedFleet(root, tmp_path / "publisher", server, host_keys, publisher)

@@ -30,10 +30,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from socketserver import BaseRequestHandler
 from typing import ClassVar
 
 from typing_extensions import override
@@ -74,6 +75,20 @@ def find_http_backend() -> str | None:
 
 
 # -- processes and ports -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(handler: Callable[..., BaseRequestHandler]) -> Iterator[int]:
+    """Serve HTTP with ``handler`` on loopback from a thread; yields the port."""
+    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def free_port() -> int:
@@ -405,16 +420,8 @@ def git_http_server(project_root: Path, *, token: str | None) -> Iterator[HttpSe
         (_GitHttpHandler,),
         {"project_root": project_root, "backend": backend, "token": token, "stats": stats},
     )
-    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="git-http", daemon=True)
-    thread.start()
-    try:
-        yield HttpServer(project_root, server.server_address[1], stats)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(handler) as port:
+        yield HttpServer(project_root, port, stats)
 
 
 # -- git daemon ----------------------------------------------------------------------------

@@ -8,17 +8,16 @@ of gitops.demo.standin); the agent runs in-process or through ``python -m gitops
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gitops.agent.config import Action, AgentConfig
 from gitops.agent.cycle import Cycle, CycleResult
@@ -27,7 +26,8 @@ from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
 from gitops.protocol import Result
 from gitops.system import nix, process
-from testing.helpers import current_system, published_demo, remote_reports
+from testing import helpers
+from testing.helpers import agent_config_file, current_system, published_demo, remote_reports
 
 HOSTS = {"alpha": ["workstation"], "gamma": ["server"]}
 
@@ -43,33 +43,7 @@ def run(
     return Cycle(config or demo.agent_config(host), **options).run()
 
 
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
-def write_config(demo: DemoFleet, host: str, **settings: object) -> Path:
-    """The host's agent configuration as a file for ``gitops agent --config``."""
-    config = demo.agent_config(host)
-    data: dict[str, object] = {
-        "host": config.host,
-        "remote": config.remote,
-        "trusted_publishers": str(config.trusted_publishers),
-        "signing_key": str(config.signing_key),
-        "state_dir": str(config.state_dir),
-        "system_profile": str(config.system_profile),
-        "root": str(config.root),
-        "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
-    }
-    data.update(settings)
-    path = demo.root / f"{host}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+gitops = functools.partial(helpers.gitops, timeout=120)
 
 
 def change(demo: DemoFleet, host: str, **settings: str) -> None:
@@ -114,7 +88,7 @@ def test_a_build_that_never_ends_is_stopped_and_reported(demo: DemoFleet) -> Non
     before = (current_system(demo, "alpha"), generations(demo, "alpha"))
     # The stand-in's builder runs its package list through the shell: this one never ends.
     change(demo, "alpha", packages='[ "$(/bin/sleep 3671)" ]')
-    config = write_config(demo, "alpha", build_timeout="2s")
+    config = agent_config_file(demo, "alpha", build_timeout="2s")
     started = time.monotonic()
     done = gitops("agent", "--config", config, "once")
     assert time.monotonic() - started < 60
@@ -217,7 +191,7 @@ def test_a_killed_activation_goes_back_to_the_recorded_generation(demo: DemoFlee
     # The first health check kills the agent (as power loss or the OOM killer would) while
     # the profile points at the new, unhealthy generation and that system runs.
     kill_once = f'if [ -e "{marker}" ]; then rm "{marker}"; kill -KILL $PPID; fi'
-    config = write_config(
+    config = agent_config_file(
         demo, "gamma", health={"grace": 0, "commands": [kill_once, standin_check(demo, "gamma")]}
     )
     change(demo, "gamma", unhealthy="true")
@@ -247,7 +221,7 @@ def test_an_activation_killed_twice_is_not_tried_again(demo: DemoFleet) -> None:
     assert run(demo, "gamma").result == Result.APPLIED
     good = current_system(demo, "gamma")
     # This system's activation kills the agent, every time.
-    config = write_config(demo, "gamma", health={"grace": 0, "commands": ["kill -KILL $PPID"]})
+    config = agent_config_file(demo, "gamma", health={"grace": 0, "commands": ["kill -KILL $PPID"]})
     change(demo, "gamma", kernel='"6.12.11"')
     assert gitops("agent", "--config", config, "once").returncode == -9
     assert gitops("agent", "--config", config, "once").returncode == -9, "tried once more"

@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gitops.agent import trigger
 from gitops.agent.config import AgentConfig, parse_config
@@ -32,7 +31,7 @@ from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet
 from gitops.errors import GitopsError
 from gitops.protocol import Result, parse_time
-from testing.helpers import published_demo
+from testing.helpers import agent_config_file, gitops, published_demo
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 
@@ -42,35 +41,8 @@ def demo(tmp_path: Path) -> DemoFleet:
     return published_demo(tmp_path / "demo", HOSTS)
 
 
-def write_config(demo: DemoFleet, host: str) -> Path:
-    config = demo.agent_config(host)
-    data = {
-        "host": config.host,
-        "remote": config.remote,
-        "trusted_publishers": str(config.trusted_publishers),
-        "signing_key": str(config.signing_key),
-        "state_dir": str(config.state_dir),
-        "system_profile": str(config.system_profile),
-        "root": str(config.root),
-        "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
-    }
-    path = demo.root / f"{host}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def gitops(*args: str | Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        input=input,
-    )
-
-
 def test_once_and_status_json(demo: DemoFleet) -> None:
-    config = write_config(demo, "alpha")
+    config = agent_config_file(demo, "alpha")
     done = gitops("agent", "--config", config, "once", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -99,14 +71,14 @@ def test_flags_override_and_replace_the_file(demo: DemoFleet) -> None:
     assert flags_only.returncode == 0, flags_only.stderr
     assert json.loads(flags_only.stdout)["result"] == "applied"
     overridden = gitops(
-        "agent", "--config", write_config(demo, "alpha"), "--host", "Bad_Name", "status"
+        "agent", "--config", agent_config_file(demo, "alpha"), "--host", "Bad_Name", "status"
     )
     assert overridden.returncode == 1
     assert "host: 'Bad_Name' is not a valid host name" in overridden.stderr
 
 
 def test_once_exits_non_zero_when_refused(demo: DemoFleet) -> None:
-    config = write_config(demo, "beta")
+    config = agent_config_file(demo, "beta")
     demo.push_unsigned("beta")
     done = gitops("agent", "--config", config, "once")
     assert done.returncode == 1
@@ -164,7 +136,7 @@ def http_request(
 @pytest.fixture
 def trigger_socket(demo: DemoFleet) -> Iterator[tuple[int, Path]]:
     """The module's trigger socket, answered by the real CLI; the port and the trigger file."""
-    config = write_config(demo, "alpha")
+    config = agent_config_file(demo, "alpha")
     with socket_activated(["agent", "--config", config, "trigger", "--http"]) as port:
         yield port, demo.agent_config("alpha").trigger_file
 
@@ -303,7 +275,7 @@ def test_requests_a_web_page_can_make_do_not_pull_the_trigger(
 
 def test_the_trigger_also_answers_on_pipes(demo: DemoFleet) -> None:
     """inetd style: the request on stdin, the answer on stdout."""
-    config = write_config(demo, "alpha")
+    config = agent_config_file(demo, "alpha")
     trigger_file = demo.agent_config("alpha").trigger_file
     command = [
         sys.executable,
@@ -657,7 +629,7 @@ def test_a_full_or_read_only_state_dir_is_one_clear_line(demo: DemoFleet) -> Non
 
 
 def test_once_verbose_shows_each_step_and_the_build_log_as_it_goes(demo: DemoFleet) -> None:
-    config = write_config(demo, "alpha")
+    config = agent_config_file(demo, "alpha")
     demo.merge_change(
         {
             "hosts/alpha/configuration.nix": standin.host_configuration(

@@ -19,7 +19,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,7 +51,14 @@ from gitops.trust import commits, sshsig, trees
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import SignatureError
 from testing import servers
-from testing.helpers import current_system, public_line, published_demo, remote_reports
+from testing.helpers import (
+    agent_config_file,
+    current_system,
+    gitops,
+    public_line,
+    published_demo,
+    remote_reports,
+)
 
 HOSTS = {"alpha": ["workstation"], "beta": ["server"]}
 
@@ -75,35 +81,8 @@ class Once:
     stderr: str
 
 
-def config_file(demo: DemoFleet, host: str, **settings: Any) -> Path:
-    config = demo.agent_config(host)
-    data: dict[str, Any] = {
-        "host": config.host,
-        "remote": config.remote,
-        "trusted_publishers": str(config.trusted_publishers),
-        "signing_key": str(config.signing_key),
-        "state_dir": str(config.state_dir),
-        "system_profile": str(config.system_profile),
-        "root": str(config.root),
-        "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
-        **settings,
-    }
-    path = demo.root / f"{host}.agent.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 def once(demo: DemoFleet, host: str, **settings: Any) -> Once:
-    done = gitops("agent", "--config", config_file(demo, host, **settings), "once", "--json")
+    done = gitops("agent", "--config", agent_config_file(demo, host, **settings), "once", "--json")
     if not done.stdout.strip():
         return Once(done.returncode, None, "", done.stderr)
     data = json.loads(done.stdout)
@@ -872,7 +851,7 @@ def test_state_times_are_parsed_at_load(demo: DemoFleet) -> None:
     legacy["last_report_time"] = "2026-01-02T03:04:05.678901+00:00"  # what agents wrote before
     (state_dir(demo, "beta") / "state.json").write_text(json.dumps(legacy))
     demo.agent_config("beta").status_file.unlink()  # so that status reads the state itself
-    status = gitops("agent", "--config", config_file(demo, "beta"), "status", "--json")
+    status = gitops("agent", "--config", agent_config_file(demo, "beta"), "status", "--json")
     assert json.loads(status.stdout)["last_report_time"] == "2026-01-02T03:04:05Z"
     loaded = StateStore(state_dir(demo, "beta")).load("beta")
     assert loaded is not None and loaded.last_report_time == datetime(

@@ -7,11 +7,10 @@ import contextlib
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from gitops.fleet.schema import Problems, Reader
 from gitops.protocol import Result
 from gitops.sitegen import build as site_build
 from gitops.sitegen import notify
+from testing.servers import LOOPBACK, serving
 from testing.site_helpers import NOW, Fleet, standard_fleet
 
 SECRET = "webhook-secret-of-the-test"
@@ -71,16 +71,9 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as port:
+        state.url = f"http://{LOOPBACK}:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def check_signature(request: Received) -> Any:

@@ -7,7 +7,6 @@ import base64
 import json
 import struct
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from gitops.errors import GitopsError
 from gitops.trust import keys, sshsig
 from gitops.trust.allowed_signers import AllowedSigners, match_pattern_list, parse_line, parse_time
 from gitops.trust.sshsig import PublicKey, Refusal, SignatureError
-from testing.helpers import init_repo, public_line, write_fleet, write_key
+from testing.helpers import gitops, init_repo, public_line, write_fleet, write_key
 from testing.ssh import SkSignature, certify, keygen_verify, sk_public_key, sk_sign
 
 MSG = b"payload\n"
@@ -366,15 +365,6 @@ def test_entries_as_json() -> None:
 
 
 # --- `gitops keys ... --json` -----------------------------------------------------------
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_keys_new_and_allowed_signers_as_json(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from gitops.publish import build as central
 from gitops.publish import plan as publishing
 from testing.cache import signing_key
 from testing.env import needs_nix
-from testing.publishing import ServedFleet, gitops, served_fleet
+from testing.helpers import gitops
+from testing.publishing import ServedFleet, served_fleet
 
 pytestmark = [needs_nix, pytest.mark.slow]
 

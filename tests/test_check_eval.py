@@ -7,8 +7,6 @@ unknown option) and a missing attribute in a host's file."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gitops.demo import standin
 from gitops.fleet.check import check_repository
 from testing.env import needs_nix
-from testing.helpers import write_fleet
+from testing.helpers import gitops, write_fleet
 
 pytestmark = needs_nix
 
@@ -36,15 +34,6 @@ def fleet_dir(tmp_path: Path) -> Path:
         machines=tmp_path / "machines",
     )
     return root
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_a_fleet_that_evaluates_passes_and_names_each_derivation(fleet_dir: Path) -> None:

@@ -26,14 +26,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.commands.plan_cmd import MARKER
 from gitops.demo import standin
 from gitops.protocol import deploy_ref
-from gitops.trust import keys
 from testing.env import needs_nix
-from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
+from testing.helpers import commit_all, fleet_repo, git, git_out, push_to_bare
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates" / "ci"
@@ -232,21 +230,10 @@ class Forge:
 
 @pytest.fixture
 def forge(tmp_path: Path) -> Forge:
-    root = init_repo(tmp_path / "author")
-    publisher = ed25519.Ed25519PrivateKey.generate()
-    keys.write_keypair(tmp_path / "publisher", publisher, "publisher@example.org")
-    write_fleet(
-        root,
-        publisher=publisher,
-        hosts=HOSTS,
-        host_keys={h: ed25519.Ed25519PrivateKey.generate() for h in HOSTS},
-        machines=tmp_path / "machines",
-    )
+    root = tmp_path / "author"
+    fleet_repo(root, HOSTS, publisher_key=tmp_path / "publisher", machines=tmp_path / "machines")
     commit_all(root, "Initial fleet")
-    server = tmp_path / "server.git"
-    git("init", "-q", "--bare", "-b", "main", server, cwd=tmp_path)
-    git("remote", "add", "origin", server, cwd=root)
-    git("push", "-q", "origin", "main", cwd=root)
+    server = push_to_bare(root, tmp_path / "server.git")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "gitops"

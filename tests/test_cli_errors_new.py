@@ -8,10 +8,9 @@ Each row of the table was tried against the code before this file: the ones mark
 
 from __future__ import annotations
 
-import os
+import functools
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from gitops.demo.scenario import DemoFleet
 from gitops.protocol import Result, reports_ref
 from gitops.report_commits import read_report_commit
 from gitops.trust import keys
+from testing import helpers
 from testing.env import needs_nix
 from testing.helpers import git, published_demo
 
@@ -77,17 +77,7 @@ def work(world: World, tmp_path: Path) -> Path:
     return copy
 
 
-def gitops(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+gitops = functools.partial(helpers.gitops, timeout=120)
 
 
 def assert_one_clear_line(done: subprocess.CompletedProcess[str], expected: str) -> None:

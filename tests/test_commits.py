@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +14,16 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gitops.trust import commits, sshsig
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PrivateKeyTypes, SignatureError
-from testing.helpers import KEY_TYPES, git, git_out, init_repo, make_key, public_line, write_key
+from testing.helpers import (
+    KEY_TYPES,
+    git,
+    git_out,
+    gitops,
+    init_repo,
+    make_key,
+    public_line,
+    write_key,
+)
 from testing.ssh import SkSignature, certify, sk_public_key, sk_sign
 
 FIXED = {
@@ -263,15 +270,6 @@ def test_trailers() -> None:
 
 
 # --- `gitops verify`: the CLI, with the clock as well as the committer date -------------
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def _git_commit_signed_by(repo: Path, signing_key: Path, date: str, message: str) -> str:

@@ -7,6 +7,7 @@ cycle over stand-in systems, real pyrage.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -27,21 +28,14 @@ from gitops.server import checks
 from gitops.server.updates import Update
 from gitops.trust import age, commits, keys
 from gitops.trust.sshsig import PublicKey
+from testing import helpers
 from testing.env import needs_nix
 from testing.helpers import git, git_out, published_demo
 
 HOSTS = {"alpha": ["workstation"]}
 
 
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "XDG_RUNTIME_DIR": ""},
-    )
+gitops = functools.partial(helpers.gitops, timeout=120, env={"XDG_RUNTIME_DIR": ""})
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from gitops.fleet.model import load_fleet
 from gitops.fleet.schema import Problems, parse_duration
 from gitops.fleet.source import DirSource
 from gitops.protocol import is_host_name
-from testing.helpers import public_line, write_fleet
+from testing.helpers import gitops, public_line, write_fleet
 
 
 @pytest.fixture
@@ -34,15 +32,6 @@ def fleet_dir(tmp_path: Path) -> Path:
         },
     )
     return root
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_valid_fleet_parses(fleet_dir: Path) -> None:

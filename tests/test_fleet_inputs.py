@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,8 +40,7 @@ from gitops.fleet.policies import (
 from gitops.fleet.schema import Problems
 from gitops.fleet.source import DirSource, TreeSource
 from gitops.sitegen import build as site_build
-from gitops.trust import keys
-from testing.helpers import commit_all, init_repo, public_line, write_fleet
+from testing.helpers import commit_all, fleet_repo, gitops, public_line
 from testing.site_helpers import NOW as SITE_NOW
 from testing.site_helpers import Fleet as SiteFleet
 
@@ -78,26 +76,9 @@ class Repo:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
-    root = init_repo(tmp_path / "fleet")
-    publisher = ed25519.Ed25519PrivateKey.generate()
-    keys.write_keypair(tmp_path / "publisher", publisher, "publisher@example.org")
-    write_fleet(
-        root,
-        publisher=publisher,
-        hosts=HOSTS,
-        host_keys={h: ed25519.Ed25519PrivateKey.generate() for h in HOSTS},
-        machines=tmp_path / "machines",
-    )
+    root = tmp_path / "fleet"
+    fleet_repo(root, HOSTS, publisher_key=tmp_path / "publisher", machines=tmp_path / "machines")
     return Repo(root, tmp_path / "publisher")
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def assert_one_clear_line(done: subprocess.CompletedProcess[str], expected: str) -> None:

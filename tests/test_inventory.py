@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import json
 import subprocess
-import sys
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from gitops.report_commits import create_report_commit, read_report_commit, walk
 from gitops.system import nix
 from gitops.trust import commits
 from testing.closure import make_system
-from testing.helpers import published_demo
+from testing.helpers import gitops, published_demo
 from testing.site_helpers import Fleet as SiteFleet
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -397,15 +396,6 @@ def fleet(tmp_path: Path) -> VulnFleet:
     for name, packages in HOST_PACKAGES.items():
         report_with_sbom(fleet, name, packages)
     return fleet
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_gitops_sbom_prints_the_hosts_newest_sbom(fleet: VulnFleet) -> None:

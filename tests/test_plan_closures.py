@@ -14,7 +14,8 @@ from gitops.demo import standin
 from gitops.system import closure_diff
 from gitops.system.closure_diff import Kind, PackageChange
 from testing.env import needs_nix
-from testing.publishing import ServedFleet, gitops, served_fleet
+from testing.helpers import gitops
+from testing.publishing import ServedFleet, served_fleet
 
 # -- Nix's format, parsed ----------------------------------------------------------------
 

@@ -8,14 +8,11 @@ import shlex
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.commands.plan_cmd import MARKER
 from gitops.demo import standin
-from gitops.trust import keys
 from testing.env import needs_nix
-from testing.helpers import commit_all, git, init_repo, write_fleet
-from testing.publishing import gitops
+from testing.helpers import commit_all, fleet_repo, git, gitops, push_to_bare
 
 HOSTS = {
     "web-1": ["server"],
@@ -28,21 +25,10 @@ HOSTS = {
 @pytest.fixture
 def published(tmp_path: Path) -> tuple[Path, Path]:
     """A fleet published to a bare server repository: (the publisher's clone, the server)."""
-    root = init_repo(tmp_path / "fleet")
-    publisher = ed25519.Ed25519PrivateKey.generate()
-    keys.write_keypair(tmp_path / "publisher", publisher, "publisher@example.org")
-    write_fleet(
-        root,
-        publisher=publisher,
-        hosts=HOSTS,
-        host_keys={h: ed25519.Ed25519PrivateKey.generate() for h in HOSTS},
-        machines=tmp_path / "machines",
-    )
+    root = tmp_path / "fleet"
+    fleet_repo(root, HOSTS, publisher_key=tmp_path / "publisher", machines=tmp_path / "machines")
     commit_all(root, "Initial fleet")
-    server = tmp_path / "server.git"
-    git("init", "-q", "--bare", "-b", "main", server, cwd=tmp_path)
-    git("remote", "add", "origin", server, cwd=root)
-    git("push", "-q", "origin", "main", cwd=root)
+    server = push_to_bare(root, tmp_path / "server.git")
     done = gitops("publish", "--repo", root, "--key", tmp_path / "publisher", "--push")
     assert done.returncode == 0, done.stderr
     return root, server

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.demo import standin
 from gitops.errors import GitopsError
 from gitops.protocol import deploy_ref
 from gitops.publish import plan as publish
 from gitops.trust import commits, keys
-from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
+from testing.helpers import commit_all, fleet_repo, git, git_out, gitops, push_to_bare
 
 HOSTS = {
     "web-1": ["server"],
@@ -46,35 +45,14 @@ class Fleet:
         return result.stdout.strip() or None
 
 
-def gitops(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
-
-
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
-    root = init_repo(tmp_path / "fleet")
-    publisher = ed25519.Ed25519PrivateKey.generate()
-    keys.write_keypair(tmp_path / "publisher", publisher, "publisher@example.org")
-    write_fleet(
-        root,
-        publisher=publisher,
-        hosts=HOSTS,
-        host_keys={h: ed25519.Ed25519PrivateKey.generate() for h in HOSTS},
-        machines=tmp_path / "machines",
-    )
+    root = tmp_path / "fleet"
+    fleet_repo(root, HOSTS, publisher_key=tmp_path / "publisher", machines=tmp_path / "machines")
     commit_all(root, "Initial fleet")
     signers = tmp_path / "publishers.allowed_signers"
     signers.write_text(gitops("keys", "allowed-signers", "--repo", root).stdout)
-    remote = tmp_path / "server.git"
-    git("init", "-q", "--bare", "-b", "main", remote, cwd=tmp_path)
-    git("remote", "add", "origin", remote, cwd=root)
-    git("push", "-q", "origin", "main", cwd=root)
+    remote = push_to_bare(root, tmp_path / "server.git")
     return Fleet(root, tmp_path / "publisher", signers, remote)
 
 

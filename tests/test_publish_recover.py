@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gitops.demo import standin
-from testing.helpers import git, git_out
-from testing.publishing import ServedFleet, gitops, served_fleet
+from testing.helpers import git, git_out, gitops
+from testing.publishing import ServedFleet, served_fleet
 
 
 @dataclass(frozen=True)

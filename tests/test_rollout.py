@@ -35,8 +35,8 @@ from gitops.publish import rollout, run
 from gitops.report_commits import create_report_commit
 from gitops.sitegen import build as site
 from gitops.trust import commits, keys
-from testing.helpers import git, public_line
-from testing.publishing import HOSTS, ServedFleet, gitops, served_fleet
+from testing.helpers import git, gitops, public_line
+from testing.publishing import HOSTS, ServedFleet, served_fleet
 
 MINUTE = timedelta(minutes=1)
 WAVES: dict[str, object] = {

@@ -7,12 +7,12 @@ Real pyrage, the real ``age`` CLI (Debian's), real git, real Nix builds of stand
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -41,6 +41,7 @@ from gitops.protocol import (
 )
 from gitops.system import memfs, nix
 from gitops.trust import age
+from testing import helpers
 from testing.env import have, needs_nix
 from testing.helpers import published_demo, remote_reports
 
@@ -53,17 +54,7 @@ PLAINTEXT = "wifi-psk=correct-horse-battery-staple-7f3a"
 HOSTS = {"alpha": ["workstation"], "gamma": ["server"]}
 
 
-def gitops(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+gitops = functools.partial(helpers.gitops, timeout=120)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,7 +49,7 @@ from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey
 from testing import servers
 from testing.env import needs_nix
-from testing.helpers import published_demo
+from testing.helpers import gitops, published_demo
 
 HOSTS = {"web-1": ["server"], "web-2": ["server"], "db-1": ["server"]}
 ADMIN = "alice@example.org"
@@ -89,18 +88,6 @@ class World:
     def head(self, ref: str, host: str | None = None) -> str | None:
         target = commits.ref_target(self.repo(host), ref)
         return None if target is None else str(target)
-
-
-def gitops(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
 
 
 def init_server(directory: Path, source: Path, *extra: str | Path) -> Layout:
@@ -758,7 +745,7 @@ def test_agent_and_publisher_work_through_the_server(world: World, tmp_path: Pat
     published = gitops(
         "publish", "--repo", demo.repo_dir, "--key", world.publisher_key, "--host", host,
         "--push", "--remote", world.url("fleet.git"),
-        env={**os.environ, "GIT_SSH_COMMAND": publisher_ssh},
+        env={"GIT_SSH_COMMAND": publisher_ssh},
     )  # fmt: skip
     assert published.returncode == 0, published.stderr
     new = world.head(deploy_ref(host))

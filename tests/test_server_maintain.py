@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,19 +24,10 @@ from gitops.sitegen import collect
 from gitops.sitegen.model import Trust
 from gitops.sitegen.verify import trust_id
 from gitops.trust import commits
-from testing.helpers import public_line, published_demo
+from testing.helpers import gitops, public_line, published_demo
 
 HOSTS = {"web-1": ["server"], "db-1": ["server"]}
 HOST = "web-1"
-
-
-def gitops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 @pytest.fixture

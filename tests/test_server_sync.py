@@ -21,22 +21,9 @@ from gitops.report_commits import create_report_commit
 from gitops.server.layout import Layout
 from gitops.server.sync import sshd_snippet
 from gitops.trust import commits, keys
-from testing.helpers import git, published_demo
+from testing.helpers import git, gitops, published_demo
 
 HOSTS = {"web-1": ["server"], "web-2": ["server"], "db-1": ["server"]}
-
-
-def gitops(
-    *args: str | Path, env: dict[str, str] | None = None, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        input=input,
-    )
 
 
 @pytest.fixture
@@ -213,7 +200,7 @@ def serve(layout: Layout, identity: str, command: str | None) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k != "SSH_ORIGINAL_COMMAND"}
     if command is not None:
         env["SSH_ORIGINAL_COMMAND"] = command
-    return gitops("server", "serve", "--dir", layout.root, "--as", identity, env=env, input="")
+    return gitops("server", "serve", "--dir", layout.root, "--as", identity, environ=env, input="")
 
 
 @pytest.mark.parametrize(

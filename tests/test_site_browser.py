@@ -11,7 +11,6 @@ import functools
 import http.server
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing_extensions import override
 
 from gitops.sitegen import build as site_build
 from gitops.system import process
+from testing import servers
 from testing.site_helpers import GOOD_FACTS, NOW, ROOT, broken_links, standard_fleet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
@@ -91,16 +91,8 @@ def served(site: Path) -> Iterator[str]:
 
 
 def _serve(site: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with servers.serving(functools.partial(_Quiet, directory=str(site))) as port:
+        yield f"http://{servers.LOOPBACK}:{port}/"
 
 
 def _chromium(

@@ -7,7 +7,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from gitops.errors import GitopsError
 from gitops.trust import commits, keys, ssh_agent, sshsig
 from gitops.trust.allowed_signers import AllowedSigners
 from gitops.trust.sshsig import PublicKey, SignatureError
-from testing.helpers import commit_all, git, git_out, init_repo, write_fleet
+from testing.helpers import commit_all, git, git_out, gitops, init_repo, write_fleet
 from testing.ssh import Agent, certify, running_agent, ssh_keygen
 
 PASSPHRASE = "correct horse battery staple"
@@ -198,16 +197,6 @@ def test_a_signature_from_the_agent_that_does_not_verify_is_refused(
 # --- `gitops publish --key KEY.pub`: the CLI end to end ---------------------------------
 
 
-def gitops(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gitops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-
-
 def test_publish_signs_through_the_agent(agent: Agent, tmp_path: Path) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     keys.write_keypair(tmp_path / "publisher", key, "publisher@example.org")
@@ -224,17 +213,19 @@ def test_publish_signs_through_the_agent(agent: Agent, tmp_path: Path) -> None:
     commit_all(root, "Initial fleet")
 
     no_agent = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    refused = gitops("publish", "--repo", root, "--key", tmp_path / "publisher.pub", env=no_agent)
+    refused = gitops(
+        "publish", "--repo", root, "--key", tmp_path / "publisher.pub", environ=no_agent
+    )
     assert refused.returncode == 1
     (line,) = refused.stderr.splitlines()
     assert "SSH_AUTH_SOCK is not set" in line
 
     agent.add(tmp_path / "publisher", passphrase=PASSPHRASE)
-    done = gitops("publish", "--repo", root, "--key", tmp_path / "publisher.pub", env=agent.env)
+    done = gitops("publish", "--repo", root, "--key", tmp_path / "publisher.pub", environ=agent.env)
     assert done.returncode == 0, done.stderr
     assert "published 2 deploy commits" in done.stdout
     signers = tmp_path / "publishers"
-    listed = gitops("keys", "allowed-signers", "--repo", root, env=agent.env)
+    listed = gitops("keys", "allowed-signers", "--repo", root, environ=agent.env)
     signers.write_text(listed.stdout)
     for host in hosts:
         head = git_out("rev-parse", f"deploy/{host}", cwd=root)

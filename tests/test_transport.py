@@ -16,9 +16,8 @@ import logging
 import os
 import re
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -511,19 +510,12 @@ def test_http_token_is_not_sent_to_another_server_on_redirect(
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        redirector = ThreadingHTTPServer((servers.LOOPBACK, 0), Redirect)
-        thread = threading.Thread(target=redirector.serve_forever, daemon=True)
-        thread.start()
-        try:
-            url = f"http://{servers.LOOPBACK}:{redirector.server_address[1]}/{server_repo.name}"
+        with servers.serving(Redirect) as port:
+            url = f"http://{servers.LOOPBACK}:{port}/{server_repo.name}"
             mirror = Mirror(tmp_path / "agent", "web-1")
             env = transport.Credentials(http_token_file=token_file).env()
             with pytest.raises(GitopsError):
                 mirror.fetch_deploy(url, env)
-        finally:
-            redirector.shutdown()
-            redirector.server_close()
-            thread.join(timeout=10)
         assert elsewhere.stats.requests, "git did not follow the redirect at all"
         assert elsewhere.stats.with_authorization == 0
         assert_nothing_fetched(mirror, server_repo, "web-1")
