@@ -52,6 +52,15 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _non_negative(text: str) -> int:
+    """A count for an option: 0 or more."""
+    import argparse
+
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
+
+
 def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = commands.add_parser(
         "server", help="the git server hosts talk to: per-host repositories, sshd, hooks"
@@ -543,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send no webhook or commit status (they wait for the next build that may)",
     )
+    build.add_argument(
+        "--history-hosts",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="hosts whose whole month of reports this build reads (default 500); the "
+        "others show their newest reports now and the rest after the next builds",
+    )
 
     _add_server(commands)
     _add_secrets(commands)
@@ -839,6 +856,7 @@ def execute(argv: Sequence[str]) -> int:
                 port=args.port,
                 as_json=args.json,
                 send_alerts=not args.no_alerts,
+                history_hosts=args.history_hosts,
             )
         case "enroll":
             return _enroll(parser, args)

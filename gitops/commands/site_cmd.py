@@ -22,12 +22,14 @@ def build(
     port: int,
     as_json: bool = False,
     send_alerts: bool = True,
+    history_hosts: int | None = None,
 ) -> int:
     stats = site_build.build(
         repo,
         out,
         background_cleanup=True,
         send_alerts=send_alerts,
+        history_hosts=site_build.HISTORY_HOSTS if history_hosts is None else history_hosts,
         progress=output.progress,
     )
     output.progress(stats.summary())

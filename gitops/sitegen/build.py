@@ -21,8 +21,8 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +58,10 @@ from gitops.sitegen.verify import trust_id
 from gitops.trust.allowed_signers import AllowedSigners
 
 CACHE_FLUSH_ROWS = 500  # host rows written to the cache at a time
+# Hosts whose whole history (a month of reports, the SBOM search) one build reads; the
+# others get their newest reports (collect.QUICK_READ) and a later build reads on. A
+# site's first build of a large fleet is then quick, and its history fills in after.
+HISTORY_HOSTS = 500
 
 
 @dataclass
@@ -73,6 +77,7 @@ class BuildStats:
     invalid_reports: dict[str, int] = field(default_factory=dict)  # host -> refused reports
     flagged: dict[str, list[str]] = field(default_factory=dict)  # host -> its flags
     alerts: dict[str, int] = field(default_factory=dict)  # webhook and status deliveries
+    history_pending: int = 0  # hosts whose older reports a later build reads
 
     def count(self, derived: Mapping[str, Derived]) -> None:
         """What the hosts came to, for the summary."""
@@ -83,6 +88,7 @@ class BuildStats:
         self.flagged = {
             n: [str(f) for f in d.status.flags] for n, d in derived.items() if d.status.flags
         }
+        self.history_pending = sum(1 for d in derived.values() if d.history_pending)
 
     def to_json(self) -> dict[str, object]:
         """``gitops site build --json`` (docs/dashboard.md, "Build summary")."""
@@ -95,6 +101,7 @@ class BuildStats:
             "alerts": self.alerts,
             "hosts_read": self.hosts_read,
             "signatures_checked": self.verified_now,
+            "history_pending": self.history_pending,
             "pages_rendered": self.pages_rendered,
             "pages_reused": self.pages_reused,
             "seconds": round(self.seconds, 3),
@@ -102,9 +109,14 @@ class BuildStats:
         }
 
     def summary(self) -> str:
+        later = (
+            f"; older reports of {self.history_pending} host(s) are read in the next builds"
+            if self.history_pending
+            else ""
+        )
         return (
             f"site: {self.hosts} hosts ({self.hosts_read} read from git, "
-            f"{self.verified_now} signatures checked) in {self.seconds:.1f} s"
+            f"{self.verified_now} signatures checked) in {self.seconds:.1f} s{later}"
         )
 
     def phase(self, name: str, since: float) -> float:
@@ -158,9 +170,11 @@ def build(
     use_cache: bool = True,
     background_cleanup: bool = False,
     send_alerts: bool = True,
+    history_hosts: int = HISTORY_HOSTS,
     progress: Callable[[str], None] = lambda _text: None,
 ) -> BuildStats:
-    """Build the site of the repository at ``repo_path`` into ``out``."""
+    """Build the site of the repository at ``repo_path`` into ``out``; the whole history
+    of at most ``history_hosts`` hosts is read (the others' newest reports only)."""
     started = time.monotonic()
     stats = BuildStats()
     moment = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -186,7 +200,9 @@ def build(
         )
         mark = stats.phase("read main", mark)
         sets = software_pages.PackageSets(cache.directory if cache is not None else None)
-        derived = _hosts(repo_path, main, tmp, cache, processes, stats, progress, sets)
+        derived = _hosts(
+            repo_path, main, tmp, cache, processes, stats, progress, sets, history_hosts
+        )
         stats.count(derived)
         mark = stats.phase("hosts", mark)
         _write_site(main, derived, tmp, cache)
@@ -288,6 +304,7 @@ def _hosts(
     stats: BuildStats,
     progress: Callable[[str], None],
     sets: software_pages.PackageSets,
+    history_hosts: int,
 ) -> dict[str, Derived]:
     """Every host's derived row, its pages in ``tmp/hosts``."""
     (tmp / "hosts").mkdir(parents=True)
@@ -295,10 +312,11 @@ def _hosts(
     old_pages = {page.path: page for d in old.values() for page in d.pages}
     store = outdir.PageStore(tmp, cache.pages_dir if cache is not None else None)
     derived, stale = _reuse(main, old, old_pages, store)
+    quick = _history_budget(main.summary.names, old, derived, stale, history_hosts)
     stats.hosts, stats.pages_reused = len(main.summary.names), len(derived)
     if stale:
         progress(f"site: {len(stale)} host(s) to bring up to date (new commits or time passed)")
-        job = _job(repo_path, main, tmp, cache, old_pages, processes)
+        job = replace(_job(repo_path, main, tmp, cache, old_pages, processes), quick=quick)
         _refresh(job, stale, processes, derived, cache, stats, sets)
     if cache is not None:
         removed = set(old) - set(main.summary.names)
@@ -337,6 +355,26 @@ def _reuse(
         else:
             stale.append(name)
     return derived, stale
+
+
+def _history_budget(
+    names: Sequence[str],
+    old: Mapping[str, Derived],
+    derived: dict[str, Derived],
+    stale: list[str],
+    budget: int,
+) -> frozenset[str]:
+    """Spend this build's budget of whole histories: on hosts never read first, then on
+    hosts an earlier build read quickly (those otherwise up to date move from ``derived``
+    to ``stale``). Returns the hosts to read quickly: those beyond the budget."""
+    unread = [n for n in stale if n not in old]
+    behind = [n for n in stale if n in old and old[n].history_pending]
+    waiting = [n for n in names if n in derived and derived[n].history_pending]
+    chosen = [*unread, *behind, *waiting][:budget]
+    for name in chosen[len(unread) + len(behind) :]:
+        del derived[name]
+        stale.append(name)
+    return frozenset(unread + behind) - frozenset(chosen)
 
 
 def _job(

@@ -60,6 +60,9 @@ from gitops.trust import commits
 from gitops.trust.allowed_signers import AllowedSigners
 
 MAX_DETAILED = 50  # newest reports read in full; older ones thinned to one a day
+# A quick first read (a build's budget of whole histories spent: build.HISTORY_HOSTS) reads
+# the newest reports only, and later builds read on from there.
+QUICK_READ = 10
 WINDOW = timedelta(days=32)  # how far back (from the newest report) history is kept
 MAX_DEPLOYS = 100  # newest deploy commits read per host
 MAIN_HISTORY = 300  # newest main commits in the audit trail
@@ -338,6 +341,12 @@ class _ReportsRead:
     latest: tuple[Parsed, ...]  # HostData.latest
     truncated: bool  # older reports exist beyond what was read
     reached_stop: bool = True  # False: the old head is not below the new one
+    older: str | None = None  # a quick read: where a later build reads on
+
+
+def _counted_found(parsed: Sequence[Parsed], now: datetime) -> bool:
+    """Whether ``parsed`` (newest first) holds a report to count: one not dated ahead."""
+    return any(item.report.time <= now + CLOCK_SKEW for item in parsed)
 
 
 def _until_counted(parsed: Iterable[Parsed], now: datetime) -> tuple[Parsed, ...]:
@@ -391,13 +400,17 @@ class HostReader:
         publishers_id: str,
         previous: HostData | None,
         now: datetime,
+        quick: bool = False,
     ) -> HostData:
+        """What ``name``'s refs hold, read on from ``previous``. ``quick``: a first read
+        takes the newest QUICK_READ reports only, and older ones wait for a later build
+        (``HostData.older``); without it, what an earlier quick read left is read now."""
         key_id = host.key.fingerprint if host is not None and host.key is not None else ""
         trust = host.trust() if host is not None else AllowedSigners()
         reuse_reports = previous is not None and previous.key_id == key_id
         reuse_deploys = previous is not None and previous.publishers_id == publishers_id
         reports = self._reports(
-            reports_head, trust, key_id, previous if reuse_reports else None, now
+            reports_head, trust, key_id, previous if reuse_reports else None, now, quick
         )
         deploys = self._deploys(
             deploy_head, publishers, publishers_id, previous if reuse_deploys else None
@@ -418,6 +431,7 @@ class HostReader:
             truncated=reports.truncated,
             report_count=len(reports.entries),
             trust_counts=tuple(sorted(counts.items())),
+            older=reports.older,
             dropped=self._dropped(reports_head, previous) if previous is not None else (),
             deploy_floor=_next_floor(floor, deploys, deploy_head, rewind),
             rewind=rewind,
@@ -468,30 +482,72 @@ class HostReader:
         key_id: str,
         previous: HostData | None,
         now: datetime,
+        quick: bool = False,
     ) -> _ReportsRead:
         if head is None:
             return _ReportsRead((), (), False)
         if previous is not None and previous.reports_head == head:
-            return _ReportsRead(previous.reports, previous.latest, previous.truncated)
+            kept = _ReportsRead(previous.reports, previous.latest, previous.truncated)
+            return self._read_on(kept, previous.older, trust, key_id, quick)
         stop = previous.reports_head if previous is not None else None
-        read = self._read_reports(head, stop, trust, key_id, now)
+        limit = QUICK_READ if quick and previous is None else None
+        read = self._read_reports(head, stop, trust, key_id, now, limit)
         if previous is None:
             return read
         if not read.reached_stop:
             # The branch was rewritten: what we cached is not below the new head.
-            return self._reports(head, trust, key_id, None, now)
+            return self._reports(head, trust, key_id, None, now, quick)
         merged = thin([*read.entries, *previous.reports])
-        return _ReportsRead(
+        kept = _ReportsRead(
             merged,
             _until_counted((*read.latest, *previous.latest), now),
             previous.truncated or len(merged) < len(read.entries) + len(previous.reports),
         )
+        return self._read_on(kept, previous.older, trust, key_id, quick)
+
+    def _read_on(
+        self,
+        kept: _ReportsRead,
+        older: str | None,
+        trust: AllowedSigners,
+        key_id: str,
+        quick: bool,
+    ) -> _ReportsRead:
+        """``kept``, and the reports below it an earlier quick read left for later (now,
+        unless this read is quick too)."""
+        if older is None or quick or not kept.entries:
+            return replace(kept, older=older)
+        entries = list(kept.entries)
+        days = {_day(e.commit_time) for e in entries}
+        limit = int((entries[0].commit_time - WINDOW).timestamp())
+        truncated = kept.truncated
+        assert self.walks is not None
+        for step in self.walks.walk(older):
+            moment = min(max(step.time, 0), _LAST_TIMESTAMP)
+            if len(entries) >= MAX_DETAILED and moment < limit:
+                truncated = True
+                break
+            day = moment // 86400
+            if len(entries) < MAX_DETAILED or day not in days:
+                commit = self.repo.get(step.sha)
+                if not isinstance(commit, pygit2.Commit):
+                    break
+                entries.append(self._report_entry(commit, _utc(moment), trust, key_id)[0])
+            days.add(day)
+        return _ReportsRead(tuple(entries), kept.latest, truncated)
 
     def _read_reports(
-        self, head: str, stop: str | None, trust: AllowedSigners, key_id: str, now: datetime
+        self,
+        head: str,
+        stop: str | None,
+        trust: AllowedSigners,
+        key_id: str,
+        now: datetime,
+        limit: int | None = None,
     ) -> _ReportsRead:
         """The reports above ``stop`` (all when None: the newest MAX_DETAILED, then one a
-        day back to WINDOW before the newest)."""
+        day back to WINDOW before the newest). ``limit``: stop after that many, once the
+        one to count is among them, and say where to read on (``older``)."""
         entries: list[ReportEntry] = []
         parsed: list[Parsed] = []
         days: set[int] = set()
@@ -505,6 +561,10 @@ class HostReader:
         for index, step in enumerate(self.walks.walk(head, stop)):
             moment = min(max(step.time, 0), _LAST_TIMESTAMP)  # as _utc keeps it
             newest = moment if newest is None else newest
+            if limit is not None and index >= limit and _counted_found(parsed, now):
+                return _ReportsRead(
+                    tuple(entries), _until_counted(parsed, now), False, older=step.sha
+                )
             if index >= MAX_DETAILED and stop is None and moment < newest - window:
                 truncated = True
                 break

@@ -107,6 +107,7 @@ class Derived:
     software: HostSoftware | None = None  # gitops.sitegen.software
     commands: tuple[CommandAck, ...] = ()  # verified acknowledgements, newest last, no output
     nixpkgs: tuple[str, str] | None = None  # the counted report's (revision, date or "")
+    history_pending: bool = False  # HostData.history_pending: a later build reads on
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (
@@ -125,7 +126,8 @@ def page_key(
 ) -> str:
     """What a host's pages depend on: equal keys, equal pages (HTML and JSON)."""
     # repr, not pickle: pickle's bytes depend on object identity (a cached copy differs).
-    ident = (data.reports_head, data.deploy_head, data.key_id, data.publishers_id)
+    pending = (data.older, data.sbom.pending if data.sbom is not None else None)
+    ident = (data.reports_head, data.deploy_head, data.key_id, data.publishers_id, pending)
     text = repr((global_id, ident, host, status, answers))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -238,6 +240,7 @@ def derive(
         invalid_reports=sum(1 for r in data.reports if r.error),
         commands=command_acks(data),
         nixpkgs=nixpkgs_of(data, rules.now),
+        history_pending=data.history_pending,
     )
 
 

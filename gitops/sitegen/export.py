@@ -161,6 +161,7 @@ def host_detail(
         "reports": [report_json(r) for r in data.reports],
         "deploys": [deploy_json(d) for d in data.deploys],
         "history_truncated": data.truncated,
+        "history_pending": data.history_pending,
         "dropped_reports": [
             {
                 "commit": d.oid,

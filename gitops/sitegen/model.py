@@ -192,6 +192,9 @@ class SbomState:
     key_id: str  # the host key the commits were checked with
     found: SbomRef | None
     refused: tuple[RefusedSbom, ...] = ()  # newer SBOMs than ``found`` refused, newest first
+    # A first read that stopped early (gitops.sitegen.collect.QUICK_READ): the commit the
+    # search goes on from in a later build; None when searched as far as it goes.
+    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,14 @@ class HostData:
     deploy_floor: str | None = None  # the newest verified deploy head seen: never below it
     rewind: Rewind | None = None  # set when the deploy head is below what it must contain
     sbom: SbomState | None = None  # gitops.sitegen.software
+    # A first read of the newest reports only (collect.QUICK_READ): the commit from which
+    # a later build reads on; None when the history was read as far as WINDOW.
+    older: str | None = None
+
+    @property
+    def history_pending(self) -> bool:
+        """Whether a later build still reads older reports (or searches for the SBOM)."""
+        return self.older is not None or (self.sbom is not None and self.sbom.pending is not None)
 
     @property
     def newest_verified(self) -> ReportEntry | None:

@@ -84,8 +84,12 @@ class SbomFinder:
     verdict: VerdictOf
     walks: commitgraph.Walks | None = None  # shared with the report reader
 
-    def update(self, data: HostData, host: Host, previous: HostData | None) -> Update:
-        """``data`` with its SBOM state brought up to date from ``previous``'s."""
+    def update(
+        self, data: HostData, host: Host, previous: HostData | None, quick: bool = False
+    ) -> Update:
+        """``data`` with its SBOM state brought up to date from ``previous``'s. ``quick``:
+        a first search looks only as far as the quick read of the reports went
+        (``data.older``), and a later build searches on (``SbomState.pending``)."""
         head = data.reports_head
         old = previous.sbom if previous is not None else None
         if old is not None and old.key_id != data.key_id:
@@ -93,32 +97,47 @@ class SbomFinder:
         if head is None:
             return Update(SbomState(None, data.key_id, None), None)
         if old is not None and old.head == head:
-            return Update(old, None)
+            return self._search_on(old, host, quick)
         stop = old.head if old is not None else None
-        found, refused, reached = self._search(head, stop, host, data.key_id)
+        limit = len(data.reports) if quick and old is None and data.older else None
+        found, refused, reached, pending = self._search(head, stop, host, data.key_id, limit)
         if stop is not None and not reached:  # the branch was rewritten: search it all
-            found, refused, _ = self._search(head, None, host, data.key_id)
+            found, refused, _, pending = self._search(head, None, host, data.key_id, limit)
             old = None
         if found is None and old is not None:
-            state = SbomState(head, data.key_id, old.found, (*refused, *old.refused)[:MAX_REFUSED])
-            return Update(state, None)
+            state = SbomState(
+                head, data.key_id, old.found, (*refused, *old.refused)[:MAX_REFUSED], old.pending
+            )
+            return self._search_on(state, host, quick)
         ref, text = found if found is not None else (None, None)
-        state = SbomState(head, data.key_id, ref, tuple(refused[:MAX_REFUSED]))
+        state = SbomState(head, data.key_id, ref, tuple(refused[:MAX_REFUSED]), pending)
         return Update(state, (ref.packages_id, text) if ref is not None and text else None)
 
+    def _search_on(self, state: SbomState, host: Host, quick: bool) -> Update:
+        """``state``, searched on below where a quick first search stopped (unless quick)."""
+        if state.pending is None or quick:
+            return Update(state, None)
+        found, refused, _, _ = self._search(state.pending, None, host, state.key_id)
+        ref, text = found if found is not None else (None, None)
+        both = (*state.refused, *refused)[:MAX_REFUSED]
+        new = SbomState(state.head, state.key_id, ref, both)
+        return Update(new, (ref.packages_id, text) if ref is not None and text else None)
+
     def _search(
-        self, head: str, stop: str | None, host: Host, key_id: str
-    ) -> tuple[tuple[SbomRef, str] | None, list[RefusedSbom], bool]:
-        """The newest acceptable SBOM above ``stop``, the newer ones refused, and whether
-        the walk ended on ``stop``."""
+        self, head: str, stop: str | None, host: Host, key_id: str, limit: int | None = None
+    ) -> tuple[tuple[SbomRef, str] | None, list[RefusedSbom], bool, str | None]:
+        """The newest acceptable SBOM above ``stop``, the newer ones refused, whether the
+        walk ended on ``stop``, and (after ``limit`` commits) where to search on."""
         trust = host.trust()
         refused: list[RefusedSbom] = []
         last: commitgraph.Step | None = None
         odb = self.repo.odb
         walks = self.walks or commitgraph.Walks(self.repo)
         for count, step in enumerate(walks.walk(head, stop)):
+            if limit is not None and count >= limit:
+                return None, refused, True, step.sha
             if count >= MAX_WALK:
-                return None, refused, True
+                return None, refused, True, None
             last = step
             # Most reports are heartbeats without an SBOM: their tree's size (a tree
             # holding status.json alone is smaller than any entry naming the SBOM) or its
@@ -144,9 +163,9 @@ class SbomFinder:
             if isinstance(accepted, RefusedSbom):
                 refused.append(accepted)
                 continue
-            return accepted, refused, True
+            return accepted, refused, True, None
         reached = stop is None or (last is not None and last.parent == stop)
-        return None, refused, reached
+        return None, refused, reached, None
 
 
 def _accept(host: str, oid: str, entry: pygit2.Object) -> tuple[SbomRef, str] | RefusedSbom:

@@ -57,6 +57,9 @@ class Job:
     store: Path | None  # the page store
     old_pages: Mapping[str, PageFile]  # path -> what the previous build wrote there
     vulns: vulnscan.Scanner | None = None  # known vulnerabilities (host pages, policies)
+    # Hosts read quickly this build (collect.QUICK_READ): this build's budget of whole
+    # histories (build.HISTORY_HOSTS) went to others.
+    quick: frozenset[str] = frozenset()
 
 
 def host_paths(name: str) -> tuple[str, str]:
@@ -127,8 +130,9 @@ class Worker:
             publishers_id=job.publishers_id,
             previous=previous,
             now=job.rules.now,
+            quick=name in job.quick,
         )
-        sbom = self.sboms.update(data, host, previous)
+        sbom = self.sboms.update(data, host, previous, quick=name in job.quick)
         data = replace(data, sbom=sbom.state)
         rules = job.rules
         ware = HostSoftware.of(data, host.cve_exemptions)
