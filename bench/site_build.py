@@ -539,14 +539,19 @@ class TreeMemory:
 
 
 def timed_build(
-    repo: Path, out: Path, code: Path, *, profile: Path | None = None
+    repo: Path,
+    out: Path,
+    code: Path,
+    *,
+    profile: Path | None = None,
+    options: Sequence[str] = (),
 ) -> tuple[float, float, int, str]:
     """Wall seconds, CPU seconds (user + system, workers included), peak memory of the
     process tree, and the build's phases line; ``code`` is where the gitops package is."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     command = [sys.executable, "-m", "gitops", "-v", "site", "build"]
-    command += ["--repo", str(repo), "--out", str(out)]
+    command += ["--repo", str(repo), "--out", str(out), *options]
     if profile is not None:  # in one process, so that cProfile sees the workers' work too
         command = [sys.executable, "-c", _PROFILED, str(repo), str(out), str(profile)]
     environment = {**os.environ, "PYTHONPATH": str(code)}
@@ -558,8 +563,24 @@ def timed_build(
     lines = result.stderr.splitlines()
     phases = next((line for line in lines if "phases" in line), "")
     checked = next((line for line in lines if "signatures checked" in line), "")
+    waiting = checked.split("; older reports of ", 1)[1].split()[0] if "; older" in checked else "0"
     checked = checked.split("(", 1)[-1].split(")")[0]  # "N read from git, M signatures checked"
-    return wall, cpu, memory.peak, f"{checked}; {phases.removeprefix('site: ')}"
+    return (
+        wall,
+        cpu,
+        memory.peak,
+        f"{checked}, {waiting} hosts' history waiting; {phases.removeprefix('site: ')}",
+    )
+
+
+def pending(line: str) -> int:
+    """The hosts whose older reports a next build reads, from timed_build's line."""
+    return int(line.split(" hosts' history waiting")[0].rsplit(", ", 1)[-1])
+
+
+def reads_history_on(code: Path) -> bool:
+    """Whether the code at ``code`` reads long histories over several builds."""
+    return "--history-hosts" in (code / "gitops" / "cli.py").read_text()
 
 
 _PROFILED = """
@@ -608,27 +629,42 @@ def ensure_repo(cache: Path, hosts: int, reports: int, sbom_sets: int, sbom_path
 
 
 def builds(
-    label: str, repo: Path, code: Path, work: Path, *, rebuild: bool, profile: Path | None
+    label: str,
+    repo: Path,
+    code: Path,
+    work: Path,
+    *,
+    rebuild: bool,
+    profile: Path | None,
+    options: Sequence[str] = (),
 ) -> None:
-    """Full build, nothing new, one new report (and a rebuild with the cache's verdicts
-    kept), with the code at ``code``; prints a line each."""
+    """Full build, the builds that read on the history it left, nothing new, one new
+    report (and a rebuild with the cache's verdicts kept, and its history builds), with the
+    code at ``code``; prints a line each."""
     out = work / "out"
     mib = 1 << 20
     steps: list[tuple[str, str | None]] = [
         ("full build", None),
+        ("history", None),
         ("nothing new", None),
         ("one new report", "add"),
     ]
     if rebuild:
-        steps.append(("rebuild, verdicts kept", "rebuild"))
+        steps += [("rebuild, verdicts kept", "rebuild"), ("history", None)]
+    if not reads_history_on(code):
+        steps = [step for step in steps if step[0] != "history"]
+        options = ()
     for step, action in steps:
+        if step == "history":
+            history_builds(label, repo, code, out, options)
+            continue
         if action == "add":
             add_one_report(repo)
         if action == "rebuild":  # an upgrade: every row and page invalid, verdicts kept
             for stale in (work / ".out.cache").glob("cache.sqlite*"):
                 stale.unlink()
         wall, cpu, peak, phases = timed_build(
-            repo, out, code, profile=profile if step == "full build" else None
+            repo, out, code, profile=profile if step == "full build" else None, options=options
         )
         print(
             f"{label:8} {step + ':':24} {wall:7.2f} s wall {cpu:8.2f} s CPU  peak"
@@ -638,6 +674,25 @@ def builds(
     pages = sum(1 for _ in out.rglob("*.html"))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{label:8} site: {pages} pages, {size / mib:.0f} MiB", flush=True)
+
+
+def history_builds(label: str, repo: Path, code: Path, out: Path, options: Sequence[str]) -> None:
+    """Build again until no host's history waits (as the site service's timer would);
+    prints how many builds that took and their times."""
+    times: list[tuple[float, float]] = []
+    line = ""
+    for _ in range(200):
+        wall, cpu, _peak, line = timed_build(repo, out, code, options=options)
+        times.append((wall, cpu))
+        if pending(line) == 0:
+            break
+    walls, cpus = [t[0] for t in times], [t[1] for t in times]
+    print(
+        f"{label:8} {'history builds:':24} {len(times)} builds until every host's month is"
+        f" read: {min(walls):.2f}-{max(walls):.2f} s wall each ({sum(walls):.1f} s in all),"
+        f" {sum(cpus):.1f} s CPU in all; last: {line}",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -663,7 +718,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-base", action="store_true", help="measure this tree only")
     parser.add_argument("--profile", type=Path, help="cProfile each full build (one process)")
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="where the sites are built (default: --cache); creating files in this "
+        "machine's /tmp costs 10-20x what it costs in /var/lib",
+    )
+    parser.add_argument(
+        "--history-hosts", type=int, help="passed to site build (code that has the option)"
+    )
     args = parser.parse_args(argv)
+    options = [] if args.history_hosts is None else ["--history-hosts", str(args.history_hosts)]
+    work_root = args.work or args.cache
+    work_root.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.with_without_sbom:
         sets = args.sbom_sets or 4
@@ -673,10 +740,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
         for label, repo in (("no SBOM", plain), ("SBOMs", with_sbom)):
-            work = args.cache / f"site-{repo.name}"
+            work = work_root / f"site-{repo.name}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            builds(label, repo, ROOT, work, rebuild=False, profile=None)
+            builds(label, repo, ROOT, work, rebuild=False, profile=None, options=options)
         return 0
     repo = ensure_repo(args.cache, args.hosts, args.reports, args.sbom_sets, args.sbom_paths)
     if args.generate_only:
@@ -691,13 +758,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             codes.insert(0, (f"base {short}"[:8], base))
         for label, code in codes:
             check_code(code)
-            work = args.cache / f"site-{repo.name}-{label.split()[0]}"
+            work = work_root / f"site-{repo.name}-{label.split()[0]}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
             profile = None
             if args.profile is not None:
                 profile = args.profile.with_name(f"{args.profile.stem}-{label.split()[0]}.prof")
-            builds(label, repo, code, work, rebuild=True, profile=profile)
+            builds(label, repo, code, work, rebuild=True, profile=profile, options=options)
     return 0
 
 

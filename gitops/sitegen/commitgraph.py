@@ -186,8 +186,8 @@ class Walks:
             if index < end:
                 yield from seen[index:end]
                 index = end
-            else:  # read on, a stretch at a time
-                seen.extend(itertools.islice(self._rest, 256))
+            else:  # read on, a stretch at a time, longer as the walk goes deeper
+                seen.extend(itertools.islice(self._rest, max(16, end)))
                 if len(seen) == end:
                     return
 
