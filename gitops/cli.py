@@ -557,8 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=None,
         metavar="N",
-        help="hosts whose whole month of reports this build reads (default 500); the "
-        "others show their newest reports now and the rest after the next builds",
+        help="hosts whose whole month of reports a build reads (default 1000); with more "
+        "hosts never read, every host's newest reports come first, the rest in the next builds",
     )
 
     _add_server(commands)

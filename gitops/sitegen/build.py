@@ -58,10 +58,11 @@ from gitops.sitegen.verify import trust_id
 from gitops.trust.allowed_signers import AllowedSigners
 
 CACHE_FLUSH_ROWS = 500  # host rows written to the cache at a time
-# Hosts whose whole history (a month of reports, the SBOM search) one build reads; the
-# others get their newest reports (collect.QUICK_READ) and a later build reads on. A
-# site's first build of a large fleet is then quick, and its history fills in after.
-HISTORY_HOSTS = 500
+# Hosts whose whole history (a month of reports, the SBOM search) one build reads. More
+# hosts never read than this (a site's first build of a large fleet): each of them gets
+# its newest reports (collect.QUICK_READ), the current state of every host, and the
+# next builds read on, this many hosts each.
+HISTORY_HOSTS = 1000
 
 
 @dataclass
@@ -364,10 +365,14 @@ def _history_budget(
     stale: list[str],
     budget: int,
 ) -> frozenset[str]:
-    """Spend this build's budget of whole histories: on hosts never read first, then on
-    hosts an earlier build read quickly (those otherwise up to date move from ``derived``
-    to ``stale``). Returns the hosts to read quickly: those beyond the budget."""
+    """Spend this build's budget of whole histories. Hosts never read come first: all of
+    them at once when they fit, else every one of them is read quickly (the current
+    state of a large fleet first). What is left goes to hosts an earlier build read
+    quickly (those otherwise up to date move from ``derived`` to ``stale``). Returns the
+    hosts to read quickly."""
     unread = [n for n in stale if n not in old]
+    if len(unread) > budget:
+        return frozenset(n for n in stale if n not in old or old[n].history_pending)
     behind = [n for n in stale if n in old and old[n].history_pending]
     waiting = [n for n in names if n in derived and derived[n].history_pending]
     chosen = [*unread, *behind, *waiting][:budget]
