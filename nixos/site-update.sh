@@ -3,6 +3,7 @@
 #
 #   GITOPS_SITE_STATE       state directory: mirror.git, www (served), .www.cache
 #   GITOPS_SITE_REPOSITORY  URL of the fleet repository
+#   GITOPS_SITE_HISTORY_HOSTS  hosts whose whole month one build reads (default 1000)
 #
 # ssh and credential settings reach git through its own environment
 # (GIT_SSH_COMMAND, GIT_CONFIG_COUNT/KEY/VALUE), so no secret is on a command line.
@@ -28,4 +29,5 @@ fi
 #    one atomic rename: nginx serves the old site or the new one, never a mix. Its
 #    incremental cache lives beside it ($state/.www.cache). Rebuild even without a new
 #    commit: "last seen" and "stale" depend on the time of the build.
-gitops site build --repo "$mirror" --out "$state/www"
+gitops site build --repo "$mirror" --out "$state/www" \
+  --history-hosts "${GITOPS_SITE_HISTORY_HOSTS:-1000}"

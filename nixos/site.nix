@@ -68,6 +68,12 @@ in
       description = "How often to fetch and rebuild (a systemd time span).";
     };
 
+    historyHosts = mkOption {
+      type = types.ints.unsigned;
+      default = 1000;
+      description = "Hosts whose whole month of reports one build reads (`gitops site build --history-hosts`). When more hosts were never read (the first build of a large fleet), every host's newest reports come first and the next builds read on, this many hosts each.";
+    };
+
     stateDir = mkOption {
       type = pathString;
       default = "/var/lib/gitops-site";
@@ -197,6 +203,7 @@ in
               HOME = cfg.stateDir;
               GITOPS_SITE_STATE = cfg.stateDir;
               GITOPS_SITE_REPOSITORY = cfg.repository;
+              GITOPS_SITE_HISTORY_HOSTS = toString cfg.historyHosts;
               GIT_SSH_COMMAND = sshCommand;
             }
             // lib.optionalAttrs (cfg.httpTokenFile != null) {

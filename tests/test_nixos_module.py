@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from gitops.agent.config import AgentConfig, HealthConfig, Mode, parse_config
 from gitops.errors import GitopsError
 from gitops.publish.plan import load_fleet_at, render_host_tree
 from gitops.sitegen import commitgraph
+from gitops.sitegen.collect import QUICK_READ
 from testing.env import NIX_CONFIG
 from testing.helpers import commit_all, git, git_out, init_repo, published_demo
+from testing.site_helpers import standard_fleet
 
 REPO = Path(__file__).resolve().parent.parent
 NIXOS = REPO / "nixos"
@@ -562,7 +565,9 @@ def test_flake_in_a_deploy_tree_defines_only_that_host(
 # -- the site service's script -------------------------------------------------------------
 
 
-def run_site_update(state: Path, remote: Path) -> subprocess.CompletedProcess[str]:
+def run_site_update(
+    state: Path, remote: Path, history_hosts: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """nixos/site-update.sh as gitops-site.service runs it, with this checkout's gitops."""
     bin_dir = Path(sys.executable).parent
     env = {
@@ -571,6 +576,8 @@ def run_site_update(state: Path, remote: Path) -> subprocess.CompletedProcess[st
         "GITOPS_SITE_STATE": str(state),
         "GITOPS_SITE_REPOSITORY": str(remote),
     }
+    if history_hosts is not None:
+        env["GITOPS_SITE_HISTORY_HOSTS"] = str(history_hosts)
     return subprocess.run(
         ["bash", str(NIXOS / "site-update.sh")],
         check=False,
@@ -626,6 +633,20 @@ def test_site_update_mirrors_the_repository_and_swaps_in_new_builds(tmp_path: Pa
     assert "Visitor screen and room booking in the lobby" in pages
     assert (state / "www").stat().st_ino != www_inode  # a new directory, swapped in
     assert not list(state.glob(".www.tmp-*"))  # nothing half-built left behind
+
+
+def test_site_update_passes_the_history_budget(tmp_path: Path) -> None:
+    """historyHosts reaches the build: with 0, every host waits for a next build."""
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    for minute in range(QUICK_READ + 2):  # a history longer than a quick read
+        fleet.report("up", datetime.now(UTC) - timedelta(minutes=30 - minute))
+    state = tmp_path / "state"
+    first = run_site_update(state, fleet.path, history_hosts=0)
+    assert first.returncode == 0, first.stderr
+    assert "older reports of 1 host(s) are read in the next builds" in first.stderr
+    second = run_site_update(state, fleet.path)
+    assert second.returncode == 0, second.stderr
+    assert "older reports" not in second.stderr
 
 
 def test_site_update_fails_loudly_on_an_unreachable_repository(tmp_path: Path) -> None:
