@@ -77,6 +77,8 @@ def test_a_quick_first_build_shows_the_newest_reports_and_says_more_come(
     html = (out / "hosts" / "web-1.html").read_text()
     assert "Older reports are not read yet" in html
     assert "searched in a next build" in html
+    overview = (out / "index.html").read_text()
+    assert f"older reports of\n{len(HOST_PACKAGES)} hosts are read in the next builds" in overview
 
     stats = build(fleet.path, out, history_hosts=len(HOST_PACKAGES))
     assert stats.history_pending == 0
@@ -85,6 +87,7 @@ def test_a_quick_first_build_shows_the_newest_reports_and_says_more_come(
     assert len(page["reports"]) == HOURS
     assert load(out, "software.json")["sboms"]["web-1"]["commit"] is not None
     assert "Older reports are not read yet" not in (out / "hosts" / "web-1.html").read_text()
+    assert "read in the next builds" not in (out / "index.html").read_text()
     same_pages(out, whole)
 
 

@@ -485,6 +485,7 @@ def _write_site(main: Main, derived: Mapping[str, Derived], tmp: Path, cache: Ca
         "settings": settings,
         "main": history[0] if history else None,
         "host_count": len(names),
+        "history_pending": sum(1 for d in derived.values() if d.history_pending),
     }
     head = {"schema": export.SCHEMA, "built": format_time(rules.now)}
     staged = rollout_page(  # docs/rollout.md
