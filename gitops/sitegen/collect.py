@@ -62,7 +62,7 @@ from gitops.trust.allowed_signers import AllowedSigners
 MAX_DETAILED = 50  # newest reports read in full; older ones thinned to one a day
 # A quick first read (a build's budget of whole histories spent: build.HISTORY_HOSTS) reads
 # the newest reports only, and later builds read on from there.
-QUICK_READ = 10
+QUICK_READ = 5
 WINDOW = timedelta(days=32)  # how far back (from the newest report) history is kept
 MAX_DEPLOYS = 100  # newest deploy commits read per host
 MAIN_HISTORY = 300  # newest main commits in the audit trail
