@@ -7,10 +7,11 @@ import json
 import os
 import shutil
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitops import __version__
@@ -133,6 +134,30 @@ def test_site_writes_fleet_metrics(tmp_path: Path) -> None:
             host["failing_policies"]
         )
     assert one(found, "gitops_site_build_timestamp_seconds") == NOW.timestamp()
+
+
+def test_the_host_series_are_what_prometheus_client_writes(tmp_path: Path) -> None:
+    """The per-host lines, formatted once per host in the workers and joined, are byte
+    for byte the library's exposition of the same families."""
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out = tmp_path / "site"
+    site_build.build(fleet.path, out, now=NOW, workers=1)
+    text = (out / site_metrics.FILE).read_text()
+    hosts = json.loads((out / "inventory.json").read_text())["hosts"]
+    reference = CollectorRegistry()
+    (state_help, seen_help, failing_help) = (h for _, h in site_metrics.HOST_FAMILIES)
+    state = Gauge("gitops_host_state", state_help, ["host", "state"], registry=reference)
+    seen = Gauge("gitops_host_last_seen_timestamp_seconds", seen_help, ["host"], registry=reference)
+    failing = Gauge("gitops_host_failing_policies", failing_help, ["host"], registry=reference)
+    for host in sorted(hosts, key=lambda h: h["name"]):
+        state.labels(host=host["name"], state=host["state"]).set(1)
+        if host["last_seen"]:
+            moment = datetime.fromisoformat(host["last_seen"].replace("Z", "+00:00"))
+            seen.labels(host=host["name"]).set(moment.timestamp())
+        failing.labels(host=host["name"]).set(len(host["failing_policies"]))
+    expected = generate_latest(reference).decode()
+    assert text.endswith(expected)
+    assert text.count("gitops_host_state{") == len(hosts)
 
 
 @pytest.mark.skipif(

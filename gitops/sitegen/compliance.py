@@ -109,18 +109,26 @@ def decode(policies: Sequence[Policy], codes: str) -> dict[str, Verdict]:
 
 def summarize_codes(policies: Sequence[Policy], codes: Mapping[str, str]) -> list[PolicySummary]:
     """Pass/fail/unknown/exempt counts per policy, from the encoded answers the aggregate
-    pages keep per host."""
+    pages keep per host (hosts with the same answers counted together: a fleet has few
+    distinct ones)."""
     summaries = [PolicySummary(p) for p in policies]
-    for host in sorted(codes):
-        for summary, code in zip(summaries, codes[host], strict=True):
+    alike: dict[str, list[str]] = {}
+    for host, answers in codes.items():
+        alike.setdefault(answers, []).append(host)
+    for answers, hosts in alike.items():
+        for summary, code in zip(summaries, answers, strict=True):
             if code == NOT_APPLICABLE_CODE:
                 continue
             outcome = OUTCOMES[code]
-            summary.counts[outcome] += 1
+            summary.counts[outcome] += len(hosts)
             if outcome is Outcome.FAIL:
-                summary.failing.append(host)
+                summary.failing.extend(hosts)
             elif outcome is Outcome.UNKNOWN:
-                summary.unknown.append(host)
+                summary.unknown.extend(hosts)
             elif outcome is Exempt.EXEMPT:
-                summary.exempt.append(host)
+                summary.exempt.extend(hosts)
+    for summary in summaries:
+        summary.failing.sort()
+        summary.unknown.sort()
+        summary.exempt.sort()
     return summaries

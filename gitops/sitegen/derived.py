@@ -108,6 +108,7 @@ class Derived:
     commands: tuple[CommandAck, ...] = ()  # verified acknowledgements, newest last, no output
     nixpkgs: tuple[str, str] | None = None  # the counted report's (revision, date or "")
     history_pending: bool = False  # HostData.history_pending: a later build reads on
+    metric_lines: tuple[str, ...] = ()  # metrics.host_lines: its Prometheus samples
 
     def valid(self, identity: str, window: str, now: datetime) -> bool:
         return (

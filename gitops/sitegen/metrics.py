@@ -10,19 +10,18 @@ stopped). The text comes from ``prometheus_client``, in a registry of its own.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from typing_extensions import override
+from prometheus_client.utils import floatToGoString
 
 from gitops import __version__
 from gitops.fleet.policies import Outcome, Policy
 from gitops.sitegen import compliance
 from gitops.sitegen.derived import Derived
-from gitops.sitegen.model import Flag, State
+from gitops.sitegen.model import Flag, HostStatus, State
 
 FILE = "metrics"
 
@@ -74,7 +73,6 @@ def registry(
     ).set(flags[Flag.REBOOT_NEEDED])
 
     _policies(found, derived, policies)
-    _hosts(found, derived)
     return found
 
 
@@ -103,51 +101,53 @@ def _policies(
         failing.labels(policy=name).set(summary.counts[Outcome.FAIL])
 
 
-class _HostSeries(Collector):
-    """The per-host series: one family each, filled straight from the derived rows (a
-    ``Gauge`` child per host and label costs ten times as much at 10,000 hosts)."""
-
-    def __init__(self, derived: Mapping[str, Derived]) -> None:
-        self.derived = derived
-
-    def describe(self) -> Iterator[Metric]:
-        """The families without their samples (what registering needs: no second pass)."""
-        return self._families({})
-
-    @override
-    def collect(self) -> Iterator[Metric]:
-        return self._families(self.derived)
-
-    @staticmethod
-    def _families(derived: Mapping[str, Derived]) -> Iterator[Metric]:
-        state = GaugeMetricFamily(
-            "gitops_host_state",
-            "1 for each host's state (one series per host)",
-            labels=["host", "state"],
-        )
-        seen = GaugeMetricFamily(
-            "gitops_host_last_seen_timestamp_seconds",
-            "The time of each host's newest verified report (Unix time)",
-            labels=["host"],
-        )
-        failing = GaugeMetricFamily(
-            "gitops_host_failing_policies", "Policies each host fails", labels=["host"]
-        )
-        fail = compliance.CODES[Outcome.FAIL]
-        for name, row in sorted(derived.items()):
-            status = row.status
-            state.add_metric([name, str(status.state)], 1)
-            if status.last_seen is not None:
-                seen.add_metric([name], status.last_seen.timestamp())
-            failing.add_metric([name], row.outcomes.count(fail))
-        yield from (state, seen, failing)
+# The per-host families: one sample line per host each, formatted in the worker that
+# judged the host (Derived.metric_lines) and joined here; a Gauge child per host and label
+# cost ten times as much at 10,000 hosts. tests/test_metrics.py checks that the text is
+# byte for byte what prometheus_client writes for the same families.
+HOST_FAMILIES = (
+    ("gitops_host_state", "1 for each host's state (one series per host)"),
+    (
+        "gitops_host_last_seen_timestamp_seconds",
+        "The time of each host's newest verified report (Unix time)",
+    ),
+    ("gitops_host_failing_policies", "Policies each host fails"),
+)
 
 
-def _hosts(found: CollectorRegistry, derived: Mapping[str, Derived]) -> None:
-    found.register(_HostSeries(derived))
+# prometheus_client's own number format (untyped in the library).
+_number = cast(Callable[[float], str], floatToGoString)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def host_lines(name: str, status: HostStatus, outcomes: str) -> tuple[str, str, str]:
+    """The host's sample line in each of HOST_FAMILIES ("" for none)."""
+    host = _label(name)
+    state, seen, failing = (family for family, _ in HOST_FAMILIES)
+    fails = outcomes.count(compliance.CODES[Outcome.FAIL])
+    when = status.last_seen
+    return (
+        f'{state}{{host="{host}",state="{_label(str(status.state))}"}} 1.0\n',
+        f'{seen}{{host="{host}"}} {_number(when.timestamp())}\n' if when else "",
+        f'{failing}{{host="{host}"}} {_number(fails)}\n',
+    )
+
+
+def _host_section(derived: Mapping[str, Derived]) -> bytes:
+    rows = sorted(derived.items())
+    lines = [row.metric_lines or host_lines(n, row.status, row.outcomes) for n, row in rows]
+    parts = []
+    for index, (family, help_text) in enumerate(HOST_FAMILIES):
+        parts.append(f"# HELP {family} {help_text}\n# TYPE {family} gauge\n")
+        parts.extend(line[index] for line in lines)
+    return "".join(parts).encode()
 
 
 def render(
     derived: Mapping[str, Derived], policies: Sequence[Policy], *, now: datetime, main_sha: str
 ) -> bytes:
-    return generate_latest(registry(derived, policies, now=now, main_sha=main_sha))
+    fleet = generate_latest(registry(derived, policies, now=now, main_sha=main_sha))
+    return fleet + _host_section(derived)

@@ -89,7 +89,9 @@ class Saved:
             "statuses": {sha: list(s) for sha, s in sorted(self.statuses.items())},
             "outbox": self.outbox,
         }
-        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+        # Compact: json's C encoder (indent= falls back to the Python one, 6x slower at
+        # 10,000 hosts, and this is written on every build).
+        return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 # -- what changed ---------------------------------------------------------------------------

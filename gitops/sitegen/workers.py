@@ -21,7 +21,7 @@ from pathlib import Path
 import pygit2
 
 from gitops.fleet.model import Fleet, Host, SiteSettings
-from gitops.sitegen import collect, software, states, vulnscan
+from gitops.sitegen import collect, metrics, software, states, vulnscan
 from gitops.sitegen.cache import CacheReader, collector_paused
 from gitops.sitegen.collect import HostReader
 from gitops.sitegen.compliance import failing
@@ -143,7 +143,11 @@ class Worker:
         facts = judged.report.facts if judged.report is not None else None
         row = self.renderer.inventory_row(host, status, failing(answers), facts)
         derived = derive(data, host, status, answers, rules, samples=samples, row_html=str(row))
-        derived = replace(derived, page_key=vulnscan.page_key(derived.page_key, scan))
+        derived = replace(
+            derived,
+            page_key=vulnscan.page_key(derived.page_key, scan),
+            metric_lines=metrics.host_lines(name, status, derived.outcomes),
+        )
         pages = self.store.link(host_paths(name), derived.page_key, job.old_pages)
         rendered = pages is None
         if pages is None:
