@@ -159,3 +159,44 @@ def test_the_cli_takes_a_budget_and_says_what_waits(fleet: SoftwareFleet, tmp_pa
     )
     assert bad.returncode == 2
     assert "--history-hosts" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_branch_rewritten_while_its_history_waits(fleet: SoftwareFleet, tmp_path: Path) -> None:
+    """The server force-pushes web-1's branch back to an older report between builds:
+    the next build reads the branch as it is and lists what it dropped, as a whole build
+    of the same sequence does."""
+    out, whole = tmp_path / "site", tmp_path / "whole"
+    build(fleet.path, out, history_hosts=0)
+    build(fleet.path, whole, history_hosts=len(HOST_PACKAGES))
+    ref = reports_ref("web-1")
+    head = fleet.repo.references[ref].peel(pygit2.Commit)
+    older = head.parents[0].parents[0]
+    fleet.repo.references.create(ref, older.id, force=True)
+    build(fleet.path, out, history_hosts=0)
+    page = load(out, "hosts/web-1.json")
+    assert page["reports"][0]["commit"] == str(older.id)
+    assert {d["commit"] for d in page["dropped_reports"]} == {str(head.id), str(head.parents[0].id)}
+    build(fleet.path, out, history_hosts=len(HOST_PACKAGES))
+    build(fleet.path, whole, history_hosts=len(HOST_PACKAGES))
+    same_pages(out, whole)
+
+
+def test_a_new_host_key_while_history_waits(fleet: SoftwareFleet, tmp_path: Path) -> None:
+    """main gives web-1 a new key while its older reports wait: every report read is
+    checked against the new key (those signed by the old one no longer count), and the
+    history read on later is checked against it too."""
+    out = tmp_path / "site"
+    build(fleet.path, out, history_hosts=0)
+    fleet.add_host("web-1")  # a new key in host.yaml; its reports stay signed by the old
+    fleet.commit_main("web-1: new key", WHEN)
+    build(fleet.path, out, history_hosts=0)
+    page = load(out, "hosts/web-1.json")
+    assert page["reports"] and all(r["trust"] == "unknown key" for r in page["reports"])
+    build(fleet.path, out, history_hosts=len(HOST_PACKAGES))
+    page = load(out, "hosts/web-1.json")
+    assert page["history_pending"] is False
+    assert len(page["reports"]) == HOURS
+    assert all(r["trust"] == "unknown key" for r in page["reports"])
+    whole = tmp_path / "whole"
+    build(fleet.path, whole, history_hosts=len(HOST_PACKAGES))
+    same_pages(out, whole)
