@@ -3,6 +3,7 @@ see test_site_browser.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -257,6 +258,26 @@ def test_incremental_build_reads_and_renders_only_what_changed(tmp_path: Path) -
     build(fleet, fresh, use_cache=False)
     for name in ("inventory.json", "compliance.json", "hosts/pending.json", "drift.json"):
         assert load(out, name) == load(fresh, name), name
+
+
+def test_a_page_gone_from_the_store_is_rendered_again(tmp_path: Path) -> None:
+    """Unchanged pages are hard-linked from the cache's page store while the aggregate
+    pages render; one missing there (a disk cleaned by hand) is rendered again, and the
+    build after that links it as usual."""
+    fleet = standard_fleet(tmp_path / "fleet.git")
+    out = tmp_path / "out"
+    build(fleet, out)
+    before = (out / "hosts" / "server.html").read_bytes()
+    store = tmp_path / ".out.cache" / "pages"
+    (store / hashlib.sha256(before).hexdigest()).unlink()
+    again = build(fleet, out)
+    assert (again.hosts_read, again.verified_now, again.pages_rendered) == (0, 0, 1)
+    assert (out / "hosts" / "server.html").read_bytes() == before
+    assert (out / "hosts" / "server.json").is_file()
+    assert broken_links(out) == []
+    third = build(fleet, out)
+    assert third.pages_rendered == 0
+    assert (out / "hosts" / "server.html").read_bytes() == before
 
 
 def test_time_passing_is_judged_from_the_cache_like_from_scratch(tmp_path: Path) -> None:

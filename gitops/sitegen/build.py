@@ -16,6 +16,7 @@ The main process holds derived rows only, never a host's history.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -192,6 +193,7 @@ def build(
     tmp = outdir.new_tmp(out)
     if cache is not None:
         outdir.sweep_leftovers(out)  # we hold the cache's lock: no other build runs
+    links: list[_Linker] = []  # at most one; waited for before tmp is removed
     try:
         mark = time.monotonic()
         main = _read_main(repo, head, out, moment, cache, processes)
@@ -201,8 +203,8 @@ def build(
         )
         mark = stats.phase("read main", mark)
         sets = software_pages.PackageSets(cache.directory if cache is not None else None)
-        derived = _hosts(
-            repo_path, main, tmp, cache, processes, stats, progress, sets, history_hosts
+        derived, render_unlinked = _hosts(
+            repo_path, main, tmp, cache, processes, stats, progress, sets, history_hosts, links
         )
         stats.count(derived)
         mark = stats.phase("hosts", mark)
@@ -214,6 +216,8 @@ def build(
             main.repo, settings, rules, main.docs, derived, tmp, sets, templates, main.vulns
         )
         mark = stats.phase("software pages", mark)
+        render_unlinked()
+        mark = stats.phase("unchanged pages", mark)
         sent = notify.run(
             out,
             tmp,
@@ -228,6 +232,9 @@ def build(
         stats.phase("alerts", mark)
         outdir.swap_into(tmp, out, background=background_cleanup)
     finally:
+        for linker in links:
+            with contextlib.suppress(Exception):  # the build's own error is the one raised
+                linker.failed()
         shutil.rmtree(tmp, ignore_errors=True)
         if cache is not None:
             cache.close()
@@ -306,19 +313,27 @@ def _hosts(
     progress: Callable[[str], None],
     sets: software_pages.PackageSets,
     history_hosts: int,
-) -> dict[str, Derived]:
-    """Every host's derived row, its pages in ``tmp/hosts``."""
+    links: list[_Linker],
+) -> tuple[dict[str, Derived], Callable[[], None]]:
+    """Every host's derived row, its pages in ``tmp/hosts``; the unchanged pages are
+    still being linked (``links``) until the returned step, which renders any that
+    could not be, has run."""
     (tmp / "hosts").mkdir(parents=True)
     old = cache.load_derived() if cache is not None else {}
     old_pages = {page.path: page for d in old.values() for page in d.pages}
     store = outdir.PageStore(tmp, cache.pages_dir if cache is not None else None)
-    derived, stale = _reuse(main, old, old_pages, store)
+    derived, stale = _reuse(main, old)
     quick = _history_budget(main.summary.names, old, derived, stale, history_hosts)
+    reused = dict(derived)
     stats.hosts, stats.pages_reused = len(main.summary.names), len(derived)
+
+    def job() -> workers.Job:
+        return replace(_job(repo_path, main, tmp, cache, old_pages, processes), quick=quick)
+
     if stale:
         progress(f"site: {len(stale)} host(s) to bring up to date (new commits or time passed)")
-        job = replace(_job(repo_path, main, tmp, cache, old_pages, processes), quick=quick)
-        _refresh(job, stale, processes, derived, cache, stats, sets)
+        _refresh(job(), stale, processes, derived, cache, stats, sets)
+    links.append(_Linker(store, reused, old_pages))
     if cache is not None:
         removed = set(old) - set(main.summary.names)
         cache.forget_hosts(removed)
@@ -330,32 +345,97 @@ def _hosts(
             sweep=not old,
         )
     progress(f"site: {len(stale)} host(s) refreshed, {stats.pages_reused} unchanged")
-    return derived
+
+    def render_unlinked() -> None:
+        missing = links[0].failed()
+        if not missing:
+            return
+        # Their rows stay as they were (the data behind them did not change): only their
+        # pages are rendered again.
+        stats.pages_reused -= len(missing)
+        _refresh(replace(job(), quick=frozenset(missing)), missing, 1, derived, cache, stats, sets)
+        if cache is not None:
+            cache.save_derived(derived, missing, snapshot=False)
+
+    return derived, render_unlinked
 
 
-def _reuse(
-    main: Main,
-    old: Mapping[str, Derived],
-    old_pages: Mapping[str, PageFile],
-    store: outdir.PageStore,
-) -> tuple[dict[str, Derived], list[str]]:
-    """The rows still valid (their pages linked into the new site), and the hosts to
-    refresh."""
+def _reuse(main: Main, old: Mapping[str, Derived]) -> tuple[dict[str, Derived], list[str]]:
+    """The rows still valid (their pages are linked into the new site by a _Linker), and
+    the hosts to refresh."""
     rules = main.rules
     derived: dict[str, Derived] = {}
     stale: list[str] = []
     for name in main.summary.names:
         row = old.get(name)
         ident = rules.identity(name, main.reports.get(name), main.deploys.get(name))
-        if (
-            row is not None
-            and row.valid(ident, rules.window_id, rules.now)
-            and software.relink(store, row, old_pages)
-        ):
+        if row is not None and row.valid(ident, rules.window_id, rules.now):
             derived[name] = row
         else:
             stale.append(name)
     return derived, stale
+
+
+class _Linker:
+    """Hard-links the pages of the rows still valid into the new site in a forked child:
+    the kernel's work (20,000 links at 10,000 hosts) done on the other core while this
+    process renders the aggregate pages (a thread would wait for the GIL after every
+    link). ``failed`` waits, and names the hosts whose pages were not all in the page
+    store (a later step renders them). Without the child (it could not be made, or it
+    died) the links are made here."""
+
+    def __init__(
+        self,
+        store: outdir.PageStore,
+        rows: Mapping[str, Derived],
+        old_pages: Mapping[str, PageFile],
+    ) -> None:
+        self._work = (store, list(rows.items()), old_pages)
+        self._pid: int | None = None
+        self._pipe: int | None = None
+        self._answer: list[str] | None = None
+        if not rows:
+            self._answer = []
+            return
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            return
+        if pid == 0:  # the child: link, say which failed, leave without any clean-up
+            os.close(read)
+            code = 1
+            try:
+                text = "\n".join(self._link()).encode()
+                view = memoryview(text)
+                while view:
+                    view = view[os.write(write, view) :]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        self._pid, self._pipe = pid, read
+
+    def _link(self) -> list[str]:
+        store, rows, old_pages = self._work
+        return [name for name, row in rows if not software.relink(store, row, old_pages)]
+
+    def failed(self) -> list[str]:
+        if self._answer is None:
+            self._answer = self._wait()
+        return self._answer
+
+    def _wait(self) -> list[str]:
+        if self._pid is None or self._pipe is None:
+            return self._link()
+        with os.fdopen(self._pipe, "rb") as answer:
+            text = answer.read().decode()
+        _, status = os.waitpid(self._pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            return self._link()  # what the child linked stays; the rest is linked here
+        return text.split("\n") if text else []
 
 
 def _history_budget(
