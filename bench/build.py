@@ -50,7 +50,7 @@ from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, InventoryHost
 from gitops.publish import build as central
 from testing.cache import SigningKey, http_cache, signing_key
-from testing.helpers import remote_reports
+from testing.helpers import agent_settings, remote_reports
 
 MODULE = """# Bench: the shared module pulls in a synthetic closure.
 let
@@ -115,13 +115,7 @@ class Cycle:
 def config_file(demo: DemoFleet, host: str, path: Path, **extra: object) -> Path:
     config: AgentConfig = demo.agent_config(host)
     data = {
-        "host": host,
-        "remote": config.remote,
-        "trusted_publishers": str(config.trusted_publishers),
-        "signing_key": str(config.signing_key),
-        "state_dir": str(config.state_dir),
-        "system_profile": str(config.system_profile),
-        "root": str(config.root),
+        **agent_settings(config),
         "health": {
             "failed_units": True,
             "remote": True,

@@ -12,6 +12,7 @@ import pygit2
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from gitops.agent.config import AgentConfig
 from gitops.demo import standin
 from gitops.demo.scenario import DemoFleet, InventoryHost
 from gitops.protocol import Report, reports_ref
@@ -177,11 +178,10 @@ def published_demo(root: Path, hosts: dict[str, list[str]]) -> DemoFleet:
     return fleet
 
 
-def agent_config_file(demo: DemoFleet, host: str, **settings: object) -> Path:
-    """The host's agent configuration as a file for ``gitops agent --config``: no grace
-    period, its first health command; ``settings`` replace top-level keys."""
-    config = demo.agent_config(host)
-    data: dict[str, object] = {
+def agent_settings(config: AgentConfig) -> dict[str, object]:
+    """The top-level keys of an agent configuration file that ``config`` was read from
+    (``health`` and the optional keys left to the caller)."""
+    return {
         "host": config.host,
         "remote": config.remote,
         "trusted_publishers": str(config.trusted_publishers),
@@ -189,6 +189,15 @@ def agent_config_file(demo: DemoFleet, host: str, **settings: object) -> Path:
         "state_dir": str(config.state_dir),
         "system_profile": str(config.system_profile),
         "root": str(config.root),
+    }
+
+
+def agent_config_file(demo: DemoFleet, host: str, **settings: object) -> Path:
+    """The host's agent configuration as a file for ``gitops agent --config``: no grace
+    period, its first health command; ``settings`` replace top-level keys."""
+    config = demo.agent_config(host)
+    data: dict[str, object] = {
+        **agent_settings(config),
         "health": {"grace": 0, "commands": [list(config.health.commands[0])]},
         **settings,
     }

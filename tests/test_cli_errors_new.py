@@ -27,7 +27,7 @@ from gitops.report_commits import read_report_commit
 from gitops.trust import keys
 from testing import helpers
 from testing.env import needs_nix
-from testing.helpers import git, published_demo
+from testing.helpers import agent_settings, git, published_demo
 
 HOSTS = {"alpha": ["workstation"], "gamma": ["server"]}
 
@@ -339,16 +339,7 @@ def test_corrupt_agent_state_files_are_a_logged_line_not_a_crash(
         path.mkdir()
     else:
         path.write_bytes(content)
-    data = {
-        "host": config.host,
-        "remote": config.remote,
-        "trusted_publishers": str(config.trusted_publishers),
-        "signing_key": str(config.signing_key),
-        "state_dir": str(config.state_dir),
-        "system_profile": str(config.system_profile),
-        "root": str(config.root),
-        "health": {"grace": 0},
-    }
+    data = {**agent_settings(config), "health": {"grace": 0}}
     config_file = tmp_path / "agent.yaml"
     config_file.write_text(yaml.safe_dump(data))
     done = gitops("agent", "--config", config_file, "once", "--report")

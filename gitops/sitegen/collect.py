@@ -529,10 +529,10 @@ class HostReader:
                 break
             day = moment // 86400
             if len(entries) < MAX_DETAILED or day not in days:
-                commit = self.repo.get(step.sha)
-                if not isinstance(commit, pygit2.Commit):
+                read = self._read_step(step.sha, moment, trust, key_id)
+                if read is None:
                     break
-                entries.append(self._report_entry(commit, _utc(moment), trust, key_id)[0])
+                entries.append(read[0])
             days.add(day)
         return _ReportsRead(tuple(entries), kept.latest, truncated)
 
@@ -570,11 +570,10 @@ class HostReader:
                 break
             day = moment // 86400
             if index < MAX_DETAILED or day not in days:
-                # The commit object itself (never the graph) says which tree it signed.
-                commit = self.repo.get(step.sha)
-                if not isinstance(commit, pygit2.Commit):
+                read = self._read_step(step.sha, moment, trust, key_id)
+                if read is None:
                     break
-                entry, report = self._report_entry(commit, _utc(moment), trust, key_id)
+                entry, report = read
                 entries.append(entry)
                 if entry.verified and report is not None and len(parsed) < MAX_PARSED:
                     parsed.append(Parsed(entry.oid, report))
@@ -583,6 +582,16 @@ class HostReader:
         reached = stop is None or (last is not None and last.parent == stop)
         latest = _until_counted(parsed, now)
         return _ReportsRead(tuple(entries), latest, truncated, reached)
+
+    def _read_step(
+        self, sha: str, moment: int, trust: AllowedSigners, key_id: str
+    ) -> tuple[ReportEntry, Report | None] | None:
+        """The report at ``sha`` of a walk (None when it is not a commit here). The commit
+        object itself (never the graph) says which tree it signed."""
+        commit = self.repo.get(sha)
+        if not isinstance(commit, pygit2.Commit):
+            return None
+        return self._report_entry(commit, _utc(moment), trust, key_id)
 
     def _report_entry(
         self, commit: pygit2.Commit, when: datetime, trust: AllowedSigners, key_id: str

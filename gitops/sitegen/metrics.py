@@ -138,7 +138,7 @@ def host_lines(name: str, status: HostStatus, outcomes: str) -> tuple[str, str, 
 
 def _host_section(derived: Mapping[str, Derived]) -> bytes:
     rows = sorted(derived.items())
-    lines = [row.metric_lines or host_lines(n, row.status, row.outcomes) for n, row in rows]
+    lines = [row.metric_lines for _, row in rows]
     parts = []
     for index, (family, help_text) in enumerate(HOST_FAMILIES):
         parts.append(f"# HELP {family} {help_text}\n# TYPE {family} gauge\n")
